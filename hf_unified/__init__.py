@@ -1,0 +1,50 @@
+"""hf-unified: UniCL, UniCLIP and MS-CLIP as Hugging Face transformers models.
+
+Importing the package registers every model with the Auto classes, so that `AutoConfig`, `AutoModel`,
+`AutoModelForZeroShotImageClassification`, `AutoProcessor` and the zero-shot pipeline resolve its folders without
+`trust_remote_code`.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor
+
+from .configuration_unicl import UniCLConfig
+from .losses import clip_loss, gather_with_grad, global_mean, multi_positive_loss, unicl_loss
+from .modeling_unicl import (
+    UniCLModel,
+    UniCLOutput,
+    UniCLPreTrainedModel,
+    UniCLTextModelWithProjection,
+    UniCLVisionModelWithProjection,
+)
+from .processing_unicl import UniCLProcessor
+from .prompts import OPENAI_IMAGENET_TEMPLATES, UNICL_TEMPLATES, build_zero_shot_classifier
+
+__version__ = "0.1.0"
+
+
+def _register(config_class, model_class, processor_class) -> None:
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    AutoModel.register(config_class, model_class, exist_ok=True)
+    AutoModelForZeroShotImageClassification.register(config_class, model_class, exist_ok=True)
+    AutoProcessor.register(config_class, processor_class, exist_ok=True)
+
+
+_register(UniCLConfig, UniCLModel, UniCLProcessor)
+
+__all__ = [
+    "OPENAI_IMAGENET_TEMPLATES",
+    "UNICL_TEMPLATES",
+    "UniCLConfig",
+    "UniCLModel",
+    "UniCLOutput",
+    "UniCLPreTrainedModel",
+    "UniCLProcessor",
+    "UniCLTextModelWithProjection",
+    "UniCLVisionModelWithProjection",
+    "build_zero_shot_classifier",
+    "clip_loss",
+    "gather_with_grad",
+    "global_mean",
+    "multi_positive_loss",
+    "unicl_loss",
+]

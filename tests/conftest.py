@@ -1,0 +1,72 @@
+"""Shared test fixtures: offline Hub, the fixtures' tiny CLIP tokenizer, a Python without this package."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+TINY_TOKENIZER_DIR = SHARED_DIR / "fixtures" / "tokenizer-tiny-clip-bpe"
+
+# Prepended to code run by `run_without_package`: any import of hf_unified fails, as on a machine that only has
+# transformers and the downloaded folder.
+_BLOCK_PACKAGE = """
+import importlib.abc, sys
+class _NoHfUnified(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "hf_unified" or name.startswith("hf_unified."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked for this test)")
+        return None
+sys.meta_path.insert(0, _NoHfUnified())
+try:
+    import hf_unified
+except ModuleNotFoundError:
+    pass
+else:
+    raise SystemExit("hf_unified is importable: the test would not show that remote code works")
+"""
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED_DIR.is_dir():
+        pytest.skip(f"{SHARED_DIR} is missing")
+    return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_tokenizer():
+    """The fixtures' 600-id CLIP BPE tokenizer: bos 598, eos 599 (the largest id), padded with eos."""
+    from hf_unified.tokenization import clip_tokenizer_from_files
+
+    if not TINY_TOKENIZER_DIR.is_dir():
+        pytest.skip(f"{TINY_TOKENIZER_DIR} is missing")
+    return clip_tokenizer_from_files(TINY_TOKENIZER_DIR / "vocab.json", TINY_TOKENIZER_DIR / "merges.txt")
+
+
+def run_without_package(code: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Runs `code` in a fresh Python where `import hf_unified` fails; raises with its output if it fails."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    env["HF_MODULES_CACHE"] = str(Path(cwd) / "hf_modules")
+    script = _BLOCK_PACKAGE + "\n" + textwrap.dedent(code)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(name="run_without_package")
+def run_without_package_fixture():
+    return run_without_package
