@@ -1,0 +1,209 @@
+"""The UniCL converter reproduces the official outputs stored in ../shared/fixtures/unicl-*/ (made with microsoft/UniCL)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_unified.conversion_utils import ConversionError
+from hf_unified.convert_unicl import convert_unicl_checkpoint, main
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+UNICL_FIXTURES = sorted(p.name for p in FIXTURES.glob("unicl-*") if (p / "checkpoint.pth").is_file())
+EMBEDDING_TOLERANCE = 1e-5
+LOGIT_TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def converted(shared_dir, tmp_path_factory) -> dict[str, Path]:
+    """Each fixture converted once through the CLI entry point with `--config <fixture>/config.json`."""
+    folders = {}
+    for name in UNICL_FIXTURES:
+        fixture = shared_dir / "fixtures" / name
+        output = tmp_path_factory.mktemp(name)
+        exit_code = main(
+            [
+                "--checkpoint", str(fixture / "checkpoint.pth"),
+                "--output", str(output),
+                "--config", str(fixture / "config.json"),
+                "--tokenizer", str(shared_dir / "fixtures" / "tokenizer-tiny-clip-bpe"),
+            ]
+        )
+        assert exit_code == 0
+        folders[name] = output
+    return folders
+
+
+def _max_diff(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    return (actual - expected).abs().max().item()
+
+
+def test_fixtures_present():
+    assert len(UNICL_FIXTURES) >= 2, f"expected unicl-tiny-a and -b under {FIXTURES}"
+
+
+@pytest.mark.parametrize("name", UNICL_FIXTURES)
+def test_converted_model_matches_official_outputs(name, converted, shared_dir):
+    import hf_unified  # noqa: F401  (registers UniCL with the Auto classes)
+    from transformers import AutoModel
+
+    fixture = shared_dir / "fixtures" / name
+    inputs = load_file(fixture / "inputs.safetensors")
+    expected = load_file(fixture / "outputs.safetensors")
+    model = AutoModel.from_pretrained(converted[name]).eval()
+    assert type(model).__name__ == "UniCLModel"
+
+    with torch.no_grad():
+        outputs = model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=inputs["pixel_values"]
+        )
+        image_features = model.get_image_features(pixel_values=inputs["pixel_values"])
+        text_features = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        vision = model.vision_model(pixel_values=inputs["pixel_values"])
+        # The official text encoder ignores attention_mask (causal only); its hidden states at padding positions
+        # therefore match a run without the mask.
+        text = model.text_model(input_ids=inputs["input_ids"])
+
+    actual = {
+        "image_embeds": outputs.image_embeds,
+        "text_embeds": outputs.text_embeds,
+        "image_features_unnormalized": image_features.pooler_output,
+        "text_features_unnormalized": text_features.pooler_output,
+        "image_pooled_output": vision.pooler_output,
+        "image_last_hidden_state": vision.last_hidden_state,
+        "text_pooled_output": text.pooler_output,
+        "text_last_hidden_state": text.last_hidden_state,
+    }
+    diffs = {key: _max_diff(value, expected[key]) for key, value in actual.items()}
+    assert all(d <= EMBEDDING_TOLERANCE for d in diffs.values()), diffs
+    assert _max_diff(outputs.logits_per_image, expected["logits_per_image"]) <= LOGIT_TOLERANCE
+    assert _max_diff(outputs.logits_per_text, expected["logits_per_text"]) <= LOGIT_TOLERANCE
+    assert torch.equal(model.logit_scale.detach(), expected["logit_scale"])
+
+
+@pytest.mark.parametrize("name", UNICL_FIXTURES)
+def test_converted_processor_tokenizes_like_official(name, converted, shared_dir):
+    import hf_unified  # noqa: F401
+    from transformers import AutoProcessor
+
+    fixture = shared_dir / "fixtures" / name
+    config = json.loads((fixture / "config.json").read_text())
+    inputs = load_file(fixture / "inputs.safetensors")
+    processor = AutoProcessor.from_pretrained(converted[name])
+    # The official call: tokenizer(texts, padding='max_length', truncation=True, max_length=77), padded with EOT.
+    encoded = processor(
+        text=config["inputs"]["texts"], padding="max_length", truncation=True, max_length=77, return_tensors="pt"
+    )
+    assert torch.equal(encoded["input_ids"], inputs["input_ids"])
+    assert torch.equal(encoded["attention_mask"], inputs["attention_mask"])
+    assert processor.tokenizer.pad_token_id == processor.tokenizer.eos_token_id == 599
+
+    image_processor = processor.image_processor
+    assert image_processor.size == {"shortest_edge": 256}
+    assert image_processor.crop_size == {"height": 224, "width": 224}
+    assert list(image_processor.image_mean) == [0.485, 0.456, 0.406]
+    assert list(image_processor.image_std) == [0.229, 0.224, 0.225]
+    assert int(image_processor.resample) == 3  # bicubic
+
+
+def test_model_card_names_source_checkpoint(converted):
+    card = (converted[UNICL_FIXTURES[0]] / "README.md").read_text()
+    assert "checkpoint.pth" in card
+
+
+def _corrupt(shared_dir: Path, tmp_path: Path, edit) -> Path:
+    fixture = shared_dir / "fixtures" / "unicl-tiny-a"
+    checkpoint = torch.load(fixture / "checkpoint.pth", map_location="cpu", weights_only=True)
+    edit(checkpoint["model"])
+    path = tmp_path / "corrupted.pth"
+    torch.save(checkpoint, path)
+    return path
+
+
+def _convert(shared_dir: Path, checkpoint: Path, tmp_path: Path, **kwargs) -> Path:
+    fixture = shared_dir / "fixtures" / "unicl-tiny-a"
+    return convert_unicl_checkpoint(
+        checkpoint,
+        tmp_path / "out",
+        config_json=fixture / "config.json",
+        tokenizer_dir=shared_dir / "fixtures" / "tokenizer-tiny-clip-bpe",
+        **kwargs,
+    )
+
+
+def test_missing_key_is_listed(shared_dir, tmp_path):
+    removed = ["image_encoder.layers.2.blocks.1.attn.proj.bias", "text_encoder.resblocks.1.ln_2.weight"]
+
+    def edit(state):
+        for key in removed:
+            del state[key]
+
+    with pytest.raises(ConversionError, match="missing") as error:
+        _convert(shared_dir, _corrupt(shared_dir, tmp_path, edit), tmp_path)
+    assert all(key in str(error.value) for key in removed)
+
+
+def test_unused_key_is_listed(shared_dir, tmp_path):
+    def edit(state):
+        state["image_encoder.head.weight"] = torch.zeros(10, 96)
+
+    with pytest.raises(ConversionError, match="not used") as error:
+        _convert(shared_dir, _corrupt(shared_dir, tmp_path, edit), tmp_path)
+    assert "image_encoder.head.weight" in str(error.value)
+
+
+def test_wrong_shape_is_listed(shared_dir, tmp_path):
+    def edit(state):
+        state["text_encoder.resblocks.0.mlp.c_fc.bias"] = torch.zeros(127)
+
+    with pytest.raises(ConversionError, match="wrong shape") as error:
+        _convert(shared_dir, _corrupt(shared_dir, tmp_path, edit), tmp_path)
+    assert "text_encoder.resblocks.0.mlp.c_fc.bias: shape (127,)" in str(error.value)
+
+
+def test_cli_reports_errors_without_traceback(shared_dir, tmp_path, capsys):
+    def edit(state):
+        del state["logit_scale"]
+
+    checkpoint = _corrupt(shared_dir, tmp_path, edit)
+    exit_code = main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "out"),
+                      "--tokenizer", str(shared_dir / "fixtures" / "tokenizer-tiny-clip-bpe"), "--text-heads", "2"])
+    assert exit_code == 1
+    assert "logit_scale" in capsys.readouterr().err
+
+
+def test_preset_contradicting_the_shapes_is_an_error(shared_dir, tmp_path):
+    fixture = shared_dir / "fixtures" / "unicl-tiny-a"
+    with pytest.raises(ConversionError, match="embed_dim"):
+        convert_unicl_checkpoint(fixture / "checkpoint.pth", tmp_path / "out", preset="swin-tiny")
+
+
+def test_buffers_are_checked_against_swin(shared_dir, tmp_path):
+    """A shifted-window mask that does not fit the inferred configuration is reported, not silently dropped."""
+
+    def edit(state):
+        state["image_encoder.layers.2.blocks.1.attn_mask"] = state["image_encoder.layers.2.blocks.1.attn_mask"].flip(0)
+
+    with pytest.raises(ConversionError, match="attn_mask"):
+        _convert(shared_dir, _corrupt(shared_dir, tmp_path, edit), tmp_path)
+
+
+def test_klite_raw_layout_converts_to_the_same_weights(shared_dir, tmp_path, converted):
+    """K-LITE's UniCL files are raw state dicts keyed visual. / text. / vision_projection."""
+    fixture = shared_dir / "fixtures" / "unicl-tiny-a"
+    state = torch.load(fixture / "checkpoint.pth", map_location="cpu", weights_only=True)["model"]
+    renamed = {}
+    for key, tensor in state.items():
+        key = key.replace("image_encoder.", "visual.", 1).replace("text_encoder.", "text.", 1)
+        renamed["vision_projection" if key == "image_projection" else key] = tensor
+    torch.save(renamed, tmp_path / "klite.pth")
+    folder = _convert(shared_dir, tmp_path / "klite.pth", tmp_path)
+    ours = load_file(folder / "model.safetensors")
+    reference = load_file(converted["unicl-tiny-a"] / "model.safetensors")
+    assert ours.keys() == reference.keys()
+    assert all(torch.equal(ours[k], reference[k]) for k in ours)
