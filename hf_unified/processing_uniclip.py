@@ -1,0 +1,49 @@
+"""UniCLIP processor: an image processor and any tokenizer.
+
+The processor prepares *un-augmented* images (inference, zero-shot, retrieval): the model then uses the identity
+augmentation parameters. Training views come from `augmentation.MultiViewAugmentation`, which normalises with the
+same mean/std.
+"""
+
+from transformers import CLIPImageProcessor, ProcessorMixin
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
+
+
+def uniclip_image_processor(image_size: int = 224) -> CLIPImageProcessor:
+    """CLIP's evaluation preprocessing: bicubic resize of the shorter side to `image_size`, centre crop, CLIP's
+    mean/std. UniCLIP follows the CLIP benchmark protocol (ViT-B/32 trained from scratch), whose models use CLIP's
+    normalisation; the paper's exact choice is unconfirmed, and `MultiViewAugmentation` uses the same constants."""
+    return CLIPImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": image_size},
+        resample=PILImageResampling.BICUBIC,
+        do_center_crop=True,
+        crop_size={"height": image_size, "width": image_size},
+        do_normalize=True,
+        image_mean=list(OPENAI_CLIP_MEAN),
+        image_std=list(OPENAI_CLIP_STD),
+        do_convert_rgb=True,
+    )
+
+
+class UniCLIPProcessor(ProcessorMixin):
+    r"""Prepares images and texts for [`UniCLIPModel`] at inference.
+
+    Args:
+        image_processor ([`CLIPImageProcessor`] or any image processor, *optional*):
+            Defaults to [`uniclip_image_processor`]: bicubic resize to 224, centre crop 224, CLIP mean/std.
+        tokenizer (any tokenizer):
+            The text tower's tokenizer (the CLIP BPE for the default CLIP-style text tower).
+
+    Call it like transformers' `CLIPProcessor`: `processor(text=[...], images=[...], padding=True, return_tensors="pt")`.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
+        if image_processor is None:
+            image_processor = uniclip_image_processor()
+        super().__init__(image_processor, tokenizer)
+
+
+UniCLIPProcessor.register_for_auto_class()
+
+__all__ = ["UniCLIPProcessor", "uniclip_image_processor"]
