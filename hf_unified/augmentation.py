@@ -186,6 +186,8 @@ class MultiViewAugmentation:
         else:
             if hasattr(image, "mode") and image.mode != "RGB":
                 image = image.convert("RGB")
+            if hasattr(image, "flags") and not image.flags.writeable:  # a numpy view of a PIL image
+                image = image.copy()
             tensor = TF.to_image(image)
         if tensor.ndim != 3:
             raise ValueError(f"expected one image [C, H, W], got shape {tuple(tensor.shape)}")
