@@ -339,8 +339,11 @@ class UniCLIPModel(_UniCLIPHeads, UniCLIPPreTrainedModel):
     >>> config = UniCLIPConfig(vision_config=CLIPVisionConfig(hidden_size=64, image_size=64, patch_size=16),
     ...                        text_config=CLIPTextConfig(hidden_size=64))
     >>> model = UniCLIPModel(config)
-    >>> # training: views, params = MultiViewAugmentation(num_views=2, size=64)(image), stacked over the batch
-    >>> out = model(input_ids=ids, attention_mask=mask, pixel_values=views, augmentation_params=params, return_loss=True)
+    >>> augment = MultiViewAugmentation(num_views=config.num_views, size=64)
+    >>> views, params = map(torch.stack, zip(*(augment(image) for image in images)))  # [B, 2, 3, 64, 64], [B, 2, 11]
+    >>> text = tokenizer(captions, padding=True, return_tensors="pt")
+    >>> loss = model(**text, pixel_values=views, augmentation_params=params, return_loss=True).loss
+    >>> # inference: processor(images=...) gives [B, 3, 64, 64]; the identity parameters are used
     ```
     """
 
@@ -443,7 +446,8 @@ class UniCLIPModel(_UniCLIPHeads, UniCLIPPreTrainedModel):
                 pixel_values. For 4-D pixel_values, `(batch_size, augmentation_param_dim)` or None (identity).
             return_loss (`bool`, *optional*):
                 Whether to return the unified contrastive loss (`config.contrastive_loss`) over the (V+1)N
-                embeddings; needs both modalities, one text per image.
+                embeddings; needs both modalities, one text per image. With 4-D pixel_values each image counts as a
+                single view (V = 1: image-text positives only), whatever `config.num_views` says.
 
         Either modality may be left out (then only the other one's embeddings are returned), unless a loss is asked.
         """

@@ -347,6 +347,39 @@ def test_clear_errors_for_views_params_and_missing_inputs():
         model(**dict(batch, input_ids=batch["input_ids"][:1], attention_mask=batch["attention_mask"][:1]), return_loss=True)
 
 
+def test_similarity_parameters_start_at_the_config_values():
+    model = tiny_model(logit_scale_init_value=[1.0, 2.0, 3.0], logit_offset_init_value=0.25)
+    assert model.logit_scale.tolist() == [1.0, 2.0, 3.0] and model.logit_offset.tolist() == [0.25] * 3
+    shared = tiny_model(domain_similarity=False, logit_scale_init_value=1.5)
+    assert shared.logit_scale.tolist() == [1.5] and shared.logit_offset is None
+    assert "logit_offset" not in dict(shared.named_parameters())
+
+
+def test_eager_and_sdpa_attention_agree():
+    torch.manual_seed(0)
+    eager = AutoModel.from_config(tiny_config(), attn_implementation="eager").eval()
+    sdpa = AutoModel.from_config(tiny_config(), attn_implementation="sdpa").eval()
+    sdpa.load_state_dict(eager.state_dict())
+    assert sdpa.text_model.config._attn_implementation == "sdpa"
+    batch = multi_view_batch(3)
+    with torch.no_grad():
+        expected, actual = eager(**batch, return_loss=True), sdpa(**batch, return_loss=True)
+    torch.testing.assert_close(actual.image_view_embeds, expected.image_view_embeds, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(actual.text_embeds, expected.text_embeds, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(actual.loss, expected.loss, atol=1e-5, rtol=1e-4)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    batch = multi_view_batch(3)
+    plain, checkpointed = tiny_model(seed=1).train(), tiny_model(seed=1).train()
+    checkpointed.activation_checkpointing_enable()
+    assert checkpointed.vision_model.is_activation_checkpointing and checkpointed.text_model.is_activation_checkpointing
+    for model in (plain, checkpointed):
+        model(**batch, return_loss=True).loss.backward()
+    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=lambda m: f"{name}: {m}")
+
+
 def test_auto_model_from_config_trains_a_step_on_multi_view_input():
     torch.manual_seed(0)
     model = AutoModel.from_config(tiny_config(initializer_range=0.02))
