@@ -1,0 +1,213 @@
+"""The contrastive losses against naive references, in one process and across two (gloo)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from hf_unified.losses import clip_loss, multi_positive_loss, unicl_loss
+
+
+def _embeds(n: int, d: int = 8, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    image = F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1)
+    text = F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1)
+    return image, text
+
+
+def naive_unicl(image, text, labels, scale):
+    """The paper's formula, one row at a time."""
+    n = labels.shape[0]
+    unique = labels.clone()
+    for i in range(n):
+        if labels[i] < 0:
+            unique[i] = 10_000 + i
+    logits = scale * image @ text.T
+    total_i2t = total_t2i = 0.0
+    for i in range(n):
+        positives = [j for j in range(n) if unique[j] == unique[i]]
+        log_p_i2t = logits[i].log_softmax(0)
+        log_p_t2i = logits[:, i].log_softmax(0)
+        total_i2t += -sum(log_p_i2t[j] for j in positives) / len(positives)
+        total_t2i += -sum(log_p_t2i[j] for j in positives) / len(positives)
+    return (total_i2t / n + total_t2i / n) / 2
+
+
+def test_clip_loss_matches_cross_entropy():
+    image, text = _embeds(6)
+    scale = torch.tensor(7.0, dtype=torch.float64)
+    logits = scale * image @ text.T
+    targets = torch.arange(6)
+    expected = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+    torch.testing.assert_close(clip_loss(image, text, scale), expected)
+
+
+def test_unicl_with_unique_labels_is_clip():
+    image, text = _embeds(8)
+    scale = torch.tensor(2.718281828, dtype=torch.float64)
+    for labels in (torch.full((8,), -1), torch.arange(8), torch.tensor([5, -1, 3, -1, 0, 9, -1, 1])):
+        assert abs(unicl_loss(image, text, labels, scale) - clip_loss(image, text, scale)) < 1e-6
+
+
+def test_unicl_with_shared_labels_matches_naive_reference():
+    image, text = _embeds(8, seed=1)
+    scale = torch.tensor(5.0, dtype=torch.float64)
+    labels = torch.tensor([2, 2, -1, 0, 2, 0, -1, 7])
+    expected = naive_unicl(image, text, labels, scale)
+    torch.testing.assert_close(unicl_loss(image, text, labels, scale), torch.as_tensor(expected))
+    # Sharing labels must change the loss, or the test above could not fail.
+    assert abs(unicl_loss(image, text, labels, scale) - clip_loss(image, text, scale)) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(labels=torch.zeros(3, dtype=torch.long)), "labels must be"),
+        (dict(labels=torch.zeros(4)), "integer"),
+        (dict(text=torch.zeros(3, 8)), "pair up"),
+    ],
+)
+def test_bad_loss_inputs_raise(bad, message):
+    image, text = _embeds(4)
+    args = dict(image=image, text=text, labels=torch.zeros(4, dtype=torch.long)) | bad
+    with pytest.raises(ValueError, match=message):
+        unicl_loss(args["image"], args["text"], args["labels"], torch.tensor(1.0))
+
+
+def naive_multi_positive(logits, positives, candidates, variant):
+    pair_losses, anchor_losses = [], []
+    for a in range(logits.shape[0]):
+        pos = [c for c in range(logits.shape[1]) if positives[a, c] and candidates[a, c]]
+        neg = [c for c in range(logits.shape[1]) if candidates[a, c] and not positives[a, c]]
+        every = pos + neg
+        per_anchor = []
+        for p in pos:
+            if variant == "mp_nce":
+                denominator = torch.exp(logits[a, p]) + sum(torch.exp(logits[a, n]) for n in neg)
+            else:
+                denominator = sum(torch.exp(logits[a, c]) for c in every)
+            term = -torch.log(torch.exp(logits[a, p]) / denominator)
+            pair_losses.append(term)
+            per_anchor.append(term)
+        if per_anchor:
+            anchor_losses.append(sum(per_anchor) / len(per_anchor))
+    if variant == "supcon":
+        return sum(anchor_losses) / len(anchor_losses)
+    return sum(pair_losses) / len(pair_losses)
+
+
+@pytest.mark.parametrize("variant", ["mp_nce", "supcon", "infonce"])
+def test_multi_positive_loss_matches_loop_reference(variant):
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 9, generator=g, dtype=torch.float64) * 3
+    positives = torch.rand(6, 9, generator=g) < 0.3
+    candidates = torch.rand(6, 9, generator=g) < 0.9
+    positives[0, 1] = candidates[0, 1] = True  # at least one positive pair
+    expected = naive_multi_positive(logits, positives, candidates, variant)
+    torch.testing.assert_close(multi_positive_loss(logits, positives, candidates, variant), torch.as_tensor(expected))
+
+
+def test_mp_nce_differs_from_supcon_with_several_positives():
+    logits = torch.tensor([[5.0, 4.0, 0.0, -1.0]], dtype=torch.float64)
+    positives = torch.tensor([[True, True, False, False]])
+    candidates = torch.ones_like(positives)
+    assert multi_positive_loss(logits, positives, candidates, "mp_nce") < multi_positive_loss(
+        logits, positives, candidates, "supcon"
+    )
+    with pytest.raises(ValueError, match="variant"):
+        multi_positive_loss(logits, positives, candidates, "triplet")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Two processes (gloo) against one process holding the whole global batch.
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _global_batch():
+    image, text = _embeds(7, seed=11)
+    labels = torch.tensor([1, -1, 1, 4, -1, 4, 1])
+    g = torch.Generator().manual_seed(5)
+    mp_logits_inputs = torch.randn(7, 7, generator=g, dtype=torch.float64)
+    return image, text, labels, mp_logits_inputs
+
+
+def _losses(image, text, labels, features, offset=0):
+    """The three losses on this process's rows (features: [n_local, D] embeddings for a multi-positive loss)."""
+    from hf_unified.losses import gather_with_grad
+
+    scale = torch.tensor(4.0, dtype=torch.float64)
+    all_features, global_offset = gather_with_grad(features)
+    groups = torch.tensor([0, 0, 1, 1, 2, 2, 2])  # source pair of each global row
+    local_groups = groups[global_offset : global_offset + features.shape[0]]
+    logits = 3.0 * features @ all_features.T
+    rows = torch.arange(global_offset, global_offset + features.shape[0])
+    candidates = torch.ones_like(logits, dtype=torch.bool)
+    candidates[torch.arange(features.shape[0]), rows] = False
+    positives = local_groups[:, None] == groups[None, :]
+    return {
+        "clip": clip_loss(image, text, scale),
+        "unicl": unicl_loss(image, text, labels, scale),
+        "mp_nce": multi_positive_loss(logits, positives, candidates, "mp_nce"),
+        "supcon": multi_positive_loss(logits, positives, candidates, "supcon"),
+    }
+
+
+def _worker(rank: int, world_size: int, port: int, splits: list[int], queue) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        image, text, labels, features = _global_batch()
+        start = sum(splits[:rank])
+        rows = slice(start, start + splits[rank])
+        results = {}
+        for name in ("clip", "unicl", "mp_nce", "supcon"):
+            leaves = [image[rows].clone().requires_grad_(), text[rows].clone().requires_grad_(), features[rows].clone().requires_grad_()]
+            loss = _losses(leaves[0], leaves[1], labels[rows], leaves[2])[name]
+            loss.backward()
+            # DDP averages gradients and we average the logged loss over ranks.
+            value = loss.detach().clone()
+            dist.all_reduce(value)
+            grads = [torch.zeros_like(leaf) if leaf.grad is None else leaf.grad / world_size for leaf in leaves]
+            results[name] = (value.item() / world_size, grads)
+        queue.put((rank, results))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("splits", [[4, 3]])
+def test_two_process_losses_equal_one_process(splits):
+    image, text, labels, features = _global_batch()
+    expected = {}
+    for name in ("clip", "unicl", "mp_nce", "supcon"):
+        leaves = [image.clone().requires_grad_(), text.clone().requires_grad_(), features.clone().requires_grad_()]
+        loss = _losses(leaves[0], leaves[1], labels, leaves[2])[name]
+        loss.backward()
+        expected[name] = (loss.item(), [torch.zeros_like(leaf) if leaf.grad is None else leaf.grad for leaf in leaves])
+
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    port = _free_port()
+    processes = [context.Process(target=_worker, args=(r, 2, port, splits, queue)) for r in range(2)]
+    for p in processes:
+        p.start()
+    by_rank = dict(queue.get(timeout=120) for _ in processes)
+    for p in processes:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+
+    for name, (value, grads) in expected.items():
+        for rank in range(2):
+            got_value, got_grads = by_rank[rank][name]
+            assert abs(got_value - value) < 1e-10, name
+            start = sum(splits[:rank])
+            for got, full in zip(got_grads, grads):
+                torch.testing.assert_close(got, full[start : start + splits[rank]], msg=name)
