@@ -7,6 +7,8 @@ Importing the package registers every model with the Auto classes, so that `Auto
 
 from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor
 
+from .augmentation import AUGMENTATION_PARAM_DIM, AUGMENTATION_PARAM_NAMES, MultiViewAugmentation, identity_params
+from .configuration_uniclip import UniCLIPConfig
 from .configuration_unicl import UniCLConfig
 from .losses import clip_loss, gather_with_grad, global_mean, multi_positive_loss, unicl_loss
 from .modeling_unicl import (
@@ -16,7 +18,15 @@ from .modeling_unicl import (
     UniCLTextModelWithProjection,
     UniCLVisionModelWithProjection,
 )
+from .modeling_uniclip import (
+    UniCLIPModel,
+    UniCLIPOutput,
+    UniCLIPPreTrainedModel,
+    UniCLIPTextModelWithProjection,
+    UniCLIPVisionModelWithProjection,
+)
 from .processing_unicl import UniCLProcessor
+from .processing_uniclip import UniCLIPProcessor
 from .prompts import OPENAI_IMAGENET_TEMPLATES, UNICL_TEMPLATES, build_zero_shot_classifier
 
 __version__ = "0.1.0"
@@ -30,8 +40,12 @@ def _register(config_class, model_class, processor_class) -> None:
 
 
 _register(UniCLConfig, UniCLModel, UniCLProcessor)
+_register(UniCLIPConfig, UniCLIPModel, UniCLIPProcessor)
 
 __all__ = [
+    "AUGMENTATION_PARAM_DIM",
+    "AUGMENTATION_PARAM_NAMES",
+    "MultiViewAugmentation",
     "OPENAI_IMAGENET_TEMPLATES",
     "UNICL_TEMPLATES",
     "UniCLConfig",
@@ -41,9 +55,17 @@ __all__ = [
     "UniCLProcessor",
     "UniCLTextModelWithProjection",
     "UniCLVisionModelWithProjection",
+    "UniCLIPConfig",
+    "UniCLIPModel",
+    "UniCLIPOutput",
+    "UniCLIPPreTrainedModel",
+    "UniCLIPProcessor",
+    "UniCLIPTextModelWithProjection",
+    "UniCLIPVisionModelWithProjection",
     "build_zero_shot_classifier",
     "clip_loss",
     "gather_with_grad",
+    "identity_params",
     "global_mean",
     "multi_positive_loss",
     "unicl_loss",
