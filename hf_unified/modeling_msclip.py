@@ -1,0 +1,838 @@
+"""MS-CLIP: learning visual-language representations with a modality-shared transformer (You et al., ECCV 2022).
+
+One stack of pre-LN transformer blocks serves both modalities. Images run it bidirectionally, text causally, each
+with its own head count. Which sub-layers of which blocks hold a single copy for both modalities is configuration
+([`MSCLIPConfig`]), so the whole sharing spectrum (nothing shared = a CLIP baseline, attention only, MLP only, all
+but LayerNorm, everything) is one code path.
+
+Module layout (the names a checkpoint converter maps to):
+
+- `encoder.layers.{i}` ([`MSCLIPEncoderLayer`]): the shared sub-layers of block `i` are direct children
+  (`attention`, `mlp`, `layer_norm1`, `layer_norm2`); the modality-specific ones live in `encoder.layers.{i}.vision`
+  and `encoder.layers.{i}.text` (`nn.ModuleDict`s with the same four names). Every weight exists exactly once:
+  there is no parameter aliasing between towers, so `state_dict` and safetensors hold each shared tensor once.
+  A modality that does not run block `i` (vision block 0 under early specialization) has no entry there.
+- Attention keeps **separate** `q_proj`, `k_proj`, `v_proj` and `out_proj` Linears (CLIP naming). The official
+  fused `attn.in_proj_weight` `[3W, W]` splits by rows into q `[0:W]`, k `[W:2W]`, v `[2W:3W]` (same for the bias);
+  `attn.out_proj` maps to `out_proj`. The MLP is `mlp.fc1` / `mlp.fc2` (official `mlp.c_fc` / `mlp.c_proj`).
+- Vision: `vision_embeddings.{class_embedding, position_embedding, stem | patch_embedding}`, `vision_pre_layernorm`,
+  `vision_post_layernorm`, `vision_parallel_branch.{stages, adapters}`, `visual_projection`.
+- Text: `text_embeddings.{token_embedding, position_embedding}`, `text_final_layer_norm`, `text_projection`.
+- `logit_scale`: 0-d log temperature.
+
+Projections are `nn.Linear(bias=False)`, so an official `[in, out]` matrix `P` (applied `x @ P`) loads as `P.T`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput, can_return_tuple
+
+from .auto_map import ZeroShotAutoMapMixin
+from .configuration_msclip import MSCLIPConfig
+from .losses import clip_loss
+from .towers import eos_positions
+
+MODALITIES = ("vision", "text")
+
+
+@dataclass
+class MSCLIPOutput(ModelOutput):
+    """Output of [`MSCLIPModel`], laid out like transformers' `CLIPOutput`.
+
+    Args:
+        loss (`torch.Tensor` of shape `()`, *optional*): symmetric InfoNCE (CLIP) loss, with `return_loss=True`.
+        logits_per_image (`torch.Tensor` of shape `(image_batch_size, text_batch_size)`):
+            `exp(logit_scale) * image_embeds @ text_embeds.T`.
+        logits_per_text (`torch.Tensor` of shape `(text_batch_size, image_batch_size)`): its transpose.
+        text_embeds (`torch.Tensor` of shape `(text_batch_size, projection_dim)`): L2-normalised text embeddings.
+        image_embeds (`torch.Tensor` of shape `(image_batch_size, projection_dim)`): L2-normalised image embeddings.
+        text_model_output (`BaseModelOutputWithPooling`): text tokens after the final LayerNorm and the projected
+            pooled feature.
+        vision_model_output (`BaseModelOutputWithPooling`): image tokens after the last block and the projected
+            pooled feature.
+    """
+
+    loss: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+
+
+@dataclass
+class MSCLIPEmbeddingOutput(ModelOutput):
+    """Output of the single-modality models: the projected (not normalised) embedding first, then the tokens.
+
+    Args:
+        embeds (`torch.Tensor` of shape `(batch_size, projection_dim)`): projected pooled features.
+        last_hidden_state (`torch.Tensor` of shape `(batch_size, sequence_length, hidden_size)`): tokens.
+        hidden_states (`tuple(torch.Tensor)`, *optional*): the input of every block and the last output.
+        attentions (`tuple(torch.Tensor)`, *optional*): per-block attention weights (eager attention only).
+    """
+
+    embeds: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Transformer block
+
+
+class MSCLIPLayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the input dtype (the official TF-style LayerNorm, eps inside the sqrt)."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        dtype = hidden_states.dtype
+        output = nn.functional.layer_norm(
+            hidden_states.float(),
+            self.normalized_shape,
+            self.weight.float() if self.weight is not None else None,
+            self.bias.float() if self.bias is not None else None,
+            self.eps,
+        )
+        return output.to(dtype)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain attention. query/key/value `[B, H, L, D]`, additive mask `[B, 1, L, L]`; returns `[B, L, H, D]` and weights."""
+    attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class MSCLIPAttention(nn.Module):
+    """Multi-head self-attention whose head count is chosen per call, so one set of weights serves a modality with
+    12 heads and another with 8 (only parameters are shared between modalities, not the head split)."""
+
+    def __init__(self, config: MSCLIPConfig):
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.hidden_size
+        self.dropout = config.attention_dropout
+        # The mask is always explicit (causal for text, none for images); never let SDPA infer causality.
+        self.is_causal = False
+        self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.k_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.v_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
+
+    def forward(
+        self, hidden_states: torch.Tensor, num_heads: int, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden_states `[B, L, W]`, additive attention_mask `[B, 1, L, L]` or None -> `[B, L, W]`, weights."""
+        batch_size, seq_len, _ = hidden_states.shape
+        head_dim = self.embed_dim // num_heads
+        shape = (batch_size, seq_len, num_heads, head_dim)
+        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            scaling=head_dim**-0.5,
+            dropout=self.dropout if self.training else 0.0,
+            is_causal=False,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(batch_size, seq_len, self.embed_dim).contiguous()
+        return self.out_proj(attn_output), attn_weights
+
+
+class MSCLIPMLP(nn.Module):
+    def __init__(self, config: MSCLIPConfig):
+        super().__init__()
+        self.activation_fn = ACT2FN[config.hidden_act]
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+
+
+def _build_sublayer(config: MSCLIPConfig, name: str) -> nn.Module:
+    if name == "attention":
+        return MSCLIPAttention(config)
+    if name == "mlp":
+        return MSCLIPMLP(config)
+    return MSCLIPLayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+
+# Sub-layer names of a block, and the `shared_sublayers` entry that controls each.
+_SUBLAYER_KIND = {"attention": "attention", "mlp": "mlp", "layer_norm1": "layernorm", "layer_norm2": "layernorm"}
+
+
+class MSCLIPEncoderLayer(GradientCheckpointingLayer):
+    """Block `layer_idx` of the modality-shared stack: `x += attn(ln1(x)); x += mlp(ln2(x))`.
+
+    Shared sub-layers are direct children (one copy); the others are built per modality under `self.vision` /
+    `self.text`. `modalities` limits which modality-specific parts exist (a vision-only model builds no text parts);
+    which sub-layers are shared depends on the config alone, so every model class uses the same parameter names.
+    """
+
+    def __init__(self, config: MSCLIPConfig, layer_idx: int, modalities: tuple[str, ...] = MODALITIES):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = {m: config.num_attention_heads(m) for m in MODALITIES}
+        shared_kinds = config.shared_sublayers_of(layer_idx)
+        self.shared_names = tuple(name for name, kind in _SUBLAYER_KIND.items() if kind in shared_kinds)
+        self.runs = tuple(m for m in modalities if m == "text" or config.vision_has_block(layer_idx))
+        if self.runs:
+            for name in self.shared_names:
+                self.add_module(name, _build_sublayer(config, name))
+        for modality in self.runs:
+            own = {n: _build_sublayer(config, n) for n in _SUBLAYER_KIND if n not in self.shared_names}
+            if own:
+                self.add_module(modality, nn.ModuleDict(own))
+
+    def sublayer(self, modality: str, name: str) -> nn.Module:
+        """The module `modality` uses for sub-layer `name` (the shared one, or its own)."""
+        if name in self.shared_names:
+            return getattr(self, name)
+        return getattr(self, modality)[name]
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        modality: str,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden_states `[B, L, W]` -> `[B, L, W]` and the attention weights (None under SDPA)."""
+        if modality not in self.runs:
+            raise ValueError(f"{modality} does not run block {self.layer_idx} in this model")
+        residual = hidden_states
+        hidden_states = self.sublayer(modality, "layer_norm1")(hidden_states)
+        hidden_states, attn_weights = self.sublayer(modality, "attention")(
+            hidden_states, self.num_heads[modality], attention_mask, **kwargs
+        )
+        hidden_states = residual + hidden_states
+        residual = hidden_states
+        hidden_states = self.sublayer(modality, "mlp")(self.sublayer(modality, "layer_norm2")(hidden_states))
+        return residual + hidden_states, attn_weights
+
+
+class MSCLIPEncoder(nn.Module):
+    """The single stack of blocks both modalities run through."""
+
+    def __init__(self, config: MSCLIPConfig, modalities: tuple[str, ...] = MODALITIES):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            [MSCLIPEncoderLayer(config, i, modalities) for i in range(config.num_hidden_layers)]
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        modality: str,
+        attention_mask: torch.Tensor | None = None,
+        before_layer: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        **kwargs,
+    ) -> BaseModelOutput:
+        """Runs `modality` through every block it has. `before_layer(i, x)`, if given, transforms the stream just
+        before block `i` (the parallel branch's lateral adapters)."""
+        all_hidden_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            if modality not in layer.runs:
+                continue
+            if before_layer is not None:
+                hidden_states = before_layer(layer.layer_idx, hidden_states)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            hidden_states, attn_weights = layer(hidden_states, modality, attention_mask, **kwargs)
+            if output_attentions:
+                all_attentions += (attn_weights,)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        return BaseModelOutput(
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Vision: embeddings (patch conv or early-specialization stem), parallel CNN branch, lateral adapters
+
+
+class MSCLIPConvNorm(nn.Module):
+    """Conv2d (no bias) + BatchNorm."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1, eps=1e-5):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
+        self.norm = nn.BatchNorm2d(out_channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+
+class MSCLIPStemStage(nn.Module):
+    """Residual stage of the stem: `relu(BN(conv3x3_s(x)) + BN(conv1x1_s(x)))`."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, eps: float):
+        super().__init__()
+        self.main = MSCLIPConvNorm(in_channels, out_channels, 3, stride, 1, eps=eps)
+        self.shortcut = MSCLIPConvNorm(in_channels, out_channels, 1, stride, 0, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.relu(self.main(x) + self.shortcut(x))
+
+
+class MSCLIPConvStem(nn.Module):
+    """Early specialization of the vision side (replaces the patch embedding and vision block 0):
+    3x3 stride-2 conv + BN + ReLU, residual stages, then a 1x1 conv to the width (no norm, no activation).
+
+    `[B, 3, S, S]` -> `[B, W, S / patch_size, S / patch_size]`.
+    """
+
+    def __init__(self, config: MSCLIPConfig):
+        super().__init__()
+        channels = config.stem_channels
+        self.first = MSCLIPConvNorm(config.num_channels, channels[0], 3, 2, 1, eps=config.batch_norm_eps)
+        self.stages = nn.ModuleList(
+            [
+                MSCLIPStemStage(channels[i], channels[i + 1], stride, config.batch_norm_eps)
+                for i, stride in enumerate(config.stem_strides)
+            ]
+        )
+        self.last_conv = nn.Conv2d(channels[-1], config.hidden_size, 1, bias=False)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.relu(self.first(pixel_values))
+        for stage in self.stages:
+            x = stage(x)
+        return self.last_conv(x)
+
+
+class MSCLIPVisionEmbeddings(nn.Module):
+    """`[B, 3, S, S]` -> `[B, 1 + grid**2, W]`: CLS token + grid tokens (row-major) + learned positions."""
+
+    def __init__(self, config: MSCLIPConfig):
+        super().__init__()
+        self.config = config
+        self.class_embedding = nn.Parameter(torch.empty(config.hidden_size))
+        if config.early_specialization:
+            self.stem = MSCLIPConvStem(config)
+        else:
+            self.patch_embedding = nn.Conv2d(
+                config.num_channels, config.hidden_size, config.patch_size, config.patch_size, bias=False
+            )
+        self.num_positions = config.grid_size**2 + 1
+        self.position_embedding = nn.Embedding(self.num_positions, config.hidden_size)
+        self.register_buffer("position_ids", torch.arange(self.num_positions).expand((1, -1)), persistent=False)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        size = self.config.image_size
+        if pixel_values.ndim != 4 or pixel_values.shape[1:] != (self.config.num_channels, size, size):
+            raise ValueError(
+                f"pixel_values must have shape [batch, {self.config.num_channels}, {size}, {size}], "
+                f"got {tuple(pixel_values.shape)}"
+            )
+        embed = self.stem if self.config.early_specialization else self.patch_embedding
+        weight_dtype = next(embed.parameters()).dtype
+        grid = embed(pixel_values.to(weight_dtype))
+        tokens = grid.flatten(2).transpose(1, 2)
+        cls = self.class_embedding.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
+        return torch.cat([cls, tokens], dim=1) + self.position_embedding(self.position_ids)
+
+
+class MSCLIPBottleneck(nn.Module):
+    """Residual stage of the parallel branch: 1x1 (to out/2) -> 3x3 stride s -> 1x1 (to out), BN + ReLU between,
+    plus a 1x1 stride-s projection shortcut; ReLU after the sum. BatchNorm eps `parallel_batch_norm_eps` (1e-6)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, eps: float):
+        super().__init__()
+        mid = out_channels // 2
+        self.reduce = MSCLIPConvNorm(in_channels, mid, 1, eps=eps)
+        self.spatial = MSCLIPConvNorm(mid, mid, 3, stride, 1, eps=eps)
+        self.expand = MSCLIPConvNorm(mid, out_channels, 1, eps=eps)
+        self.shortcut = MSCLIPConvNorm(in_channels, out_channels, 1, stride, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = nn.functional.relu(self.reduce(x))
+        out = nn.functional.relu(self.spatial(out))
+        return nn.functional.relu(self.expand(out) + self.shortcut(x))
+
+
+class MSCLIPFirstBranchStage(nn.Module):
+    """Stage 0 of the parallel branch: 3x3 conv + BN + ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, eps: float):
+        super().__init__()
+        self.layer = MSCLIPConvNorm(in_channels, out_channels, 3, stride, 1, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.relu(self.layer(x))
+
+
+class MSCLIPLateralAdapter(nn.Module):
+    """Fuses branch features `[B, C_k, h*K, w*K]` into the token stream `[B, 1 + h*w, W]` (official `Lateral_Adapter`).
+
+    `tokens = ln_adapt(cat[cls, BN(dw3x3(grid))] + cat[cls, pw1x1(BN(dwKxK_strideK(branch)))])`: the patch tokens get
+    no identity residual (as in the official code), the CLS token is added to itself (invisible after the LayerNorm).
+    """
+
+    def __init__(self, config: MSCLIPConfig, branch_channels: int, t2b_kernel: int):
+        super().__init__()
+        width = config.hidden_size
+        eps = config.batch_norm_eps
+        self.branch_depthwise = MSCLIPConvNorm(
+            branch_channels, branch_channels, t2b_kernel, t2b_kernel, 0, groups=branch_channels, eps=eps
+        )
+        self.branch_pointwise = nn.Conv2d(branch_channels, width, 1, bias=False)
+        self.token_depthwise = MSCLIPConvNorm(width, width, 3, 1, 1, groups=width, eps=eps)
+        self.layer_norm = MSCLIPLayerNorm(width, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor, branch_features: torch.Tensor) -> torch.Tensor:
+        batch_size, num_tokens, width = hidden_states.shape
+        cls, tokens = hidden_states[:, :1], hidden_states[:, 1:]
+        side = int(round((num_tokens - 1) ** 0.5))
+        grid = tokens.transpose(1, 2).reshape(batch_size, width, side, side)
+        from_tokens = self.token_depthwise(grid).flatten(2).transpose(1, 2)
+        from_branch = self.branch_pointwise(self.branch_depthwise(branch_features)).flatten(2).transpose(1, 2)
+        if from_branch.shape != from_tokens.shape:
+            raise ValueError(
+                f"parallel branch gives {tuple(from_branch.shape)} tokens, the stream has {tuple(from_tokens.shape)}"
+            )
+        fused = torch.cat([cls, from_tokens], dim=1) + torch.cat([cls, from_branch.to(from_tokens.dtype)], dim=1)
+        return self.layer_norm(fused)
+
+
+class MSCLIPParallelBranch(nn.Module):
+    """Vision-only CNN on the raw image; stage `k` output is fused by adapter `k` just before vision block
+    `config.parallel_lateral_layers[k]`."""
+
+    def __init__(self, config: MSCLIPConfig):
+        super().__init__()
+        channels = [config.num_channels] + list(config.parallel_channels)
+        stages = []
+        for k, stride in enumerate(config.parallel_strides):
+            if k == 0:
+                stages.append(MSCLIPFirstBranchStage(channels[0], channels[1], stride, config.batch_norm_eps))
+            else:
+                stages.append(MSCLIPBottleneck(channels[k], channels[k + 1], stride, config.parallel_batch_norm_eps))
+        self.stages = nn.ModuleList(stages)
+        self.adapters = nn.ModuleList(
+            [
+                MSCLIPLateralAdapter(config, channels[k + 1], kernel)
+                for k, kernel in enumerate(config.parallel_t2b_kernels)
+            ]
+        )
+        self.lateral_layers = list(config.parallel_lateral_layers)
+
+    def fuser(self, pixel_values: torch.Tensor) -> Callable[[int, torch.Tensor], torch.Tensor]:
+        """A `before_layer(i, x)` hook for [`MSCLIPEncoder`] that advances the branch and fuses it where configured."""
+        state = {"features": pixel_values.to(self.stages[0].layer.conv.weight.dtype)}
+
+        def before_layer(layer_idx: int, hidden_states: torch.Tensor) -> torch.Tensor:
+            if layer_idx not in self.lateral_layers:
+                return hidden_states
+            k = self.lateral_layers.index(layer_idx)
+            state["features"] = self.stages[k](state["features"])
+            return self.adapters[k](hidden_states, state["features"])
+
+        return before_layer
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Text
+
+
+class MSCLIPTextEmbeddings(nn.Module):
+    def __init__(self, config: MSCLIPConfig):
+        super().__init__()
+        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.register_buffer(
+            "position_ids", torch.arange(config.max_position_embeddings).expand((1, -1)), persistent=False
+        )
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        seq_len = input_ids.shape[-1]
+        max_len = self.position_embedding.num_embeddings
+        if seq_len > max_len:
+            raise ValueError(f"input_ids has {seq_len} tokens, more than max_position_embeddings {max_len}")
+        if position_ids is None:
+            position_ids = self.position_ids[:, :seq_len]
+        return self.token_embedding(input_ids) + self.position_embedding(position_ids)
+
+
+def causal_attention_mask(seq_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Additive `[1, 1, L, L]` causal mask (the official text mask: `-inf` above the diagonal).
+
+    Padding needs no mask of its own: text is right-padded, so the causal mask already hides every pad token from
+    the real tokens (and from the pooled end-of-text token). Pad positions keep the official values too.
+    """
+    mask = torch.full((seq_len, seq_len), torch.finfo(dtype).min, dtype=dtype, device=device).triu_(1)
+    return mask[None, None]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+
+
+class MSCLIPPreTrainedModel(ZeroShotAutoMapMixin, PreTrainedModel):
+    config: MSCLIPConfig
+    config_class = MSCLIPConfig
+    base_model_prefix = "msclip"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flex_attn = False
+    _supports_attention_backend = True
+    _no_split_modules = ["MSCLIPEncoderLayer", "MSCLIPVisionEmbeddings", "MSCLIPTextEmbeddings"]
+    zero_shot_class_name = "MSCLIPModel"
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        config = self.config
+        factor = config.initializer_factor
+        width = config.hidden_size
+        # CLIP's scheme for the transformer; He init for the convolutions; BN / LN to identity.
+        if isinstance(module, MSCLIPAttention):
+            in_std = (width**-0.5) * ((2 * config.num_hidden_layers) ** -0.5) * factor
+            for proj in (module.q_proj, module.k_proj, module.v_proj):
+                init.normal_(proj.weight, std=in_std)
+                init.zeros_(proj.bias)
+            init.normal_(module.out_proj.weight, std=width**-0.5 * factor)
+            init.zeros_(module.out_proj.bias)
+        elif isinstance(module, MSCLIPMLP):
+            in_std = (width**-0.5) * ((2 * config.num_hidden_layers) ** -0.5) * factor
+            init.normal_(module.fc1.weight, std=(2 * width) ** -0.5 * factor)
+            init.zeros_(module.fc1.bias)
+            init.normal_(module.fc2.weight, std=in_std)
+            init.zeros_(module.fc2.bias)
+        elif isinstance(module, MSCLIPVisionEmbeddings):
+            init.normal_(module.class_embedding, std=width**-0.5 * factor)
+            init.normal_(module.position_embedding.weight, std=config.initializer_range * factor)
+            init.copy_(module.position_ids, torch.arange(module.num_positions).expand((1, -1)))
+        elif isinstance(module, MSCLIPTextEmbeddings):
+            init.normal_(module.token_embedding.weight, std=config.initializer_range * factor)
+            init.normal_(module.position_embedding.weight, std=0.01 * factor)
+            init.copy_(module.position_ids, torch.arange(config.max_position_embeddings).expand((1, -1)))
+        elif isinstance(module, nn.Conv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            if isinstance(module, nn.BatchNorm2d):
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, nn.Linear) and module.bias is None:
+            # visual_projection / text_projection
+            init.normal_(module.weight, std=width**-0.5 * factor)
+        if isinstance(getattr(module, "logit_scale", None), nn.Parameter):
+            init.constant_(module.logit_scale, config.logit_scale_init_value)
+
+
+class _MSCLIPHeads:
+    """Builds and runs the modality-specific parts around the shared stack, for the dual encoder and for the
+    single-modality models (which build the same parameter names, minus the other modality's)."""
+
+    config: MSCLIPConfig
+
+    def _build(self, config: MSCLIPConfig, modalities: tuple[str, ...]) -> None:
+        self.modalities = modalities
+        width, eps = config.hidden_size, config.layer_norm_eps
+        if "vision" in modalities:
+            self.vision_embeddings = MSCLIPVisionEmbeddings(config)
+            self.vision_pre_layernorm = MSCLIPLayerNorm(width, eps=eps)
+            if config.parallel_branch:
+                self.vision_parallel_branch = MSCLIPParallelBranch(config)
+            self.vision_post_layernorm = MSCLIPLayerNorm(width, eps=eps)
+            self.visual_projection = nn.Linear(width, config.projection_dim, bias=False)
+        if "text" in modalities:
+            self.text_embeddings = MSCLIPTextEmbeddings(config)
+            self.text_final_layer_norm = MSCLIPLayerNorm(width, eps=eps)
+            self.text_projection = nn.Linear(width, config.projection_dim, bias=False)
+        self.encoder = MSCLIPEncoder(config, modalities)
+
+    def _image_features(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        if pixel_values is None:
+            raise ValueError("pixel_values is required to compute image features")
+        hidden_states = self.vision_pre_layernorm(self.vision_embeddings(pixel_values))
+        before_layer = None
+        if self.config.parallel_branch:
+            before_layer = self.vision_parallel_branch.fuser(pixel_values)
+        outputs = self.encoder(
+            hidden_states,
+            "vision",
+            attention_mask=None,
+            before_layer=before_layer,
+            output_hidden_states=bool(output_hidden_states),
+            output_attentions=bool(output_attentions),
+            **kwargs,
+        )
+        pooled = self.vision_post_layernorm(outputs.last_hidden_state[:, 0])
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=self.visual_projection(pooled),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def _text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        if input_ids is None:
+            raise ValueError("input_ids is required to compute text features")
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must have shape [batch, sequence], got {tuple(input_ids.shape)}")
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids {tuple(input_ids.shape)}"
+            )
+        hidden_states = self.text_embeddings(input_ids, position_ids)
+        batch_size, seq_len = input_ids.shape
+        mask = causal_attention_mask(seq_len, hidden_states.dtype, hidden_states.device)
+        outputs = self.encoder(
+            hidden_states,
+            "text",
+            attention_mask=mask,
+            output_hidden_states=bool(output_hidden_states),
+            output_attentions=bool(output_attentions),
+            **kwargs,
+        )
+        last_hidden_state = self.text_final_layer_norm(outputs.last_hidden_state)
+        # Official: the first end-of-text token (the largest id). By id, not argmax, so any pad id works.
+        positions = eos_positions(input_ids, attention_mask, self.config.eos_token_id).to(last_hidden_state.device)
+        pooled = last_hidden_state[torch.arange(batch_size, device=last_hidden_state.device), positions]
+        return BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state,
+            pooler_output=self.text_projection(pooled),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class MSCLIPModel(_MSCLIPHeads, MSCLIPPreTrainedModel):
+    """MS-CLIP dual encoder with one modality-shared transformer.
+
+    Example:
+
+    ```python
+    >>> from hf_unified import MSCLIPConfig, MSCLIPModel
+    >>> model = MSCLIPModel(MSCLIPConfig.from_preset("shared", hidden_size=64, intermediate_size=128,
+    ...     num_hidden_layers=2, vision_num_attention_heads=2, text_num_attention_heads=2, image_size=64))
+    ```
+    """
+
+    def __init__(self, config: MSCLIPConfig):
+        super().__init__(config)
+        self._build(config, MODALITIES)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_embeddings.token_embedding
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_embeddings.token_embedding = value
+
+    @can_return_tuple
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """Text tokens `[B, L, W]` (after the final LayerNorm) and `pooler_output`, the projected, un-normalised text
+        embedding `[B, D]`."""
+        kwargs.pop("token_type_ids", None)
+        return self._text_features(input_ids, attention_mask, position_ids, **kwargs)
+
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """Image tokens `[B, 1 + grid**2, W]` (before `vision_post_layernorm`) and `pooler_output`, the projected,
+        un-normalised image embedding `[B, D]`."""
+        return self._image_features(pixel_values, **kwargs)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        return_loss: bool | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> MSCLIPOutput:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(text_batch_size, sequence_length)`, *optional*):
+                Token ids, right-padded with any pad id; at most `max_position_embeddings` long.
+            pixel_values (`torch.FloatTensor` of shape `(image_batch_size, 3, image_size, image_size)`, *optional*):
+                Images as prepared by [`MSCLIPProcessor`].
+            attention_mask (`torch.Tensor` of shape `(text_batch_size, sequence_length)`, *optional*):
+                1 on real tokens, 0 on (right) padding. Attention is causal as in the official model, so padding is
+                already invisible to real tokens; the mask only locates the pooled token when a row has no
+                end-of-text token (truncated text: its last attended token is pooled).
+            return_loss (`bool`, *optional*): return the symmetric InfoNCE loss (needs both modalities, one row
+                per pair).
+            token_type_ids: accepted and ignored (some tokenizers emit them).
+
+        Either modality may be left out (then only the other's embeddings are returned), unless a loss is asked.
+        """
+        if return_loss and (input_ids is None or pixel_values is None):
+            raise ValueError("a contrastive loss needs both input_ids and pixel_values")
+        if input_ids is None and pixel_values is None:
+            raise ValueError("give input_ids, pixel_values or both")
+
+        image_embeds = text_embeds = vision_outputs = text_outputs = None
+        if pixel_values is not None:
+            vision_outputs = self._image_features(pixel_values, **kwargs)
+            image_embeds = nn.functional.normalize(vision_outputs.pooler_output, dim=-1)
+        if input_ids is not None:
+            text_outputs = self._text_features(input_ids, attention_mask, position_ids, **kwargs)
+            text_embeds = nn.functional.normalize(text_outputs.pooler_output, dim=-1)
+
+        logits_per_image = logits_per_text = loss = None
+        if image_embeds is not None and text_embeds is not None:
+            logit_scale = self.logit_scale.exp()
+            logits_per_text = logit_scale * text_embeds @ image_embeds.T
+            logits_per_image = logits_per_text.T
+            if return_loss:
+                if image_embeds.shape[0] != text_embeds.shape[0]:
+                    raise ValueError(
+                        f"a loss pairs image i with text i: got {image_embeds.shape[0]} images and "
+                        f"{text_embeds.shape[0]} texts"
+                    )
+                loss = clip_loss(image_embeds, text_embeds, logit_scale)
+
+        return MSCLIPOutput(
+            loss=loss,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            text_model_output=text_outputs,
+            vision_model_output=vision_outputs,
+        )
+
+
+class MSCLIPVisionModelWithProjection(_MSCLIPHeads, MSCLIPPreTrainedModel):
+    """The vision path alone (stack with shared + vision parts, stem, branch, projection), for image indexing and
+    the image-feature-extraction pipeline. Loads from a saved [`MSCLIPModel`] folder; text weights are ignored."""
+
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    def __init__(self, config: MSCLIPConfig):
+        super().__init__(config)
+        self._build(config, ("vision",))
+        self.post_init()
+
+    @can_return_tuple
+    def forward(self, pixel_values: torch.FloatTensor | None = None, **kwargs) -> MSCLIPEmbeddingOutput:
+        """Returns the projected image embedding `[B, D]` (not normalised) first, then the tokens."""
+        outputs = self._image_features(pixel_values, **kwargs)
+        return MSCLIPEmbeddingOutput(
+            embeds=outputs.pooler_output,
+            last_hidden_state=outputs.last_hidden_state,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class MSCLIPTextModelWithProjection(_MSCLIPHeads, MSCLIPPreTrainedModel):
+    """The text path alone (stack with shared + text parts, embeddings, projection), for text indexing and the
+    feature-extraction pipeline. Loads from a saved [`MSCLIPModel`] folder; image weights are ignored."""
+
+    input_modalities = ("text",)
+
+    def __init__(self, config: MSCLIPConfig):
+        super().__init__(config)
+        self._build(config, ("text",))
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_embeddings.token_embedding
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_embeddings.token_embedding = value
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> MSCLIPEmbeddingOutput:
+        """Returns the projected text embedding `[B, D]` (not normalised) first, then the tokens."""
+        outputs = self._text_features(input_ids, attention_mask, position_ids, **kwargs)
+        return MSCLIPEmbeddingOutput(
+            embeds=outputs.pooler_output,
+            last_hidden_state=outputs.last_hidden_state,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+MSCLIPConfig.register_for_auto_class()
+MSCLIPModel.register_for_auto_class("AutoModel")
+
+__all__ = [
+    "MSCLIPEmbeddingOutput",
+    "MSCLIPModel",
+    "MSCLIPOutput",
+    "MSCLIPPreTrainedModel",
+    "MSCLIPTextModelWithProjection",
+    "MSCLIPVisionModelWithProjection",
+]
