@@ -262,25 +262,40 @@ def list_or_value(value: Any) -> Any:
 
 
 def write_model_card(
-    folder: str | Path, *, model_name: str, source_checkpoint: str, base_model: str | None, description: str
+    folder: str | Path,
+    *,
+    method: str,
+    model_name: str,
+    source_checkpoint: str,
+    base_model: str | None,
+    description: str,
+    conversion_summary: dict[str, Any] | None = None,
 ) -> str:
-    """Writes the model card through the Hub engineer's `model_card.write_model_card` when that module exists,
-    else a minimal README naming the source checkpoint. Returns which path was used ("model_card" or "minimal")."""
+    """Writes `folder/README.md` naming the source checkpoint.
+
+    Uses the Hub engineer's `model_card.write_model_card` (the method's template, metadata, usage) when that module
+    exists; otherwise a minimal card with the same metadata essentials. Returns which one was written
+    (`"model_card"` or `"minimal"`).
+    """
     try:
-        from .model_card import write_model_card as hub_write_model_card
+        from .model_card import write_model_card as render_and_write
     except ImportError:
-        hub_write_model_card = None
-    if hub_write_model_card is not None:
-        try:
-            hub_write_model_card(folder, source_checkpoint=source_checkpoint, base_model=base_model)
-            return "model_card"
-        except TypeError:
-            pass  # a different signature: fall back to the minimal card rather than fail the conversion
+        render_and_write = None
+    if render_and_write is not None:
+        render_and_write(
+            folder,
+            method,
+            source_checkpoint=source_checkpoint,
+            base_model=base_model,
+            training_summary=conversion_summary,
+        )
+        return "model_card"
     lines = [
         "---",
         "library_name: transformers",
         "pipeline_tag: zero-shot-image-classification",
         "tags:",
+        f"- {method}",
         "- hf-unified",
         "- converted-checkpoint",
     ]
@@ -296,15 +311,9 @@ def write_model_card(
         f"Converted from the official checkpoint `{source_checkpoint}` with hf-unified; every official tensor was "
         "accounted for.",
         "",
-        "```python",
-        "import hf_unified  # registers the model with the Auto classes",
-        "from transformers import AutoModel, AutoProcessor",
-        f'model = AutoModel.from_pretrained("{Path(folder).name}")',
-        f'processor = AutoProcessor.from_pretrained("{Path(folder).name}")',
-        "```",
-        "",
     ]
-    Path(folder, "README.md").write_text("\n".join(lines), encoding="utf-8")
+    lines += [f"- {key}: {value}" for key, value in (conversion_summary or {}).items()]
+    Path(folder, "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return "minimal"
 
 

@@ -569,6 +569,7 @@ def convert_msclip_checkpoint(
     processor.save_pretrained(output)
     write_model_card(
         output,
+        method="msclip",
         model_name=f"MS-CLIP {output.name}",
         source_checkpoint=checkpoint.name,
         base_model=base_model,
@@ -579,6 +580,16 @@ def convert_msclip_checkpoint(
             f"{config.projection_dim}-d embeddings. Preprocessing: bicubic resize to {config.image_size}, centre "
             "crop, ImageNet mean/std. The official zero-shot evaluation scales logits by a fixed 100."
         ),
+        conversion_summary={
+            "converted_from": f"Hxyou/MSCLIP checkpoint {checkpoint.name}",
+            "preset": settings["preset"] or "none (shapes + --config / flags)",
+            "shared_blocks": shapes["shared_blocks"],
+            "heads_vision_text": f"{config.vision_num_attention_heads} / {config.text_num_attention_heads}",
+            "stem_strides": config.stem_strides,
+            "parallel_strides": config.parallel_strides,
+            "lateral_adapter_blocks": config.parallel_lateral_layers,
+            "text_padding": "id 0 (pooled at the first end-of-text token)",
+        },
     )
     return output
 

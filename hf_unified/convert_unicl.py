@@ -574,6 +574,7 @@ def convert_unicl_checkpoint(
     swin = config.vision_config
     write_model_card(
         output,
+        method="unicl",
         model_name=f"UniCL {output.name}",
         source_checkpoint=checkpoint.name,
         base_model=base_model,
@@ -584,6 +585,14 @@ def convert_unicl_checkpoint(
             f"{config.projection_dim} dimensions. Preprocessing: bicubic resize to "
             f"{image_processor.size['shortest_edge']}, centre crop {image_size}, ImageNet mean/std."
         ),
+        conversion_summary={
+            "converted_from": f"microsoft/UniCL checkpoint {checkpoint.name}",
+            "preset": preset or "none (shapes + --config / flags)",
+            "text_heads": text_config.num_attention_heads,
+            "text_layer_norm_eps": text_config.layer_norm_eps,
+            "text_padding": "<|endoftext|> (pooled at the first end-of-text token)",
+            "image_preprocessing": f"bicubic resize {image_processor.size['shortest_edge']}, centre crop {image_size}, ImageNet mean/std",
+        },
     )
     return output
 
