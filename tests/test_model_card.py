@@ -1,0 +1,207 @@
+"""Model cards: metadata that huggingface_hub parses, model-index from the eval JSON, body sections, per method."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+
+import pytest
+from huggingface_hub import ModelCard
+from huggingface_hub.repocard import metadata_load
+from transformers import CLIPTextConfig, CLIPVisionConfig
+
+from hf_unified.model_card import (
+    CARD_MARKER,
+    HUB_ID_PLACEHOLDER,
+    METHODS,
+    eval_sections,
+    render_model_card,
+    template_path,
+    write_model_card,
+)
+
+TOWERS = {
+    "vision_config": CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32, patch_size=8
+    ),
+    "text_config": CLIPTextConfig(
+        vocab_size=600, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        bos_token_id=598, eos_token_id=599, pad_token_id=599,
+    ),
+}  # fmt: skip
+
+# How each method's tiny config is built from its configuration module (skipped while the module is missing).
+CONFIGS = {
+    "unicl": ("configuration_unicl", "UniCLConfig", lambda cls: cls(**TOWERS, projection_dim=16)),
+    "uniclip": (
+        "configuration_uniclip",
+        "UniCLIPConfig",
+        lambda cls: cls(**TOWERS, projection_dim=16, contrastive_loss="supcon", augmentation_fusion="concat"),
+    ),
+    "msclip": ("configuration_msclip", "MSCLIPConfig", lambda cls: cls()),
+}
+
+FLAT_EVAL = {
+    "step": 200,
+    "train_samples_skipped": 0,
+    "num_examples": 64,
+    "num_skipped": 0,
+    "zero_shot_top1_accuracy": 0.6875,
+    "zero_shot_top5_accuracy": 0.953125,
+    "zero_shot_chance": 0.125,
+    "image_to_text_R@1": 0.25,
+    "text_to_image_R@1": 0.3125,
+    "image_to_text_R@5": 0.75,
+}
+TRAINING_ARGS = {
+    "model_type": "unicl",
+    "train_data": ["data/shapes/train-*.tar", "data/shapes/train-*.tar"],
+    "train_format": None,
+    "eval_data": "data/shapes/eval-*.tar",
+    "max_steps": 200,
+    "learning_rate": 0.0005,
+    "per_device_train_batch_size": 64,
+    "hub_model_id": None,
+}
+
+
+def saved_config(method: str, folder):
+    module_name, class_name, build = CONFIGS[method]
+    try:
+        module = importlib.import_module(f"hf_unified.{module_name}")
+    except ModuleNotFoundError:
+        pytest.skip(f"hf_unified.{module_name} does not exist yet")
+    config = build(getattr(module, class_name))
+    config.save_pretrained(folder)
+    return config
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_card_metadata_and_body_for_each_method(method, tmp_path):
+    config = saved_config(method, tmp_path)
+    (tmp_path / "eval_results.json").write_text(json.dumps(FLAT_EVAL))
+    (tmp_path / "training_args.json").write_text(json.dumps({**TRAINING_ARGS, "model_type": method}))
+    path = write_model_card(tmp_path, repo_id="my-org/tiny-" + method)
+    assert path == tmp_path / "README.md"
+
+    metadata = metadata_load(path)
+    assert metadata["library_name"] == "transformers"
+    assert metadata["pipeline_tag"] == "zero-shot-image-classification"
+    assert {method, "contrastive-learning", "custom_code"} <= set(metadata["tags"])
+    assert metadata["license"] == "apache-2.0"
+    assert metadata["widget"] and all("src" in w and "candidate_labels" in w for w in metadata["widget"])
+    assert "base_model" not in metadata and "datasets" not in metadata  # a local run on local shards has neither
+
+    card = ModelCard.load(path)
+    results = {(r.task_type, r.metric_name): r.metric_value for r in card.data.eval_results}
+    assert results == {
+        ("zero-shot-image-classification", "Top-1 accuracy"): 0.6875,
+        ("zero-shot-image-classification", "Top-5 accuracy"): 0.953125,
+        ("image-text-retrieval", "Image-to-text R@1"): 0.25,
+        ("image-text-retrieval", "Text-to-image R@1"): 0.3125,
+        ("image-text-retrieval", "Image-to-text R@5"): 0.75,
+    }
+    assert {r.dataset_type for r in card.data.eval_results} == {"hf-unified/shapes"}
+    assert card.data.model_name == "tiny-" + method
+
+    text = card.text
+    info = METHODS[method]
+    assert CARD_MARKER in card.content
+    assert f"arXiv:{info.arxiv}" in text and f"eprint    = {{{info.arxiv}}}" in text and "@inproceedings" in text
+    for snippet in ("AutoModel.from_pretrained", "AutoProcessor.from_pretrained", 'pipeline("zero-shot-image-classification"',
+                    "trust_remote_code=True", 'model_id = "my-org/tiny-' + method + '"'):  # fmt: skip
+        assert snippet in text, snippet
+    assert HUB_ID_PLACEHOLDER not in text
+    assert "| Zero-shot image classification | hf-unified synthetic shapes (held-out split) | Top-1 accuracy | 0.6875 |" in text
+    assert "chance level 0.125" in text and "64 evaluation examples" in text
+    assert "| `learning_rate` | 0.0005 |" in text and "| `max_steps` | 200 |" in text
+    assert "## Limitations" in text and "## Training" in text
+    assert f"{config.projection_dim} dimensions" in text
+    assert "{{ " not in card.content and "{%" not in card.content  # every template variable was filled
+
+
+def test_uniclip_card_states_the_interpretation_this_config_takes(tmp_path):
+    saved_config("uniclip", tmp_path)
+    text = render_model_card(tmp_path).text
+    table = text.split("## Interpretation choices", 1)[1].split("## Training", 1)[0]
+    assert "| Contrastive loss (`contrastive_loss`) | `supcon` |" in table
+    assert "(`augmentation_fusion`) | `concat` |" in table
+    assert "(`domain_similarity`) | `True`" in table
+    assert "projection head" in table
+
+
+def test_nested_eval_json_and_converted_checkpoint(tmp_path):
+    saved_config("unicl", tmp_path)
+    eval_results = {
+        "zero_shot": [
+            {"dataset": "ImageNet-1k", "dataset_type": "imagenet-1k", "split": "validation", "top1": 0.71, "top5": 0.9},
+            {"dataset": "CIFAR-10", "dataset_type": "cifar10", "top1": 0.8},
+        ],
+        "retrieval": {"dataset": "COCO 5k", "dataset_type": "coco", "image_to_text_R@1": 0.4, "text_to_image_R@10": 0.7},
+    }
+    card = render_model_card(
+        tmp_path, "unicl", eval_results=eval_results, base_model="microsoft/unicl-swin-tiny",
+        source_checkpoint="in21k_yfcc14m.pth", datasets=["imagenet-1k"], license="mit",
+    )  # fmt: skip
+    path = tmp_path / "README.md"
+    card.save(path)
+    metadata = metadata_load(path)
+    assert metadata["base_model"] == "microsoft/unicl-swin-tiny"
+    assert metadata["datasets"] == ["imagenet-1k"] and metadata["license"] == "mit"
+    assert "converted-checkpoint" in metadata["tags"]
+    results = {(r.dataset_type, r.metric_type): r.metric_value for r in ModelCard.load(path).data.eval_results}
+    assert results == {
+        ("imagenet-1k", "accuracy"): 0.71,
+        ("imagenet-1k", "top_5_accuracy"): 0.9,
+        ("cifar10", "accuracy"): 0.8,
+        ("coco", "recall@1"): 0.4,
+        ("coco", "recall@10"): 0.7,
+    }
+    assert "converted from the official checkpoint `in21k_yfcc14m.pth`" in card.text
+    assert "No training record" in card.text
+    assert f'model_id = "{HUB_ID_PLACEHOLDER}"' in card.text  # push_folder fills in the repo id
+
+
+def test_eval_sections_ignore_bookkeeping_and_reject_bad_input():
+    sections = eval_sections({"step": 3, "num_examples": 5, "loss": "n/a"}, ("d", "d"))
+    assert sections == []
+    with pytest.raises(ValueError, match="eval_results"):
+        eval_sections({"zero_shot": [1, 2]}, ("d", "d"))
+    with pytest.raises(ValueError, match="must be a dict"):
+        eval_sections([0.5], ("d", "d"))
+
+
+def test_bad_folders_and_methods_raise_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="no config.json"):
+        render_model_card(tmp_path)
+    saved_config("unicl", tmp_path)
+    with pytest.raises(ValueError, match="unknown method 'clip'"):
+        render_model_card(tmp_path, "clip")
+    with pytest.raises(ValueError, match="does not match config.json's model_type 'unicl'"):
+        render_model_card(tmp_path, "uniclip")
+    (tmp_path / "eval_results.json").write_text("{not json")
+    with pytest.raises(ValueError, match="eval_results.json .* not valid JSON"):
+        render_model_card(tmp_path)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_templates_exist_and_cite_their_paper(method):
+    text = template_path(method).read_text()
+    assert "{{ card_data }}" in text and "{{ usage }}" in text and "{{ evaluation }}" in text
+    assert "```bibtex" in text and METHODS[method].arxiv in text
+
+
+def test_unicl_converter_writes_our_card(shared_dir, tmp_path):
+    convert = pytest.importorskip("hf_unified.convert_unicl")
+    fixture = shared_dir / "fixtures" / "unicl-tiny-a"
+    output = convert.convert_unicl_checkpoint(
+        fixture / "checkpoint.pth", tmp_path / "converted", config_json=fixture / "config.json",
+        tokenizer_dir=shared_dir / "fixtures" / "tokenizer-tiny-clip-bpe", base_model="microsoft/UniCL",
+    )  # fmt: skip
+    readme = (output / "README.md").read_text()
+    assert CARD_MARKER in readme, "the converter fell back to its minimal card"
+    metadata = metadata_load(output / "README.md")
+    assert metadata["base_model"] == "microsoft/UniCL" and "converted-checkpoint" in metadata["tags"]
+    assert "checkpoint.pth" in readme
+    assert re.search(r"\*\*Parameters:\*\* [\d.]+[KM]", readme)
