@@ -1,0 +1,431 @@
+"""MS-CLIP as a transformers model: parameter counts, one-copy sharing, the sharing spectrum, save/load, attention
+backends, pooling, pipelines, remote code, config errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor, pipeline
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from hf_unified.configuration_msclip import MSCLIP_PRESETS, MSCLIPConfig
+from hf_unified.modeling_msclip import (
+    MSCLIPModel,
+    MSCLIPTextModelWithProjection,
+    MSCLIPVisionModelWithProjection,
+)
+from hf_unified.processing_msclip import MSCLIPProcessor, msclip_image_processor
+
+IMAGE_SIZE = 32
+
+# A tiny MS-CLIP-S: conv stem 32 -> 16 -> 8 -> 4 (patch 8, 4x4 grid), a 2-stage parallel branch whose stages
+# (16x16, 8x8) land on the grid with t2b kernels 4 and 2, adapters before blocks 1 and 2; text 4 heads, vision 2.
+TINY = dict(
+    vocab_size=600, max_position_embeddings=77, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+    vision_num_attention_heads=2, text_num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=8, projection_dim=16,
+    stem_channels=[4, 8, 16], stem_strides=[2, 2], parallel_channels=[4, 8], parallel_strides=[2, 2],
+    parallel_t2b_kernels=[4, 2], parallel_lateral_layers=[1, 2], bos_token_id=598, eos_token_id=599, pad_token_id=0,
+)  # fmt: skip
+
+
+def tiny_config(preset: str = "ms-clip-s", **overrides) -> MSCLIPConfig:
+    return MSCLIPConfig.from_preset(preset, **{**TINY, **overrides})
+
+
+def images(n: int, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (40 + 3 * i, 48, 3), dtype=np.uint8)) for i in range(n)]
+
+
+TEXTS = ["a photo of a cat.", "an origami of the big red bus on the street.", "a dog", "itap of the ocean."]
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_clip_tokenizer):
+    return MSCLIPProcessor(msclip_image_processor(IMAGE_SIZE), tiny_clip_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def inputs(processor):
+    return processor(text=TEXTS, images=images(4), padding=True, return_tensors="pt")
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return MSCLIPModel(tiny_config()).eval()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, model, processor):
+    folder = tmp_path_factory.mktemp("msclip-tiny")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def count_parameters(config: MSCLIPConfig) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in MSCLIPModel(config).parameters())
+
+
+def shared_parameter_names(model: MSCLIPModel) -> list[str]:
+    """Parameters held once for both modalities: under encoder.layers.i but not under .vision / .text."""
+    return [
+        name
+        for name, _ in model.named_parameters()
+        if name.startswith("encoder.layers.") and name.split(".")[3] not in ("vision", "text")
+    ]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Parameter counts and the one-copy layout
+
+
+def test_default_config_is_released_ms_clip_s_b32():
+    config = MSCLIPConfig()
+    assert (config.hidden_size, config.num_hidden_layers, config.patch_size, config.projection_dim) == (768, 12, 32, 512)
+    assert config.hidden_act == "quick_gelu" and config.layer_norm_eps == 1e-12 and config.logit_scale_init_value == 1.0
+    assert config.early_specialization and config.parallel_branch
+    released = count_parameters(config)
+    assert abs(released - 132.41e6) < 0.1e6, released
+    # The same widths with nothing shared (a separate text and image transformer) have more parameters.
+    unshared = count_parameters(MSCLIPConfig(shared_layers="none"))
+    assert unshared > released + 70e6, (unshared, released)
+    assert count_parameters(MSCLIPConfig.from_preset("separate")) > released
+
+
+def test_shared_layout_matches_official_ms_clip_s(model):
+    """Blocks 1..L-1 hold attention + MLP once; every LayerNorm per modality; text block 0 is text-only."""
+    layers = model.encoder.layers
+    assert layers[0].runs == ("text",) and not layers[0].shared_names
+    assert set(dict(layers[0].text.named_children())) == {"attention", "mlp", "layer_norm1", "layer_norm2"}
+    for layer in layers[1:]:
+        assert layer.shared_names == ("attention", "mlp")
+        assert set(dict(layer.vision.named_children())) == {"layer_norm1", "layer_norm2"}
+        assert set(dict(layer.text.named_children())) == {"layer_norm1", "layer_norm2"}
+        assert layer.sublayer("vision", "attention") is layer.sublayer("text", "attention")
+        assert layer.sublayer("vision", "layer_norm1") is not layer.sublayer("text", "layer_norm1")
+    # No parameter is reachable under two names (no aliasing between towers).
+    assert len(list(model.named_parameters(remove_duplicate=False))) == len(list(model.named_parameters()))
+
+
+ALL_SUBLAYERS = ("attention", "mlp", "layer_norm1", "layer_norm2")
+
+
+@pytest.mark.parametrize(
+    "overrides, shared_per_layer",
+    [
+        (dict(shared_layers=[2]), [(), (), ("attention", "mlp")]),
+        (dict(shared_sublayers=["attention", "mlp", "layernorm"]), [(), ALL_SUBLAYERS, ALL_SUBLAYERS]),
+        (dict(shared_layers="none"), [(), (), ()]),
+        (dict(early_specialization=False, parallel_branch=False), [("attention", "mlp")] * 3),
+    ],
+)  # fmt: skip
+def test_sharing_is_configuration(overrides, shared_per_layer):
+    model = MSCLIPModel(tiny_config(**overrides))
+    assert [layer.shared_names for layer in model.encoder.layers] == shared_per_layer
+
+
+def test_shared_parameter_gets_gradient_from_each_modality(model, inputs):
+    model = copy.deepcopy(model).train()
+    shared = model.encoder.layers[1].attention.q_proj.weight
+    text_only = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    text_only.pooler_output.sum().backward()
+    assert shared.grad is not None and shared.grad.abs().sum() > 0
+    assert model.vision_post_layernorm.weight.grad is None  # the image path was not run
+    model.zero_grad(set_to_none=True)
+    model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output.sum().backward()
+    assert shared.grad is not None and shared.grad.abs().sum() > 0
+    assert model.text_final_layer_norm.weight.grad is None
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The sharing spectrum trains
+
+
+@pytest.mark.parametrize("preset", sorted(MSCLIP_PRESETS) + ["layers-1-2", "no-branch", "no-stem"])
+def test_every_point_of_the_spectrum_trains(preset, inputs):
+    extra = {
+        "layers-1-2": dict(shared_layers=[1, 2]),
+        "no-branch": dict(parallel_branch=False),
+        "no-stem": dict(early_specialization=False, parallel_lateral_layers=[0, 2]),
+    }
+    torch.manual_seed(0)
+    model = MSCLIPModel(tiny_config(preset if preset in MSCLIP_PRESETS else "ms-clip-s", **extra.get(preset, {})))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    loss = model(**inputs, return_loss=True).loss
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    missing_grad = [name for name, p in model.named_parameters() if p.grad is None]
+    assert not missing_grad, missing_grad
+    optimizer.step()
+    unchanged = [name for name, p in model.named_parameters() if torch.equal(p, before[name])]
+    assert not unchanged, unchanged
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Save / load
+
+
+def test_save_load_keeps_one_copy_and_identical_outputs(model, inputs, saved):
+    with safe_open(str(saved / "model.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+    shared = shared_parameter_names(model)
+    assert shared and set(shared) <= keys
+    for name in shared:  # no second (per-modality) copy of a shared tensor
+        layer, rest = name.split(".", 3)[2], name.split(".", 3)[3]
+        assert f"encoder.layers.{layer}.vision.{rest}" not in keys and f"encoder.layers.{layer}.text.{rest}" not in keys
+    assert len(keys) == len(model.state_dict())
+
+    loaded, info = MSCLIPModel.from_pretrained(saved, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    loaded.eval()
+    assert loaded.encoder.layers[1].sublayer("vision", "mlp") is loaded.encoder.layers[1].sublayer("text", "mlp")
+    with torch.no_grad():
+        expected, got = model(**inputs), loaded(**inputs)
+    torch.testing.assert_close(got.logits_per_image, expected.logits_per_image, rtol=0, atol=0)
+    torch.testing.assert_close(got.text_embeds, expected.text_embeds, rtol=0, atol=0)
+    for name, buffer in model.named_buffers():  # BN statistics and position ids
+        torch.testing.assert_close(dict(loaded.named_buffers())[name], buffer, msg=name)
+    config = json.loads((saved / "config.json").read_text())
+    assert config["model_type"] == "msclip"
+    assert config["auto_map"]["AutoModelForZeroShotImageClassification"] == "modeling_msclip.MSCLIPModel"
+    assert config["auto_map"]["AutoModel"] == "modeling_msclip.MSCLIPModel"
+
+
+def test_from_pretrained_initialises_everything_not_in_the_file(tmp_path):
+    """A checkpoint without BN statistics or logit_scale must not leave garbage: _init_weights covers them."""
+    torch.manual_seed(0)
+    MSCLIPModel(tiny_config(logit_scale_init_value=2.5)).save_pretrained(tmp_path)
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(tmp_path / "model.safetensors")
+    dropped = [k for k in state if "running_" in k or k == "logit_scale"]
+    save_file({k: v for k, v in state.items() if k not in dropped}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = MSCLIPModel.from_pretrained(tmp_path)
+    assert loaded.logit_scale.item() == pytest.approx(2.5)
+    for name, buffer in loaded.named_buffers():
+        if name.endswith("running_var"):
+            assert torch.equal(buffer, torch.ones_like(buffer)), name
+        if name.endswith("running_mean"):
+            assert torch.equal(buffer, torch.zeros_like(buffer)), name
+        if name.endswith("position_ids"):
+            assert torch.equal(buffer[0], torch.arange(buffer.shape[1])), name
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Forward semantics
+
+
+def test_forward_outputs_follow_clip(model, inputs):
+    with torch.no_grad():
+        out = model(**inputs, return_loss=True)
+    assert out.logits_per_image.shape == (4, 4) and out.image_embeds.shape == (4, 16)
+    torch.testing.assert_close(out.logits_per_text, out.logits_per_image.T)
+    torch.testing.assert_close(out.image_embeds.norm(dim=-1), torch.ones(4))
+    expected = model.logit_scale.exp() * out.image_embeds @ out.text_embeds.T
+    torch.testing.assert_close(out.logits_per_image, expected)
+    assert out.vision_model_output.last_hidden_state.shape == (4, 1 + 4 * 4, 32)
+    assert out.loss.ndim == 0
+    features = model.get_image_features(pixel_values=inputs["pixel_values"])
+    assert isinstance(features, BaseModelOutputWithPooling) and features.pooler_output.shape == (4, 16)
+    as_tuple = model(**inputs, return_dict=False)
+    torch.testing.assert_close(as_tuple[0], out.logits_per_image)
+
+
+def test_text_pooling_is_robust_to_any_pad_id(model, inputs):
+    """The tiny CLIP tokenizer pads with end-of-text, the official one with 0: same pooled text embedding, with or
+    without an attention mask."""
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    assert (mask == 0).any()
+    zero_padded = ids.masked_fill(mask == 0, 0)
+    with torch.no_grad():
+        a = model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
+        b = model.get_text_features(input_ids=zero_padded, attention_mask=mask).pooler_output
+        c = model.get_text_features(input_ids=zero_padded).pooler_output
+        single = model.get_text_features(input_ids=ids[2:3, : int(mask[2].sum())]).pooler_output
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, c)
+    torch.testing.assert_close(single[0], a[2], atol=1e-5, rtol=0)
+
+
+def test_truncated_text_pools_last_attended_token(model, inputs):
+    ids = inputs["input_ids"][:1, :4].clone()  # no end-of-text token left
+    assert not (ids == 599).any()
+    with torch.no_grad():
+        out = model.get_text_features(input_ids=ids)
+    expected = model.text_projection(out.last_hidden_state[:, -1])
+    torch.testing.assert_close(out.pooler_output, expected)
+
+
+def test_head_count_is_per_modality(model, inputs):
+    """Same weights, different text head count -> different text embeddings, identical image embeddings."""
+    other = MSCLIPModel(tiny_config(text_num_attention_heads=2)).eval()
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        a, b = model(**inputs), other(**inputs)
+    torch.testing.assert_close(a.image_embeds, b.image_embeds)
+    assert (a.text_embeds - b.text_embeds).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("preset", ["ms-clip-s", "separate"])
+def test_eager_and_sdpa_agree(preset, inputs):
+    torch.manual_seed(0)
+    eager = MSCLIPModel(tiny_config(preset)).eval()
+    sdpa = copy.deepcopy(eager)
+    eager.set_attn_implementation("eager")
+    sdpa.set_attn_implementation("sdpa")
+    assert eager.config._attn_implementation == "eager" and sdpa.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        a = eager(**inputs, output_attentions=True)
+        b = sdpa(**inputs)
+    torch.testing.assert_close(a.logits_per_image, b.logits_per_image, atol=1e-5, rtol=0)
+    length = inputs["input_ids"].shape[1]
+    assert len(a.text_model_output.attentions) == 3 and a.text_model_output.attentions[0].shape == (4, 4, length, length)
+    # 2 vision heads over 16 tokens + CLS; with the conv stem images run blocks 1 and 2 only.
+    assert len(a.vision_model_output.attentions) == (2 if preset == "ms-clip-s" else 3)
+    assert a.vision_model_output.attentions[0].shape == (4, 2, 17, 17)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(inputs):
+    torch.manual_seed(0)
+    model = MSCLIPModel(tiny_config()).train()
+    reference = copy.deepcopy(model)
+    model.activation_checkpointing_enable()
+    assert model.is_activation_checkpointing
+    model(**inputs, return_loss=True).loss.backward()
+    reference(**inputs, return_loss=True).loss.backward()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert p.grad is not None, name
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_bad_inputs_raise_clear_errors(model, inputs):
+    with pytest.raises(ValueError, match="both input_ids and pixel_values"):
+        model(pixel_values=inputs["pixel_values"], return_loss=True)
+    with pytest.raises(ValueError, match="4 images and 3 texts"):
+        model(input_ids=inputs["input_ids"][:3], pixel_values=inputs["pixel_values"], return_loss=True)
+    with pytest.raises(ValueError, match="pixel_values must have shape"):
+        model(pixel_values=torch.zeros(1, 3, 48, 48))
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model(input_ids=torch.zeros(1, 78, dtype=torch.long))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"][:, :3])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Config
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(hidden_size=33), "hidden_size 33 is not divisible by vision_num_attention_heads 2"),
+        (dict(text_num_attention_heads=3), "not divisible by text_num_attention_heads"),
+        (dict(shared_sublayers=["attention", "ffn"]), "unknown shared sub-layer"),
+        (dict(shared_layers=[1, 5]), r"shared_layers \[5\] out of range"),
+        (dict(shared_layers=[0, 1]), "cannot contain 0 with early_specialization"),
+        (dict(shared_layers="some"), "shared_layers must be"),
+        (dict(parallel_lateral_layers=[1, 3]), "lateral layer 3 out of range"),
+        (dict(parallel_lateral_layers=[0, 1]), "lateral layer 0 out of range"),
+        (dict(parallel_t2b_kernels=[4, 4]), "does not land on the 4x4 token grid"),
+        (dict(parallel_strides=[2]), "one entry per branch stage"),
+        (dict(stem_strides=[2, 1]), "total stride"),
+        (dict(image_size=36), "not divisible by patch_size"),
+    ],
+)
+def test_bad_config_raises(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**kwargs)
+
+
+def test_presets_and_round_trip(tmp_path):
+    with pytest.raises(ValueError, match="unknown MS-CLIP preset 'tiny'"):
+        MSCLIPConfig.from_preset("tiny")
+    separate = tiny_config("separate")
+    assert not any(separate.layer_is_shared(i) for i in range(3))
+    mlp = tiny_config("mlp-shared")
+    assert mlp.shared_sublayers == ["mlp"] and mlp.layer_is_shared(0)
+    config = tiny_config(shared_layers=[2, 1])
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path, trust_remote_code=True)
+    assert type(loaded).__name__ == "MSCLIPConfig" and loaded.shared_layers == [1, 2]
+    ignore = ("_name_or_path", "auto_map")
+    assert {k: v for k, v in loaded.to_dict().items() if k not in ignore} == {
+        k: v for k, v in config.to_dict().items() if k not in ignore
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Pipelines and remote code
+
+
+@pytest.fixture(scope="module")
+def registered():
+    """What hf_unified/__init__.py does for every method (idempotent)."""
+    AutoConfig.register("msclip", MSCLIPConfig, exist_ok=True)
+    AutoModel.register(MSCLIPConfig, MSCLIPModel, exist_ok=True)
+    AutoModelForZeroShotImageClassification.register(MSCLIPConfig, MSCLIPModel, exist_ok=True)
+    AutoProcessor.register(MSCLIPConfig, MSCLIPProcessor, exist_ok=True)
+
+
+def test_zero_shot_pipeline_with_package(saved, registered):
+    classifier = pipeline("zero-shot-image-classification", model=str(saved))
+    assert isinstance(classifier.model, MSCLIPModel)
+    result = classifier(images(1)[0], candidate_labels=["cat", "dog", "ocean"])
+    assert {r["label"] for r in result} == {"cat", "dog", "ocean"}
+    assert sum(r["score"] for r in result) == pytest.approx(1.0, abs=1e-5)
+    assert isinstance(AutoProcessor.from_pretrained(saved), MSCLIPProcessor)
+
+
+def test_single_modality_models_load_from_the_dual_encoder(saved, inputs, model):
+    vision = MSCLIPVisionModelWithProjection.from_pretrained(saved).eval()
+    text = MSCLIPTextModelWithProjection.from_pretrained(saved).eval()
+    assert not any(".text." in n for n, _ in vision.named_parameters())
+    assert not any(".vision." in n for n, _ in text.named_parameters())
+    extractor = pipeline("image-feature-extraction", model=vision, image_processor=msclip_image_processor(IMAGE_SIZE))
+    features = torch.tensor(extractor(images(1)[0])).flatten()
+    pixel_values = msclip_image_processor(IMAGE_SIZE)(images(1)[0], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected_image = model.get_image_features(pixel_values=pixel_values).pooler_output.flatten()
+        text_embeds = text(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])[0]
+        expected_text = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    torch.testing.assert_close(features, expected_image, atol=1e-5, rtol=0)
+    torch.testing.assert_close(text_embeds, expected_text.pooler_output)
+
+
+def test_remote_code_without_package(saved, tmp_path, inputs, model, run_without_package):
+    torch.save(dict(inputs), tmp_path / "inputs.pt")
+    with torch.no_grad():
+        torch.save(model(**inputs).logits_per_image, tmp_path / "expected.pt")
+    run_without_package(
+        f"""
+        import torch
+        from transformers import AutoModel, AutoProcessor, pipeline
+        from PIL import Image
+        folder = {str(saved)!r}
+        model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+        assert type(model).__name__ == "MSCLIPModel", type(model)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+        assert type(processor).__name__ == "MSCLIPProcessor", type(processor)
+        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+        with torch.no_grad():
+            got = model(**inputs).logits_per_image
+        torch.testing.assert_close(got, torch.load({str(tmp_path / "expected.pt")!r}))
+        classifier = pipeline("zero-shot-image-classification", model=folder, trust_remote_code=True)
+        result = classifier(Image.new("RGB", (40, 40), "red"), candidate_labels=["cat", "dog"])
+        assert abs(sum(r["score"] for r in result) - 1) < 1e-5, result
+        print("remote code ok")
+        """,
+        cwd=tmp_path,
+    )
