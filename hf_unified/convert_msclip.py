@@ -295,7 +295,7 @@ def resolve_settings(
 ) -> dict[str, Any]:
     """Merges flags > --config > --preset > defaults and checks every given value against the shapes."""
     from_json = _settings_from_config_json(config_json)
-    if preset is None and not from_json:
+    if preset is None and not config_json:
         preset = _released_layout_for(shapes)
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown --preset {preset!r}; choose from {sorted(PRESETS)}")

@@ -236,3 +236,28 @@ def test_python_dash_m_cli(shared_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     for name in ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "README.md"):
         assert (tmp_path / "out" / name).is_file(), name
+
+
+@pytest.mark.parametrize(
+    ("grid", "t2b_kernels", "expected"),
+    [(7, [16, 8, 4, 2, 1], ("b32", 32, [2, 2, 2, 2], [2, 2, 2, 2, 2])), (14, [8, 4, 2, 1, 1], ("b16", 16, [2, 2, 2, 1], [2, 2, 2, 2, 1]))],
+)
+def test_released_layout_is_recognised_from_the_shapes(grid, t2b_kernels, expected):
+    """Without --preset or --config, the released B/32 or B/16 layout is chosen by the adapters' kernels."""
+    from hf_unified.convert_msclip import build_msclip_config, resolve_settings
+
+    shapes = {
+        "vocab_size": 49408, "width": 768, "context_length": 77, "grid_size": grid, "layers": 12,
+        "intermediate_size": 3072, "stem_channels": [48, 96, 192, 384, 768],
+        "branch_channels": [48, 96, 192, 384, 768], "t2b_kernels": t2b_kernels, "shared_blocks": list(range(1, 12)),
+        "projection_dim": 512,
+    }  # fmt: skip
+    settings = resolve_settings(shapes, {}, {}, None)
+    config = build_msclip_config(shapes, settings)
+    preset, patch_size, stem_strides, branch_strides = expected
+    assert settings["preset"] == preset
+    assert (config.image_size, config.patch_size) == (224, patch_size)
+    assert config.stem_strides == stem_strides and config.parallel_strides == branch_strides
+    assert config.parallel_lateral_layers == [2, 4, 6, 8, 10]
+    assert (config.vision_num_attention_heads, config.text_num_attention_heads) == (12, 12)
+    assert config.shared_layers == "all" and config.layer_norm_eps == 1e-12
