@@ -238,6 +238,11 @@ def test_forward_outputs_follow_clip(model, inputs):
     assert out.loss.ndim == 0
     features = model.get_image_features(pixel_values=inputs["pixel_values"])
     assert isinstance(features, BaseModelOutputWithPooling) and features.pooler_output.shape == (4, 16)
+    with torch.no_grad():
+        hidden = model(**inputs, output_hidden_states=True)
+    # Input of every block a modality runs, then the last output (images skip block 0, the conv stem).
+    assert len(hidden.text_model_output.hidden_states) == 4 and len(hidden.vision_model_output.hidden_states) == 3
+    torch.testing.assert_close(hidden.vision_model_output.hidden_states[-1], out.vision_model_output.last_hidden_state)
     as_tuple = model(**inputs, return_dict=False)
     torch.testing.assert_close(as_tuple[0], out.logits_per_image)
 
