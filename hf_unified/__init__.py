@@ -9,8 +9,16 @@ from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassif
 
 from .augmentation import AUGMENTATION_PARAM_DIM, AUGMENTATION_PARAM_NAMES, MultiViewAugmentation, identity_params
 from .configuration_uniclip import UniCLIPConfig
+from .configuration_msclip import MSCLIP_PRESETS, MSCLIPConfig
 from .configuration_unicl import UniCLConfig
 from .losses import clip_loss, gather_with_grad, global_mean, multi_positive_loss, unicl_loss
+from .modeling_msclip import (
+    MSCLIPModel,
+    MSCLIPOutput,
+    MSCLIPPreTrainedModel,
+    MSCLIPTextModelWithProjection,
+    MSCLIPVisionModelWithProjection,
+)
 from .modeling_unicl import (
     UniCLModel,
     UniCLOutput,
@@ -25,6 +33,7 @@ from .modeling_uniclip import (
     UniCLIPTextModelWithProjection,
     UniCLIPVisionModelWithProjection,
 )
+from .processing_msclip import MSCLIPProcessor, msclip_image_processor
 from .processing_unicl import UniCLProcessor
 from .processing_uniclip import UniCLIPProcessor
 from .prompts import OPENAI_IMAGENET_TEMPLATES, UNICL_TEMPLATES, build_zero_shot_classifier
@@ -41,9 +50,18 @@ def _register(config_class, model_class, processor_class) -> None:
 
 _register(UniCLConfig, UniCLModel, UniCLProcessor)
 _register(UniCLIPConfig, UniCLIPModel, UniCLIPProcessor)
+_register(MSCLIPConfig, MSCLIPModel, MSCLIPProcessor)
 
 __all__ = [
     "AUGMENTATION_PARAM_DIM",
+    "MSCLIP_PRESETS",
+    "MSCLIPConfig",
+    "MSCLIPModel",
+    "MSCLIPOutput",
+    "MSCLIPPreTrainedModel",
+    "MSCLIPProcessor",
+    "MSCLIPTextModelWithProjection",
+    "MSCLIPVisionModelWithProjection",
     "AUGMENTATION_PARAM_NAMES",
     "MultiViewAugmentation",
     "OPENAI_IMAGENET_TEMPLATES",
@@ -66,6 +84,7 @@ __all__ = [
     "clip_loss",
     "gather_with_grad",
     "identity_params",
+    "msclip_image_processor",
     "global_mean",
     "multi_positive_loss",
     "unicl_loss",
