@@ -35,7 +35,9 @@ def _format_keys(keys: Iterable[str], limit: int = 40) -> str:
     return f"\n  {shown}{more}"
 
 
-def load_official_checkpoint(path: str | Path, wrapper_keys: tuple[str, ...] = ("model", "state_dict")) -> dict[str, torch.Tensor]:
+def load_official_checkpoint(
+    path: str | Path, wrapper_keys: tuple[str, ...] = ("model", "state_dict")
+) -> dict[str, torch.Tensor]:
     """Reads an official `.pth` file safely and returns its flat `{key: tensor}` state dict.
 
     The file is read with `torch.load(weights_only=True, map_location="cpu")` (no pickled code runs). A state dict
@@ -122,7 +124,9 @@ class OfficialStateDict:
         """Raises a [`ConversionError`] listing missing and unused official keys, if any."""
         problems = []
         if self.missing:
-            problems.append(f"{len(self.missing)} expected key(s) missing from the {self.source}:{_format_keys(self.missing)}")
+            problems.append(
+                f"{len(self.missing)} expected key(s) missing from the {self.source}:{_format_keys(self.missing)}"
+            )
         unused = self.unused()
         if unused:
             problems.append(
@@ -179,7 +183,9 @@ def load_converted_state_dict(model: nn.Module, converted: ConvertedStateDict) -
     problems = []
     not_filled = sorted(set(expected) - set(converted.tensors))
     if not_filled:
-        problems.append(f"{len(not_filled)} model tensor(s) got no value from the checkpoint:{_format_keys(not_filled)}")
+        problems.append(
+            f"{len(not_filled)} model tensor(s) got no value from the checkpoint:{_format_keys(not_filled)}"
+        )
     no_place = sorted(set(converted.tensors) - set(expected))
     if no_place:
         problems.append(

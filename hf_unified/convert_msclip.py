@@ -175,14 +175,17 @@ def infer_architecture(official: OfficialStateDict) -> dict[str, Any]:
         if all(
             f"{_VISION_BLOCKS}{block}.{name}" in official
             and f"{_TEXT_BLOCKS}{block}.{name}" in official
-            and torch.equal(official.tensors[f"{_VISION_BLOCKS}{block}.{name}"], official.tensors[f"{_TEXT_BLOCKS}{block}.{name}"])
+            and torch.equal(
+                official.tensors[f"{_VISION_BLOCKS}{block}.{name}"], official.tensors[f"{_TEXT_BLOCKS}{block}.{name}"]
+            )
             for name in SHARED_TENSORS
         )
     ]
     projection = official.shape(f"{_VISUAL}proj")
     if projection[1] != official.shape("text_projection")[1]:
         raise ConversionError(
-            f"visual.proj {projection} and text_projection {official.shape('text_projection')} project to different sizes"
+            f"visual.proj {projection} and text_projection {official.shape('text_projection')} project to "
+            "different sizes"
         )
     return {
         "vocab_size": vocab_size,
@@ -264,7 +267,9 @@ def _settings_from_config_json(config_json: dict[str, Any]) -> dict[str, Any]:
         "stem_strides": first_given(stem.get("strides"), custom.get("EARLY_CONV_RES_STRIDES")),
         "branch_strides": first_given([s["stride"] for s in branch] or None, custom.get("PARALLEL_STRIDES")),
         "t2b_kernels": custom.get("PRALLEL_T2B_KERNELS"),
-        "lateral_layers": first_given(adapters.get("applied_before_visual_blocks"), custom.get("PARALLEL_LATERAL_LAYER")),
+        "lateral_layers": first_given(
+            adapters.get("applied_before_visual_blocks"), custom.get("PARALLEL_LATERAL_LAYER")
+        ),
         "text_heads": first_given(heads.get("text"), text.get("heads"), nested_get(spec, "TEXT", "HEADS")),
         "vision_heads": first_given(heads.get("vision"), _by_prefix(vision, "heads")),
         "shared_blocks": sharing.get("shared_block_indices"),
@@ -326,9 +331,13 @@ def resolve_settings(
             f"image size {image_size} with stem strides {list(stem_strides)} (total stride {patch_size}) does not give "
             f"the checkpoint's {grid}x{grid} position grid"
         )
+    crop_size = pick("crop_size")
+    if crop_size is not None and crop_size != image_size:
+        raise ConversionError(f"--config preprocessing crops to {crop_size} px but the model takes {image_size} px")
     if len(stem_strides) != len(shapes["stem_channels"]) - 1:
         raise ConversionError(
-            f"{len(stem_strides)} stem strides for {len(shapes['stem_channels']) - 1} residual stem stages in the checkpoint"
+            f"{len(stem_strides)} stem strides for {len(shapes['stem_channels']) - 1} residual stem stages in the "
+            "checkpoint"
         )
     for name, values in (("branch strides", branch_strides), ("adapter layers", lateral_layers)):
         if len(values) != len(shapes["branch_channels"]):
@@ -458,14 +467,16 @@ def _block(converted, official, config: MSCLIPConfig, block: int) -> None:
                     continue  # missing: reported by check_complete
                 suffix = "weight" if name.endswith("weight") else "bias"
                 for projection, piece in zip(("q_proj", "k_proj", "v_proj"), split_fused_qkv(tensor, source)):
-                    converted[f"{place('attention', modality)}.{projection}.{suffix}"] = (piece, f"{source} ({projection})")
+                    target_key = f"{place('attention', modality)}.{projection}.{suffix}"
+                    converted[target_key] = (piece, f"{source} ({projection})")
             elif name.startswith("attn.out_proj"):
                 converted[f"{place('attention', modality)}.out_proj.{name.rsplit('.', 1)[1]}"] = (tensor, source)
             else:
                 layer = "fc1" if ".c_fc." in name else "fc2"
                 converted[f"{place('mlp', modality)}.{layer}.{name.rsplit('.', 1)[1]}"] = (tensor, source)
         for official_norm, norm in (("ln_1", "layer_norm1"), ("ln_2", "layer_norm2")):
-            _copy_all(converted, official, prefixes[modality] + official_norm, place(norm, modality), ("weight", "bias"))
+            source = prefixes[modality] + official_norm
+            _copy_all(converted, official, source, place(norm, modality), ("weight", "bias"))
 
 
 def convert_state_dict(official: OfficialStateDict, config: MSCLIPConfig) -> ConvertedStateDict:
@@ -475,7 +486,8 @@ def convert_state_dict(official: OfficialStateDict, config: MSCLIPConfig) -> Con
     _copy(converted, official, "token_embedding.weight", "text_embeddings.token_embedding.weight")
     _copy(converted, official, "positional_embedding", "text_embeddings.position_embedding.weight")
     _copy_all(converted, official, "ln_final", "text_final_layer_norm", ("weight", "bias"))
-    for source, target in (("text_projection", "text_projection.weight"), (f"{_VISUAL}proj", "visual_projection.weight")):
+    projections = (("text_projection", "text_projection.weight"), (f"{_VISUAL}proj", "visual_projection.weight"))
+    for source, target in projections:
         matrix = official.take(source)
         if matrix.numel():
             converted[target] = (projection_to_linear_weight(matrix, source), f"{source} (transposed)")
@@ -499,15 +511,24 @@ def convert_state_dict(official: OfficialStateDict, config: MSCLIPConfig) -> Con
         for stage in range(1, len(config.parallel_strides)):
             src = f"{_BRANCH}{stage}.resnet_stage.conv_0."
             dst = f"{branch}stages.{stage}."
-            for conv, norm, name in (("conv1", "bn1", "reduce"), ("conv2", "bn2", "spatial"), ("conv3", "bn3", "expand"),
-                                     ("residual_conv", "residual_bn", "shortcut")):  # fmt: skip
+            for conv, norm, name in (
+                ("conv1", "bn1", "reduce"),
+                ("conv2", "bn2", "spatial"),
+                ("conv3", "bn3", "expand"),
+                ("residual_conv", "residual_bn", "shortcut"),
+            ):
                 _conv_norm(converted, official, src + conv, src + norm, dst + name)
         for index in range(len(config.parallel_t2b_kernels)):
             src = f"{_ADAPTER}{index}."
             dst = f"{branch}adapters.{index}."
-            _conv_norm(converted, official, src + "top2bottom_dw_conv.conv", src + "top2bottom_dw_conv.bn", dst + "branch_depthwise")
+            _conv_norm(
+                converted, official, src + "top2bottom_dw_conv.conv", src + "top2bottom_dw_conv.bn",
+                dst + "branch_depthwise",
+            )  # fmt: skip
             _copy(converted, official, src + "top2bottom_pw_conv.conv.weight", dst + "branch_pointwise.weight")
-            _conv_norm(converted, official, src + "bottom_dw_conv.conv", src + "bottom_dw_conv.bn", dst + "token_depthwise")
+            _conv_norm(
+                converted, official, src + "bottom_dw_conv.conv", src + "bottom_dw_conv.bn", dst + "token_depthwise"
+            )
             _copy_all(converted, official, src + "ln_adapt", dst + "layer_norm", ("weight", "bias"))
 
     for block in range(config.num_hidden_layers):
@@ -603,7 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="folder to write (save_pretrained layout)")
     parser.add_argument("--config", dest="config_json", help="JSON in the golden fixtures' format")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="values of the released models")
-    parser.add_argument("--tokenizer", dest="tokenizer_dir", help="folder with CLIP BPE vocab.json + merges.txt (default: open_clip's)")
+    parser.add_argument(
+        "--tokenizer", dest="tokenizer_dir", help="folder with CLIP BPE vocab.json + merges.txt (default: open_clip's)"
+    )
     parser.add_argument("--base-model", help="Hub id to record as base_model in the model card")
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--text-heads", type=int, help="text attention heads (official TEXT.HEADS)")

@@ -1,7 +1,8 @@
 """Convert an official UniCL checkpoint (microsoft/UniCL) into a `UniCLModel` folder.
 
 ```bash
-python -m hf_unified.convert_unicl --checkpoint in21k_yfcc14m.pth --output unicl-swin-tiny-in21k-yfcc14m --preset swin-tiny
+python -m hf_unified.convert_unicl --checkpoint in21k_yfcc14m.pth --output unicl-swin-tiny-in21k-yfcc14m \
+    --preset swin-tiny
 ```
 
 The official file is `{'model': state_dict, ...}` (K-LITE's UniCL files are raw state dicts keyed `visual.`, `text.`,
@@ -304,7 +305,11 @@ def resolve_settings(
     shapes: dict[str, Any], flags: dict[str, Any], config_json: dict[str, Any], preset: str | None
 ) -> dict[str, Any]:
     """Merges flags > --config > --preset > defaults, and checks every given value against the shapes."""
-    sources = [("a flag", flags), ("--config", _settings_from_config_json(config_json)), (f"--preset {preset}", _settings_from_preset(preset))]
+    sources = [
+        ("a flag", flags),
+        ("--config", _settings_from_config_json(config_json)),
+        (f"--preset {preset}", _settings_from_preset(preset)),
+    ]
 
     def pick(name: str) -> Any:
         return first_given(*(values.get(name) for _, values in sources), _DEFAULTS.get(name))
@@ -337,8 +342,12 @@ def resolve_settings(
         dim = vision["embed_dim"] * 2**stage
         if dim % heads:
             raise ConversionError(f"Swin stage {stage}: dim {dim} is not divisible by {heads} heads")
+    image_size = vision["image_size"] or pick("image_size")
+    crop_size = pick("crop_size")
+    if crop_size is not None and crop_size != image_size:
+        raise ConversionError(f"--config preprocessing crops to {crop_size} px but the model takes {image_size} px")
     return {
-        "image_size": vision["image_size"] or pick("image_size"),
+        "image_size": image_size,
         "vision_layer_norm_eps": float(pick("vision_layer_norm_eps")),
         "vision_hidden_act": pick("vision_hidden_act"),
         "drop_path_rate": float(pick("drop_path_rate")),
@@ -400,14 +409,20 @@ def build_unicl_config(shapes: dict[str, Any], settings: dict[str, Any]) -> UniC
     )
 
 
-def _linear(converted: ConvertedStateDict, official: OfficialStateDict, source: str, target: str, bias: bool = True) -> None:
+def _linear(
+    converted: ConvertedStateDict, official: OfficialStateDict, source: str, target: str, bias: bool = True
+) -> None:
     converted[f"{target}.weight"] = (official.take(f"{source}.weight"), f"{source}.weight")
     if bias:
         converted[f"{target}.bias"] = (official.take(f"{source}.bias"), f"{source}.bias")
 
 
 def _fused_qkv(
-    converted: ConvertedStateDict, official: OfficialStateDict, source: str, targets: tuple[str, str, str], bias: bool = True
+    converted: ConvertedStateDict,
+    official: OfficialStateDict,
+    source: str,
+    targets: tuple[str, str, str],
+    bias: bool = True,
 ) -> None:
     """`source` is the fused weight key stem ('...qkv' with .weight/.bias, or '...in_proj' with _weight/_bias)."""
     suffixes = [(".weight", ".bias")] if source.endswith(".qkv") else [("_weight", "_bias")]
@@ -443,7 +458,8 @@ def convert_state_dict(official: OfficialStateDict, config: UniCLConfig) -> Conv
             )
             _linear(converted, official, src + "attn.proj", dst + "attention.o_proj")
             table = src + "attn.relative_position_bias_table"
-            converted[dst + "attention.relative_position_bias.relative_position_bias_table"] = (official.take(table), table)
+            target = dst + "attention.relative_position_bias.relative_position_bias_table"
+            converted[target] = (official.take(table), table)
             _linear(converted, official, src + "norm2", dst + "layernorm_after")
             _linear(converted, official, src + "mlp.fc1", dst + "mlp.fc1")
             _linear(converted, official, src + "mlp.fc2", dst + "mlp.fc2")
@@ -475,7 +491,8 @@ def convert_state_dict(official: OfficialStateDict, config: UniCLConfig) -> Conv
         _linear(converted, official, src + "ln_2", dst + "layer_norm2")
     _linear(converted, official, f"{_TEXT}ln_final", f"{t}final_layer_norm")
 
-    for source, target in [("image_projection", "visual_projection.weight"), ("text_projection", "text_projection.weight")]:
+    projections = [("image_projection", "visual_projection.weight"), ("text_projection", "text_projection.weight")]
+    for source, target in projections:
         matrix = official.take(source)
         if matrix.numel():
             converted[target] = (projection_to_linear_weight(matrix, source), f"{source} (transposed)")
@@ -496,10 +513,13 @@ def check_buffers(official: OfficialStateDict, model: UniCLModel) -> None:
         for block in range(depth):
             prefix = f"{_IMAGE}layers.{stage}.blocks.{block}."
             layer = model.vision_model.encoder.layers[stage].blocks[block]
-            index = official.drop_buffer(prefix + "attn.relative_position_index", "recomputed by SwinModel from window_size")
+            index = official.drop_buffer(
+                prefix + "attn.relative_position_index", "recomputed by SwinModel from window_size"
+            )
             if index is not None:
                 ours = layer.attention.relative_position_bias.relative_position_index
-                if tuple(index.flatten().shape) != tuple(ours.shape) or not torch.equal(index.flatten().to(ours.dtype), ours):
+                flat = index.flatten()
+                if tuple(flat.shape) != tuple(ours.shape) or not torch.equal(flat.to(ours.dtype), ours):
                     mismatched.append(prefix + "attn.relative_position_index")
             mask = official.drop_buffer(prefix + "attn_mask", "shifted-window mask, recomputed by SwinModel")
             if mask is not None:
@@ -557,11 +577,14 @@ def convert_unicl_checkpoint(
     load_converted_state_dict(model, converted)
 
     text_config = config.text_config
-    tokenizer = build_clip_tokenizer(tokenizer_dir, pad_token="<|endoftext|>", model_max_length=text_config.max_position_embeddings)
+    tokenizer = build_clip_tokenizer(
+        tokenizer_dir, pad_token="<|endoftext|>", model_max_length=text_config.max_position_embeddings
+    )
     check_tokenizer_matches(tokenizer, text_config.vocab_size, text_config.eos_token_id, text_config.bos_token_id)
     if tokenizer.pad_token_id != text_config.pad_token_id:
         raise ConversionError(
-            f"tokenizer pads with id {tokenizer.pad_token_id}, but UniCL pads with end-of-text {text_config.pad_token_id}"
+            f"tokenizer pads with id {tokenizer.pad_token_id}, but UniCL pads with end-of-text "
+            f"{text_config.pad_token_id}"
         )
     image_size = settings["image_size"]
     image_processor = unicl_image_processor(image_size=image_size, resize_size=settings["resize_size"])
@@ -591,7 +614,9 @@ def convert_unicl_checkpoint(
             "text_heads": text_config.num_attention_heads,
             "text_layer_norm_eps": text_config.layer_norm_eps,
             "text_padding": "<|endoftext|> (pooled at the first end-of-text token)",
-            "image_preprocessing": f"bicubic resize {image_processor.size['shortest_edge']}, centre crop {image_size}, ImageNet mean/std",
+            "image_preprocessing": (
+                f"bicubic resize {image_processor.size['shortest_edge']}, centre crop {image_size}, ImageNet mean/std"
+            ),
         },
     )
     return output
@@ -604,11 +629,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--checkpoint", required=True, help="official .pth file ({'model': state_dict} or raw)")
     parser.add_argument("--output", required=True, help="folder to write (save_pretrained layout)")
-    parser.add_argument("--config", dest="config_json", help="JSON in the golden fixtures' format (architecture, tokenizer, preprocessing)")
+    parser.add_argument(
+        "--config", dest="config_json", help="JSON in the golden fixtures' format (architecture, preprocessing, ...)"
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), help="values of the released models")
-    parser.add_argument("--tokenizer", dest="tokenizer_dir", help="folder with CLIP BPE vocab.json + merges.txt (default: open_clip's)")
+    parser.add_argument(
+        "--tokenizer", dest="tokenizer_dir", help="folder with CLIP BPE vocab.json + merges.txt (default: open_clip's)"
+    )
     parser.add_argument("--base-model", help="Hub id to record as base_model in the model card")
-    parser.add_argument("--image-size", type=int, help="input resolution (read from the shifted-window mask when stored)")
+    parser.add_argument(
+        "--image-size", type=int, help="input resolution (read from the shifted-window mask when stored)"
+    )
     parser.add_argument("--text-heads", type=int, help="attention heads of the text transformer")
     parser.add_argument("--text-layer-norm-eps", type=float)
     parser.add_argument("--vision-layer-norm-eps", type=float)

@@ -240,7 +240,10 @@ def test_python_dash_m_cli(shared_dir, tmp_path):
 
 @pytest.mark.parametrize(
     ("grid", "t2b_kernels", "expected"),
-    [(7, [16, 8, 4, 2, 1], ("b32", 32, [2, 2, 2, 2], [2, 2, 2, 2, 2])), (14, [8, 4, 2, 1, 1], ("b16", 16, [2, 2, 2, 1], [2, 2, 2, 2, 1]))],
+    [
+        (7, [16, 8, 4, 2, 1], ("b32", 32, [2, 2, 2, 2], [2, 2, 2, 2, 2])),
+        (14, [8, 4, 2, 1, 1], ("b16", 16, [2, 2, 2, 1], [2, 2, 2, 2, 1])),
+    ],
 )
 def test_released_layout_is_recognised_from_the_shapes(grid, t2b_kernels, expected):
     """Without --preset or --config, the released B/32 or B/16 layout is chosen by the adapters' kernels."""

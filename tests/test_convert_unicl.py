@@ -1,4 +1,5 @@
-"""The UniCL converter reproduces the official outputs stored in ../shared/fixtures/unicl-*/ (made with microsoft/UniCL)."""
+"""The UniCL converter reproduces the official outputs stored in ../shared/fixtures/unicl-*/ (made with
+microsoft/UniCL)."""
 
 from __future__ import annotations
 
