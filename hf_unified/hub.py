@@ -206,6 +206,9 @@ def push_folder(
         token: Hub token; default `HF_TOKEN` or the saved login. Never printed.
         endpoint: Hub URL; default `HF_ENDPOINT` read now, else huggingface.co.
 
+    Before anything is sent the folder's README.md is completed: rendered when missing, and the Hub-id placeholder
+    of a card rendered before the id was known is replaced by `repo_id`. Nothing else in the folder is ever written.
+
     Returns:
         A `PushResult` with the repo URL, the commit URL, the revision and the uploaded file names.
 

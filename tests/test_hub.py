@@ -1,0 +1,310 @@
+"""Pushing to a Hub-compatible server on 127.0.0.1: bytes, LFS, remote code from the received files, errors, token."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard, constants
+from PIL import Image
+from transformers import CLIPTextConfig, CLIPVisionConfig
+
+from hf_unified.hub import HubPushError, IncompleteModelFolderError, check_model_folder, push_folder, upload_files
+from hf_unified.model_card import HUB_ID_PLACEHOLDER, write_model_card
+from hf_unified.modeling_unicl import UniCLModel
+from hf_unified.configuration_unicl import UniCLConfig
+from hf_unified.processing_unicl import UniCLProcessor, unicl_image_processor
+
+from hub_server import FakeHub  # tests/ is on sys.path (pytest rootdir-relative import)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "hf_" + "TestTokenThatMustNeverBePrinted0123"
+REPO_ID = "test-org/unicl-tiny"
+TEXTS = ["a photo of a cat.", "a red bus on the street.", "a dog"]
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def saved_unicl(tmp_path_factory, tiny_clip_tokenizer):
+    """A tiny saved UniCL folder (model, processor, eval JSON, a training checkpoint that must stay local)."""
+    torch.manual_seed(0)
+    config = UniCLConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32, patch_size=8
+        ),
+        text_config=CLIPTextConfig(
+            vocab_size=600, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+            bos_token_id=598, eos_token_id=599, pad_token_id=599,
+        ),
+        projection_dim=16,
+    )  # fmt: skip
+    model = UniCLModel(config).eval()
+    processor = UniCLProcessor(unicl_image_processor(32), tiny_clip_tokenizer)
+    folder = tmp_path_factory.mktemp("saved") / "unicl-tiny"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    (folder / "eval_results.json").write_text(json.dumps({"num_examples": 8, "zero_shot_top1_accuracy": 0.5}))
+    (folder / "checkpoint-10").mkdir()
+    (folder / "checkpoint-10" / "optimizer.bin").write_bytes(b"\x80\x04 not for the Hub")
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04 a pickle")
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (40, 44, 3), dtype=np.uint8))
+    image.save(folder.parent / "cat.jpg")
+    inputs = processor(text=TEXTS, images=[image], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = model(**inputs).logits_per_image
+    torch.save(dict(inputs), folder.parent / "inputs.pt")
+    torch.save(expected, folder.parent / "expected.pt")
+    return folder
+
+
+@pytest.fixture
+def model_folder(saved_unicl, tmp_path):
+    """A fresh copy per test: a push may write README.md into it."""
+    return Path(shutil.copytree(saved_unicl, tmp_path / "unicl-tiny"))
+
+
+@pytest.fixture
+def hub_env(monkeypatch):
+    """Points this process's huggingface_hub at a fake Hub (conftest turned offline mode on; the server is local)."""
+
+    def start(**kwargs) -> FakeHub:
+        hub = FakeHub(**kwargs).__enter__()
+        started.append(hub)
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        return hub
+
+    started: list[FakeHub] = []
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    yield start
+    for hub in started:
+        hub.__exit__(None, None, None)
+
+
+def assert_received_equals_local(hub: FakeHub, folder: Path, revision: str = "main") -> dict[str, bytes]:
+    received = hub.files(REPO_ID, revision)
+    expected = upload_files(folder)
+    assert sorted(received) == expected
+    for name in expected:
+        assert received[name] == (folder / name).read_bytes(), f"{name} differs from the local file"
+    return received
+
+
+def test_push_regular_path_is_byte_identical_and_renders_the_card(model_folder, hub_env):
+    hub = hub_env()
+    assert not (model_folder / "README.md").exists()
+    result = push_folder(model_folder, REPO_ID, commit_message="first upload")
+
+    received = assert_received_equals_local(hub, model_folder)
+    assert {"config.json", "model.safetensors", "README.md", "modeling_unicl.py", "configuration_unicl.py",
+            "processor_config.json", "tokenizer.json", "tokenizer_config.json", "eval_results.json"} <= set(received)  # fmt: skip
+    assert not any(name.endswith(".bin") or name.startswith("checkpoint-") for name in received)
+    config = json.loads(received["config.json"])
+    assert config["auto_map"]["AutoModel"] == "modeling_unicl.UniCLModel"
+    assert config["auto_map"]["AutoModelForZeroShotImageClassification"] == "modeling_unicl.UniCLModel"
+
+    card = ModelCard(received["README.md"].decode())
+    assert card.data.library_name == "transformers" and "unicl" in card.data.tags
+    assert f'model_id = "{REPO_ID}"' in card.text
+    assert [r.metric_value for r in card.data.eval_results] == [0.5]
+
+    routes = hub.routes_called()
+    assert routes[0] == "POST /api/repos/create"
+    assert "POST /api/validate-yaml" in routes and f"POST /api/models/{REPO_ID}/preupload/main" in routes
+    assert routes[-1] == f"POST /api/models/{REPO_ID}/commit/main"
+    assert not any("lfs" in route for route in routes)
+    assert all(r.authorization == f"Bearer {TOKEN}" for r in hub.requests)
+    assert result.commit_url.startswith(f"{hub.endpoint}/{REPO_ID}/commit/")
+    assert hub.repos[REPO_ID].branches["main"][-1][2] == "first upload"
+
+
+def test_push_lfs_path_is_byte_identical(model_folder, hub_env):
+    hub = hub_env(lfs_threshold=4096)
+    push_folder(model_folder, REPO_ID)
+    assert_received_equals_local(hub, model_folder)
+    weights = (model_folder / "model.safetensors").read_bytes()
+    assert len(weights) >= 4096 and hashlib.sha256(weights).hexdigest() in hub.lfs_objects
+    routes = hub.routes_called()
+    for route in (f"POST /{REPO_ID}.git/info/lfs/objects/batch", "POST /lfs-verify"):
+        assert route in routes
+    assert any(route.startswith("PUT /lfs-objects/") for route in routes)
+
+
+def test_received_files_load_with_remote_code_and_the_card_usage_runs(
+    saved_unicl, model_folder, hub_env, run_without_package, tmp_path
+):
+    hub = hub_env(lfs_threshold=4096)
+    push_folder(model_folder, REPO_ID)
+    downloaded = tmp_path / "downloaded"
+    downloaded.mkdir()
+    for name, data in hub.files(REPO_ID).items():
+        (downloaded / name).write_bytes(data)
+    # The card's usage code, pointed at the downloaded copy instead of the Hub id, run next to an image.
+    readme = (downloaded / "README.md").read_text()
+    usage = re.search(r"```python\n(.*?)```", readme, re.S).group(1).replace(REPO_ID, str(downloaded))
+    (tmp_path / "usage.py").write_text(usage)
+    shutil.copy(saved_unicl.parent / "cat.jpg", tmp_path / "cat.jpg")
+
+    result = run_without_package(
+        f"""
+        import runpy, torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(downloaded)!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        inputs = torch.load({str(saved_unicl.parent / "inputs.pt")!r})
+        with torch.no_grad():
+            got = model(**inputs).logits_per_image
+        torch.testing.assert_close(got, torch.load({str(saved_unicl.parent / "expected.pt")!r}), rtol=0, atol=1e-6)
+        runpy.run_path("usage.py")
+        print("remote code ok")
+        """,
+        cwd=tmp_path,
+    )
+    assert "remote code ok" in result.stdout
+    assert "'a photo of a cat'" in result.stdout  # the usage snippet printed its probabilities
+
+
+def test_repush_is_harmless_and_updates_only_changes(model_folder, hub_env):
+    hub = hub_env()
+    push_folder(model_folder, REPO_ID)
+    commits = hub.commits(REPO_ID)
+    push_folder(model_folder, REPO_ID)  # same content: no new commit, same files
+    assert hub.commits(REPO_ID) == commits
+    assert_received_equals_local(hub, model_folder)
+
+    (model_folder / "eval_results.json").write_text(json.dumps({"zero_shot_top1_accuracy": 0.75}))
+    push_folder(model_folder, REPO_ID)
+    assert len(hub.commits(REPO_ID)) == len(commits) + 1
+    assert json.loads(hub.files(REPO_ID)["eval_results.json"]) == {"zero_shot_top1_accuracy": 0.75}
+    commit_lines = [json.loads(line) for line in hub.requests[-1].body.decode().splitlines()]
+    assert [line["value"]["path"] for line in commit_lines[1:]] == ["eval_results.json"]
+
+
+def test_push_to_a_branch_leaves_main_alone(model_folder, hub_env):
+    hub = hub_env()
+    push_folder(model_folder, REPO_ID, revision="experiment")
+    assert_received_equals_local(hub, model_folder, revision="experiment")
+    assert hub.files(REPO_ID, "main") == {}
+    push_folder(model_folder, REPO_ID, revision="experiment")  # the branch exists now: still fine
+
+
+@pytest.mark.parametrize(("route", "step"), [("create", "create the repository"), ("commit", "upload the files")])
+def test_server_error_gives_clear_message_and_leaves_folder_intact(model_folder, hub_env, route, step, capfd):
+    hub = hub_env()
+    write_model_card(model_folder, repo_id=REPO_ID)  # a complete card: the push has nothing to prepare locally
+    before = folder_digest(model_folder)
+    hub.fail_on(route, 500)
+    with pytest.raises(HubPushError) as error:
+        push_folder(model_folder, REPO_ID)
+    message = str(error.value)
+    assert f"failed while trying to {step}" in message and REPO_ID in message and "500" in message
+    assert "local folder is unchanged" in message
+    assert TOKEN not in message and TOKEN not in "".join(capfd.readouterr())
+    assert folder_digest(model_folder) == before
+    if route == "commit":
+        assert hub.files(REPO_ID) == {}  # nothing half-committed
+
+    hub.clear_failures()  # the cause is fixed: the same push now goes through
+    push_folder(model_folder, REPO_ID)
+    assert_received_equals_local(hub, model_folder)
+
+
+def test_incomplete_folders_are_refused_before_any_request(model_folder, hub_env):
+    hub = hub_env()
+    (model_folder / "model.safetensors").write_bytes((model_folder / "model.safetensors").read_bytes()[:-10])
+    (model_folder / "modeling_unicl.py").unlink()
+    (model_folder / "tokenizer.json").unlink()
+    with pytest.raises(IncompleteModelFolderError) as error:
+        push_folder(model_folder, REPO_ID)
+    message = str(error.value)
+    assert "model.safetensors is truncated or corrupt" in message
+    assert "code file modeling_unicl.py" in message
+    assert "tokenizer files are missing" in message
+    assert hub.requests == []
+
+    (model_folder / "model.safetensors").unlink()
+    config = json.loads((model_folder / "config.json").read_text())
+    del config["auto_map"]
+    (model_folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(IncompleteModelFolderError) as error:
+        check_model_folder(model_folder)
+    assert "model.safetensors (or model.safetensors.index.json with its shards) is missing" in str(error.value)
+    assert "auto_map lacks AutoConfig/AutoModel" in str(error.value)
+
+
+def test_relative_imports_of_code_files_are_checked(model_folder):
+    (model_folder / "README.md").write_text("---\nlicense: mit\n---\n")
+    check_model_folder(model_folder)
+    (model_folder / "modeling_unicl.py").write_text((model_folder / "modeling_unicl.py").read_text() + "\nfrom .missing_module import x\n")
+    with pytest.raises(IncompleteModelFolderError, match="missing_module.py"):
+        check_model_folder(model_folder)
+
+
+def test_bad_repo_id_and_offline_mode(model_folder, hub_env, monkeypatch):
+    hub = hub_env()
+    with pytest.raises(ValueError, match="repo_id must look like 'org/name'"):
+        push_folder(model_folder, "no-namespace")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubPushError, match="HF_HUB_OFFLINE"):
+        push_folder(model_folder, REPO_ID)
+    assert hub.requests == []
+
+
+def test_card_placeholder_is_filled_at_push(model_folder, hub_env):
+    hub = hub_env()
+    write_model_card(model_folder)
+    assert HUB_ID_PLACEHOLDER in (model_folder / "README.md").read_text()
+    push_folder(model_folder, REPO_ID)
+    readme = hub.files(REPO_ID)["README.md"].decode()
+    assert HUB_ID_PLACEHOLDER not in readme and f'"{REPO_ID}"' in readme
+
+
+def run_cli(args: list[str], hub: FakeHub) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1"}
+    env.pop("PYTHONPATH", None)
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "training" / "push_to_hub.py"), *args],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_cli_failure_is_one_clear_line_without_the_token(model_folder, hub_env, capfd):
+    push_to_hub = pytest.importorskip("training.push_to_hub")
+    hub = hub_env()
+    hub.fail_on("commit", 500)
+    assert push_to_hub.main(["--folder", str(model_folder), "--repo_id", REPO_ID]) == 1
+    out, err = capfd.readouterr()
+    assert "push_to_hub: pushing" in err and "failed while trying to upload the files" in err
+    assert TOKEN not in out + err
+    assert push_to_hub.main(["--folder", str(model_folder / "nowhere"), "--repo_id", REPO_ID]) == 1
+    assert "is not a folder" in capfd.readouterr().err
+
+
+def test_cli_script_pushes_to_the_endpoint_in_hf_endpoint(model_folder):
+    with FakeHub() as hub:
+        done = run_cli(["--folder", str(model_folder), "--repo_id", REPO_ID, "--private", "--revision", "v1",
+                        "--commit_message", "CLI upload"], hub)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert f"{hub.endpoint}/{REPO_ID}" in done.stdout and "model.safetensors" in done.stdout
+        assert hub.repos[REPO_ID].private
+        assert hub.repos[REPO_ID].branches["v1"][-1][2] == "CLI upload"
+        assert_received_equals_local(hub, model_folder, revision="v1")
+        assert any(r.authorization == f"Bearer {TOKEN}" for r in hub.requests)
+    assert TOKEN not in done.stdout + done.stderr
