@@ -391,7 +391,8 @@ def render_model_card(
         source_checkpoint: file name of the official checkpoint a converter read.
         datasets: Hub dataset ids for the `datasets` metadata; default: the run's Hub sources.
         license: SPDX-style license id for the metadata.
-        repo_id: the Hub id used in the usage snippet; default: a placeholder that `push_folder` replaces.
+        repo_id: the Hub id used in the usage snippet; default: the run's `hub_model_id`, else a placeholder that
+            `push_folder` replaces.
 
     Returns:
         The `ModelCard`; `card.save(folder / "README.md")` writes it.
@@ -409,6 +410,7 @@ def render_model_card(
     if training_args is None:
         training_args = _read_json(folder / "training_args.json", "training arguments")
 
+    repo_id = repo_id or (training_args or {}).get("hub_model_id") or None
     model_name = repo_id.split("/")[-1] if repo_id else folder.name
     sections = eval_sections(eval_results, _default_eval_dataset(training_args))
     tags = [method, "contrastive-learning", "custom_code", "zero-shot-image-classification", "hf-unified"]
