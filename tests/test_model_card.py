@@ -203,5 +203,5 @@ def test_unicl_converter_writes_our_card(shared_dir, tmp_path):
     assert CARD_MARKER in readme, "the converter fell back to its minimal card"
     metadata = metadata_load(output / "README.md")
     assert metadata["base_model"] == "microsoft/UniCL" and "converted-checkpoint" in metadata["tags"]
-    assert "checkpoint.pth" in readme
+    assert "checkpoint.pth" in readme and "These weights were not trained by hf-unified" in readme
     assert re.search(r"\*\*Parameters:\*\* [\d.]+[KM]", readme)
