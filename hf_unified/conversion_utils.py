@@ -15,7 +15,10 @@ model card.
 
 from __future__ import annotations
 
+import importlib
 import json
+import pickle
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -52,7 +55,7 @@ def load_official_checkpoint(
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        content = _load_with_inert_globals(path)
     except Exception as error:  # pickle errors have many types; all mean "not a plain tensor checkpoint"
         raise ConversionError(f"{path} cannot be read with torch.load(weights_only=True): {error}") from error
     if not isinstance(content, Mapping):
@@ -71,6 +74,54 @@ def load_official_checkpoint(
     if state_dict and all(k.startswith("module.") for k in state_dict):
         state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
     return state_dict
+
+
+class _InertObject:
+    """Stands in for any class a checkpoint pickles besides tensors (a yacs `CfgNode` training config, an argparse
+    `Namespace`, ...). Constructing it, however the unpickler does it, gives an empty `OrderedDict`, one of the few
+    containers `weights_only` loading fills and builds; no foreign code runs and the content is never used."""
+
+    def __new__(cls, *args, **kwargs):
+        return OrderedDict()
+
+
+def _load_with_inert_globals(path: Path) -> Any:
+    """`torch.load(weights_only=True)`; when the file also pickles other objects next to the weights (released UniCL
+    files keep the training `config` as a yacs `CfgNode`), those classes are replaced by [`_InertObject`] and the
+    file is read again, still with `weights_only=True`."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        foreign = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        if not foreign:
+            raise
+    allowed = [_allowed_stand_in(name) for name in foreign]
+    if any(name.startswith("numpy.") for name in foreign):
+        allowed += _numpy_dtype_classes()
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _numpy_dtype_classes() -> list[Any]:
+    """numpy's dtype classes (`numpy.dtypes.Float64DType`, ...): unpickling a dtype builds an instance of one."""
+    try:
+        import numpy
+    except ImportError:
+        return []
+    namespace = vars(getattr(numpy, "dtypes", numpy))
+    return [c for c in namespace.values() if isinstance(c, type) and issubclass(c, numpy.dtype)]
+
+
+def _allowed_stand_in(name: str) -> tuple[Any, str]:
+    """numpy scalars and dtypes (an accuracy saved as `np.float64`) are data: allow the real numpy objects, as
+    torch's documentation suggests. Anything else becomes an [`_InertObject`]."""
+    module, _, attribute = name.rpartition(".")
+    if module == "numpy" or module.startswith("numpy."):
+        try:
+            return getattr(importlib.import_module(module), attribute), name
+        except (ImportError, AttributeError):
+            pass
+    return _InertObject, name
 
 
 class OfficialStateDict:

@@ -208,3 +208,29 @@ def test_klite_raw_layout_converts_to_the_same_weights(shared_dir, tmp_path, con
     reference = load_file(converted["unicl-tiny-a"] / "model.safetensors")
     assert ours.keys() == reference.keys()
     assert all(torch.equal(ours[k], reference[k]) for k in ours)
+
+
+class TrainingConfig(dict):
+    """Like the yacs `CfgNode` that released UniCL files keep under 'config': a class weights_only does not know."""
+
+
+def test_extra_pickled_entries_are_ignored(shared_dir, tmp_path, converted):
+    """Released files carry optimizer state, epoch and the training config next to 'model'; weights_only loading
+    must not fail on them, and they must not reach the converted model."""
+    import argparse
+
+    import numpy as np
+
+    fixture = shared_dir / "fixtures" / "unicl-tiny-a"
+    checkpoint = torch.load(fixture / "checkpoint.pth", map_location="cpu", weights_only=True)
+    config = TrainingConfig(MODEL={"NAME": "unicl"})
+    config.extra = argparse.Namespace(lr=5e-4)
+    checkpoint.update(epoch=31, max_accuracy=np.float64(81.1), optimizer={"state": {}, "param_groups": []}, config=config)
+    torch.save(checkpoint, tmp_path / "released.pth")
+    with pytest.raises(Exception):
+        torch.load(tmp_path / "released.pth", map_location="cpu", weights_only=True)  # the plain call refuses it
+    folder = _convert(shared_dir, tmp_path / "released.pth", tmp_path)
+    ours = load_file(folder / "model.safetensors")
+    reference = load_file(converted["unicl-tiny-a"] / "model.safetensors")
+    assert ours.keys() == reference.keys()
+    assert all(torch.equal(ours[k], reference[k]) for k in ours)
