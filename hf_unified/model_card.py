@@ -266,7 +266,7 @@ def _eval_results_for_index(sections: list[EvalSection]) -> list[EvalResult]:
             dataset_name=section.dataset_name,
             metric_type=metric_type,
             metric_name=metric_name,
-            metric_value=value,
+            metric_value=round(value, 6),  # float32 metrics carry noise digits (0.17499999701976776)
         )
         for section in sections
         for metric_type, metric_name, value in section.metrics
