@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -355,7 +356,9 @@ def _converted_unicl(folder: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["uniclip", "msclip", "unicl-converted"])
-def test_every_method_folder_pushes_with_a_complete_card(kind, hub_env, tmp_path, tiny_clip_tokenizer):
+def test_every_method_folder_pushes_with_a_complete_card(
+    kind, hub_env, tmp_path, tiny_clip_tokenizer, monkeypatch, capsys
+):
     """The folder each method saves passes the completeness check (auto_map and every code file it imports) and
     arrives byte-identical with a card that names the method."""
     folder = tmp_path / kind
@@ -380,3 +383,15 @@ def test_every_method_folder_pushes_with_a_complete_card(kind, hub_env, tmp_path
     assert f'model_id = "{REPO_ID}"' in card.text and "```bibtex" in card.text
     if kind == "unicl-converted":
         assert card.data.base_model == "microsoft/UniCL" and "checkpoint.pth" in card.text
+
+    # The card's usage code runs against this method's folder (in-process: the package's classes serve it).
+    usage = re.search(r"```python\n(.*?)```", card.text, re.S).group(1).replace(REPO_ID, str(folder))
+    Image.new("RGB", (40, 36), "red").save(tmp_path / "cat.jpg")
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(_write(tmp_path / "usage.py", usage)))
+    assert "'a photo of a cat'" in capsys.readouterr().out
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
