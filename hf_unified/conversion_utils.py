@@ -45,7 +45,8 @@ def load_official_checkpoint(
 
     The file is read with `torch.load(weights_only=True, map_location="cpu")` (no pickled code runs). A state dict
     wrapped under one of `wrapper_keys` (UniCL: `{'model': sd, 'optimizer': ..., 'epoch': ...}`) is unwrapped and the
-    other entries are ignored; a DDP `module.` prefix on every key is removed.
+    other entries are ignored (classes they pickle, such as a yacs training config, are replaced by inert stand-ins
+    rather than imported); a DDP `module.` prefix on every key is removed.
 
     Raises:
         FileNotFoundError: no such file.

@@ -4,6 +4,7 @@ microsoft/UniCL)."""
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -225,9 +226,10 @@ def test_extra_pickled_entries_are_ignored(shared_dir, tmp_path, converted):
     checkpoint = torch.load(fixture / "checkpoint.pth", map_location="cpu", weights_only=True)
     config = TrainingConfig(MODEL={"NAME": "unicl"})
     config.extra = argparse.Namespace(lr=5e-4)
-    checkpoint.update(epoch=31, max_accuracy=np.float64(81.1), optimizer={"state": {}, "param_groups": []}, config=config)
+    checkpoint.update(epoch=31, max_accuracy=np.float64(81.1), optimizer={"state": {}, "param_groups": []})
+    checkpoint["config"] = config
     torch.save(checkpoint, tmp_path / "released.pth")
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError):
         torch.load(tmp_path / "released.pth", map_location="cpu", weights_only=True)  # the plain call refuses it
     folder = _convert(shared_dir, tmp_path / "released.pth", tmp_path)
     ours = load_file(folder / "model.safetensors")
