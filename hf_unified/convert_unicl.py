@@ -122,7 +122,7 @@ def normalise_key_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
 
 
 def _count_indices(keys: list[str], pattern: str) -> int:
-    """Number of consecutive indices `i` (from 0) for which some key matches `pattern.format(i)` as a prefix."""
+    """How many blocks a key family has: the distinct indices captured by `pattern`'s group, which must be 0..n-1."""
     regex = re.compile(pattern)
     found = {int(m.group(1)) for k in keys if (m := regex.match(k))}
     if found and found != set(range(len(found))):
