@@ -259,6 +259,16 @@ def _settings_from_config_json(config_json: dict[str, Any]) -> dict[str, Any]:
                 f"adapter {adapter.get('index')}: top-to-bottom conv kernel {kernel}, stride {stride}, padding "
                 f"{padding}; only stride = kernel and padding 0 (the released layout) are supported"
             )
+    unsupported = [f"parallel branch stage {b.get('stage')}: padding {b.get('padding')}" for b in branch
+                   if b.get("padding", 1) != 1]  # fmt: skip
+    first_conv = stem.get("conv1", {})
+    if first_conv.get("stride", 2) != 2 or first_conv.get("padding", 1) != 1:
+        unsupported.append(f"stem conv1 stride {first_conv.get('stride')} / padding {first_conv.get('padding')}")
+    if unsupported:
+        raise ConversionError(
+            "MSCLIPModel implements 3x3 convolutions with padding 1 and a stride-2 first stem conv; --config has "
+            + "; ".join(unsupported)
+        )
     test_size = nested_get(config_json, "official_config", "TEST", "IMAGE_SIZE")
     batch_norm_eps, parallel_batch_norm_eps = _batch_norm_eps_groups(architecture.get("batchnorm_eps_by_module"))
     heads = sharing.get("heads_per_modality", {})
