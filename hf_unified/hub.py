@@ -222,12 +222,12 @@ def push_folder(
         raise ValueError(f"repo_id must look like 'org/name', got {repo_id!r}")
     endpoint = _resolve_endpoint(endpoint)
 
-    if folder.is_dir() and (folder / "config.json").is_file():
-        readme = folder / "README.md"
-        if not readme.is_file():
-            write_model_card(folder, repo_id=repo_id)
-        else:
-            _fill_hub_id(readme, repo_id)
+    check_model_folder(folder, require_readme=False)  # an incomplete folder is refused before anything is written
+    readme = folder / "README.md"
+    if not readme.is_file():
+        write_model_card(folder, repo_id=repo_id)
+    else:
+        _fill_hub_id(readme, repo_id)
     files = check_model_folder(folder)
     if constants.is_offline_mode():
         raise HubPushError("HF_HUB_OFFLINE is set: unset it to push (nothing was sent)")

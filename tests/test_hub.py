@@ -238,7 +238,7 @@ def test_incomplete_folders_are_refused_before_any_request(model_folder, hub_env
     assert "model.safetensors is truncated or corrupt" in message
     assert "code file modeling_unicl.py" in message
     assert "tokenizer files are missing" in message
-    assert hub.requests == []
+    assert hub.requests == [] and not (model_folder / "README.md").exists()  # nothing sent, nothing written
 
     (model_folder / "model.safetensors").unlink()
     config = json.loads((model_folder / "config.json").read_text())
