@@ -223,14 +223,14 @@ def push_folder(
     endpoint = _resolve_endpoint(endpoint)
 
     check_model_folder(folder, require_readme=False)  # an incomplete folder is refused before anything is written
+    if constants.is_offline_mode():
+        raise HubPushError("HF_HUB_OFFLINE is set: unset it to push (nothing was sent or written)")
     readme = folder / "README.md"
     if not readme.is_file():
         write_model_card(folder, repo_id=repo_id)
     else:
         _fill_hub_id(readme, repo_id)
     files = check_model_folder(folder)
-    if constants.is_offline_mode():
-        raise HubPushError("HF_HUB_OFFLINE is set: unset it to push (nothing was sent)")
 
     model_type = json.loads((folder / "config.json").read_text()).get("model_type", "model")
     api = HfApi(endpoint=endpoint, token=token)

@@ -265,7 +265,7 @@ def test_bad_repo_id_and_offline_mode(model_folder, hub_env, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(HubPushError, match="HF_HUB_OFFLINE"):
         push_folder(model_folder, REPO_ID)
-    assert hub.requests == []
+    assert hub.requests == [] and not (model_folder / "README.md").exists()
 
 
 def test_card_placeholder_is_filled_at_push(model_folder, hub_env):
