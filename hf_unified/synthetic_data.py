@@ -47,12 +47,12 @@ COLOURS = {
     "purple": (150, 50, 200),
     "orange": (245, 140, 20),
 }
-SIZES = {"small": (0.13, 0.17), "large": (0.24, 0.3)}  # shape radius as a fraction of the image side
+SIZES = {"small": (0.18, 0.22), "large": (0.28, 0.33)}  # shape radius as a fraction of the image side
 POSITIONS = {
-    "top left": (0.3, 0.3),
-    "top right": (0.7, 0.3),
-    "bottom left": (0.3, 0.7),
-    "bottom right": (0.7, 0.7),
+    "top left": (0.34, 0.34),
+    "top right": (0.66, 0.34),
+    "bottom left": (0.34, 0.66),
+    "bottom right": (0.66, 0.66),
     "center": (0.5, 0.5),
 }
 CAPTION_PATTERNS = (

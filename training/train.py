@@ -121,7 +121,9 @@ class DataArguments:
     num_workers: int = field(default=2, metadata={"help": "DataLoader workers decoding and augmenting"})
     image_size: int = 224
     resize_ratio: float = field(default=256 / 224, metadata={"help": "evaluation resize = image_size * ratio, then centre crop"})
-    crop_scale_min: float = field(default=0.5, metadata={"help": "random-resized-crop area range [min, 1] (single view)"})
+    crop_scale_min: float = field(
+        default=0.5, metadata={"help": "random-resized-crop area range [min, 1] (single view); 1 = resize + centre crop"}
+    )
     horizontal_flip: bool = field(default=False, metadata={"help": "off by default: captions may say left/right"})
     augmentation_kwargs: dict | str | None = field(default=None, metadata={"help": "UniCLIP MultiViewAugmentation kwargs"})
     embedded_data_dir: str = field(default="data/shapes", metadata={"help": "generated here when a source uses it"})
@@ -138,6 +140,10 @@ class TrainArguments:
     per_device_train_batch_size: int = 64
     per_device_eval_batch_size: int = 128
     max_steps: int = 1000
+    stop_at_step: int = field(
+        default=0, metadata={"help": "end this run after this step, checkpointed, without changing the schedule "
+                                     "(time-limited jobs; resume later with --resume_from_checkpoint latest)"}
+    )
     learning_rate: float = 5e-4
     weight_decay: float = 0.1
     adam_beta1: float = 0.9
@@ -150,6 +156,7 @@ class TrainArguments:
     )
     mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU) | no | bf16 | fp16"})
     gradient_checkpointing: bool = False
+    use_cpu: bool = field(default=False, metadata={"help": "train on the CPU even when a GPU is present"})
     torch_compile: bool = False
     max_logit_scale: float = field(default=100.0, metadata={"help": "clamp exp(logit_scale) after each step; 0 = off"})
     seed: int = 0
@@ -252,7 +259,8 @@ def ensure_embedded_data(args: DataArguments, accelerator: Accelerator) -> None:
                 synthetic_data.ensure_dataset(root)
 
 
-def build_tokenizer(model_args: ModelArguments, stream, class_names, templates, output_dir: Path, accelerator):
+def build_tokenizer(model_args: ModelArguments, specs, seed: int, class_names, templates, output_dir: Path,
+                    accelerator):
     if model_args.tokenizer_name_or_path:
         return AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path)
     from hf_unified.tokenization import train_caption_tokenizer
@@ -260,6 +268,8 @@ def build_tokenizer(model_args: ModelArguments, stream, class_names, templates, 
     folder = output_dir / "tokenizer"
     with accelerator.main_process_first():
         if accelerator.is_main_process and not (folder / "tokenizer.json").exists():
+            # The whole (unsplit) stream, so that every world size trains the same tokenizer.
+            stream = data_lib.build_stream(specs, seed, rank=0, world_size=1, shuffle_buffer_size=0)
             texts = [ex["text"] for ex in stream.take(model_args.tokenizer_train_samples) if ex["text"]]
             if class_names:
                 texts += [t.format(name) for names in class_names for name in names for t in templates]
@@ -275,16 +285,18 @@ def build_model(model_args: ModelArguments, tokenizer, image_size: int):
     if model_args.model_name_or_path:
         return AutoModel.from_pretrained(model_args.model_name_or_path)
     kwargs = json.loads(json.dumps(model_args.model_config))  # a deep copy
-    text = kwargs.get("text_config")
-    if isinstance(text, dict):  # fit the text tower to the tokenizer unless the YAML says otherwise
+    # Fit the text tower to the tokenizer and the image tower to the image size, unless the YAML says otherwise.
+    # Dual encoders hold them in text_config / vision_config; MS-CLIP's single stack holds them at the top level.
+    text = kwargs.get("text_config") if "text_config" in kwargs else kwargs
+    vision = kwargs.get("vision_config") if "vision_config" in kwargs else kwargs
+    if isinstance(text, dict):
         text.setdefault("vocab_size", len(tokenizer))
         text.setdefault("max_position_embeddings", model_args.max_text_length)
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             if getattr(tokenizer, name, None) is not None:
                 text.setdefault(name, getattr(tokenizer, name))
-    vision = kwargs.get("vision_config")
-    if isinstance(vision, dict) and "image_size" not in vision:
-        vision["image_size"] = image_size
+    if isinstance(vision, dict):
+        vision.setdefault("image_size", image_size)
     return model_class(config_class(**kwargs))
 
 
@@ -315,8 +327,11 @@ def train_transform(model, data_args: DataArguments, image_processor):
         kwargs = {"num_views": model.config.num_views, "size": data_args.image_size, "image_mean": mean,
                   "image_std": std, "flip_p": 0.5 if data_args.horizontal_flip else 0.0}  # fmt: skip
         return MultiViewAugmentation(**{**kwargs, **data_args.augmentation_kwargs})
-    steps = [v2.ToImage(), v2.RandomResizedCrop(data_args.image_size, scale=(data_args.crop_scale_min, 1.0),
-                                                 antialias=True)]  # fmt: skip
+    if data_args.crop_scale_min >= 1.0:  # no random crop: resize and centre crop
+        steps = [v2.ToImage(), v2.Resize(data_args.image_size, antialias=True), v2.CenterCrop(data_args.image_size)]
+    else:
+        steps = [v2.ToImage(), v2.RandomResizedCrop(data_args.image_size, scale=(data_args.crop_scale_min, 1.0),
+                                                     antialias=True)]  # fmt: skip
     if data_args.horizontal_flip:
         steps.append(v2.RandomHorizontalFlip())
     return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
@@ -399,7 +414,10 @@ def main(argv: list[str] | None = None) -> dict:
     mixed_precision = train_args.mixed_precision
     if mixed_precision == "auto":
         mixed_precision = "bf16" if torch.cuda.is_available() else "no"
+    # On a machine without an accelerator, say so to accelerate: several processes then train as MULTI_CPU (gloo).
+    use_cpu = train_args.use_cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available())
     accelerator = Accelerator(
+        cpu=use_cpu,
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=train_args.gradient_accumulation_steps,
         log_with=train_args.report_to or None,
@@ -430,7 +448,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise ValueError("map_captions_to_labels needs label_vocabulary_file or class_names_file")
         vocabulary = data_lib.LabelVocabulary(names)
 
-    tokenizer = build_tokenizer(model_args, stream, class_names, templates + eval_templates, output_dir, accelerator)
+    tokenizer = build_tokenizer(model_args, specs, train_args.seed, class_names, templates + eval_templates, output_dir, accelerator)
     model = build_model(model_args, tokenizer, data_args.image_size)
     processor = build_processor(model_args.model_type, tokenizer, data_args)
     if train_args.gradient_checkpointing:
@@ -520,7 +538,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     model.train()
     window_start, window_samples = time.perf_counter(), 0
-    for step in range(start_step + 1, train_args.max_steps + 1):
+    last_step = min(train_args.max_steps, train_args.stop_at_step or train_args.max_steps)
+    for step in range(start_step + 1, last_step + 1):
         step_loss = torch.zeros((), device=accelerator.device)
         for _ in range(train_args.gradient_accumulation_steps):
             batch = next_batch()
@@ -566,8 +585,12 @@ def main(argv: list[str] | None = None) -> dict:
     progress.close()
     del batches, loader  # stop the workers
 
-    if train_args.save_steps:
-        save_checkpoint(accelerator, output_dir, train_args.max_steps, train_stream, counters, train_args.save_total_limit)
+    if train_args.save_steps or last_step < train_args.max_steps:
+        save_checkpoint(accelerator, output_dir, last_step, train_stream, counters, train_args.save_total_limit)
+    if last_step < train_args.max_steps:
+        accelerator.print(f"stopped at step {last_step} of {train_args.max_steps}; resume with --resume_from_checkpoint latest")
+        accelerator.end_training()
+        return {"eval_results": {}, "counters": counters, "output_dir": str(output_dir)}
     skipped = int(accelerator.reduce(torch.tensor(counters["samples_skipped"], device=accelerator.device), "sum"))
     mapped = int(accelerator.reduce(torch.tensor(counters["captions_mapped_to_labels"], device=accelerator.device), "sum"))
     accelerator.print(f"training samples skipped as corrupt or incomplete: {skipped}")

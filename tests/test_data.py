@@ -1,0 +1,136 @@
+"""The streaming data pipeline: sources, corrupt samples, the label vocabulary, exact stream positions."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from hf_unified import data as data_lib
+from hf_unified import synthetic_data
+from hf_unified.tokenization import train_caption_tokenizer
+
+TO_TENSOR = v2.Compose([v2.ToImage(), v2.Resize(16), v2.CenterCrop(16), v2.ToDtype(torch.float32, scale=True)])
+
+
+def _member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def _jpeg(colour) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), colour).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def shard_with_bad_samples(tmp_path) -> Path:
+    """8 samples: 5 good, one image of random bytes, one truncated JPEG, one with an empty caption."""
+    good = _jpeg((200, 10, 10))
+    images = [good] * 5 + [b"\x00not an image at all" * 8, good[: len(good) // 2], good]
+    captions = ["a red square."] * 7 + [""]
+    with tarfile.open(tmp_path / "shard-00000.tar", "w") as tar:
+        for i, (image, caption) in enumerate(zip(images, captions)):
+            _member(tar, f"{i:04d}.jpg", image)
+            _member(tar, f"{i:04d}.txt", caption.encode())
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_caption_tokenizer(["a red square.", "a blue circle.", "a green ring."] * 5, vocab_size=300)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_corrupt_and_incomplete_samples_are_skipped_and_counted(shard_with_bad_samples, tokenizer, num_workers):
+    spec = data_lib.SourceSpec(str(shard_with_bad_samples))
+    assert spec.format == "webdataset"
+    stream = data_lib.build_stream([spec], seed=0, rank=0, world_size=1, shuffle_buffer_size=0)
+    train = data_lib.TrainStream(stream, data_lib.DecodeConfig(TO_TENSOR, with_labels=False), tokenizer, 16,
+                                 batch_size=8, seed=0, rank=0)  # fmt: skip
+    loader = torch.utils.data.DataLoader(train, batch_size=None, num_workers=num_workers)
+    batch = next(iter(loader))
+    assert batch["num_skipped"] == 3
+    assert batch["pixel_values"].shape == (5, 3, 16, 16)
+    assert batch["texts"] == ["a red square."] * 5
+
+
+def test_wrong_column_names_the_columns_it_has(shard_with_bad_samples):
+    with pytest.raises(ValueError, match=r"no column 'caption' \(given as text_column\).*\['jpg', 'txt'"):
+        data_lib.open_source(data_lib.SourceSpec(str(shard_with_bad_samples), text_column="caption"))
+    with pytest.raises(ValueError, match="needs a text column, a label column or both"):
+        data_lib.SourceSpec(str(shard_with_bad_samples), text_column=None)
+    with pytest.raises(ValueError, match="no .tar or .parquet files match"):
+        data_lib.SourceSpec(str(shard_with_bad_samples / "missing-*.tar"))
+
+
+def test_label_vocabulary_whole_words_synonyms_and_ambiguity():
+    vocabulary = data_lib.LabelVocabulary([["cat", "kitten"], ["red panda"], ["panda"], ["car"]])
+    assert vocabulary("A Kitten sleeping on a sofa") == 0
+    assert vocabulary("a red panda in a tree") == 1  # the longest name wins over "panda"
+    assert vocabulary("a giant panda") == 2
+    assert vocabulary("a cartoon of a scary caterpillar") is None  # "car"/"cat" only inside other words
+    assert vocabulary("a cat next to a car") is None  # two classes: ambiguous, no label
+
+
+def test_caption_mapping_and_class_prompts_in_decoding():
+    config = data_lib.DecodeConfig(TO_TENSOR, class_names=[["circle"], ["square", "box"]], templates=("a {}.",),
+                                   label_vocabulary=data_lib.LabelVocabulary([["circle"], ["square", "box"]]))  # fmt: skip
+    image = {"bytes": _jpeg((0, 0, 255)), "path": None}
+    rng = __import__("random").Random(0)
+    mapped = data_lib.decode_example({"image": image, "text": "a blue box on the left", "label": None}, config, rng)
+    assert mapped["label"] == 1 and mapped["mapped"] and mapped["text"] == "a blue box on the left"
+    labelled = data_lib.decode_example({"image": image, "text": None, "label": 0}, config, rng)
+    assert labelled["text"] == "a circle." and labelled["label"] == 0 and not labelled["mapped"]
+    assert data_lib.decode_example({"image": image, "text": None, "label": 7}, config, rng) is None
+
+
+def test_stream_batches_do_not_depend_on_workers_and_resume_exactly(tmp_path, tokenizer):
+    shapes = synthetic_data.generate(tmp_path / "shapes", num_train=48, num_eval=4, num_train_shards=2, image_size=16)
+    spec = data_lib.SourceSpec(f"{shapes}/train-*.tar")
+    transform = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(16, scale=(0.3, 1.0)), v2.ToDtype(torch.float32, scale=True)])
+
+    def batches(num_workers: int, start: int, count: int) -> list[dict]:
+        stream = data_lib.build_stream([spec], seed=3, rank=0, world_size=1, shuffle_buffer_size=10)
+        train = data_lib.TrainStream(stream, data_lib.DecodeConfig(transform, with_labels=False), tokenizer, 16,
+                                     batch_size=8, seed=3, rank=0)  # fmt: skip
+        train.load_state_dict({"batches_consumed": start, "batch_size": 8, "rank": 0})
+        iterator = iter(torch.utils.data.DataLoader(train, batch_size=None, num_workers=num_workers))
+        return [next(iterator) for _ in range(count)]
+
+    def assert_same(got: list[dict], expected: list[dict]) -> None:
+        assert len(got) == len(expected)
+        for batch, reference_batch in zip(got, expected):
+            assert batch["texts"] == reference_batch["texts"]
+            torch.testing.assert_close(batch["pixel_values"], reference_batch["pixel_values"], rtol=0, atol=0)
+
+    reference = batches(0, 0, 8)  # 64 examples: crosses the end of the 48-example pass into a reshuffled one
+    assert_same(batches(2, 0, 8), reference)  # two workers build alternate batches of the same stream
+    assert_same(batches(1, 5, 3), reference[5:])  # resumed after 5 batches, in a worker, random crops included
+    first_pass = [text for batch in reference[:6] for text in batch["texts"]]
+    second_pass = [text for batch in reference[6:] for text in batch["texts"]]
+    assert second_pass != first_pass[:16]  # set_epoch reshuffled the second pass
+
+
+def test_rank_streams_partition_the_global_stream(tmp_path):
+    shapes = synthetic_data.generate(tmp_path / "shapes", num_train=30, num_eval=4, num_train_shards=3, image_size=16)
+    spec = data_lib.SourceSpec(f"{shapes}/train-*.tar")
+    keys = lambda rank, world: [ex["text"] + str(hash(ex["image"]["bytes"])) for ex in  # noqa: E731
+                                data_lib.build_stream([spec], 1, rank, world, shuffle_buffer_size=8)]  # fmt: skip
+    everything = keys(0, 1)
+    assert sorted(keys(0, 2) + keys(1, 2)) == sorted(everything) and len(everything) == 30
+
+
+def test_class_names_files(tmp_path):
+    (tmp_path / "names.txt").write_text("tench, Tinca tinca\ngoldfish\n")
+    (tmp_path / "names.json").write_text(json.dumps(["cat", ["dog", "puppy"]]))
+    assert data_lib.load_class_names(str(tmp_path / "names.txt")) == [["tench", "Tinca tinca"], ["goldfish"]]
+    assert data_lib.load_class_names(str(tmp_path / "names.json")) == [["cat"], ["dog", "puppy"]]

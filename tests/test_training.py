@@ -1,0 +1,214 @@
+"""End-to-end tests of training/train.py on a tiny copy of the embedded shapes data (CPU, seconds each)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_unified import synthetic_data
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("train_script", ROOT / "training" / "train.py")
+train_script = importlib.util.module_from_spec(spec)
+sys.modules["train_script"] = train_script  # dataclasses resolve annotations through sys.modules
+spec.loader.exec_module(train_script)
+
+TINY_VISION = {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+               "num_attention_heads": 2, "patch_size": 8}  # fmt: skip
+TINY_TEXT = {"model_type": "clip_text_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+             "num_attention_heads": 2}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    # 3 shards: not a multiple of 2, so split_dataset_by_node strides examples and 2 ranks share every batch.
+    return synthetic_data.generate(tmp_path_factory.mktemp("shapes"), num_train=96, num_eval=40, num_train_shards=3,
+                                   image_size=32)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def write_config(path: Path, shapes: Path, model_type: str = "unicl", **overrides) -> Path:
+    model_config = {"projection_dim": 16, "vision_config": TINY_VISION, "text_config": TINY_TEXT}
+    config = {
+        "model_type": model_type,
+        "model_config": model_config,
+        "tokenizer_vocab_size": 300,
+        "max_text_length": 16,
+        "train_data": [f"{shapes}/train-*.tar", f"{shapes}/train-*.tar"],
+        "label_column": ["cls", "none"],
+        "text_column": ["none", "txt"],
+        "train_probabilities": [0.5, 0.5],
+        "eval_data": f"{shapes}/eval-*.tar",
+        "class_names_file": f"{shapes}/classes.json",
+        "templates": "shapes",
+        "image_size": 32,
+        "resize_ratio": 1.0,
+        "shuffle_buffer_size": 16,
+        "num_workers": 0,
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 20,
+        "max_steps": 50,  # the tests override it on the command line
+        "output_dir": str(path / "from-config"),
+        "learning_rate": 1e-3,
+        "warmup_steps": 1,
+        "logging_steps": 1,
+        "disable_tqdm": True,
+        "embedded_data_dir": str(shapes),
+    }
+    if model_type != "unicl":
+        config.update(train_data=[f"{shapes}/train-*.tar"], label_column=["none"], text_column=["txt"],
+                      train_probabilities=None)  # fmt: skip
+    if model_type == "uniclip":
+        model_config["augmentation_hidden_size"] = 16
+        config["augmentation_kwargs"] = {"scale": [0.5, 1.0], "blur_p": 0.0}
+    config.update(overrides)
+    file = path / f"{model_type}.yaml"
+    import yaml
+
+    file.write_text(yaml.safe_dump(config))
+    return file
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def losses(output_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (output_dir / "training_log.jsonl").read_text().splitlines()]
+
+
+def test_unicl_end_to_end_and_cli_overrides(tmp_path, shapes):
+    from transformers import AutoModel, AutoProcessor
+
+    import hf_unified  # noqa: F401  (registers the Auto classes)
+
+    config = write_config(tmp_path, shapes)
+    out = tmp_path / "run"
+    result = train_script.main(["--config", str(config), "--max_steps", "3", "--output_dir", str(out)])
+    # --max_steps and --output_dir beat the YAML's 50 steps and output folder.
+    assert not (tmp_path / "from-config").exists()
+    assert [json.loads(l)["step"] for l in (out / "training_log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert all(torch.isfinite(torch.tensor(losses(out))))
+    eval_results = json.loads((out / "eval_results.json").read_text())
+    for key in ("zero_shot_top1_accuracy", "zero_shot_top5_accuracy", "image_to_text_R@1", "text_to_image_R@10"):
+        assert 0.0 <= eval_results[key] <= 1.0
+    assert eval_results["num_examples"] == 40 and eval_results["zero_shot_chance"] == pytest.approx(1 / 6)
+    assert result["eval_results"]["zero_shot_top1_accuracy"] == eval_results["zero_shot_top1_accuracy"]
+    model = AutoModel.from_pretrained(out)
+    processor = AutoProcessor.from_pretrained(out)
+    assert type(model).__name__ == "UniCLModel" and (out / "model.safetensors").exists()
+    assert processor.image_processor.crop_size["height"] == 32
+
+
+def test_uniclip_end_to_end_multi_view(tmp_path, shapes):
+    pytest.importorskip("hf_unified.modeling_uniclip")
+    config = write_config(tmp_path, shapes, "uniclip")
+    out = tmp_path / "run"
+    train_script.main(["--config", str(config), "--max_steps", "2", "--output_dir", str(out), "--do_eval", "false"])
+    assert len(losses(out)) == 2 and all(torch.isfinite(torch.tensor(losses(out))))
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model_type"] == "uniclip" and saved["num_views"] == 2
+
+
+def test_msclip_end_to_end(tmp_path, shapes):
+    if importlib.util.find_spec("hf_unified.modeling_msclip") is None:
+        pytest.skip("MS-CLIP is not in this checkout yet")
+    import yaml
+
+    model_config = yaml.safe_load((ROOT / "training" / "configs" / "msclip-tiny.yaml").read_text())["model_config"]
+    model_config.update(hidden_size=32, intermediate_size=64, projection_dim=16)
+    config = write_config(tmp_path, shapes, "msclip", model_config=model_config)
+    out = tmp_path / "run"
+    train_script.main(["--config", str(config), "--max_steps", "2", "--output_dir", str(out)])
+    assert len(losses(out)) == 2 and all(torch.isfinite(torch.tensor(losses(out))))
+    assert json.loads((out / "config.json").read_text())["model_type"] == "msclip"
+    assert "zero_shot_top1_accuracy" in json.loads((out / "eval_results.json").read_text())
+
+
+def test_resume_mid_stream_matches_uninterrupted_run(tmp_path, shapes):
+    # One DataLoader worker, a shuffle buffer and random crops: the resumed run must still see the same batches.
+    config = write_config(tmp_path, shapes, num_workers=1, crop_scale_min=0.6, do_eval=False, save_steps=2)
+    full, part = tmp_path / "full", tmp_path / "part"
+    train_script.main(["--config", str(config), "--max_steps", "4", "--output_dir", str(full)])
+    train_script.main(["--config", str(config), "--max_steps", "4", "--stop_at_step", "3", "--output_dir", str(part)])
+    assert (part / "checkpoint-3" / "data_state_rank0.json").exists() and not (part / "model.safetensors").exists()
+    assert not list(part.glob(".tmp-checkpoint-*"))
+    train_script.main(["--config", str(config), "--max_steps", "4", "--output_dir", str(part),
+                       "--resume_from_checkpoint", "latest"])  # fmt: skip
+    assert losses(part) == pytest.approx(losses(full), abs=1e-6)
+    expected, resumed = load_file(full / "model.safetensors"), load_file(part / "model.safetensors")
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_two_processes_match_one_process(tmp_path, shapes):
+    # Same global batch (8 = 1 x 8 = 2 x 4), deterministic preprocessing: the loss curves must agree.
+    config = write_config(tmp_path, shapes, crop_scale_min=1.0, templates="name", do_eval=False)
+    one, two = tmp_path / "one", tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    common = [str(ROOT / "training" / "train.py"), "--config", str(config), "--max_steps", "3"]
+    train_script.main(common[1:] + ["--output_dir", str(one)])
+    # `--multi_gpu` selects accelerate's torchrun launcher; train.py asks for the CPU (no GPU here), so the two
+    # processes train as MULTI_CPU over gloo. (`--cpu` alone would start one process.)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]  # fmt: skip
+    completed = subprocess.run(
+        launch + common + ["--output_dir", str(two), "--per_device_train_batch_size", "4"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert losses(two) == pytest.approx(losses(one), rel=1e-4)
+    expected, distributed = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    for name in expected:
+        torch.testing.assert_close(distributed[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_bad_column_fails_before_training(tmp_path, shapes):
+    config = write_config(tmp_path, shapes)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"no column 'caption'.*columns are"):
+        train_script.main(["--config", str(config), "--output_dir", str(out), "--text_column", "none", "caption"])
+    assert not (out / "training_log.jsonl").exists()
+
+
+def test_unknown_yaml_key_is_an_error(tmp_path, shapes):
+    config = write_config(tmp_path, shapes, learning_rat=0.1)
+    with pytest.raises(ValueError, match="unknown keys.*learning_rat"):
+        train_script.parse_arguments(["--config", str(config)])
+
+
+def test_parameter_groups_exclude_norms_biases_embeddings_temperatures(tmp_path, shapes):
+    from hf_unified import UniCLConfig, UniCLModel
+
+    model = UniCLModel(UniCLConfig(projection_dim=16, vision_config=TINY_VISION, text_config={**TINY_TEXT,
+                                                                                              "vocab_size": 50}))  # fmt: skip
+    decay, plain = train_script.parameter_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert "logit_scale" not in decayed
+    assert not any("norm" in n or n.endswith("bias") or "embedding" in n for n in decayed)
+    assert "visual_projection.weight" in decayed and any("q_proj.weight" in n for n in decayed)
+    assert len(decay["params"]) + len(plain["params"]) == len(list(model.parameters()))
