@@ -123,12 +123,14 @@ def embed_dataset(model, dataloader, accelerator=None) -> dict:
 
 
 def evaluate_model(model, dataloader, tokenizer, class_names: Sequence[Sequence[str]] | None,
-                   templates: Sequence[str], accelerator=None) -> dict:  # fmt: skip
+                   templates: Sequence[str], accelerator=None, retrieval: bool = True) -> dict:  # fmt: skip
     """Zero-shot top-1/top-5 (when class names and labels exist) and retrieval R@1/5/10 on the whole eval set.
 
     Args:
         model: the unwrapped model (`get_image_features` / `get_text_features`).
         class_names: per class a list of names; the first name is used for the prompts.
+        retrieval: compute retrieval recall (needs real captions: off for label-only evaluation sets, whose
+            texts are class prompts).
     """
     was_training = model.training
     model.eval()
@@ -142,7 +144,8 @@ def evaluate_model(model, dataloader, tokenizer, class_names: Sequence[Sequence[
         accuracy = zero_shot_accuracy(data["image_embeds"][labelled], data["labels"][labelled], classifier.cpu())
         results.update({f"zero_shot_{name}": value for name, value in accuracy.items()})
         results["zero_shot_chance"] = 1.0 / len(class_names)
-    results.update(retrieval_recall(data["image_embeds"], data["text_embeds"], data["texts"]))
+    if retrieval:
+        results.update(retrieval_recall(data["image_embeds"], data["text_embeds"], data["texts"]))
     model.train(was_training)
     return results
 

@@ -212,3 +212,15 @@ def test_parameter_groups_exclude_norms_biases_embeddings_temperatures(tmp_path,
     assert not any("norm" in n or n.endswith("bias") or "embedding" in n for n in decayed)
     assert "visual_projection.weight" in decayed and any("q_proj.weight" in n for n in decayed)
     assert len(decay["params"]) + len(plain["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("name", ["unicl-tiny", "uniclip-tiny", "msclip-tiny", "unicl-base", "uniclip-base", "msclip-base"])
+def test_shipped_configs_parse_and_build_their_model_config(name):
+    model_args, data_args, train_args = train_script.parse_arguments(
+        ["--config", str(ROOT / "training" / "configs" / f"{name}.yaml"), "--max_steps", "7"]
+    )
+    assert train_args.max_steps == 7 and model_args.model_type == name.split("-")[0]
+    config_class = train_script._load(train_script.METHODS[model_args.model_type][0])
+    config = config_class(**model_args.model_config)
+    assert config.model_type == model_args.model_type
+    assert len(data_args.train_data) >= 1

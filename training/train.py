@@ -104,7 +104,7 @@ class DataArguments:
     eval_format: str | None = None
     eval_split: str = "validation"
     eval_image_column: str = "jpg"
-    eval_text_column: str = "txt"
+    eval_text_column: str = field(default="txt", metadata={"help": "'none' = zero-shot only (no retrieval)"})
     eval_label_column: str = field(default="cls", metadata={"help": "'none' = retrieval only"})
     eval_max_samples: int | None = field(default=None, metadata={"help": "cap the evaluation set (per rank)"})
     class_names_file: str | None = field(
@@ -244,8 +244,9 @@ def eval_source(args: DataArguments) -> data_lib.SourceSpec | None:
     if not args.eval_data:
         return None
     label = None if args.eval_label_column.lower() in ("", "none") else args.eval_label_column
-    return data_lib.SourceSpec(args.eval_data, args.eval_image_column, args.eval_text_column, label, 1.0,
-                               args.eval_format, args.eval_split)  # fmt: skip
+    text = None if args.eval_text_column.lower() in ("", "none") else args.eval_text_column
+    return data_lib.SourceSpec(args.eval_data, args.eval_image_column, text, label, 1.0, args.eval_format,
+                               args.eval_split)  # fmt: skip
 
 
 def ensure_embedded_data(args: DataArguments, accelerator: Accelerator) -> None:
@@ -530,7 +531,7 @@ def main(argv: list[str] | None = None) -> dict:
         if data_args.eval_max_samples:
             loader = _take_samples(loader, data_args.eval_max_samples)
         results = evaluate_model(accelerator.unwrap_model(model), loader, tokenizer, class_names, eval_templates,
-                                 accelerator)  # fmt: skip
+                                 accelerator, retrieval=eval_spec.text_column is not None)  # fmt: skip
         accelerator.log({f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))}, step=step)
         summary = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in results.items())
         accelerator.print(f"[eval step {step}] {summary}")
