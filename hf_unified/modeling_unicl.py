@@ -8,69 +8,24 @@ positives of each other, image-text pairs each get a label of their own. With al
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils import can_return_tuple
 
 from .auto_map import ZeroShotAutoMapMixin
 from .configuration_unicl import UniCLConfig
+from .dual_encoder import ContrastiveOutput, EmbeddingOutput, TowerHeadsMixin
 from .losses import clip_loss, unicl_loss
-from .towers import build_tower, pool_image, pool_text, text_tower_inputs
 
 
 @dataclass
-class UniCLOutput(ModelOutput):
-    """Output of [`UniCLModel`], laid out like transformers' `CLIPOutput`.
-
-    Args:
-        loss (`torch.Tensor` of shape `()`, *optional*):
-            The UniCL loss (CLIP's when no labels are given), returned with `return_loss=True` or `labels`.
-        logits_per_image (`torch.Tensor` of shape `(image_batch_size, text_batch_size)`):
-            `exp(logit_scale) * image_embeds @ text_embeds.T`.
-        logits_per_text (`torch.Tensor` of shape `(text_batch_size, image_batch_size)`):
-            The transpose of `logits_per_image`.
-        text_embeds (`torch.Tensor` of shape `(text_batch_size, projection_dim)`):
-            L2-normalised projected text features.
-        image_embeds (`torch.Tensor` of shape `(image_batch_size, projection_dim)`):
-            L2-normalised projected image features.
-        text_model_output (`BaseModelOutputWithPooling`):
-            The text tower's output.
-        vision_model_output (`BaseModelOutputWithPooling`):
-            The image tower's output.
-    """
-
-    loss: torch.Tensor | None = None
-    logits_per_image: torch.Tensor | None = None
-    logits_per_text: torch.Tensor | None = None
-    text_embeds: torch.Tensor | None = None
-    image_embeds: torch.Tensor | None = None
-    text_model_output: BaseModelOutputWithPooling | None = None
-    vision_model_output: BaseModelOutputWithPooling | None = None
-
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
-
-
-@dataclass
-class UniCLEmbeddingOutput(ModelOutput):
-    """Output of the single-tower models: the projected (not normalised) embedding first, then the tower's output.
-
-    Args:
-        embeds (`torch.Tensor` of shape `(batch_size, projection_dim)`): projected pooled features.
-        last_hidden_state (`torch.Tensor` of shape `(batch_size, sequence_length, hidden_size)`): tower tokens.
-        hidden_states (`tuple(torch.Tensor)`, *optional*): per-layer hidden states when asked for.
-        attentions (`tuple(torch.Tensor)`, *optional*): per-layer attention weights when asked for.
-    """
-
-    embeds: torch.Tensor | None = None
-    last_hidden_state: torch.Tensor | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
+class UniCLOutput(ContrastiveOutput):
+    """Output of [`UniCLModel`] (transformers' `CLIPOutput` layout); `loss` is the UniCL loss when labels are given,
+    CLIP's with `return_loss=True` alone."""
 
 
 class UniCLPreTrainedModel(ZeroShotAutoMapMixin, PreTrainedModel):
@@ -92,67 +47,7 @@ class UniCLPreTrainedModel(ZeroShotAutoMapMixin, PreTrainedModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
 
-class _TowerHeads:
-    """Tower -> pooled feature -> projection, shared by the dual encoder and the single-tower models."""
-
-    config: UniCLConfig
-
-    def _build_vision(self, config: UniCLConfig) -> None:
-        self.vision_model = build_tower(config.vision_config)
-        # Keep one config object per tower so that attention-implementation switches reach the tower.
-        config.vision_config = self.vision_model.config
-        self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
-
-    def _build_text(self, config: UniCLConfig) -> None:
-        self.text_model = build_tower(config.text_config)
-        config.text_config = self.text_model.config
-        self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
-
-    def _image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
-        if pixel_values is None:
-            raise ValueError("pixel_values is required to compute image features")
-        outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
-        pooled = pool_image(outputs.last_hidden_state, outputs.pooler_output, self.config.vision_pooling)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=outputs.last_hidden_state,
-            pooler_output=self.visual_projection(pooled),
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
-
-    def _text_features(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        if input_ids is None:
-            raise ValueError("input_ids is required to compute text features")
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids {tuple(input_ids.shape)}"
-            )
-        outputs = self.text_model(
-            **text_tower_inputs(input_ids, attention_mask, position_ids, token_type_ids), return_dict=True, **kwargs
-        )
-        pooled = pool_text(
-            outputs.last_hidden_state,
-            input_ids,
-            attention_mask,
-            self.config.text_pooling,
-            getattr(self.config.text_config, "eos_token_id", None),
-        )
-        return BaseModelOutputWithPooling(
-            last_hidden_state=outputs.last_hidden_state,
-            pooler_output=self.text_projection(pooled),
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
-
-
-class UniCLModel(_TowerHeads, UniCLPreTrainedModel):
+class UniCLModel(TowerHeadsMixin, UniCLPreTrainedModel):
     """UniCL dual encoder.
 
     Example:
@@ -284,7 +179,7 @@ class UniCLModel(_TowerHeads, UniCLPreTrainedModel):
         )
 
 
-class UniCLVisionModelWithProjection(_TowerHeads, UniCLPreTrainedModel):
+class UniCLVisionModelWithProjection(TowerHeadsMixin, UniCLPreTrainedModel):
     """The image tower and its projection alone (for the image-feature-extraction pipeline and image indexing).
 
     Loads from a saved [`UniCLModel`] folder; the text weights there are ignored.
@@ -299,18 +194,12 @@ class UniCLVisionModelWithProjection(_TowerHeads, UniCLPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    def forward(self, pixel_values: torch.FloatTensor | None = None, **kwargs) -> UniCLEmbeddingOutput:
+    def forward(self, pixel_values: torch.FloatTensor | None = None, **kwargs) -> EmbeddingOutput:
         """Returns the projected image embedding `[B, D]` (not normalised) first, then the tower's tokens."""
-        outputs = self._image_features(pixel_values, **kwargs)
-        return UniCLEmbeddingOutput(
-            embeds=outputs.pooler_output,
-            last_hidden_state=outputs.last_hidden_state,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        return EmbeddingOutput.from_features(self._image_features(pixel_values, **kwargs))
 
 
-class UniCLTextModelWithProjection(_TowerHeads, UniCLPreTrainedModel):
+class UniCLTextModelWithProjection(TowerHeadsMixin, UniCLPreTrainedModel):
     """The text tower and its projection alone (for the feature-extraction pipeline and text indexing).
 
     Loads from a saved [`UniCLModel`] folder; the image weights there are ignored.
@@ -331,15 +220,10 @@ class UniCLTextModelWithProjection(_TowerHeads, UniCLPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         **kwargs,
-    ) -> UniCLEmbeddingOutput:
+    ) -> EmbeddingOutput:
         """Returns the projected text embedding `[B, D]` (not normalised) first, then the tower's tokens."""
-        outputs = self._text_features(input_ids, attention_mask, position_ids, token_type_ids, **kwargs)
-        return UniCLEmbeddingOutput(
-            embeds=outputs.pooler_output,
-            last_hidden_state=outputs.last_hidden_state,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        features = self._text_features(input_ids, attention_mask, position_ids, token_type_ids, **kwargs)
+        return EmbeddingOutput.from_features(features)
 
 
 UniCLConfig.register_for_auto_class()

@@ -19,19 +19,18 @@ The paper body was not available to us; the exact form of points 1 and 2 is our 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils import can_return_tuple
 
 from .auto_map import ZeroShotAutoMapMixin
 from .configuration_uniclip import UniCLIPConfig
+from .dual_encoder import ContrastiveOutput, EmbeddingOutput, TowerHeadsMixin, with_pooler_output
 from .losses import gather_with_grad, multi_positive_loss
-from .towers import build_tower, pool_image, pool_text, text_tower_inputs
 
 IMAGE_DOMAIN, TEXT_DOMAIN = 0, 1
 # Domain pair index = domain(a) + domain(b): 0 image-image, 1 image-text, 2 text-text (UniCLIPConfig.DOMAIN_PAIRS).
@@ -131,7 +130,7 @@ def unified_contrastive_loss(
 
 
 @dataclass
-class UniCLIPOutput(ModelOutput):
+class UniCLIPOutput(ContrastiveOutput):
     """Output of [`UniCLIPModel`], laid out like transformers' `CLIPOutput` plus the per-view embeddings.
 
     Args:
@@ -154,34 +153,7 @@ class UniCLIPOutput(ModelOutput):
             The image tower's output; for multi-view input its batch is the `B * V` views, view-major per image.
     """
 
-    loss: torch.Tensor | None = None
-    logits_per_image: torch.Tensor | None = None
-    logits_per_text: torch.Tensor | None = None
-    text_embeds: torch.Tensor | None = None
-    image_embeds: torch.Tensor | None = None
     image_view_embeds: torch.Tensor | None = None
-    text_model_output: BaseModelOutputWithPooling | None = None
-    vision_model_output: BaseModelOutputWithPooling | None = None
-
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
-
-
-@dataclass
-class UniCLIPEmbeddingOutput(ModelOutput):
-    """Output of the single-tower models: the projected (not normalised) embedding first, then the tower's output.
-
-    Args:
-        embeds (`torch.Tensor` of shape `(batch_size, projection_dim)`): projected pooled features.
-        last_hidden_state (`torch.Tensor` of shape `(batch_size, sequence_length, hidden_size)`): tower tokens.
-        hidden_states (`tuple(torch.Tensor)`, *optional*): per-layer hidden states when asked for.
-        attentions (`tuple(torch.Tensor)`, *optional*): per-layer attention weights when asked for.
-    """
-
-    embeds: torch.Tensor | None = None
-    last_hidden_state: torch.Tensor | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 class UniCLIPAugmentationEncoder(nn.Module):
@@ -228,15 +200,12 @@ class UniCLIPPreTrainedModel(ZeroShotAutoMapMixin, PreTrainedModel):
             init.copy_(module.logit_offset, torch.tensor(self.config.logit_offset_init()))
 
 
-class _UniCLIPHeads:
-    """Tower -> pooled feature -> (augmentation-conditioned) projection, shared by all UniCLIP models."""
+class _UniCLIPHeads(TowerHeadsMixin):
+    """Tower -> pooled feature -> augmentation-conditioned projection (image side); the text side is the shared one."""
 
     config: UniCLIPConfig
 
     def _build_vision(self, config: UniCLIPConfig) -> None:
-        self.vision_model = build_tower(config.vision_config)
-        # Keep one config object per tower so that attention-implementation switches reach the tower.
-        config.vision_config = self.vision_model.config
         hidden = config.vision_config.hidden_size
         if config.augmentation_fusion == "add":
             self.augmentation_encoder = UniCLIPAugmentationEncoder(config, output_size=hidden)
@@ -244,12 +213,7 @@ class _UniCLIPHeads:
         else:
             self.augmentation_encoder = UniCLIPAugmentationEncoder(config, config.augmentation_hidden_size)
             projection_input = hidden + config.augmentation_hidden_size
-        self.visual_projection = nn.Linear(projection_input, config.projection_dim, bias=False)
-
-    def _build_text(self, config: UniCLIPConfig) -> None:
-        self.text_model = build_tower(config.text_config)
-        config.text_config = self.text_model.config
-        self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
+        super()._build_vision(config, projection_input)
 
     def _check_augmentation_params(self, augmentation_params: torch.Tensor, shape: tuple[int, ...]) -> None:
         expected = (*shape, self.config.augmentation_param_dim)
@@ -276,50 +240,13 @@ class _UniCLIPHeads:
             augmentation_params = torch.tensor(identity, device=pixel_values.device).expand(batch, len(identity))
         else:
             self._check_augmentation_params(augmentation_params, (batch,))
-        outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
-        pooled = pool_image(outputs.last_hidden_state, outputs.pooler_output, self.config.vision_pooling)
+        outputs, pooled = self._pooled_image(pixel_values, **kwargs)
         code = self.augmentation_encoder(augmentation_params.to(pooled.dtype))
         if self.config.augmentation_fusion == "add":
             conditioned = pooled + code
         else:
             conditioned = torch.cat([pooled, code], dim=-1)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=outputs.last_hidden_state,
-            pooler_output=self.visual_projection(conditioned),
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
-
-    def _text_features(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        if input_ids is None:
-            raise ValueError("input_ids is required to compute text features")
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids {tuple(input_ids.shape)}"
-            )
-        outputs = self.text_model(
-            **text_tower_inputs(input_ids, attention_mask, position_ids, token_type_ids), return_dict=True, **kwargs
-        )
-        pooled = pool_text(
-            outputs.last_hidden_state,
-            input_ids,
-            attention_mask,
-            self.config.text_pooling,
-            getattr(self.config.text_config, "eos_token_id", None),
-        )
-        return BaseModelOutputWithPooling(
-            last_hidden_state=outputs.last_hidden_state,
-            pooler_output=self.text_projection(pooled),
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        return with_pooler_output(outputs, self.visual_projection(conditioned))
 
 
 class UniCLIPModel(_UniCLIPHeads, UniCLIPPreTrainedModel):
@@ -512,15 +439,9 @@ class UniCLIPVisionModelWithProjection(_UniCLIPHeads, UniCLIPPreTrainedModel):
         pixel_values: torch.FloatTensor | None = None,
         augmentation_params: torch.FloatTensor | None = None,
         **kwargs,
-    ) -> UniCLIPEmbeddingOutput:
+    ) -> EmbeddingOutput:
         """`[B, C, H, W]` (+ optional `[B, P]` parameters, default identity) -> projected embedding `[B, D]` first."""
-        outputs = self._image_features(pixel_values, augmentation_params, **kwargs)
-        return UniCLIPEmbeddingOutput(
-            embeds=outputs.pooler_output,
-            last_hidden_state=outputs.last_hidden_state,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        return EmbeddingOutput.from_features(self._image_features(pixel_values, augmentation_params, **kwargs))
 
 
 class UniCLIPTextModelWithProjection(_UniCLIPHeads, UniCLIPPreTrainedModel):
@@ -544,15 +465,10 @@ class UniCLIPTextModelWithProjection(_UniCLIPHeads, UniCLIPPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         **kwargs,
-    ) -> UniCLIPEmbeddingOutput:
+    ) -> EmbeddingOutput:
         """Returns the projected text embedding `[B, D]` (not normalised) first, then the tower's tokens."""
-        outputs = self._text_features(input_ids, attention_mask, position_ids, token_type_ids, **kwargs)
-        return UniCLIPEmbeddingOutput(
-            embeds=outputs.pooler_output,
-            last_hidden_state=outputs.last_hidden_state,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        features = self._text_features(input_ids, attention_mask, position_ids, token_type_ids, **kwargs)
+        return EmbeddingOutput.from_features(features)
 
 
 UniCLIPConfig.register_for_auto_class()
