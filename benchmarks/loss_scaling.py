@@ -140,7 +140,7 @@ def parse_args(argv=None):
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.dim, args.local_batch, args.global_batches, args.max_full, args.repeats = 16, 32, [64, 128], 128, 1
+        args.dim, args.local_batch, args.global_batches, args.max_full, args.repeats = 16, 32, [64, 128], 64, 1
     return args
 
 

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from common import describe_machine, markdown_table, median
 
 EOS_TOKEN_ID = 49407
+CLIP_REFERENCE = "transformers CLIPModel (sdpa)"  # the denominator of every ratio, always measured
 
 
 @dataclass
@@ -340,7 +341,7 @@ def make_candidate(name: str, built, batch: dict, device: str, args) -> Candidat
 def candidates_for(group: str, sizes: Sizes) -> list[tuple[str, Callable]]:
     if group == "towers":
         return [
-            ("transformers CLIPModel (sdpa)", lambda: build_hf_clip(sizes)),
+            (CLIP_REFERENCE, lambda: build_hf_clip(sizes)),
             ("open_clip CLIP", lambda: build_open_clip(sizes)),
             ("UniCL, CLIP towers (CLIP loss)", lambda: build_unicl(sizes)),
             ("UniCL, CLIP towers (UniCL loss, labels)", lambda: build_unicl(sizes, with_labels=True)),
@@ -348,7 +349,7 @@ def candidates_for(group: str, sizes: Sizes) -> list[tuple[str, Callable]]:
             ("UniCLIP, 2 views (as trained)", lambda: build_uniclip(sizes, num_views=2)),
         ]
     return [
-        ("transformers CLIPModel (sdpa)", lambda: build_hf_clip(sizes)),
+        (CLIP_REFERENCE, lambda: build_hf_clip(sizes)),
         ("UniCL, CLIP towers (CLIP loss)", lambda: build_unicl(sizes)),
         ("MS-CLIP shared (attn+MLP)", lambda: build_msclip(sizes, "shared")),
         ("MS-CLIP separate", lambda: build_msclip(sizes, "separate")),
@@ -387,6 +388,8 @@ def run_group(group: str, sizes: Sizes, args) -> list[dict]:
     batch = make_batch(sizes, device)
     candidates: list[Candidate] = []
     for name, build in candidates_for(group, sizes):
+        if args.models and name != CLIP_REFERENCE and not any(word.lower() in name.lower() for word in args.models):
+            continue
         try:
             torch.manual_seed(0)
             candidates.append(make_candidate(name, build(), batch, device, args))
@@ -478,6 +481,8 @@ def parse_args(argv=None):
     parser.add_argument("--mfu", action="store_true", help="count FLOPs (default on CUDA)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="peak dense bf16 TFLOP/s of the device for MFU (H100 SXM: 989)")
+    parser.add_argument("--models", nargs="+", default=None,
+                        help="only candidates whose name contains one of these words (CLIPModel is always run)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks that everything runs")
     args = parser.parse_args(argv)
     if args.smoke:

@@ -1,0 +1,99 @@
+"""Smoke tests of the benchmark scripts: each runs end to end on its smallest setting and returns sane figures."""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+
+def _finite_positive(value: float) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_throughput_smoke_measures_every_available_candidate_against_clipmodel():
+    import throughput
+
+    results = throughput.main(["--smoke", "--models", "(CLIP loss)", "shared"])
+    towers = {row["name"]: row for row in results["towers"]}
+    assert throughput.CLIP_REFERENCE in towers
+    assert towers[throughput.CLIP_REFERENCE]["train_ratio"] == pytest.approx(1.0)
+    assert "UniCL, CLIP towers (CLIP loss)" in towers
+    assert "open_clip CLIP" not in towers  # filtered out by --models
+    equal = {row["name"]: row for row in results["equal-width"]}
+    assert "MS-CLIP shared (attn+MLP)" in equal
+    for row in list(towers.values()) + list(equal.values()):
+        assert _finite_positive(row["train_samples_per_s"]) and _finite_positive(row["infer_images_per_s"])
+        assert _finite_positive(row["train_ratio"]) and _finite_positive(row["params_m"])
+    # Sharing attention + MLP between the modalities must leave fewer parameters than CLIPModel at equal width.
+    assert equal["MS-CLIP shared (attn+MLP)"]["params_m"] < equal[throughput.CLIP_REFERENCE]["params_m"]
+
+
+def test_loss_scaling_simulated_rank_restores_the_real_gather_and_skips_large_full_losses():
+    import loss_scaling
+
+    from hf_unified import losses
+
+    real = losses.gather_with_grad
+    results = loss_scaling.main(["--smoke"])  # N = 64 and 128, 32 rows per rank, full loss up to N = 64
+    assert losses.gather_with_grad is real  # the simulation is undone
+    by_key = {(r["loss"], r["N"]): r for r in results}
+    assert by_key[("clip_loss", 64)]["full"] is not None
+    assert by_key[("clip_loss", 128)]["full"] is None  # above --max-full: skipped, not run
+    assert by_key[("unicl_loss", 128)]["ranks"] == 128 // 32
+    assert all(_finite_positive(r["local"]["seconds"]) for r in results)
+
+
+def test_loss_scaling_simulated_gather_gives_the_rank_its_rows_against_all_columns():
+    import loss_scaling
+    import torch
+
+    from hf_unified import losses
+
+    local = torch.randn(4, 8, requires_grad=True)
+    others = torch.randn(12, 8)
+    with loss_scaling.SimulatedRank({"features": others, "labels": torch.zeros(12, dtype=torch.long)}):
+        gathered, offset = losses.gather_with_grad(local)
+    assert gathered.shape == (16, 8) and offset == 0
+    assert torch.equal(gathered[:4], local) and torch.equal(gathered[4:], others)
+    gathered.sum().backward()
+    assert torch.equal(local.grad, torch.ones(4, 8))  # the gradient reaches this rank's rows
+
+
+def test_data_pipeline_smoke_streams_augmented_batches(tmp_path):
+    import data_pipeline
+
+    results = data_pipeline.main(["--smoke", "--data-dir", str(tmp_path)])
+    by_transform = {r["transform"]: r for r in results}
+    assert by_transform["crop-flip"]["shape"] == (8, 3, 32, 32)
+    assert by_transform["multiview-2"]["shape"] == (8, 2, 3, 32, 32)
+    assert all(_finite_positive(r["images_per_s"]) for r in results)
+
+
+def test_replication_smoke_trains_and_evaluates_each_method():
+    import replication
+
+    results = replication.main(["--smoke", "--methods", "unicl", "uniclip", "msclip-shared"])
+    assert set(results) == {"unicl", "uniclip", "msclip-shared"}
+    for runs in results.values():
+        metrics = runs[0]
+        for name in ("zero_shot_top1", "i2t_R@1", "t2i_R@1"):
+            assert 0.0 <= metrics[name] <= 1.0
+        assert math.isfinite(metrics["final_loss"]) and _finite_positive(metrics["gflops_per_step"])
+    # UniCLIP encodes two views per image, so one of its steps costs more than UniCL's at the same widths.
+    assert results["uniclip"][0]["gflops_per_step"] > results["unicl"][0]["gflops_per_step"]
+
+
+def test_augmented_views_parameters_describe_the_crop():
+    import replication
+    import torch
+
+    images = torch.rand(5, 3, 16, 16)
+    views, params = replication.augmented_views(images, 2, torch.Generator().manual_seed(0))
+    assert views.shape == (5, 2, 3, 16, 16) and params.shape == (5, 2, 11)
+    left, top, width, height = params[..., 0], params[..., 1], params[..., 2], params[..., 3]
+    assert torch.all(width * height >= 0.5 - 1e-6) and torch.all(width <= 1) and torch.all(height <= 1)
+    assert torch.all(left + width <= 1 + 1e-6) and torch.all(top + height <= 1 + 1e-6)
