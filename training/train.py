@@ -301,7 +301,11 @@ def build_model(model_args: ModelArguments, tokenizer, image_size: int):
     return model_class(config_class(**kwargs))
 
 
-def build_processor(model_type: str, tokenizer, data_args: DataArguments):
+def build_processor(model_type: str, tokenizer, data_args: DataArguments, model_name_or_path: str | None = None):
+    if model_name_or_path:  # continue or evaluate a saved model with its own preprocessing
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(model_name_or_path)
     processor_class, image_processor_factory = _load(METHODS[model_type][2]), _load(METHODS[model_type][3])
     image_processor = image_processor_factory(data_args.image_size)
     size = data_args.image_size
@@ -411,6 +415,8 @@ def write_model_card(output_dir: Path, model_type: str, eval_results: dict, trai
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, train_args = parse_arguments(argv)
+    if model_args.model_name_or_path and not model_args.tokenizer_name_or_path:
+        model_args.tokenizer_name_or_path = model_args.model_name_or_path
     output_dir = Path(train_args.output_dir)
     mixed_precision = train_args.mixed_precision
     if mixed_precision == "auto":
@@ -428,7 +434,6 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(train_args.seed)
     output_dir.mkdir(parents=True, exist_ok=True)
     ensure_embedded_data(data_args, accelerator)
-    uses_labels = METHODS[model_args.model_type][4]
 
     # Data first: a wrong column or path fails here, before anything is built or trained.
     specs = train_sources(data_args)
@@ -451,7 +456,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     tokenizer = build_tokenizer(model_args, specs, train_args.seed, class_names, templates + eval_templates, output_dir, accelerator)
     model = build_model(model_args, tokenizer, data_args.image_size)
-    processor = build_processor(model_args.model_type, tokenizer, data_args)
+    model_args.model_type = model.config.model_type  # a loaded model decides the method
+    uses_labels = METHODS[model_args.model_type][4]
+    processor = build_processor(model_args.model_type, tokenizer, data_args, model_args.model_name_or_path)
     if train_args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
 
@@ -586,7 +593,7 @@ def main(argv: list[str] | None = None) -> dict:
     progress.close()
     del batches, loader  # stop the workers
 
-    if train_args.save_steps or last_step < train_args.max_steps:
+    if (train_args.save_steps and last_step > start_step) or last_step < train_args.max_steps:
         save_checkpoint(accelerator, output_dir, last_step, train_stream, counters, train_args.save_total_limit)
     if last_step < train_args.max_steps:
         accelerator.print(f"stopped at step {last_step} of {train_args.max_steps}; resume with --resume_from_checkpoint latest")
