@@ -99,14 +99,25 @@ def losses(output_dir: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (output_dir / "training_log.jsonl").read_text().splitlines()]
 
 
-def test_unicl_end_to_end_and_cli_overrides(tmp_path, shapes):
+def test_unicl_end_to_end_and_cli_overrides(tmp_path, shapes, monkeypatch):
     from transformers import AutoModel, AutoProcessor
 
     import hf_unified  # noqa: F401  (registers the Auto classes)
+    from hf_unified import hub
 
+    pushed = []
+
+    def fake_push(folder, repo_id, private=False):  # the real upload is tested by the Hub engineer's suite
+        pushed.append((Path(folder), repo_id, private, sorted(p.name for p in Path(folder).iterdir())))
+        return type("Result", (), {"files": ["config.json"], "repo_url": f"https://hub.test/{repo_id}"})()
+
+    monkeypatch.setattr(hub, "push_folder", fake_push)
     config = write_config(tmp_path, shapes)
     out = tmp_path / "run"
-    result = train_script.main(["--config", str(config), "--max_steps", "3", "--output_dir", str(out)])
+    result = train_script.main(["--config", str(config), "--max_steps", "3", "--output_dir", str(out),
+                                "--push_to_hub", "--hub_model_id", "me/unicl-test"])  # fmt: skip
+    assert pushed and pushed[0][:3] == (out, "me/unicl-test", False)
+    assert {"README.md", "model.safetensors", "eval_results.json", "config.json"} <= set(pushed[0][3])
     # --max_steps and --output_dir beat the YAML's 50 steps and output folder.
     assert not (tmp_path / "from-config").exists()
     assert [json.loads(l)["step"] for l in (out / "training_log.jsonl").read_text().splitlines()] == [1, 2, 3]

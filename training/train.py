@@ -415,6 +415,8 @@ def write_model_card(output_dir: Path, model_type: str, eval_results: dict, trai
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, train_args = parse_arguments(argv)
+    if train_args.push_to_hub and not train_args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id")
     if model_args.model_name_or_path and not model_args.tokenizer_name_or_path:
         model_args.tokenizer_name_or_path = model_args.model_name_or_path
     output_dir = Path(train_args.output_dir)
@@ -641,14 +643,13 @@ def _take_samples(loader, limit: int):
 
 
 def push_to_hub(output_dir: Path, train_args: TrainArguments) -> None:
+    """Uploads the finished model folder with the Hub engineer's `push_folder` (also `training/push_to_hub.py`)."""
     if not train_args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    try:
-        import push_to_hub as hub
-    except ImportError as error:
-        raise ValueError("training/push_to_hub.py is not available in this checkout") from error
-    hub.push_folder(output_dir, train_args.hub_model_id, private=train_args.hub_private)
+    from hf_unified import hub
+
+    result = hub.push_folder(output_dir, train_args.hub_model_id, private=train_args.hub_private)
+    print(f"pushed {len(result.files)} files to {result.repo_url}")
 
 
 if __name__ == "__main__":
