@@ -355,3 +355,30 @@ def test_package_registers_auto_classes():
 
     assert AutoModelForZeroShotImageClassification.from_config(tiny_config()).__class__ is UniCLModel
     assert hf_unified.UniCLConfig.model_type == "unicl"
+
+
+def test_default_processor_follows_official_unicl_preprocessing(tiny_clip_tokenizer):
+    from transformers.image_utils import PILImageResampling
+
+    image_processor = UniCLProcessor(tokenizer=tiny_clip_tokenizer).image_processor
+    assert image_processor.size == {"shortest_edge": 256}
+    assert image_processor.crop_size == {"height": 224, "width": 224}
+    assert image_processor.resample == PILImageResampling.BICUBIC
+    assert list(image_processor.image_mean) == pytest.approx([0.485, 0.456, 0.406])
+    assert list(image_processor.image_std) == pytest.approx([0.229, 0.224, 0.225])
+    pixels = image_processor(images(1)[0].resize((300, 260)), return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (1, 3, 224, 224)
+
+
+def test_swin_tower_buffers_survive_save_load(tmp_path, processor):
+    torch.manual_seed(0)
+    model = UniCLModel(tiny_config("swin", "clip")).eval()
+    model.save_pretrained(tmp_path)
+    loaded = UniCLModel.from_pretrained(tmp_path).eval()
+    buffers = dict(model.named_buffers())
+    assert any("relative_position_index" in name for name in buffers)
+    for name, buffer in loaded.named_buffers():
+        torch.testing.assert_close(buffer, buffers[name], msg=name)
+    batch = processor(text=TEXTS[:2], images=images(2), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits_per_image, model(**batch).logits_per_image)
