@@ -11,7 +11,9 @@ torchdata's `StatefulDataLoader`, cannot see the workers' positions. The stream 
 of `(seed, rank, position)`: it is re-created with the same seed and fast-forwarded (`skip`, on undecoded bytes)
 past what was consumed, and every random choice of decoding/augmentation is seeded by the batch index. So a resumed
 run sees exactly the batches an uninterrupted run would have seen, with any shuffle buffer and any worker count.
-`TrainStream.state_dict()` is what the checkpoints store.
+`TrainStream.state_dict()` is what the checkpoints store. The price: every DataLoader worker reads (but does not
+decode) the rank's whole raw stream, so raw reads grow with the worker count; decoding and augmentation, the costly
+part, are split between the workers.
 
 Corrupt or incomplete samples (undecodable image, missing text/label) are dropped in the workers and counted in
 every batch (`num_skipped`), never raised. A column name that a source lacks raises `ValueError` when the source is
