@@ -134,30 +134,59 @@ def eager_attention_forward(
 
 class MSCLIPAttention(nn.Module):
     """Multi-head self-attention whose head count is chosen per call, so one set of weights serves a modality with
-    12 heads and another with 8 (only parameters are shared between modalities, not the head split)."""
+    12 heads and another with 8 (only parameters are shared between modalities, not the head split).
+
+    The weights stay three `q_proj` / `k_proj` / `v_proj` Linears (CLIP naming, one checkpoint layout), but they run
+    as one fused `[3W, W]` matmul: one GEMM over the tokens instead of three is the cheaper step on CPU, and the
+    concatenated weight is tiny next to the activations. The fusion is skipped when a projection is not a plain
+    `nn.Linear` or carries hooks (PEFT/LoRA wrappers, quantised layers), which must run as modules.
+    """
 
     def __init__(self, config: MSCLIPConfig):
         super().__init__()
         self.config = config
         self.embed_dim = config.hidden_size
         self.dropout = config.attention_dropout
-        # The mask is always explicit (causal for text, none for images); never let SDPA infer causality.
+        # Causality is decided per call (text only), never inferred by SDPA from this attribute.
         self.is_causal = False
         self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
         self.k_proj = nn.Linear(self.embed_dim, self.embed_dim)
         self.v_proj = nn.Linear(self.embed_dim, self.embed_dim)
         self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
 
+    def _can_fuse_projections(self) -> bool:
+        return all(
+            type(proj) is nn.Linear and proj.bias is not None and not proj._forward_hooks and not proj._forward_pre_hooks
+            for proj in (self.q_proj, self.k_proj, self.v_proj)
+        )
+
+    def _project_qkv(self, hidden_states: torch.Tensor, shape: tuple[int, ...]):
+        """`[B, L, W]` -> query, key, value `[B, H, L, D]` each."""
+        if self._can_fuse_projections():
+            weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+            bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+            batch_size, seq_len, num_heads, head_dim = shape
+            qkv = nn.functional.linear(hidden_states, weight, bias)
+            # [B, L, 3, H, D] -> [3, B, H, L, D]: views only, SDPA reads the strides as they are.
+            return qkv.view(batch_size, seq_len, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return tuple(proj(hidden_states).view(shape).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
+
     def forward(
-        self, hidden_states: torch.Tensor, num_heads: int, attention_mask: torch.Tensor | None = None, **kwargs
+        self,
+        hidden_states: torch.Tensor,
+        num_heads: int,
+        attention_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """hidden_states `[B, L, W]`, additive attention_mask `[B, 1, L, L]` or None -> `[B, L, W]`, weights."""
+        """hidden_states `[B, L, W]`, additive attention_mask `[B, 1, L, L]` or None -> `[B, L, W]`, weights.
+
+        `is_causal=True` with no mask asks a kernel that supports it (SDPA, flash) for causal attention without a
+        materialised mask; backends that ignore the flag (eager) must be given the mask (see `text_attention_mask`).
+        """
         batch_size, seq_len, _ = hidden_states.shape
         head_dim = self.embed_dim // num_heads
-        shape = (batch_size, seq_len, num_heads, head_dim)
-        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        query, key, value = self._project_qkv(hidden_states, (batch_size, seq_len, num_heads, head_dim))
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -170,10 +199,10 @@ class MSCLIPAttention(nn.Module):
             attention_mask,
             scaling=head_dim**-0.5,
             dropout=self.dropout if self.training else 0.0,
-            is_causal=False,
+            is_causal=is_causal and attention_mask is None,
             **kwargs,
         )
-        attn_output = attn_output.reshape(batch_size, seq_len, self.embed_dim).contiguous()
+        attn_output = attn_output.reshape(batch_size, seq_len, self.embed_dim)
         return self.out_proj(attn_output), attn_weights
 
 
@@ -242,7 +271,7 @@ class MSCLIPEncoderLayer(GradientCheckpointingLayer):
         residual = hidden_states
         hidden_states = self.sublayer(modality, "layer_norm1")(hidden_states)
         hidden_states, attn_weights = self.sublayer(modality, "attention")(
-            hidden_states, self.num_heads[modality], attention_mask, **kwargs
+            hidden_states, self.num_heads[modality], attention_mask, is_causal=modality == "text", **kwargs
         )
         hidden_states = residual + hidden_states
         residual = hidden_states
@@ -434,7 +463,8 @@ class MSCLIPLateralAdapter(nn.Module):
             raise ValueError(
                 f"parallel branch gives {tuple(from_branch.shape)} tokens, the stream has {tuple(from_tokens.shape)}"
             )
-        fused = torch.cat([cls, from_tokens], dim=1) + torch.cat([cls, from_branch.to(from_tokens.dtype)], dim=1)
+        # cat[cls, a] + cat[cls, b] == cat[cls + cls, a + b], with one concatenation instead of two.
+        fused = torch.cat([cls + cls, from_tokens + from_branch.to(from_tokens.dtype)], dim=1)
         return self.layer_norm(fused)
 
 
@@ -495,6 +525,10 @@ class MSCLIPTextEmbeddings(nn.Module):
         if position_ids is None:
             position_ids = self.position_ids[:, :seq_len]
         return self.token_embedding(input_ids) + self.position_embedding(position_ids)
+
+
+# Attention backends that build the causal pattern themselves from `is_causal=True` when no mask is passed.
+CAUSAL_FLAG_ATTENTION = frozenset({"sdpa", "flash_attention_2", "flash_attention_3"})
 
 
 def causal_attention_mask(seq_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -637,7 +671,10 @@ class _MSCLIPHeads:
             )
         hidden_states = self.text_embeddings(input_ids, position_ids)
         batch_size, seq_len = input_ids.shape
-        mask = causal_attention_mask(seq_len, hidden_states.dtype, hidden_states.device)
+        # Kernels that take `is_causal` need no materialised mask (and skip the masked blocks); others get it.
+        mask = None
+        if self.config._attn_implementation not in CAUSAL_FLAG_ATTENTION:
+            mask = causal_attention_mask(seq_len, hidden_states.dtype, hidden_states.device)
         outputs = self.encoder(
             hidden_states,
             "text",

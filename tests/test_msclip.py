@@ -16,6 +16,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from hf_unified.configuration_msclip import MSCLIP_PRESETS, MSCLIPConfig
 from hf_unified.modeling_msclip import (
+    MSCLIPAttention,
     MSCLIPModel,
     MSCLIPTextModelWithProjection,
     MSCLIPVisionModelWithProjection,
@@ -299,6 +300,42 @@ def test_eager_and_sdpa_agree(preset, inputs):
     # 2 vision heads over 16 tokens + CLS; with the conv stem images run blocks 1 and 2 only.
     assert len(a.vision_model_output.attentions) == (2 if preset == "ms-clip-s" else 3)
     assert a.vision_model_output.attentions[0].shape == (4, 2, 17, 17)
+
+
+def test_fused_qkv_matches_the_module_path_and_yields_to_hooks(inputs):
+    """The fused [3W, W] projection gives what q_proj/k_proj/v_proj give as modules, in values and gradients, and a
+    hook on a projection (as PEFT/LoRA wrappers need) makes the layer call the modules again."""
+    torch.manual_seed(0)
+    fused = MSCLIPModel(tiny_config()).train()
+    modular = copy.deepcopy(fused)
+    calls = []
+    for layer in modular.encoder.layers:
+        for attention in [m for m in layer.modules() if isinstance(m, MSCLIPAttention)]:
+            attention.q_proj.register_forward_hook(lambda *args: calls.append(1))
+            assert not attention._can_fuse_projections()
+    fused(**inputs, return_loss=True).loss.backward()
+    modular(**inputs, return_loss=True).loss.backward()
+    assert len(calls) > 0
+    for (name, a), b in zip(fused.named_parameters(), modular.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_sdpa_text_runs_without_a_materialised_mask(model, inputs, monkeypatch):
+    """Under SDPA text attention is causal by flag; the mask builder is not called (eager still gets the mask)."""
+    import hf_unified.modeling_msclip as modeling
+
+    built = []
+    real = modeling.causal_attention_mask
+    monkeypatch.setattr(modeling, "causal_attention_mask", lambda *a: built.append(a) or real(*a))
+    sdpa = copy.deepcopy(model)
+    sdpa.set_attn_implementation("sdpa")
+    with torch.no_grad():
+        sdpa.get_text_features(input_ids=inputs["input_ids"])
+    assert built == []
+    sdpa.set_attn_implementation("eager")
+    with torch.no_grad():
+        sdpa.get_text_features(input_ids=inputs["input_ids"])
+    assert len(built) == 1
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(inputs):
