@@ -310,10 +310,10 @@ def parse_args(argv=None):
     parser.add_argument("--dataset", choices=["shapes", "digits"], default="shapes")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--num-train", type=int, default=2048)
+    parser.add_argument("--num-train", type=int, default=1024)
     parser.add_argument("--num-eval", type=int, default=300)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--patch-size", type=int, default=8)
@@ -321,7 +321,8 @@ def parse_args(argv=None):
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--projection-dim", type=int, default=64)
     parser.add_argument("--text-len", type=int, default=24)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: these tiny models gain nothing from a second, busy core)")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     if args.smoke:

@@ -316,7 +316,9 @@ def _image_output(output) -> torch.Tensor:
 def make_candidate(name: str, built, batch: dict, device: str, args) -> Candidate:
     model, loss_fn, image_fn = built
     model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=device.startswith("cuda"))
+    # torch's default AdamW (foreach) unless --fused-adamw; the fused kernel also exists on CPU (torch >= 2.4).
+    fused = True if args.fused_adamw or device.startswith("cuda") else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=fused)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
     )
@@ -410,6 +412,8 @@ def run_group(group: str, sizes: Sizes, args) -> list[dict]:
         for candidate in candidates[shift:] + candidates[:shift]:  # rotate so no model always runs first
             train_times[candidate.name].append(timed(candidate.train_step, args.steps, device))
             infer_times[candidate.name].append(timed(candidate.infer, args.steps, device))
+        print(f"  [{group}] round {round_index + 1}/{args.rounds}: " + ", ".join(
+            f"{c.name} {c.samples_per_step / train_times[c.name][-1]:.0f}/s" for c in candidates), flush=True)
 
     reference = candidates[0].name
     results = []
@@ -474,9 +478,10 @@ def parse_args(argv=None):
     parser.add_argument("--vocab-size", type=int, default=49408)
     parser.add_argument("--projection-dim", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per candidate per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per candidate per round")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True) for every candidate")
     parser.add_argument("--compile", action="store_true", help="torch.compile the forward + loss")
     parser.add_argument("--mfu", action="store_true", help="count FLOPs (default on CUDA)")
     parser.add_argument("--peak-tflops", type=float, default=None,
