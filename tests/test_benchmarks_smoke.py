@@ -10,6 +10,16 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """The scripts call torch.set_num_threads; leave the rest of the session as it was."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def _finite_positive(value: float) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0
 
@@ -17,7 +27,7 @@ def _finite_positive(value: float) -> bool:
 def test_throughput_smoke_measures_every_available_candidate_against_clipmodel():
     import throughput
 
-    results = throughput.main(["--smoke", "--models", "(CLIP loss)", "shared"])
+    results = throughput.main(["--smoke", "--threads", "1", "--models", "(CLIP loss)", "shared"])
     towers = {row["name"]: row for row in results["towers"]}
     assert throughput.CLIP_REFERENCE in towers
     assert towers[throughput.CLIP_REFERENCE]["train_ratio"] == pytest.approx(1.0)
