@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -37,10 +36,11 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils import can_return_tuple
 
 from .auto_map import ZeroShotAutoMapMixin
 from .configuration_msclip import MSCLIPConfig
+from .dual_encoder import ContrastiveOutput, EmbeddingOutput
 from .losses import clip_loss
 from .towers import eos_positions
 
@@ -48,7 +48,7 @@ MODALITIES = ("vision", "text")
 
 
 @dataclass
-class MSCLIPOutput(ModelOutput):
+class MSCLIPOutput(ContrastiveOutput):
     """Output of [`MSCLIPModel`], laid out like transformers' `CLIPOutput`.
 
     Args:
@@ -63,34 +63,6 @@ class MSCLIPOutput(ModelOutput):
         vision_model_output (`BaseModelOutputWithPooling`): image tokens after the last block and the projected
             pooled feature.
     """
-
-    loss: torch.Tensor | None = None
-    logits_per_image: torch.Tensor | None = None
-    logits_per_text: torch.Tensor | None = None
-    text_embeds: torch.Tensor | None = None
-    image_embeds: torch.Tensor | None = None
-    text_model_output: BaseModelOutputWithPooling | None = None
-    vision_model_output: BaseModelOutputWithPooling | None = None
-
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
-
-
-@dataclass
-class MSCLIPEmbeddingOutput(ModelOutput):
-    """Output of the single-modality models: the projected (not normalised) embedding first, then the tokens.
-
-    Args:
-        embeds (`torch.Tensor` of shape `(batch_size, projection_dim)`): projected pooled features.
-        last_hidden_state (`torch.Tensor` of shape `(batch_size, sequence_length, hidden_size)`): tokens.
-        hidden_states (`tuple(torch.Tensor)`, *optional*): the input of every block and the last output.
-        attentions (`tuple(torch.Tensor)`, *optional*): per-block attention weights (eager attention only).
-    """
-
-    embeds: torch.Tensor | None = None
-    last_hidden_state: torch.Tensor | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -815,15 +787,9 @@ class MSCLIPVisionModelWithProjection(_MSCLIPHeads, MSCLIPPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    def forward(self, pixel_values: torch.FloatTensor | None = None, **kwargs) -> MSCLIPEmbeddingOutput:
+    def forward(self, pixel_values: torch.FloatTensor | None = None, **kwargs) -> EmbeddingOutput:
         """Returns the projected image embedding `[B, D]` (not normalised) first, then the tokens."""
-        outputs = self._image_features(pixel_values, **kwargs)
-        return MSCLIPEmbeddingOutput(
-            embeds=outputs.pooler_output,
-            last_hidden_state=outputs.last_hidden_state,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        return EmbeddingOutput.from_features(self._image_features(pixel_values, **kwargs))
 
 
 class MSCLIPTextModelWithProjection(_MSCLIPHeads, MSCLIPPreTrainedModel):
@@ -851,22 +817,15 @@ class MSCLIPTextModelWithProjection(_MSCLIPHeads, MSCLIPPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         **kwargs,
-    ) -> MSCLIPEmbeddingOutput:
+    ) -> EmbeddingOutput:
         """Returns the projected text embedding `[B, D]` (not normalised) first, then the tokens."""
-        outputs = self._text_features(input_ids, attention_mask, position_ids, **kwargs)
-        return MSCLIPEmbeddingOutput(
-            embeds=outputs.pooler_output,
-            last_hidden_state=outputs.last_hidden_state,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        return EmbeddingOutput.from_features(self._text_features(input_ids, attention_mask, position_ids, **kwargs))
 
 
 MSCLIPConfig.register_for_auto_class()
 MSCLIPModel.register_for_auto_class("AutoModel")
 
 __all__ = [
-    "MSCLIPEmbeddingOutput",
     "MSCLIPModel",
     "MSCLIPOutput",
     "MSCLIPPreTrainedModel",
