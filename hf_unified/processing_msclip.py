@@ -1,23 +1,15 @@
 """MS-CLIP processor: an image processor and any tokenizer."""
 
 from transformers import CLIPImageProcessor, ProcessorMixin
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from .image_processing import center_crop_image_processor
 
 
 def msclip_image_processor(image_size: int = 224) -> CLIPImageProcessor:
     """MS-CLIP's evaluation preprocessing (`tools/zero_shot.py`): bicubic resize of the shorter side to the model
     resolution, centre crop, ImageNet mean/std (not CLIP's)."""
-    return CLIPImageProcessor(
-        do_resize=True,
-        size={"shortest_edge": image_size},
-        resample=PILImageResampling.BICUBIC,
-        do_center_crop=True,
-        crop_size={"height": image_size, "width": image_size},
-        do_normalize=True,
-        image_mean=list(IMAGENET_DEFAULT_MEAN),
-        image_std=list(IMAGENET_DEFAULT_STD),
-        do_convert_rgb=True,
-    )
+    return center_crop_image_processor(image_size, image_size, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
 
 
 class MSCLIPProcessor(ProcessorMixin):

@@ -1,24 +1,16 @@
 """UniCL processor: an image processor and any tokenizer."""
 
 from transformers import CLIPImageProcessor, ProcessorMixin
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from .image_processing import center_crop_image_processor
 
 
 def unicl_image_processor(image_size: int = 224, resize_size: int | None = None) -> CLIPImageProcessor:
     """UniCL's evaluation preprocessing (`data/build.py`): bicubic resize of the shorter side to 256/224 of the
     crop, centre crop, ImageNet mean/std (not CLIP's)."""
     resize_size = resize_size or int(256 / 224 * image_size)
-    return CLIPImageProcessor(
-        do_resize=True,
-        size={"shortest_edge": resize_size},
-        resample=PILImageResampling.BICUBIC,
-        do_center_crop=True,
-        crop_size={"height": image_size, "width": image_size},
-        do_normalize=True,
-        image_mean=list(IMAGENET_DEFAULT_MEAN),
-        image_std=list(IMAGENET_DEFAULT_STD),
-        do_convert_rgb=True,
-    )
+    return center_crop_image_processor(image_size, resize_size, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
 
 
 class UniCLProcessor(ProcessorMixin):

@@ -6,24 +6,16 @@ same mean/std.
 """
 
 from transformers import CLIPImageProcessor, ProcessorMixin
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from .image_processing import center_crop_image_processor
 
 
 def uniclip_image_processor(image_size: int = 224) -> CLIPImageProcessor:
     """CLIP's evaluation preprocessing: bicubic resize of the shorter side to `image_size`, centre crop, CLIP's
     mean/std. UniCLIP follows the CLIP benchmark protocol (ViT-B/32 trained from scratch), whose models use CLIP's
     normalisation; the paper's exact choice is unconfirmed, and `MultiViewAugmentation` uses the same constants."""
-    return CLIPImageProcessor(
-        do_resize=True,
-        size={"shortest_edge": image_size},
-        resample=PILImageResampling.BICUBIC,
-        do_center_crop=True,
-        crop_size={"height": image_size, "width": image_size},
-        do_normalize=True,
-        image_mean=list(OPENAI_CLIP_MEAN),
-        image_std=list(OPENAI_CLIP_STD),
-        do_convert_rgb=True,
-    )
+    return center_crop_image_processor(image_size, image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
 
 
 class UniCLIPProcessor(ProcessorMixin):
