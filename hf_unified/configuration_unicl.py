@@ -3,7 +3,8 @@
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+from .towers import check_dual_encoder_fields, check_tower_dicts
 
 # The released UniCL models (configs/unicl_swin_tiny.yaml): Swin-T image encoder, pooled by its final LayerNorm and
 # an average over tokens (= transformers' SwinModel pooler_output).
@@ -84,20 +85,9 @@ class UniCLConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
-        for role in ("vision_config", "text_config"):
-            tower = getattr(self, role)
-            if isinstance(tower, dict) and "model_type" in tower and tower["model_type"] not in CONFIG_MAPPING:
-                raise ValueError(f"{role}: unknown tower model_type {tower.get('model_type')!r}")
+        check_tower_dicts(self)
         super().__post_init__(**kwargs)
-        if self.text_pooling not in ("eos", "cls", "mean"):
-            raise ValueError(f"text_pooling must be 'eos', 'cls' or 'mean', got {self.text_pooling!r}")
-        if self.vision_pooling not in ("pooler", "cls", "mean"):
-            raise ValueError(f"vision_pooling must be 'pooler', 'cls' or 'mean', got {self.vision_pooling!r}")
-        if self.projection_dim <= 0:
-            raise ValueError(f"projection_dim must be positive, got {self.projection_dim}")
-        for role in ("vision_config", "text_config"):
-            if getattr(getattr(self, role), "hidden_size", None) is None:
-                raise ValueError(f"{role} ({getattr(self, role).model_type}) has no hidden_size to project from")
+        check_dual_encoder_fields(self)
 
 
 __all__ = ["UniCLConfig"]

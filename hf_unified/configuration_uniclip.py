@@ -3,9 +3,9 @@
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .augmentation import AUGMENTATION_PARAM_DIM, IDENTITY_PARAMS
+from .towers import check_dual_encoder_fields, check_tower_dicts
 
 # The only comparison that names UniCLIP's architecture (ALIP, arXiv 2308.08428, Table 1) says "UniCLIP-ViT-B/32":
 # CLIP's ViT-B/32 image tower (768 wide, 12 layers, 12 heads, 32-pixel patches, 224-pixel images, QuickGELU).
@@ -125,19 +125,10 @@ class UniCLIPConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
-        for role in ("vision_config", "text_config"):
-            tower = getattr(self, role)
-            if isinstance(tower, dict) and "model_type" in tower and tower["model_type"] not in CONFIG_MAPPING:
-                raise ValueError(f"{role}: unknown tower model_type {tower.get('model_type')!r}")
+        check_tower_dicts(self)
         super().__post_init__(**kwargs)
-        for role in ("vision_config", "text_config"):
-            if getattr(getattr(self, role), "hidden_size", None) is None:
-                raise ValueError(f"{role} ({getattr(self, role).model_type}) has no hidden_size to project from")
-        if self.text_pooling not in ("eos", "cls", "mean"):
-            raise ValueError(f"text_pooling must be 'eos', 'cls' or 'mean', got {self.text_pooling!r}")
-        if self.vision_pooling not in ("pooler", "cls", "mean"):
-            raise ValueError(f"vision_pooling must be 'pooler', 'cls' or 'mean', got {self.vision_pooling!r}")
-        for name in ("projection_dim", "num_views", "augmentation_param_dim", "augmentation_hidden_size"):
+        check_dual_encoder_fields(self)
+        for name in ("num_views", "augmentation_param_dim", "augmentation_hidden_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.augmentation_fusion not in FUSION_MODES:

@@ -34,6 +34,29 @@ def tower_config(config: PreTrainedConfig | dict, role: str) -> PreTrainedConfig
         raise ValueError(f"{role}: unknown tower model_type {model_type!r}") from error
 
 
+def check_tower_dicts(config: PreTrainedConfig) -> None:
+    """Before sub-configs are built: a tower dict naming an unknown `model_type` gets a short, clear error."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    for role in ("vision_config", "text_config"):
+        tower = getattr(config, role)
+        if isinstance(tower, dict) and "model_type" in tower and tower["model_type"] not in CONFIG_MAPPING:
+            raise ValueError(f"{role}: unknown tower model_type {tower['model_type']!r}")
+
+
+def check_dual_encoder_fields(config: PreTrainedConfig) -> None:
+    """After sub-configs are built: both towers have a width to project from, and the poolings exist."""
+    for role in ("vision_config", "text_config"):
+        if getattr(getattr(config, role), "hidden_size", None) is None:
+            raise ValueError(f"{role} ({getattr(config, role).model_type}) has no hidden_size to project from")
+    if config.text_pooling not in TEXT_POOLING:
+        raise ValueError(f"text_pooling must be one of {TEXT_POOLING}, got {config.text_pooling!r}")
+    if config.vision_pooling not in IMAGE_POOLING:
+        raise ValueError(f"vision_pooling must be one of {IMAGE_POOLING}, got {config.vision_pooling!r}")
+    if config.projection_dim <= 0:
+        raise ValueError(f"projection_dim must be positive, got {config.projection_dim}")
+
+
 def build_tower(config: PreTrainedConfig) -> PreTrainedModel:
     """Builds a randomly initialised tower with ``AutoModel.from_config`` (the model's own class and init)."""
     return AutoModel.from_config(config)
