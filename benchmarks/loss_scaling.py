@@ -139,15 +139,24 @@ def measure(loss_name: str, n_local: int, global_batch: int, dim: int, repeats: 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: on busy shared cores, thread synchronisation would dominate)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: on busy shared cores, thread synchronisation would dominate)",
+    )
     parser.add_argument("--dim", type=int, default=64, help="embedding width D")
     parser.add_argument("--local-batch", type=int, default=256, help="rows per rank (n_local), fixed")
-    parser.add_argument("--global-batches", type=int, nargs="+",
-                        default=[1024, 2048, 4096, 8192, 16384, 32768, 65536])  # fmt: skip
-    parser.add_argument("--max-full", type=int, default=8192,
-                        help="largest N for the full N x N loss (beyond: skipped, it grows as N^2)")
-    parser.add_argument("--losses", nargs="+", default=["clip_loss", "unicl_loss"], choices=["clip_loss", "unicl_loss"])
+    parser.add_argument("--global-batches", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768, 65536])
+    parser.add_argument(
+        "--max-full",
+        type=int,
+        default=8192,
+        help="largest N for the full N x N loss (beyond: skipped, it grows as N^2)",
+    )
+    parser.add_argument(
+        "--losses", nargs="+", default=["clip_loss", "unicl_loss"], choices=["clip_loss", "unicl_loss"]
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
@@ -178,20 +187,39 @@ def main(argv=None) -> list[dict]:
     rows = []
     for r in results:
         full = r["full"]
-        rows.append([
-            r["loss"], r["N"], r["ranks"],
-            f"{r['local']['seconds'] * 1e3:.1f}", mb(r["local"]["peak_bytes"]),
-            "skipped" if full is None else f"{full['seconds'] * 1e3:.1f}",
-            "skipped" if full is None else mb(full["peak_bytes"]),
-            f"{4 * args.local_batch * r['N'] / 2**20:.1f}", f"{4 * r['N'] ** 2 / 2**20:.1f}",
-        ])  # fmt: skip
+        rows.append(
+            [
+                r["loss"],
+                r["N"],
+                r["ranks"],
+                f"{r['local']['seconds'] * 1e3:.1f}",
+                mb(r["local"]["peak_bytes"]),
+                "skipped" if full is None else f"{full['seconds'] * 1e3:.1f}",
+                "skipped" if full is None else mb(full["peak_bytes"]),
+                f"{4 * args.local_batch * r['N'] / 2**20:.1f}",
+                f"{4 * r['N'] ** 2 / 2**20:.1f}",
+            ]
+        )
     print(
         f"\n### loss scaling: D={args.dim}, {args.local_batch} rows per rank (rank 0 of N/{args.local_batch}), "
         f"forward + backward, median of {args.repeats}; full loss up to N={args.max_full}"
     )
-    print(markdown_table(
-        ["loss", "global batch N", "ranks", "local ms", "local peak MiB", "full N x N ms", "full peak MiB",
-         "one [n_local, N] fp32 matrix MiB", "one [N, N] fp32 matrix MiB"], rows))  # fmt: skip
+    print(
+        markdown_table(
+            [
+                "loss",
+                "global batch N",
+                "ranks",
+                "local ms",
+                "local peak MiB",
+                "full N x N ms",
+                "full peak MiB",
+                "one [n_local, N] fp32 matrix MiB",
+                "one [N, N] fp32 matrix MiB",
+            ],
+            rows,
+        )
+    )
     return results
 
 

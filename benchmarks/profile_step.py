@@ -18,8 +18,8 @@ import argparse
 from collections import defaultdict
 
 import common  # noqa: F401  (puts the repository on sys.path)
-import torch
 import throughput
+import torch
 from common import describe_machine, markdown_table
 from torch.profiler import ProfilerActivity, profile
 
@@ -40,8 +40,9 @@ def profile_candidate(candidate: throughput.Candidate, steps: int, warmup: int) 
 def main(argv=None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--group", default="towers", choices=["towers", "equal-width"])
-    parser.add_argument("--models", nargs="+",
-                        default=[throughput.CLIP_REFERENCE, "UniCL, CLIP towers (CLIP loss)", "open_clip CLIP"])
+    parser.add_argument(
+        "--models", nargs="+", default=[throughput.CLIP_REFERENCE, "UniCL, CLIP towers (CLIP loss)", "open_clip CLIP"]
+    )
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--top", type=int, default=25)
     known, rest = parser.parse_known_args(argv)
@@ -49,12 +50,26 @@ def main(argv=None) -> dict[str, dict[str, float]]:
     torch.set_num_threads(args.threads)
     print(f"machine: {describe_machine(args.device)}")
     sizes = throughput.Sizes(
-        args.image_size, args.patch_size, args.vision_width, args.vision_layers, args.text_width, args.text_layers,
-        args.text_len, args.vocab_size, args.projection_dim, args.batch_size,
-    )  # fmt: skip
+        args.image_size,
+        args.patch_size,
+        args.vision_width,
+        args.vision_layers,
+        args.text_width,
+        args.text_layers,
+        args.text_len,
+        args.vocab_size,
+        args.projection_dim,
+        args.batch_size,
+    )
     if known.group == "equal-width":
-        sizes = throughput.Sizes(**{**sizes.__dict__, "vision_width": args.equal_width, "text_width": args.equal_width,
-                                    "text_layers": args.vision_layers})  # fmt: skip
+        sizes = throughput.Sizes(
+            **{
+                **sizes.__dict__,
+                "vision_width": args.equal_width,
+                "text_width": args.equal_width,
+                "text_layers": args.vision_layers,
+            }
+        )
     batch = throughput.make_batch(sizes, args.device)
     builders = dict(throughput.candidates_for(known.group, sizes))
     profiles = {}
@@ -68,7 +83,9 @@ def main(argv=None) -> dict[str, dict[str, float]]:
         print(f"\n{name}: {total:.1f} ms self CPU per step")
 
     names = list(profiles)
-    keys = sorted({k for p in profiles.values() for k in p}, key=lambda k: -max(p.get(k, 0.0) for p in profiles.values()))
+    keys = sorted(
+        {k for p in profiles.values() for k in p}, key=lambda k: -max(p.get(k, 0.0) for p in profiles.values())
+    )
     rows = [[key] + [f"{profiles[n].get(key, 0.0):.2f}" for n in names] for key in keys[: known.top]]
     rows.append(["total"] + [f"{sum(profiles[n].values()):.1f}" for n in names])
     print(f"\n### self CPU ms per training step (batch {sizes.batch_size}), top {known.top} operators")

@@ -1,6 +1,7 @@
 """Small-scale replication: CLIP vs UniCL vs UniCLIP vs MS-CLIP (shared vs separate) under one compute budget.
 
-Data: the embedded procedural "shapes" set (`hf_unified.synthetic_data`: 6 shape classes, colour / size / position
+Data: the embedded procedural "shapes" set (`hf_unified.training.synthetic_data`: 6 shape classes, colour / size /
+position
 captions; the evaluation split holds (shape, colour) pairs never seen in training for half its samples), rendered
 in memory at 32 px. Optionally scikit-learn's bundled handwritten digits (real 8x8 scans, 10 classes) upscaled to
 32 px with captions "a handwritten {digit}." / "the digit {digit}, written by hand." (`--dataset digits`).
@@ -12,7 +13,7 @@ same images and texts in the same order for a given seed:
 - `clip`: UniCLModel with CLIP towers, CLIP loss (every item its own label, so equal prompts are negatives);
 - `unicl`: the same model with the UniCL target-aware loss (items that share a class label are positives);
 - `uniclip`: UniCLIPModel with the same towers, 2 augmented views per image (batched random crop + brightness /
-  contrast jitter + grayscale, parameters in `hf_unified.augmentation`'s layout), MP-NCE loss;
+  contrast jitter + grayscale, parameters in `hf_unified.training.augmentation`'s layout), MP-NCE loss;
 - `msclip-shared`: MSCLIPModel "shared" preset (attention + MLP weights shared by both modalities, per-modality
   LayerNorms), CLIP loss;
 - `msclip-separate`: MSCLIPModel "separate" preset (same code, nothing shared), CLIP loss.
@@ -22,7 +23,7 @@ Compute budget: the same number of optimizer steps, batch size, schedule and wid
 gives the measured training GFLOPs per step (torch FlopCounterMode) so the reader can judge.
 
 Evaluation on the held-out split: zero-shot top-1 (class prompts averaged over the shapes templates) and image->text
-/ text->image R@1 (`hf_unified.evaluation.retrieval_recall`; identical captions count as matches). Mean +- std
+/ text->image R@1 (`hf_unified.training.evaluation.retrieval_recall`; identical captions count as matches). Mean +- std
 over seeds.
 
 Usage:
@@ -45,10 +46,10 @@ import torch
 import torch.nn.functional as F
 from common import describe_machine, markdown_table, spread
 
-from hf_unified import synthetic_data
-from hf_unified.augmentation import AUGMENTATION_PARAM_NAMES, CLIP_MEAN, CLIP_STD, identity_params
-from hf_unified.evaluation import retrieval_recall
-from hf_unified.tokenization import train_caption_tokenizer
+from hf_unified.training import synthetic_data
+from hf_unified.training.augmentation import AUGMENTATION_PARAM_NAMES, CLIP_MEAN, CLIP_STD, identity_params
+from hf_unified.training.evaluation import retrieval_recall
+from hf_unified.training.tokenization import train_caption_tokenizer
 
 METHODS = ("clip", "unicl", "uniclip", "msclip-shared", "msclip-separate")
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -72,8 +73,16 @@ def shapes_data(num_train: int, num_eval: int, image_size: int, seed: int = 0) -
         images, captions, labels = [], [], []
         for _ in range(count):
             attributes = synthetic_data.sample_attributes(rng, split)
-            images.append(synthetic_data.render(attributes["shape"], attributes["colour"], attributes["size"],
-                                                attributes["position"], image_size, rng))  # fmt: skip
+            images.append(
+                synthetic_data.render(
+                    attributes["shape"],
+                    attributes["colour"],
+                    attributes["size"],
+                    attributes["position"],
+                    image_size,
+                    rng,
+                )
+            )
             captions.append(synthetic_data.caption(attributes, rng))
             labels.append(synthetic_data.SHAPES.index(attributes["shape"]))
         splits[split] = {"images": _to_tensor(images), "captions": captions, "labels": torch.tensor(labels)}
@@ -102,7 +111,9 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
-def augmented_views(images: torch.Tensor, num_views: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augmented_views(
+    images: torch.Tensor, num_views: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched random crop (area 0.5-1, aspect 3/4-4/3, resized back), brightness / contrast jitter (p=0.8) and
     grayscale (p=0.2): `[B, 3, H, W]` in [0, 1] -> (views `[B, V, 3, H, W]` normalised, params `[B, V, 11]`)."""
     b = images.shape[0]
@@ -149,37 +160,74 @@ def build_model(method: str, tokenizer, args):
     from transformers import CLIPTextConfig, CLIPVisionConfig
 
     width, layers, heads = args.width, args.layers, max(1, args.width // 32)
-    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width,
-                          num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=args.text_len,
-                          hidden_act="quick_gelu", **special)  # fmt: skip
-    vision = CLIPVisionConfig(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
-                              num_attention_heads=heads, image_size=args.image_size, patch_size=args.patch_size,
-                              hidden_act="quick_gelu")  # fmt: skip
+    special = dict(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    text = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=args.text_len,
+        hidden_act="quick_gelu",
+        **special,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        image_size=args.image_size,
+        patch_size=args.patch_size,
+        hidden_act="quick_gelu",
+    )
     scale = math.log(1 / 0.07)  # one temperature init for every method
     if method in ("clip", "unicl"):
         from hf_unified.configuration_unicl import UniCLConfig
         from hf_unified.modeling_unicl import UniCLModel
 
-        return UniCLModel(UniCLConfig(vision_config=vision, text_config=text, projection_dim=args.projection_dim,
-                                      logit_scale_init_value=scale))  # fmt: skip
+        return UniCLModel(
+            UniCLConfig(
+                vision_config=vision,
+                text_config=text,
+                projection_dim=args.projection_dim,
+                logit_scale_init_value=scale,
+            )
+        )
     if method == "uniclip":
         from hf_unified.configuration_uniclip import UniCLIPConfig
         from hf_unified.modeling_uniclip import UniCLIPModel
 
-        return UniCLIPModel(UniCLIPConfig(vision_config=vision, text_config=text, projection_dim=args.projection_dim,
-                                          num_views=2, logit_scale_init_value=scale))  # fmt: skip
+        return UniCLIPModel(
+            UniCLIPConfig(
+                vision_config=vision,
+                text_config=text,
+                projection_dim=args.projection_dim,
+                num_views=2,
+                logit_scale_init_value=scale,
+            )
+        )
     from hf_unified.configuration_msclip import MSCLIPConfig
     from hf_unified.modeling_msclip import MSCLIPModel
 
     preset = method.split("-", 1)[1]
     config = MSCLIPConfig.from_preset(
-        preset, vocab_size=len(tokenizer), max_position_embeddings=args.text_len, hidden_size=width,
-        intermediate_size=4 * width, num_hidden_layers=layers, vision_num_attention_heads=heads,
-        text_num_attention_heads=heads, image_size=args.image_size, patch_size=args.patch_size,
-        projection_dim=args.projection_dim, layer_norm_eps=1e-5, logit_scale_init_value=scale, **special,
-    )  # fmt: skip
+        preset,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=args.text_len,
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=layers,
+        vision_num_attention_heads=heads,
+        text_num_attention_heads=heads,
+        image_size=args.image_size,
+        patch_size=args.patch_size,
+        projection_dim=args.projection_dim,
+        layer_norm_eps=1e-5,
+        logit_scale_init_value=scale,
+        **special,
+    )
     return MSCLIPModel(config)
 
 
@@ -188,8 +236,9 @@ def training_loss(method: str, model, batch: dict) -> torch.Tensor:
     if method == "unicl":
         return model(pixel_values=batch["pixel_values"], labels=batch["labels"], **common_inputs).loss
     if method == "uniclip":
-        return model(pixel_values=batch["views"], augmentation_params=batch["params"], return_loss=True,
-                     **common_inputs).loss  # fmt: skip
+        return model(
+            pixel_values=batch["views"], augmentation_params=batch["params"], return_loss=True, **common_inputs
+        ).loss
     return model(pixel_values=batch["pixel_values"], return_loss=True, **common_inputs).loss
 
 
@@ -244,8 +293,9 @@ def evaluate(model, data: dict, texts: Texts, batch_size: int = 256) -> dict:
 
     image_embeds = torch.cat([embed_images(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
     ids, mask = texts.eval_captions
-    text_embeds = torch.cat([embed_texts(ids[i : i + batch_size], mask[i : i + batch_size])
-                             for i in range(0, len(ids), batch_size)])  # fmt: skip
+    text_embeds = torch.cat(
+        [embed_texts(ids[i : i + batch_size], mask[i : i + batch_size]) for i in range(0, len(ids), batch_size)]
+    )
     prompt_embeds = embed_texts(*texts.prompts).view(len(data["class_names"]), texts.num_templates, -1)
     classifier = F.normalize(prompt_embeds.mean(dim=1), dim=-1)
     accuracy = ((image_embeds @ classifier.T).argmax(dim=1) == data["eval"]["labels"]).float().mean().item()
@@ -261,8 +311,12 @@ def train_and_evaluate(method: str, seed: int, data: dict, texts: Texts, tokeniz
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=args.lr, betas=(0.9, 0.98), eps=1e-6)  # fmt: skip
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
     warmup = max(1, args.steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -300,8 +354,12 @@ def train_and_evaluate(method: str, seed: int, data: dict, texts: Texts, tokeniz
                     parameter.clamp_(max=math.log(100))
     seconds = time.perf_counter() - start
     metrics = evaluate(model, data, texts)
-    metrics.update(seconds=seconds, gflops_per_step=flops / 1e9, final_loss=loss.item(),
-                   params_m=sum(p.numel() for p in model.parameters()) / 1e6)  # fmt: skip
+    metrics.update(
+        seconds=seconds,
+        gflops_per_step=flops / 1e9,
+        final_loss=loss.item(),
+        params_m=sum(p.numel() for p in model.parameters()) / 1e6,
+    )
     return metrics
 
 
@@ -321,8 +379,12 @@ def parse_args(argv=None):
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--projection-dim", type=int, default=64)
     parser.add_argument("--text-len", type=int, default=24)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: these tiny models gain nothing from a second, busy core)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: these tiny models gain nothing from a second, busy core)",
+    )
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -348,9 +410,11 @@ def main(argv=None) -> dict:
         for seed in args.seeds:
             metrics = train_and_evaluate(method, seed, data, texts, tokenizer, args)
             results.setdefault(method, []).append(metrics)
-            print(f"  {method} seed {seed}: zero-shot {metrics['zero_shot_top1']:.3f}, i2t R@1 "
-                  f"{metrics['i2t_R@1']:.3f}, t2i R@1 {metrics['t2i_R@1']:.3f} ({metrics['seconds']:.0f} s)",
-                  flush=True)  # fmt: skip
+            print(
+                f"  {method} seed {seed}: zero-shot {metrics['zero_shot_top1']:.3f}, i2t R@1 "
+                f"{metrics['i2t_R@1']:.3f}, t2i R@1 {metrics['t2i_R@1']:.3f} ({metrics['seconds']:.0f} s)",
+                flush=True,
+            )
 
     def cell(values: list[float]) -> str:
         mean, std = spread(values)
@@ -358,19 +422,37 @@ def main(argv=None) -> dict:
 
     rows = []
     for method, runs in results.items():
-        rows.append([
-            method, f"{runs[0]['params_m']:.2f}", f"{runs[0]['gflops_per_step']:.2f}",
-            cell([r["zero_shot_top1"] for r in runs]), cell([r["i2t_R@1"] for r in runs]),
-            cell([r["t2i_R@1"] for r in runs]), f"{spread([r['final_loss'] for r in runs])[0]:.3f}",
-        ])  # fmt: skip
+        rows.append(
+            [
+                method,
+                f"{runs[0]['params_m']:.2f}",
+                f"{runs[0]['gflops_per_step']:.2f}",
+                cell([r["zero_shot_top1"] for r in runs]),
+                cell([r["i2t_R@1"] for r in runs]),
+                cell([r["t2i_R@1"] for r in runs]),
+                f"{spread([r['final_loss'] for r in runs])[0]:.3f}",
+            ]
+        )
     chance = 100 / len(data["class_names"])
     print(
         f"\n### replication on {args.dataset} ({args.num_train if args.dataset == 'shapes' else 'sklearn'} train, "
         f"{args.num_eval} eval; zero-shot chance {chance:.1f}%): {args.steps} steps x batch {args.batch_size}, "
         f"width {args.width}, {args.layers} layers, seeds {args.seeds}; mean +- std in %"
     )
-    print(markdown_table(["method", "params (M)", "train GFLOPs/step", "zero-shot top-1", "image->text R@1",
-                          "text->image R@1", "final train loss"], rows))  # fmt: skip
+    print(
+        markdown_table(
+            [
+                "method",
+                "params (M)",
+                "train GFLOPs/step",
+                "zero-shot top-1",
+                "image->text R@1",
+                "text->image R@1",
+                "final train loss",
+            ],
+            rows,
+        )
+    )
     return results
 
 

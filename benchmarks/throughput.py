@@ -37,8 +37,8 @@ import contextlib
 import importlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import common  # noqa: F401  (puts the repository on sys.path)
 import torch
@@ -221,7 +221,7 @@ def build_unicl(sizes: Sizes, with_labels: bool = False, equal_width: bool = Fal
 def build_uniclip(sizes: Sizes, num_views: int = 2):
     modeling = importlib.import_module("hf_unified.modeling_uniclip")
     configuration = importlib.import_module("hf_unified.configuration_uniclip")
-    augmentation = importlib.import_module("hf_unified.augmentation")
+    augmentation = importlib.import_module("hf_unified.training.augmentation")
 
     config = configuration.UniCLIPConfig(
         vision_config=_clip_vision_config(sizes),
@@ -239,7 +239,7 @@ def build_uniclip(sizes: Sizes, num_views: int = 2):
         if num_views > 1:
             # The views a MultiViewAugmentation would produce; the data pipeline's cost is measured elsewhere.
             views = torch.stack([pixels] + [pixels.flip(-1)] * (num_views - 1), dim=1)
-            params = (identity.to(pixels.device) + 0.1 * torch.arange(num_views, device=pixels.device)[:, None])
+            params = identity.to(pixels.device) + 0.1 * torch.arange(num_views, device=pixels.device)[:, None]
             params = params[None].expand(b, num_views, -1).contiguous()
         else:
             views, params = pixels, None
@@ -319,9 +319,7 @@ def make_candidate(name: str, built, batch: dict, device: str, args) -> Candidat
     # torch's default AdamW (foreach) unless --fused-adamw; the fused kernel also exists on CPU (torch >= 2.4).
     fused = True if args.fused_adamw or device.startswith("cuda") else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=fused)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
-    )
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
     compute_loss = torch.compile(loss_fn) if args.compile else loss_fn
 
     def train_step() -> None:
@@ -412,8 +410,11 @@ def run_group(group: str, sizes: Sizes, args) -> list[dict]:
         for candidate in candidates[shift:] + candidates[:shift]:  # rotate so no model always runs first
             train_times[candidate.name].append(timed(candidate.train_step, args.steps, device))
             infer_times[candidate.name].append(timed(candidate.infer, args.steps, device))
-        print(f"  [{group}] round {round_index + 1}/{args.rounds}: " + ", ".join(
-            f"{c.name} {c.samples_per_step / train_times[c.name][-1]:.0f}/s" for c in candidates), flush=True)
+        print(
+            f"  [{group}] round {round_index + 1}/{args.rounds}: "
+            + ", ".join(f"{c.name} {c.samples_per_step / train_times[c.name][-1]:.0f}/s" for c in candidates),
+            flush=True,
+        )
 
     reference = candidates[0].name
     results = []
@@ -484,10 +485,15 @@ def parse_args(argv=None):
     parser.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True) for every candidate")
     parser.add_argument("--compile", action="store_true", help="torch.compile the forward + loss")
     parser.add_argument("--mfu", action="store_true", help="count FLOPs (default on CUDA)")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="peak dense bf16 TFLOP/s of the device for MFU (H100 SXM: 989)")
-    parser.add_argument("--models", nargs="+", default=None,
-                        help="only candidates whose name contains one of these words (CLIPModel is always run)")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="peak dense bf16 TFLOP/s of the device for MFU (H100 SXM: 989)"
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        help="only candidates whose name contains one of these words (CLIPModel is always run)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks that everything runs")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -509,15 +515,29 @@ def main(argv=None) -> dict[str, list[dict]]:
         torch.set_num_threads(args.threads)
     print(f"machine: {describe_machine(args.device)}")
     base = Sizes(
-        args.image_size, args.patch_size, args.vision_width, args.vision_layers, args.text_width, args.text_layers,
-        args.text_len, args.vocab_size, args.projection_dim, args.batch_size,
-    )  # fmt: skip
+        args.image_size,
+        args.patch_size,
+        args.vision_width,
+        args.vision_layers,
+        args.text_width,
+        args.text_layers,
+        args.text_len,
+        args.vocab_size,
+        args.projection_dim,
+        args.batch_size,
+    )
     all_results = {}
     for group in args.groups:
         sizes = base
         if group == "equal-width":
-            sizes = Sizes(**{**base.__dict__, "vision_width": args.equal_width, "text_width": args.equal_width,
-                             "text_layers": args.vision_layers})  # fmt: skip
+            sizes = Sizes(
+                **{
+                    **base.__dict__,
+                    "vision_width": args.equal_width,
+                    "text_width": args.equal_width,
+                    "text_layers": args.vision_layers,
+                }
+            )
         results = run_group(group, sizes, args)
         print_results(group, sizes, results, args)
         all_results[group] = results

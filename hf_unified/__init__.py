@@ -7,10 +7,9 @@ Importing the package registers every model with the Auto classes, so that `Auto
 
 from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor
 
-from .augmentation import AUGMENTATION_PARAM_DIM, AUGMENTATION_PARAM_NAMES, MultiViewAugmentation, identity_params
-from .configuration_uniclip import UniCLIPConfig
 from .configuration_msclip import MSCLIP_PRESETS, MSCLIPConfig
 from .configuration_unicl import UniCLConfig
+from .configuration_uniclip import AUGMENTATION_PARAM_DIM, AUGMENTATION_PARAM_NAMES, UniCLIPConfig
 from .losses import clip_loss, gather_with_grad, global_mean, multi_positive_loss, unicl_loss
 from .modeling_msclip import (
     MSCLIPModel,
@@ -63,7 +62,6 @@ __all__ = [
     "MSCLIPTextModelWithProjection",
     "MSCLIPVisionModelWithProjection",
     "AUGMENTATION_PARAM_NAMES",
-    "MultiViewAugmentation",
     "OPENAI_IMAGENET_TEMPLATES",
     "UNICL_TEMPLATES",
     "UniCLConfig",
@@ -83,7 +81,6 @@ __all__ = [
     "build_zero_shot_classifier",
     "clip_loss",
     "gather_with_grad",
-    "identity_params",
     "msclip_image_processor",
     "global_mean",
     "multi_positive_loss",

@@ -98,7 +98,8 @@ class MSCLIPConfig(PreTrainedConfig):
             brings branch stage `k` onto the token grid.
         parallel_lateral_layers (`list[int]`, defaults to `[2, 4, 6, 8, 10]`): adapter `k` runs just before vision
             block `parallel_lateral_layers[k]`, after branch stage `k`.
-        batch_norm_eps (`float`, defaults to 1e-5): eps of the stem's and the adapters' BatchNorms and of branch stage 0.
+        batch_norm_eps (`float`, defaults to 1e-5): eps of the stem's and the adapters' BatchNorms and of branch
+            stage 0.
         parallel_batch_norm_eps (`float`, defaults to 1e-6): eps of the BatchNorms in the branch's residual stages.
         initializer_range (`float`, defaults to 0.02), initializer_factor (`float`, defaults to 1.0): initialisation.
         bos_token_id / eos_token_id / pad_token_id (`int`, defaults to 49406 / 49407 / 0): CLIP BPE ids. Text is
@@ -156,8 +157,15 @@ class MSCLIPConfig(PreTrainedConfig):
             self.parallel_t2b_kernels = [16, 8, 4, 2, 1]
         if self.parallel_lateral_layers is None:
             self.parallel_lateral_layers = [2, 4, 6, 8, 10]
-        for name in ("shared_sublayers", "stem_channels", "stem_strides", "parallel_channels", "parallel_strides",
-                     "parallel_t2b_kernels", "parallel_lateral_layers"):  # fmt: skip
+        for name in (
+            "shared_sublayers",
+            "stem_channels",
+            "stem_strides",
+            "parallel_channels",
+            "parallel_strides",
+            "parallel_t2b_kernels",
+            "parallel_lateral_layers",
+        ):
             setattr(self, name, list(getattr(self, name)))
         if self.shared_layers is None:
             self.shared_layers = "none"
@@ -210,9 +218,19 @@ class MSCLIPConfig(PreTrainedConfig):
 
     def validate_architecture(self):
         """Raises ValueError naming the first inconsistent field."""
-        for name in ("vocab_size", "max_position_embeddings", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "vision_num_attention_heads", "text_num_attention_heads", "image_size", "patch_size",
-                     "num_channels", "projection_dim"):  # fmt: skip
+        for name in (
+            "vocab_size",
+            "max_position_embeddings",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "vision_num_attention_heads",
+            "text_num_attention_heads",
+            "image_size",
+            "patch_size",
+            "num_channels",
+            "projection_dim",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for modality in ("vision", "text"):
@@ -230,13 +248,17 @@ class MSCLIPConfig(PreTrainedConfig):
             raise ValueError(f"shared_sublayers lists a sub-layer twice: {self.shared_sublayers}")
         if isinstance(self.shared_layers, str):
             if self.shared_layers not in ("all", "none"):
-                raise ValueError(f"shared_layers must be 'all', 'none' or a list of block indices, got {self.shared_layers!r}")
+                raise ValueError(
+                    f"shared_layers must be 'all', 'none' or a list of block indices, got {self.shared_layers!r}"
+                )
         else:
             bad = [i for i in self.shared_layers if not 0 <= i < self.num_hidden_layers]
             if bad:
                 raise ValueError(f"shared_layers {bad} out of range [0, {self.num_hidden_layers})")
             if self.early_specialization and 0 in self.shared_layers:
-                raise ValueError("shared_layers cannot contain 0 with early_specialization: vision block 0 is the conv stem")
+                raise ValueError(
+                    "shared_layers cannot contain 0 with early_specialization: vision block 0 is the conv stem"
+                )
         if self.early_specialization:
             if len(self.stem_channels) != len(self.stem_strides) + 1:
                 raise ValueError(
@@ -251,10 +273,13 @@ class MSCLIPConfig(PreTrainedConfig):
                 )
         if self.parallel_branch:
             n = len(self.parallel_channels)
-            if not (len(self.parallel_strides) == len(self.parallel_t2b_kernels) == len(self.parallel_lateral_layers) == n):
+            if not (
+                len(self.parallel_strides) == len(self.parallel_t2b_kernels) == len(self.parallel_lateral_layers) == n
+            ):
                 raise ValueError(
                     "parallel_channels, parallel_strides, parallel_t2b_kernels and parallel_lateral_layers need one "
-                    f"entry per branch stage, got {n}, {len(self.parallel_strides)}, {len(self.parallel_t2b_kernels)}, "
+                    f"entry per branch stage, got {n}, {len(self.parallel_strides)}, "
+                    f"{len(self.parallel_t2b_kernels)}, "
                     f"{len(self.parallel_lateral_layers)}"
                 )
             first = 1 if self.early_specialization else 0
@@ -265,7 +290,9 @@ class MSCLIPConfig(PreTrainedConfig):
                         "(an adapter runs just before a vision transformer block)"
                     )
             if sorted(set(self.parallel_lateral_layers)) != list(self.parallel_lateral_layers):
-                raise ValueError(f"parallel_lateral_layers must be strictly increasing, got {self.parallel_lateral_layers}")
+                raise ValueError(
+                    f"parallel_lateral_layers must be strictly increasing, got {self.parallel_lateral_layers}"
+                )
             size = self.image_size
             for k, (stride, kernel) in enumerate(zip(self.parallel_strides, self.parallel_t2b_kernels)):
                 size = (size - 1) // stride + 1  # 3x3 conv, padding 1

@@ -4,8 +4,26 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from .augmentation import AUGMENTATION_PARAM_DIM, IDENTITY_PARAMS
 from .towers import check_dual_encoder_fields, check_tower_dicts
+
+# The augmentation parameter vector each image view carries (its layout is documented and produced by
+# `hf_unified.training.augmentation.MultiViewAugmentation`); the model only needs its width and identity point.
+AUGMENTATION_PARAM_NAMES: tuple[str, ...] = (
+    "crop_left",
+    "crop_top",
+    "crop_width",
+    "crop_height",
+    "flip",
+    "brightness",
+    "contrast",
+    "saturation",
+    "hue",
+    "grayscale",
+    "blur_sigma",
+)
+AUGMENTATION_PARAM_DIM = len(AUGMENTATION_PARAM_NAMES)
+# The parameters of an un-augmented image: the whole image, no flip, unit jitter factors, colour, no blur.
+IDENTITY_PARAMS: tuple[float, ...] = (0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0)
 
 # The only comparison that names UniCLIP's architecture (ALIP, arXiv 2308.08428, Table 1) says "UniCLIP-ViT-B/32":
 # CLIP's ViT-B/32 image tower (768 wide, 12 layers, 12 heads, 32-pixel patches, 224-pixel images, QuickGELU).

@@ -134,13 +134,16 @@ class TowerHeadsMixin:
             raise ValueError("input_ids is required to compute text features")
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(
-                f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids {tuple(input_ids.shape)}"
+                f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids "
+                f"{tuple(input_ids.shape)}"
             )
         outputs = self.text_model(
             **text_tower_inputs(input_ids, attention_mask, position_ids, token_type_ids), return_dict=True, **kwargs
         )
         eos_token_id = getattr(self.config.text_config, "eos_token_id", None)
-        pooled = pool_text(outputs.last_hidden_state, input_ids, attention_mask, self.config.text_pooling, eos_token_id)
+        pooled = pool_text(
+            outputs.last_hidden_state, input_ids, attention_mask, self.config.text_pooling, eos_token_id
+        )
         return with_pooler_output(outputs, self.text_projection(pooled))
 
 

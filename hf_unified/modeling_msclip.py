@@ -70,7 +70,8 @@ class MSCLIPOutput(ContrastiveOutput):
 
 
 class MSCLIPLayerNorm(nn.LayerNorm):
-    """LayerNorm computed in float32 whatever the input dtype (the official TF-style LayerNorm, eps inside the sqrt)."""
+    """LayerNorm computed in float32 whatever the input dtype (the official TF-style LayerNorm, eps inside the
+    sqrt)."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         dtype = hidden_states.dtype
@@ -94,7 +95,8 @@ def eager_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain attention. query/key/value `[B, H, L, D]`, additive mask `[B, 1, L, L]`; returns `[B, L, H, D]` and weights."""
+    """Plain attention. query/key/value `[B, H, L, D]`, additive mask `[B, 1, L, L]`; returns `[B, L, H, D]` and
+    weights."""
     attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
     if attention_mask is not None:
         attn_weights = attn_weights + attention_mask
@@ -128,7 +130,10 @@ class MSCLIPAttention(nn.Module):
 
     def _can_fuse_projections(self) -> bool:
         return all(
-            type(proj) is nn.Linear and proj.bias is not None and not proj._forward_hooks and not proj._forward_pre_hooks
+            type(proj) is nn.Linear
+            and proj.bias is not None
+            and not proj._forward_hooks
+            and not proj._forward_pre_hooks
             for proj in (self.q_proj, self.k_proj, self.v_proj)
         )
 
@@ -141,7 +146,9 @@ class MSCLIPAttention(nn.Module):
             qkv = nn.functional.linear(hidden_states, weight, bias)
             # [B, L, 3, H, D] -> [3, B, H, L, D]: views only, SDPA reads the strides as they are.
             return qkv.view(batch_size, seq_len, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        return tuple(proj(hidden_states).view(shape).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        return tuple(
+            proj(hidden_states).view(shape).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj)
+        )
 
     def forward(
         self,
@@ -639,7 +646,8 @@ class _MSCLIPHeads:
             raise ValueError(f"input_ids must have shape [batch, sequence], got {tuple(input_ids.shape)}")
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(
-                f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids {tuple(input_ids.shape)}"
+                f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids "
+                f"{tuple(input_ids.shape)}"
             )
         hidden_states = self.text_embeddings(input_ids, position_ids)
         batch_size, seq_len = input_ids.shape

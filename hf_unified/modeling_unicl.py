@@ -55,7 +55,9 @@ class UniCLModel(TowerHeadsMixin, UniCLPreTrainedModel):
     ```python
     >>> from transformers import CLIPTextConfig, CLIPVisionConfig
     >>> from hf_unified import UniCLConfig, UniCLModel
-    >>> config = UniCLConfig(vision_config=CLIPVisionConfig(hidden_size=64), text_config=CLIPTextConfig(hidden_size=64))
+    >>> config = UniCLConfig(
+    ...     vision_config=CLIPVisionConfig(hidden_size=64), text_config=CLIPTextConfig(hidden_size=64)
+    ... )
     >>> model = UniCLModel(config)
     ```
     """
@@ -85,8 +87,14 @@ class UniCLModel(TowerHeadsMixin, UniCLPreTrainedModel):
         vision_model = AutoModel.from_pretrained(vision_model_name_or_path, **vision_kwargs)
         text_model = AutoModel.from_pretrained(text_model_name_or_path, **text_kwargs)
         # A CLIP checkpoint loads as the full CLIPModel: keep only the tower we asked for.
-        vision_model = getattr(vision_model, "vision_model", vision_model) if hasattr(vision_model, "text_model") else vision_model
-        text_model = getattr(text_model, "text_model", text_model) if hasattr(text_model, "vision_model") else text_model
+        vision_model = (
+            getattr(vision_model, "vision_model", vision_model)
+            if hasattr(vision_model, "text_model")
+            else vision_model
+        )
+        text_model = (
+            getattr(text_model, "text_model", text_model) if hasattr(text_model, "vision_model") else text_model
+        )
         config = UniCLConfig(vision_config=vision_model.config, text_config=text_model.config, **config_kwargs)
         model = cls(config)
         model.vision_model.load_state_dict(vision_model.state_dict())

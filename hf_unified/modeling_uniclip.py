@@ -262,7 +262,7 @@ class UniCLIPModel(_UniCLIPHeads, UniCLIPPreTrainedModel):
     >>> import torch
     >>> from transformers import CLIPTextConfig, CLIPVisionConfig
     >>> from hf_unified import UniCLIPConfig, UniCLIPModel
-    >>> from hf_unified.augmentation import MultiViewAugmentation
+    >>> from hf_unified.training.augmentation import MultiViewAugmentation
     >>> config = UniCLIPConfig(vision_config=CLIPVisionConfig(hidden_size=64, image_size=64, patch_size=16),
     ...                        text_config=CLIPTextConfig(hidden_size=64))
     >>> model = UniCLIPModel(config)
@@ -336,9 +336,7 @@ class UniCLIPModel(_UniCLIPHeads, UniCLIPPreTrainedModel):
                 f"[batch, views, {self.config.augmentation_param_dim}] describing each view"
             )
         self._check_augmentation_params(augmentation_params, (batch, num_views))
-        outputs = self._image_features(
-            pixel_values.flatten(0, 1), augmentation_params.flatten(0, 1), **kwargs
-        )
+        outputs = self._image_features(pixel_values.flatten(0, 1), augmentation_params.flatten(0, 1), **kwargs)
         embeds = nn.functional.normalize(outputs.pooler_output, dim=-1)
         return embeds.unflatten(0, (batch, num_views)), outputs
 

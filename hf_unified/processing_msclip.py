@@ -23,7 +23,8 @@ class MSCLIPProcessor(ProcessorMixin):
             The CLIP BPE tokenizer for the released models. Any pad id works: the model pools at the first
             end-of-text token (`config.eos_token_id`).
 
-    Call it like transformers' `CLIPProcessor`: `processor(text=[...], images=[...], padding=True, return_tensors="pt")`.
+    Call it like transformers' `CLIPProcessor`:
+    `processor(text=[...], images=[...], padding=True, return_tensors="pt")`.
     """
 
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):

@@ -22,7 +22,8 @@ class UniCLProcessor(ProcessorMixin):
         tokenizer (any tokenizer):
             The text tower's tokenizer (the CLIP BPE for the released models, BERT's WordPiece for a BERT tower, ...).
 
-    Call it like transformers' `CLIPProcessor`: `processor(text=[...], images=[...], padding=True, return_tensors="pt")`.
+    Call it like transformers' `CLIPProcessor`:
+    `processor(text=[...], images=[...], padding=True, return_tensors="pt")`.
     """
 
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):

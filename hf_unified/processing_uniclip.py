@@ -27,7 +27,8 @@ class UniCLIPProcessor(ProcessorMixin):
         tokenizer (any tokenizer):
             The text tower's tokenizer (the CLIP BPE for the default CLIP-style text tower).
 
-    Call it like transformers' `CLIPProcessor`: `processor(text=[...], images=[...], padding=True, return_tensors="pt")`.
+    Call it like transformers' `CLIPProcessor`:
+    `processor(text=[...], images=[...], padding=True, return_tensors="pt")`.
     """
 
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):

@@ -46,7 +46,7 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_clip_tokenizer():
     """The fixtures' 600-id CLIP BPE tokenizer: bos 598, eos 599 (the largest id), padded with eos."""
-    from hf_unified.tokenization import clip_tokenizer_from_files
+    from hf_unified.training.tokenization import clip_tokenizer_from_files
 
     if not TINY_TOKENIZER_DIR.is_dir():
         pytest.skip(f"{TINY_TOKENIZER_DIR} is missing")

@@ -4,7 +4,7 @@ It implements what `huggingface_hub` 2.x's `HfApi.create_repo`, `create_branch`,
 `HF_HUB_DISABLE_XET=1`) and `repo_info` send:
 
 - `POST /api/repos/create`                                   -> 200 `{url}`, or 409 when the repo exists
-- `POST /api/validate-yaml`                                  -> `{errors, warnings}` (400 when the YAML is not a mapping)
+- `POST /api/validate-yaml` -> `{errors, warnings}` (400 when the YAML is not a mapping)
 - `POST /api/models/{ns}/{name}/branch/{branch}`             -> 200, or 409 when the branch exists
 - `POST /api/models/{ns}/{name}/preupload/{rev}`             -> `{files: [{path, uploadMode, shouldIgnore, oid}]}`
 - `POST /{ns}/{name}.git/info/lfs/objects/batch`             -> basic-transfer upload + verify actions
@@ -77,7 +77,7 @@ class FakeHub:
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     # ---- control -----------------------------------------------------------------------------------------------
-    def __enter__(self) -> "FakeHub":
+    def __enter__(self) -> FakeHub:
         self._thread.start()
         return self
 
@@ -234,7 +234,8 @@ class FakeHub:
                 return _json(400, {"error": f"fake Hub: unknown commit operation {line['key']!r}"})
         oid = self._commit(repo, revision, files, lines[0]["value"]["summary"])
         return _json(
-            200, {"commitUrl": f"{self.endpoint}/{repo.repo_id}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None}
+            200,
+            {"commitUrl": f"{self.endpoint}/{repo.repo_id}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None},
         )
 
     def _repo_info(self, body, headers, ns, name, revision="main"):
@@ -242,7 +243,9 @@ class FakeHub:
         if error:
             return error
         siblings = [{"rfilename": path} for path in sorted(repo.files(revision))]
-        return _json(200, {"id": repo.repo_id, "sha": repo.head(revision), "private": repo.private, "siblings": siblings})
+        return _json(
+            200, {"id": repo.repo_id, "sha": repo.head(revision), "private": repo.private, "siblings": siblings}
+        )
 
     def _commit(self, repo: Repo, revision: str, files: dict[str, bytes], summary: str) -> str:
         self._commit_counter += 1

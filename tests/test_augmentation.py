@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from hf_unified.augmentation import (
+from hf_unified.training.augmentation import (
     AUGMENTATION_PARAM_DIM,
     AUGMENTATION_PARAM_NAMES,
     CLIP_MEAN,
@@ -81,8 +81,12 @@ def test_no_augmentation_gives_identity_params_and_a_plain_resize():
     image = _random_image(height=30, width=30)
     views, params = aug(image)
     assert params.tolist() == [list(IDENTITY_PARAMS)] * 2
-    expected = TF.resize(TF.to_dtype(TF.to_image(image), torch.float32, scale=True), [20, 20], antialias=True,
-                         interpolation=aug.interpolation).clamp(0, 1)
+    expected = TF.resize(
+        TF.to_dtype(TF.to_image(image), torch.float32, scale=True),
+        [20, 20],
+        antialias=True,
+        interpolation=aug.interpolation,
+    ).clamp(0, 1)
     torch.testing.assert_close(views[0], expected.as_subclass(torch.Tensor))
 
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_unified.conversion_utils import ConversionError
-from hf_unified.convert_msclip import SHARED_TENSORS, convert_msclip_checkpoint, main
+from hf_unified.conversion.common import ConversionError
+from hf_unified.conversion.msclip import SHARED_TENSORS, convert_msclip_checkpoint, main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
@@ -24,9 +24,9 @@ LOGIT_TOLERANCE = 1e-4
 
 def _auto_model_class():
     """AutoModel, with MS-CLIP registered the way `hf_unified/__init__.py` registers each method."""
-    import hf_unified  # noqa: F401
     from transformers import AutoConfig, AutoModel, AutoProcessor
 
+    import hf_unified  # noqa: F401
     from hf_unified.configuration_msclip import MSCLIPConfig
     from hf_unified.modeling_msclip import MSCLIPModel
     from hf_unified.processing_msclip import MSCLIPProcessor
@@ -46,10 +46,14 @@ def converted(shared_dir, tmp_path_factory) -> dict[str, Path]:
         output = tmp_path_factory.mktemp(name)
         exit_code = main(
             [
-                "--checkpoint", str(fixture / "checkpoint.pth"),
-                "--output", str(output),
-                "--config", str(fixture / "config.json"),
-                "--tokenizer", str(shared_dir / "fixtures" / "tokenizer-tiny-clip-bpe"),
+                "--checkpoint",
+                str(fixture / "checkpoint.pth"),
+                "--output",
+                str(output),
+                "--config",
+                str(fixture / "config.json"),
+                "--tokenizer",
+                str(shared_dir / "fixtures" / "tokenizer-tiny-clip-bpe"),
             ]
         )
         assert exit_code == 0
@@ -220,19 +224,36 @@ def test_unequal_shared_copies_are_an_error(shared_dir, tmp_path):
 def test_preset_is_checked_against_the_shapes(shared_dir, tmp_path):
     fixture = shared_dir / "fixtures" / "msclip-tiny-a"
     with pytest.raises(ConversionError, match="width"):
-        convert_msclip_checkpoint(fixture / "checkpoint.pth", tmp_path / "out", preset="b32",
-                                  tokenizer_dir=shared_dir / "fixtures" / "tokenizer-tiny-clip-bpe")
+        convert_msclip_checkpoint(
+            fixture / "checkpoint.pth",
+            tmp_path / "out",
+            preset="b32",
+            tokenizer_dir=shared_dir / "fixtures" / "tokenizer-tiny-clip-bpe",
+        )
 
 
 def test_python_dash_m_cli(shared_dir, tmp_path):
-    """`python -m hf_unified.convert_msclip` (what the console script runs) writes a complete folder."""
+    """`python -m hf_unified.conversion.msclip` (what the console script runs) writes a complete folder."""
     fixture = shared_dir / "fixtures" / "msclip-tiny-a"
     result = subprocess.run(
-        [sys.executable, "-m", "hf_unified.convert_msclip", "--checkpoint", str(fixture / "checkpoint.pth"),
-         "--output", str(tmp_path / "out"), "--config", str(fixture / "config.json"),
-         "--tokenizer", str(shared_dir / "fixtures" / "tokenizer-tiny-clip-bpe")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "hf_unified.conversion.msclip",
+            "--checkpoint",
+            str(fixture / "checkpoint.pth"),
+            "--output",
+            str(tmp_path / "out"),
+            "--config",
+            str(fixture / "config.json"),
+            "--tokenizer",
+            str(shared_dir / "fixtures" / "tokenizer-tiny-clip-bpe"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     for name in ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "README.md"):
         assert (tmp_path / "out" / name).is_file(), name
@@ -247,14 +268,21 @@ def test_python_dash_m_cli(shared_dir, tmp_path):
 )
 def test_released_layout_is_recognised_from_the_shapes(grid, t2b_kernels, expected):
     """Without --preset or --config, the released B/32 or B/16 layout is chosen by the adapters' kernels."""
-    from hf_unified.convert_msclip import build_msclip_config, resolve_settings
+    from hf_unified.conversion.msclip import build_msclip_config, resolve_settings
 
     shapes = {
-        "vocab_size": 49408, "width": 768, "context_length": 77, "grid_size": grid, "layers": 12,
-        "intermediate_size": 3072, "stem_channels": [48, 96, 192, 384, 768],
-        "branch_channels": [48, 96, 192, 384, 768], "t2b_kernels": t2b_kernels, "shared_blocks": list(range(1, 12)),
+        "vocab_size": 49408,
+        "width": 768,
+        "context_length": 77,
+        "grid_size": grid,
+        "layers": 12,
+        "intermediate_size": 3072,
+        "stem_channels": [48, 96, 192, 384, 768],
+        "branch_channels": [48, 96, 192, 384, 768],
+        "t2b_kernels": t2b_kernels,
+        "shared_blocks": list(range(1, 12)),
         "projection_dim": 512,
-    }  # fmt: skip
+    }
     settings = resolve_settings(shapes, {}, {}, None)
     config = build_msclip_config(shapes, settings)
     preset, patch_size, stem_strides, branch_strides = expected

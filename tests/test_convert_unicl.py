@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_unified.conversion_utils import ConversionError
-from hf_unified.convert_unicl import convert_unicl_checkpoint, main
+from hf_unified.conversion.common import ConversionError
+from hf_unified.conversion.unicl import convert_unicl_checkpoint, main
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 UNICL_FIXTURES = sorted(p.name for p in FIXTURES.glob("unicl-*") if (p / "checkpoint.pth").is_file())
@@ -29,10 +29,14 @@ def converted(shared_dir, tmp_path_factory) -> dict[str, Path]:
         output = tmp_path_factory.mktemp(name)
         exit_code = main(
             [
-                "--checkpoint", str(fixture / "checkpoint.pth"),
-                "--output", str(output),
-                "--config", str(fixture / "config.json"),
-                "--tokenizer", str(shared_dir / "fixtures" / "tokenizer-tiny-clip-bpe"),
+                "--checkpoint",
+                str(fixture / "checkpoint.pth"),
+                "--output",
+                str(output),
+                "--config",
+                str(fixture / "config.json"),
+                "--tokenizer",
+                str(shared_dir / "fixtures" / "tokenizer-tiny-clip-bpe"),
             ]
         )
         assert exit_code == 0
@@ -51,8 +55,9 @@ def test_fixtures_present():
 
 @pytest.mark.parametrize("name", UNICL_FIXTURES)
 def test_converted_model_matches_official_outputs(name, converted, shared_dir):
-    import hf_unified  # noqa: F401  (registers UniCL with the Auto classes)
     from transformers import AutoModel
+
+    import hf_unified  # noqa: F401  (registers UniCL with the Auto classes)
 
     fixture = shared_dir / "fixtures" / name
     inputs = load_file(fixture / "inputs.safetensors")
@@ -90,8 +95,9 @@ def test_converted_model_matches_official_outputs(name, converted, shared_dir):
 
 @pytest.mark.parametrize("name", UNICL_FIXTURES)
 def test_converted_processor_tokenizes_like_official(name, converted, shared_dir):
-    import hf_unified  # noqa: F401
     from transformers import AutoProcessor
+
+    import hf_unified  # noqa: F401
 
     fixture = shared_dir / "fixtures" / name
     config = json.loads((fixture / "config.json").read_text())
@@ -173,8 +179,18 @@ def test_cli_reports_errors_without_traceback(shared_dir, tmp_path, capsys):
         del state["logit_scale"]
 
     checkpoint = _corrupt(shared_dir, tmp_path, edit)
-    exit_code = main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "out"),
-                      "--tokenizer", str(shared_dir / "fixtures" / "tokenizer-tiny-clip-bpe"), "--text-heads", "2"])
+    exit_code = main(
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--output",
+            str(tmp_path / "out"),
+            "--tokenizer",
+            str(shared_dir / "fixtures" / "tokenizer-tiny-clip-bpe"),
+            "--text-heads",
+            "2",
+        ]
+    )
     assert exit_code == 1
     assert "logit_scale" in capsys.readouterr().err
 

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from hf_unified import data as data_lib
-from hf_unified import synthetic_data
-from hf_unified.tokenization import train_caption_tokenizer
+from hf_unified.training import data as data_lib
+from hf_unified.training import synthetic_data
+from hf_unified.training.tokenization import train_caption_tokenizer
 
 TO_TENSOR = v2.Compose([v2.ToImage(), v2.Resize(16), v2.CenterCrop(16), v2.ToDtype(torch.float32, scale=True)])
 
@@ -54,8 +54,9 @@ def test_corrupt_and_incomplete_samples_are_skipped_and_counted(shard_with_bad_s
     spec = data_lib.SourceSpec(str(shard_with_bad_samples))
     assert spec.format == "webdataset"
     stream = data_lib.build_stream([spec], seed=0, rank=0, world_size=1, shuffle_buffer_size=0)
-    train = data_lib.TrainStream(stream, data_lib.DecodeConfig(TO_TENSOR, with_labels=False), tokenizer, 16,
-                                 batch_size=8, seed=0, rank=0)  # fmt: skip
+    train = data_lib.TrainStream(
+        stream, data_lib.DecodeConfig(TO_TENSOR, with_labels=False), tokenizer, 16, batch_size=8, seed=0, rank=0
+    )
     loader = torch.utils.data.DataLoader(train, batch_size=None, num_workers=num_workers)
     batch = next(iter(loader))
     assert batch["num_skipped"] == 3
@@ -82,8 +83,12 @@ def test_label_vocabulary_whole_words_synonyms_and_ambiguity():
 
 
 def test_caption_mapping_and_class_prompts_in_decoding():
-    config = data_lib.DecodeConfig(TO_TENSOR, class_names=[["circle"], ["square", "box"]], templates=("a {}.",),
-                                   label_vocabulary=data_lib.LabelVocabulary([["circle"], ["square", "box"]]))  # fmt: skip
+    config = data_lib.DecodeConfig(
+        TO_TENSOR,
+        class_names=[["circle"], ["square", "box"]],
+        templates=("a {}.",),
+        label_vocabulary=data_lib.LabelVocabulary([["circle"], ["square", "box"]]),
+    )
     image = {"bytes": _jpeg((0, 0, 255)), "path": None}
     rng = __import__("random").Random(0)
     mapped = data_lib.decode_example({"image": image, "text": "a blue box on the left", "label": None}, config, rng)
@@ -96,12 +101,15 @@ def test_caption_mapping_and_class_prompts_in_decoding():
 def test_stream_batches_do_not_depend_on_workers_and_resume_exactly(tmp_path, tokenizer):
     shapes = synthetic_data.generate(tmp_path / "shapes", num_train=48, num_eval=4, num_train_shards=2, image_size=16)
     spec = data_lib.SourceSpec(f"{shapes}/train-*.tar")
-    transform = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(16, scale=(0.3, 1.0)), v2.ToDtype(torch.float32, scale=True)])
+    transform = v2.Compose(
+        [v2.ToImage(), v2.RandomResizedCrop(16, scale=(0.3, 1.0)), v2.ToDtype(torch.float32, scale=True)]
+    )
 
     def batches(num_workers: int, start: int, count: int) -> list[dict]:
         stream = data_lib.build_stream([spec], seed=3, rank=0, world_size=1, shuffle_buffer_size=10)
-        train = data_lib.TrainStream(stream, data_lib.DecodeConfig(transform, with_labels=False), tokenizer, 16,
-                                     batch_size=8, seed=3, rank=0)  # fmt: skip
+        train = data_lib.TrainStream(
+            stream, data_lib.DecodeConfig(transform, with_labels=False), tokenizer, 16, batch_size=8, seed=3, rank=0
+        )
         train.load_state_dict({"batches_consumed": start, "batch_size": 8, "rank": 0})
         iterator = iter(torch.utils.data.DataLoader(train, batch_size=None, num_workers=num_workers))
         return [next(iterator) for _ in range(count)]
@@ -123,8 +131,13 @@ def test_stream_batches_do_not_depend_on_workers_and_resume_exactly(tmp_path, to
 def test_rank_streams_partition_the_global_stream(tmp_path):
     shapes = synthetic_data.generate(tmp_path / "shapes", num_train=30, num_eval=4, num_train_shards=3, image_size=16)
     spec = data_lib.SourceSpec(f"{shapes}/train-*.tar")
-    keys = lambda rank, world: [ex["text"] + str(hash(ex["image"]["bytes"])) for ex in  # noqa: E731
-                                data_lib.build_stream([spec], 1, rank, world, shuffle_buffer_size=8)]  # fmt: skip
+
+    def keys(rank, world):
+        return [
+            ex["text"] + str(hash(ex["image"]["bytes"]))
+            for ex in data_lib.build_stream([spec], 1, rank, world, shuffle_buffer_size=8)
+        ]
+
     everything = keys(0, 1)
     assert sorted(keys(0, 2) + keys(1, 2)) == sorted(everything) and len(everything) == 30
 

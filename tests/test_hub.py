@@ -15,17 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hub_server import FakeHub  # tests/ is on sys.path (pytest rootdir-relative import)
 from huggingface_hub import ModelCard, constants
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPVisionConfig
 
-from hf_unified.hub import HubPushError, IncompleteModelFolderError, check_model_folder, push_folder, upload_files
-from hf_unified.model_card import HUB_ID_PLACEHOLDER, write_model_card
-from hf_unified.modeling_unicl import UniCLModel
 from hf_unified.configuration_unicl import UniCLConfig
+from hf_unified.hub.model_card import HUB_ID_PLACEHOLDER, write_model_card
+from hf_unified.hub.push import HubPushError, IncompleteModelFolderError, check_model_folder, push_folder, upload_files
+from hf_unified.modeling_unicl import UniCLModel
 from hf_unified.processing_unicl import UniCLProcessor, unicl_image_processor
-
-from hub_server import FakeHub  # tests/ is on sys.path (pytest rootdir-relative import)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_" + "TestTokenThatMustNeverBePrinted0123"
@@ -35,7 +34,9 @@ TEXTS = ["a photo of a cat.", "a red bus on the street.", "a dog"]
 
 def folder_digest(folder: Path) -> dict[str, str]:
     return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -45,14 +46,25 @@ def saved_unicl(tmp_path_factory, tiny_clip_tokenizer):
     torch.manual_seed(0)
     config = UniCLConfig(
         vision_config=CLIPVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32, patch_size=8
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
         ),
         text_config=CLIPTextConfig(
-            vocab_size=600, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-            bos_token_id=598, eos_token_id=599, pad_token_id=599,
+            vocab_size=600,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            bos_token_id=598,
+            eos_token_id=599,
+            pad_token_id=599,
         ),
         projection_dim=16,
-    )  # fmt: skip
+    )
     model = UniCLModel(config).eval()
     processor = UniCLProcessor(unicl_image_processor(32), tiny_clip_tokenizer)
     folder = tmp_path_factory.mktemp("saved") / "unicl-tiny"
@@ -114,8 +126,17 @@ def test_push_regular_path_is_byte_identical_and_renders_the_card(model_folder, 
     result = push_folder(model_folder, REPO_ID, commit_message="first upload")
 
     received = assert_received_equals_local(hub, model_folder)
-    assert {"config.json", "model.safetensors", "README.md", "modeling_unicl.py", "configuration_unicl.py",
-            "processor_config.json", "tokenizer.json", "tokenizer_config.json", "eval_results.json"} <= set(received)  # fmt: skip
+    assert {
+        "config.json",
+        "model.safetensors",
+        "README.md",
+        "modeling_unicl.py",
+        "configuration_unicl.py",
+        "processor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "eval_results.json",
+    } <= set(received)
     assert not any(name.endswith(".bin") or name.startswith("checkpoint-") for name in received)
     config = json.loads(received["config.json"])
     assert config["auto_map"]["AutoModel"] == "modeling_unicl.UniCLModel"
@@ -253,7 +274,9 @@ def test_incomplete_folders_are_refused_before_any_request(model_folder, hub_env
 def test_relative_imports_of_code_files_are_checked(model_folder):
     (model_folder / "README.md").write_text("---\nlicense: mit\n---\n")
     check_model_folder(model_folder)
-    (model_folder / "modeling_unicl.py").write_text((model_folder / "modeling_unicl.py").read_text() + "\nfrom .missing_module import x\n")
+    (model_folder / "modeling_unicl.py").write_text(
+        (model_folder / "modeling_unicl.py").read_text() + "\nfrom .missing_module import x\n"
+    )
     with pytest.raises(IncompleteModelFolderError, match="missing_module.py"):
         check_model_folder(model_folder)
 
@@ -278,12 +301,22 @@ def test_card_placeholder_is_filled_at_push(model_folder, hub_env):
 
 
 def run_cli(args: list[str], hub: FakeHub) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1"}
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.endpoint,
+        "HF_TOKEN": TOKEN,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_XET": "1",
+    }
     env.pop("PYTHONPATH", None)
     return subprocess.run(
         [sys.executable, str(REPO_ROOT / "training" / "push_to_hub.py"), *args],
-        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cli_failure_is_one_clear_line_without_the_token(model_folder, hub_env, capfd):
@@ -300,8 +333,20 @@ def test_cli_failure_is_one_clear_line_without_the_token(model_folder, hub_env, 
 
 def test_cli_script_pushes_to_the_endpoint_in_hf_endpoint(model_folder):
     with FakeHub() as hub:
-        done = run_cli(["--folder", str(model_folder), "--repo_id", REPO_ID, "--private", "--revision", "v1",
-                        "--commit_message", "CLI upload"], hub)  # fmt: skip
+        done = run_cli(
+            [
+                "--folder",
+                str(model_folder),
+                "--repo_id",
+                REPO_ID,
+                "--private",
+                "--revision",
+                "v1",
+                "--commit_message",
+                "CLI upload",
+            ],
+            hub,
+        )
         assert done.returncode == 0, done.stderr
         assert f"{hub.endpoint}/{REPO_ID}" in done.stdout and "model.safetensors" in done.stdout
         assert hub.repos[REPO_ID].private
@@ -318,14 +363,26 @@ def _tiny_uniclip(tokenizer):
 
     config = UniCLIPConfig(
         vision_config=CLIPVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32, patch_size=16
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=16,
         ),
         text_config=CLIPTextConfig(
-            vocab_size=600, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-            bos_token_id=598, eos_token_id=599, pad_token_id=599,
+            vocab_size=600,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            bos_token_id=598,
+            eos_token_id=599,
+            pad_token_id=599,
         ),
-        projection_dim=16, augmentation_hidden_size=8,
-    )  # fmt: skip
+        projection_dim=16,
+        augmentation_hidden_size=8,
+    )
     return UniCLIPModel(config), UniCLIPProcessor(uniclip_image_processor(32), tokenizer)
 
 
@@ -335,24 +392,42 @@ def _tiny_msclip(tokenizer):
     from hf_unified.processing_msclip import MSCLIPProcessor, msclip_image_processor
 
     config = MSCLIPConfig.from_preset(
-        "ms-clip-s", vocab_size=600, max_position_embeddings=77, hidden_size=32, intermediate_size=64,
-        num_hidden_layers=3, vision_num_attention_heads=2, text_num_attention_heads=4, image_size=32, patch_size=8,
-        projection_dim=16, stem_channels=[4, 8, 16], stem_strides=[2, 2], parallel_channels=[4, 8],
-        parallel_strides=[2, 2], parallel_t2b_kernels=[4, 2], parallel_lateral_layers=[1, 2], bos_token_id=598,
-        eos_token_id=599, pad_token_id=0,
-    )  # fmt: skip
+        "ms-clip-s",
+        vocab_size=600,
+        max_position_embeddings=77,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        vision_num_attention_heads=2,
+        text_num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        projection_dim=16,
+        stem_channels=[4, 8, 16],
+        stem_strides=[2, 2],
+        parallel_channels=[4, 8],
+        parallel_strides=[2, 2],
+        parallel_t2b_kernels=[4, 2],
+        parallel_lateral_layers=[1, 2],
+        bos_token_id=598,
+        eos_token_id=599,
+        pad_token_id=0,
+    )
     return MSCLIPModel(config), MSCLIPProcessor(msclip_image_processor(32), tokenizer)
 
 
 def _converted_unicl(folder: Path) -> None:
-    convert = pytest.importorskip("hf_unified.convert_unicl")
+    convert = pytest.importorskip("hf_unified.conversion.unicl")
     fixtures = REPO_ROOT.parent / "shared" / "fixtures"
     if not (fixtures / "unicl-tiny-a").is_dir():
         pytest.skip("the UniCL golden fixture is missing")
     convert.convert_unicl_checkpoint(
-        fixtures / "unicl-tiny-a" / "checkpoint.pth", folder, config_json=fixtures / "unicl-tiny-a" / "config.json",
-        tokenizer_dir=fixtures / "tokenizer-tiny-clip-bpe", base_model="microsoft/UniCL",
-    )  # fmt: skip
+        fixtures / "unicl-tiny-a" / "checkpoint.pth",
+        folder,
+        config_json=fixtures / "unicl-tiny-a" / "config.json",
+        tokenizer_dir=fixtures / "tokenizer-tiny-clip-bpe",
+        base_model="microsoft/UniCL",
+    )
 
 
 @pytest.mark.parametrize("kind", ["uniclip", "msclip", "unicl-converted"])

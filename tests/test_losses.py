@@ -170,7 +170,11 @@ def _worker(rank: int, world_size: int, port: int, splits: list[int], queue) -> 
         rows = slice(start, start + splits[rank])
         results = {}
         for name in ("clip", "unicl", "mp_nce", "supcon"):
-            leaves = [image[rows].clone().requires_grad_(), text[rows].clone().requires_grad_(), features[rows].clone().requires_grad_()]
+            leaves = [
+                image[rows].clone().requires_grad_(),
+                text[rows].clone().requires_grad_(),
+                features[rows].clone().requires_grad_(),
+            ]
             loss = _losses(leaves[0], leaves[1], labels[rows], leaves[2])[name]
             loss.backward()
             # DDP averages gradients and we average the logged loss over ranks.

@@ -11,7 +11,7 @@ from huggingface_hub import ModelCard
 from huggingface_hub.repocard import metadata_load
 from transformers import CLIPTextConfig, CLIPVisionConfig
 
-from hf_unified.model_card import (
+from hf_unified.hub.model_card import (
     CARD_MARKER,
     HUB_ID_PLACEHOLDER,
     METHODS,
@@ -26,10 +26,16 @@ TOWERS = {
         hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32, patch_size=8
     ),
     "text_config": CLIPTextConfig(
-        vocab_size=600, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-        bos_token_id=598, eos_token_id=599, pad_token_id=599,
+        vocab_size=600,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        bos_token_id=598,
+        eos_token_id=599,
+        pad_token_id=599,
     ),
-}  # fmt: skip
+}
 
 # How each method's tiny config is built from its configuration module (skipped while the module is missing).
 CONFIGS = {
@@ -109,11 +115,19 @@ def test_card_metadata_and_body_for_each_method(method, tmp_path):
     info = METHODS[method]
     assert CARD_MARKER in card.content
     assert f"arXiv:{info.arxiv}" in text and f"eprint    = {{{info.arxiv}}}" in text and "@inproceedings" in text
-    for snippet in ("AutoModel.from_pretrained", "AutoProcessor.from_pretrained", 'pipeline("zero-shot-image-classification"',
-                    "trust_remote_code=True", 'model_id = "my-org/tiny-' + method + '"'):  # fmt: skip
+    for snippet in (
+        "AutoModel.from_pretrained",
+        "AutoProcessor.from_pretrained",
+        'pipeline("zero-shot-image-classification"',
+        "trust_remote_code=True",
+        'model_id = "my-org/tiny-' + method + '"',
+    ):
         assert snippet in text, snippet
     assert HUB_ID_PLACEHOLDER not in text
-    assert "| Zero-shot image classification | hf-unified synthetic shapes (held-out split) | Top-1 accuracy | 0.6875 |" in text
+    assert (
+        "| Zero-shot image classification | hf-unified synthetic shapes (held-out split) | Top-1 accuracy | 0.6875 |"
+        in text
+    )
     assert "chance level 0.125" in text and "64 evaluation examples" in text
     assert "| `learning_rate` | 0.0005 |" in text and "| `max_steps` | 200 |" in text
     assert "## Limitations" in text and "## Training" in text
@@ -135,15 +149,31 @@ def test_nested_eval_json_and_converted_checkpoint(tmp_path):
     saved_config("unicl", tmp_path)
     eval_results = {
         "zero_shot": [
-            {"dataset": "ImageNet-1k", "dataset_type": "imagenet-1k", "split": "validation", "top1": 0.71, "top5": 0.9},
+            {
+                "dataset": "ImageNet-1k",
+                "dataset_type": "imagenet-1k",
+                "split": "validation",
+                "top1": 0.71,
+                "top5": 0.9,
+            },
             {"dataset": "CIFAR-10", "dataset_type": "cifar10", "top1": 0.8},
         ],
-        "retrieval": {"dataset": "COCO 5k", "dataset_type": "coco", "image_to_text_R@1": 0.4, "text_to_image_R@10": 0.7},
+        "retrieval": {
+            "dataset": "COCO 5k",
+            "dataset_type": "coco",
+            "image_to_text_R@1": 0.4,
+            "text_to_image_R@10": 0.7,
+        },
     }
     card = render_model_card(
-        tmp_path, "unicl", eval_results=eval_results, base_model="microsoft/unicl-swin-tiny",
-        source_checkpoint="in21k_yfcc14m.pth", datasets=["imagenet-1k"], license="mit",
-    )  # fmt: skip
+        tmp_path,
+        "unicl",
+        eval_results=eval_results,
+        base_model="microsoft/unicl-swin-tiny",
+        source_checkpoint="in21k_yfcc14m.pth",
+        datasets=["imagenet-1k"],
+        license="mit",
+    )
     path = tmp_path / "README.md"
     card.save(path)
     metadata = metadata_load(path)
@@ -193,12 +223,15 @@ def test_templates_exist_and_cite_their_paper(method):
 
 
 def test_unicl_converter_writes_our_card(shared_dir, tmp_path):
-    convert = pytest.importorskip("hf_unified.convert_unicl")
+    convert = pytest.importorskip("hf_unified.conversion.unicl")
     fixture = shared_dir / "fixtures" / "unicl-tiny-a"
     output = convert.convert_unicl_checkpoint(
-        fixture / "checkpoint.pth", tmp_path / "converted", config_json=fixture / "config.json",
-        tokenizer_dir=shared_dir / "fixtures" / "tokenizer-tiny-clip-bpe", base_model="microsoft/UniCL",
-    )  # fmt: skip
+        fixture / "checkpoint.pth",
+        tmp_path / "converted",
+        config_json=fixture / "config.json",
+        tokenizer_dir=shared_dir / "fixtures" / "tokenizer-tiny-clip-bpe",
+        base_model="microsoft/UniCL",
+    )
     readme = (output / "README.md").read_text()
     assert CARD_MARKER in readme, "the converter fell back to its minimal card"
     metadata = metadata_load(output / "README.md")

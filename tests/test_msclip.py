@@ -28,11 +28,26 @@ IMAGE_SIZE = 32
 # A tiny MS-CLIP-S: conv stem 32 -> 16 -> 8 -> 4 (patch 8, 4x4 grid), a 2-stage parallel branch whose stages
 # (16x16, 8x8) land on the grid with t2b kernels 4 and 2, adapters before blocks 1 and 2; text 4 heads, vision 2.
 TINY = dict(
-    vocab_size=600, max_position_embeddings=77, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-    vision_num_attention_heads=2, text_num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=8, projection_dim=16,
-    stem_channels=[4, 8, 16], stem_strides=[2, 2], parallel_channels=[4, 8], parallel_strides=[2, 2],
-    parallel_t2b_kernels=[4, 2], parallel_lateral_layers=[1, 2], bos_token_id=598, eos_token_id=599, pad_token_id=0,
-)  # fmt: skip
+    vocab_size=600,
+    max_position_embeddings=77,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    vision_num_attention_heads=2,
+    text_num_attention_heads=4,
+    image_size=IMAGE_SIZE,
+    patch_size=8,
+    projection_dim=16,
+    stem_channels=[4, 8, 16],
+    stem_strides=[2, 2],
+    parallel_channels=[4, 8],
+    parallel_strides=[2, 2],
+    parallel_t2b_kernels=[4, 2],
+    parallel_lateral_layers=[1, 2],
+    bos_token_id=598,
+    eos_token_id=599,
+    pad_token_id=0,
+)
 
 
 def tiny_config(preset: str = "ms-clip-s", **overrides) -> MSCLIPConfig:
@@ -91,8 +106,15 @@ def shared_parameter_names(model: MSCLIPModel) -> list[str]:
 
 def test_default_config_is_released_ms_clip_s_b32():
     config = MSCLIPConfig()
-    assert (config.hidden_size, config.num_hidden_layers, config.patch_size, config.projection_dim) == (768, 12, 32, 512)
-    assert config.hidden_act == "quick_gelu" and config.layer_norm_eps == 1e-12 and config.logit_scale_init_value == 1.0
+    assert (config.hidden_size, config.num_hidden_layers, config.patch_size, config.projection_dim) == (
+        768,
+        12,
+        32,
+        512,
+    )
+    assert (
+        config.hidden_act == "quick_gelu" and config.layer_norm_eps == 1e-12 and config.logit_scale_init_value == 1.0
+    )
     assert config.early_specialization and config.parallel_branch
     released = count_parameters(config)
     assert abs(released - 132.41e6) < 0.1e6, released
@@ -128,7 +150,7 @@ ALL_SUBLAYERS = ("attention", "mlp", "layer_norm1", "layer_norm2")
         (dict(shared_layers="none"), [(), (), ()]),
         (dict(early_specialization=False, parallel_branch=False), [("attention", "mlp")] * 3),
     ],
-)  # fmt: skip
+)
 def test_sharing_is_configuration(overrides, shared_per_layer):
     model = MSCLIPModel(tiny_config(**overrides))
     assert [layer.shared_names for layer in model.encoder.layers] == shared_per_layer
@@ -184,7 +206,9 @@ def test_save_load_keeps_one_copy_and_identical_outputs(model, inputs, saved):
     assert shared and set(shared) <= keys
     for name in shared:  # no second (per-modality) copy of a shared tensor
         layer, rest = name.split(".", 3)[2], name.split(".", 3)[3]
-        assert f"encoder.layers.{layer}.vision.{rest}" not in keys and f"encoder.layers.{layer}.text.{rest}" not in keys
+        assert (
+            f"encoder.layers.{layer}.vision.{rest}" not in keys and f"encoder.layers.{layer}.text.{rest}" not in keys
+        )
     assert len(keys) == len(model.state_dict())
 
     loaded, info = MSCLIPModel.from_pretrained(saved, output_loading_info=True)
@@ -211,7 +235,9 @@ def test_from_pretrained_initialises_everything_not_in_the_file(tmp_path):
 
     state = load_file(tmp_path / "model.safetensors")
     dropped = [k for k in state if "running_" in k or k == "logit_scale"]
-    save_file({k: v for k, v in state.items() if k not in dropped}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in state.items() if k not in dropped}, tmp_path / "model.safetensors", metadata={"format": "pt"}
+    )
     loaded = MSCLIPModel.from_pretrained(tmp_path)
     assert loaded.logit_scale.item() == pytest.approx(2.5)
     for name, buffer in loaded.named_buffers():
@@ -296,7 +322,12 @@ def test_eager_and_sdpa_agree(preset, inputs):
         b = sdpa(**inputs)
     torch.testing.assert_close(a.logits_per_image, b.logits_per_image, atol=1e-5, rtol=0)
     length = inputs["input_ids"].shape[1]
-    assert len(a.text_model_output.attentions) == 3 and a.text_model_output.attentions[0].shape == (4, 4, length, length)
+    assert len(a.text_model_output.attentions) == 3 and a.text_model_output.attentions[0].shape == (
+        4,
+        4,
+        length,
+        length,
+    )
     # 2 vision heads over 16 tokens + CLS; with the conv stem images run blocks 1 and 2 only.
     assert len(a.vision_model_output.attentions) == (2 if preset == "ms-clip-s" else 3)
     assert a.vision_model_output.attentions[0].shape == (4, 2, 17, 17)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_unified import synthetic_data
+from hf_unified.training import synthetic_data
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("train_script", ROOT / "training" / "train.py")
@@ -21,17 +21,29 @@ train_script = importlib.util.module_from_spec(spec)
 sys.modules["train_script"] = train_script  # dataclasses resolve annotations through sys.modules
 spec.loader.exec_module(train_script)
 
-TINY_VISION = {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-               "num_attention_heads": 2, "patch_size": 8}  # fmt: skip
-TINY_TEXT = {"model_type": "clip_text_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-             "num_attention_heads": 2}  # fmt: skip
+TINY_VISION = {
+    "model_type": "clip_vision_model",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "patch_size": 8,
+}
+TINY_TEXT = {
+    "model_type": "clip_text_model",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+}
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
     # 3 shards: not a multiple of 2, so split_dataset_by_node strides examples and 2 ranks share every batch.
-    return synthetic_data.generate(tmp_path_factory.mktemp("shapes"), num_train=96, num_eval=40, num_train_shards=3,
-                                   image_size=32)  # fmt: skip
+    return synthetic_data.generate(
+        tmp_path_factory.mktemp("shapes"), num_train=96, num_eval=40, num_train_shards=3, image_size=32
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -74,8 +86,9 @@ def write_config(path: Path, shapes: Path, model_type: str = "unicl", **override
         "embedded_data_dir": str(shapes),
     }
     if model_type != "unicl":
-        config.update(train_data=[f"{shapes}/train-*.tar"], label_column=["none"], text_column=["txt"],
-                      train_probabilities=None)  # fmt: skip
+        config.update(
+            train_data=[f"{shapes}/train-*.tar"], label_column=["none"], text_column=["txt"], train_probabilities=None
+        )
     if model_type == "uniclip":
         model_config["augmentation_hidden_size"] = 16
         config["augmentation_kwargs"] = {"scale": [0.5, 1.0], "blur_p": 0.0}
@@ -114,13 +127,24 @@ def test_unicl_end_to_end_and_cli_overrides(tmp_path, shapes, monkeypatch):
     monkeypatch.setattr(hub, "push_folder", fake_push)
     config = write_config(tmp_path, shapes)
     out = tmp_path / "run"
-    result = train_script.main(["--config", str(config), "--max_steps", "3", "--output_dir", str(out),
-                                "--push_to_hub", "--hub_model_id", "me/unicl-test"])  # fmt: skip
+    result = train_script.main(
+        [
+            "--config",
+            str(config),
+            "--max_steps",
+            "3",
+            "--output_dir",
+            str(out),
+            "--push_to_hub",
+            "--hub_model_id",
+            "me/unicl-test",
+        ]
+    )
     assert pushed and pushed[0][:3] == (out, "me/unicl-test", False)
     assert {"README.md", "model.safetensors", "eval_results.json", "config.json"} <= set(pushed[0][3])
     # --max_steps and --output_dir beat the YAML's 50 steps and output folder.
     assert not (tmp_path / "from-config").exists()
-    assert [json.loads(l)["step"] for l in (out / "training_log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert [json.loads(line)["step"] for line in (out / "training_log.jsonl").read_text().splitlines()] == [1, 2, 3]
     assert all(torch.isfinite(torch.tensor(losses(out))))
     eval_results = json.loads((out / "eval_results.json").read_text())
     for key in ("zero_shot_top1_accuracy", "zero_shot_top5_accuracy", "image_to_text_R@1", "text_to_image_R@10"):
@@ -166,8 +190,9 @@ def test_resume_mid_stream_matches_uninterrupted_run(tmp_path, shapes):
     train_script.main(["--config", str(config), "--max_steps", "4", "--stop_at_step", "3", "--output_dir", str(part)])
     assert (part / "checkpoint-3" / "data_state_rank0.json").exists() and not (part / "model.safetensors").exists()
     assert not list(part.glob(".tmp-checkpoint-*"))
-    train_script.main(["--config", str(config), "--max_steps", "4", "--output_dir", str(part),
-                       "--resume_from_checkpoint", "latest"])  # fmt: skip
+    train_script.main(
+        ["--config", str(config), "--max_steps", "4", "--output_dir", str(part), "--resume_from_checkpoint", "latest"]
+    )
     assert losses(part) == pytest.approx(losses(full), abs=1e-6)
     expected, resumed = load_file(full / "model.safetensors"), load_file(part / "model.safetensors")
     assert expected.keys() == resumed.keys()
@@ -184,11 +209,29 @@ def test_two_processes_match_one_process(tmp_path, shapes):
     train_script.main(common[1:] + ["--output_dir", str(one)])
     # `--multi_gpu` selects accelerate's torchrun launcher; train.py asks for the CPU (no GPU here), so the two
     # processes train as MULTI_CPU over gloo. (`--cpu` alone would start one process.)
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]  # fmt: skip
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    ]
     completed = subprocess.run(
         launch + common + ["--output_dir", str(two), "--per_device_train_batch_size", "4"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert losses(two) == pytest.approx(losses(one), rel=1e-4)
@@ -214,8 +257,9 @@ def test_unknown_yaml_key_is_an_error(tmp_path, shapes):
 def test_parameter_groups_exclude_norms_biases_embeddings_temperatures(tmp_path, shapes):
     from hf_unified import UniCLConfig, UniCLModel
 
-    model = UniCLModel(UniCLConfig(projection_dim=16, vision_config=TINY_VISION, text_config={**TINY_TEXT,
-                                                                                              "vocab_size": 50}))  # fmt: skip
+    model = UniCLModel(
+        UniCLConfig(projection_dim=16, vision_config=TINY_VISION, text_config={**TINY_TEXT, "vocab_size": 50})
+    )
     decay, plain = train_script.parameter_groups(model, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
@@ -225,7 +269,9 @@ def test_parameter_groups_exclude_norms_biases_embeddings_temperatures(tmp_path,
     assert len(decay["params"]) + len(plain["params"]) == len(list(model.parameters()))
 
 
-@pytest.mark.parametrize("name", ["unicl-tiny", "uniclip-tiny", "msclip-tiny", "unicl-base", "uniclip-base", "msclip-base"])
+@pytest.mark.parametrize(
+    "name", ["unicl-tiny", "uniclip-tiny", "msclip-tiny", "unicl-base", "uniclip-base", "msclip-base"]
+)
 def test_shipped_configs_parse_and_build_their_model_config(name):
     model_args, data_args, train_args = train_script.parse_arguments(
         ["--config", str(ROOT / "training" / "configs" / f"{name}.yaml"), "--max_steps", "7"]

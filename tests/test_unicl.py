@@ -38,23 +38,38 @@ IMAGE_SIZE = 32
 def tiny_vision(kind: str = "clip"):
     if kind == "clip":
         return CLIPVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            image_size=IMAGE_SIZE, patch_size=8,
-        )  # fmt: skip
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=IMAGE_SIZE,
+            patch_size=8,
+        )
     if kind == "vit":
         return ViTConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-            image_size=IMAGE_SIZE, patch_size=8,
-        )  # fmt: skip
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            image_size=IMAGE_SIZE,
+            patch_size=8,
+        )
     return SwinConfig(image_size=IMAGE_SIZE, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[2, 2], window_size=4)
 
 
 def tiny_text(kind: str = "clip"):
     if kind == "clip":
         return CLIPTextConfig(
-            vocab_size=600, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=77, bos_token_id=598, eos_token_id=599, pad_token_id=599,
-        )  # fmt: skip
+            vocab_size=600,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=598,
+            eos_token_id=599,
+            pad_token_id=599,
+        )
     return BertConfig(vocab_size=600, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
 
 
@@ -101,8 +116,11 @@ def test_default_config_is_official_swin_tiny():
     assert config.vision_config.num_heads == [3, 6, 12, 24] and config.vision_config.window_size == 7
     text = config.text_config
     assert (text.model_type, text.num_hidden_layers, text.hidden_size, text.num_attention_heads) == (
-        "clip_text_model", 12, 512, 8,
-    )  # fmt: skip
+        "clip_text_model",
+        12,
+        512,
+        8,
+    )
     assert (text.hidden_act, text.layer_norm_eps, text.eos_token_id) == ("quick_gelu", 1e-12, 49407)
     assert (config.projection_dim, config.logit_scale_init_value, config.text_pooling) == (512, 1.0, "eos")
 
@@ -233,7 +251,9 @@ def test_eager_and_sdpa_agree(inputs, vision, text, tiny_clip_tokenizer):
     assert sdpa.text_model.config._attn_implementation == "sdpa"
     assert eager.vision_model.config._attn_implementation == "eager"
     with torch.no_grad():
-        torch.testing.assert_close(eager(**inputs).logits_per_image, sdpa(**inputs).logits_per_image, atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            eager(**inputs).logits_per_image, sdpa(**inputs).logits_per_image, atol=1e-5, rtol=0
+        )
 
 
 def test_gradient_checkpointing_backward(inputs):
@@ -254,8 +274,12 @@ def test_bad_inputs_raise_clear_errors(model, inputs):
     with pytest.raises(ValueError, match="both input_ids and pixel_values"):
         model(pixel_values=inputs["pixel_values"], return_loss=True)
     with pytest.raises(ValueError, match="4 images and 3 texts"):
-        model(input_ids=inputs["input_ids"][:3], attention_mask=inputs["attention_mask"][:3],
-              pixel_values=inputs["pixel_values"], return_loss=True)  # fmt: skip
+        model(
+            input_ids=inputs["input_ids"][:3],
+            attention_mask=inputs["attention_mask"][:3],
+            pixel_values=inputs["pixel_values"],
+            return_loss=True,
+        )
     with pytest.raises(ValueError, match="labels must be"):
         model(**inputs, labels=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="attention_mask"):
@@ -300,7 +324,10 @@ def test_feature_extraction_pipelines(saved, inputs, model):
     torch.testing.assert_close(features.flatten(), expected.flatten(), atol=1e-5, rtol=0)
     with torch.no_grad():
         text_embeds = text(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])[0]
-        torch.testing.assert_close(text_embeds, model.get_text_features(**{k: inputs[k] for k in ("input_ids", "attention_mask")}).pooler_output)
+        torch.testing.assert_close(
+            text_embeds,
+            model.get_text_features(**{k: inputs[k] for k in ("input_ids", "attention_mask")}).pooler_output,
+        )
 
 
 def test_remote_code_without_package(saved, tmp_path, inputs, model, run_without_package):

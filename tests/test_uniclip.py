@@ -7,7 +7,6 @@ import json
 import math
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +24,7 @@ from transformers import (
     pipeline,
 )
 
-from hf_unified.augmentation import AUGMENTATION_PARAM_DIM, IDENTITY_PARAMS, MultiViewAugmentation, identity_params
 from hf_unified.configuration_uniclip import UniCLIPConfig
-from hf_unified.losses import multi_positive_loss
 from hf_unified.modeling_uniclip import (
     UniCLIPModel,
     UniCLIPTextModelWithProjection,
@@ -36,6 +33,12 @@ from hf_unified.modeling_uniclip import (
     unified_contrastive_loss,
 )
 from hf_unified.processing_uniclip import UniCLIPProcessor, uniclip_image_processor
+from hf_unified.training.augmentation import (
+    AUGMENTATION_PARAM_DIM,
+    IDENTITY_PARAMS,
+    MultiViewAugmentation,
+    identity_params,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 32
@@ -54,12 +57,23 @@ def registered():
 def tiny_config(**overrides) -> UniCLIPConfig:
     kwargs = dict(
         vision_config=CLIPVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-            image_size=IMAGE_SIZE, patch_size=16,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            image_size=IMAGE_SIZE,
+            patch_size=16,
         ),
         text_config=CLIPTextConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=VOCAB,
-            max_position_embeddings=32, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=EOS,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            vocab_size=VOCAB,
+            max_position_embeddings=32,
+            bos_token_id=BOS,
+            eos_token_id=EOS,
+            pad_token_id=EOS,
         ),
         projection_dim=16,
         augmentation_hidden_size=8,
@@ -90,7 +104,9 @@ def text_batch(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
 def multi_view_batch(batch: int, views: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed + 1)
     pixel_values = torch.randn(batch, views, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
-    params = identity_params((batch, views)) + 0.3 * torch.rand(batch, views, AUGMENTATION_PARAM_DIM, generator=generator)
+    params = identity_params((batch, views)) + 0.3 * torch.rand(
+        batch, views, AUGMENTATION_PARAM_DIM, generator=generator
+    )
     return {**text_batch(batch, seed), "pixel_values": pixel_values, "augmentation_params": params}
 
 
@@ -101,10 +117,17 @@ def test_default_config_is_vit_b32_with_clip_text_tower():
     config = UniCLIPConfig()
     vision, text = config.vision_config, config.text_config
     assert (vision.model_type, vision.hidden_size, vision.num_hidden_layers, vision.patch_size, vision.image_size) == (
-        "clip_vision_model", 768, 12, 32, 224,
+        "clip_vision_model",
+        768,
+        12,
+        32,
+        224,
     )
     assert (text.model_type, text.hidden_size, text.num_hidden_layers, text.num_attention_heads) == (
-        "clip_text_model", 512, 12, 8,
+        "clip_text_model",
+        512,
+        12,
+        8,
     )
     assert config.num_views == 2 and config.augmentation_param_dim == AUGMENTATION_PARAM_DIM
     assert config.identity_augmentation_params == list(IDENTITY_PARAMS)
@@ -114,11 +137,27 @@ def test_default_config_is_vit_b32_with_clip_text_tower():
 
 def test_config_round_trip_with_dict_towers(tmp_path):
     config = UniCLIPConfig(
-        vision_config={"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4,
-                       "intermediate_size": 64, "image_size": 32, "patch_size": 16},
-        text_config={"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4,
-                     "intermediate_size": 64, "vocab_size": 100},
-        num_views=3, augmentation_fusion="concat", logit_scale_init_value=[1.0, 2.0, 3.0], contrastive_loss="supcon",
+        vision_config={
+            "model_type": "vit",
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            "intermediate_size": 64,
+            "image_size": 32,
+            "patch_size": 16,
+        },
+        text_config={
+            "model_type": "bert",
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            "intermediate_size": 64,
+            "vocab_size": 100,
+        },
+        num_views=3,
+        augmentation_fusion="concat",
+        logit_scale_init_value=[1.0, 2.0, 3.0],
+        contrastive_loss="supcon",
     )
     config.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
@@ -193,7 +232,9 @@ def loop_reference(image_view_embeds, text_embeds, logit_scale, logit_offset, va
 
 def _random_embeddings(n=4, views=2, dim=8, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    images = torch.nn.functional.normalize(torch.randn(n, views, dim, generator=generator, dtype=torch.float64), dim=-1)
+    images = torch.nn.functional.normalize(
+        torch.randn(n, views, dim, generator=generator, dtype=torch.float64), dim=-1
+    )
     texts = torch.nn.functional.normalize(torch.randn(n, dim, generator=generator, dtype=torch.float64), dim=-1)
     return images, texts
 
@@ -220,7 +261,9 @@ def test_mp_nce_differs_from_supcon_and_infonce():
     # With two positives per anchor the variants are different losses (a test that a switch is not ignored).
     images, texts = _random_embeddings(n=3, views=2, seed=1)
     scale, offset = torch.tensor([2.0, 2.0, 2.0], dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
-    values = {v: unified_contrastive_loss(images, texts, scale, offset, v).item() for v in ("mp_nce", "supcon", "infonce")}
+    values = {
+        v: unified_contrastive_loss(images, texts, scale, offset, v).item() for v in ("mp_nce", "supcon", "infonce")
+    }
     assert values["mp_nce"] < values["infonce"] and values["mp_nce"] != pytest.approx(values["supcon"])
 
 
@@ -228,7 +271,9 @@ def test_domain_scaled_similarity_formula():
     cosine = torch.tensor([[0.5, -0.2], [0.1, 0.9]])
     pairs = torch.tensor([[0, 1], [1, 2]])
     scale, offset = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([0.1, 0.2, 0.3])
-    expected = torch.tensor([[1 * (0.5 - 0.1), math.e * (-0.2 - 0.2)], [math.e * (0.1 - 0.2), math.e**2 * (0.9 - 0.3)]])
+    expected = torch.tensor(
+        [[1 * (0.5 - 0.1), math.e * (-0.2 - 0.2)], [math.e * (0.1 - 0.2), math.e**2 * (0.9 - 0.3)]]
+    )
     torch.testing.assert_close(domain_scaled_similarity(cosine, pairs, scale, offset), expected)
     torch.testing.assert_close(domain_scaled_similarity(cosine, pairs, torch.tensor([1.0])), math.e * cosine)
 
@@ -322,7 +367,11 @@ def test_tuple_output_and_single_modality():
         as_tuple = model(**batch, pixel_values=torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE), return_dict=False)
         text_only = model(**batch)
     assert torch.is_tensor(as_tuple[0])  # logits_per_image first when there is no loss
-    assert text_only.image_embeds is None and text_only.logits_per_image is None and text_only.text_embeds.shape == (2, 16)
+    assert (
+        text_only.image_embeds is None
+        and text_only.logits_per_image is None
+        and text_only.text_embeds.shape == (2, 16)
+    )
 
 
 def test_clear_errors_for_views_params_and_missing_inputs():
@@ -344,7 +393,10 @@ def test_clear_errors_for_views_params_and_missing_inputs():
     with pytest.raises(ValueError, match="needs both"):
         model(pixel_values=batch["pixel_values"], augmentation_params=batch["augmentation_params"], return_loss=True)
     with pytest.raises(ValueError, match="pairs image i with text i"):
-        model(**dict(batch, input_ids=batch["input_ids"][:1], attention_mask=batch["attention_mask"][:1]), return_loss=True)
+        model(
+            **dict(batch, input_ids=batch["input_ids"][:1], attention_mask=batch["attention_mask"][:1]),
+            return_loss=True,
+        )
 
 
 def test_similarity_parameters_start_at_the_config_values():
@@ -373,11 +425,13 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     batch = multi_view_batch(3)
     plain, checkpointed = tiny_model(seed=1).train(), tiny_model(seed=1).train()
     checkpointed.activation_checkpointing_enable()
-    assert checkpointed.vision_model.is_activation_checkpointing and checkpointed.text_model.is_activation_checkpointing
+    assert (
+        checkpointed.vision_model.is_activation_checkpointing and checkpointed.text_model.is_activation_checkpointing
+    )
     for model in (plain, checkpointed):
         model(**batch, return_loss=True).loss.backward()
     for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(q.grad, p.grad, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_auto_model_from_config_trains_a_step_on_multi_view_input():
@@ -405,7 +459,9 @@ def test_loss_with_real_augmentation_views():
     rng = np.random.default_rng(0)
     views, params = zip(*(aug(Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))) for _ in range(3)))
     model = tiny_model()
-    loss = model(**text_batch(3), pixel_values=torch.stack(views), augmentation_params=torch.stack(params), return_loss=True).loss
+    loss = model(
+        **text_batch(3), pixel_values=torch.stack(views), augmentation_params=torch.stack(params), return_loss=True
+    ).loss
     assert torch.isfinite(loss) and loss > 0
 
 
@@ -415,8 +471,11 @@ def test_model_loss_is_the_unified_loss_over_its_embeddings():
         model.logit_scale.copy_(torch.tensor([1.0, 2.0, 1.5]))
         outputs = model(**multi_view_batch(3), return_loss=True)
     expected = loop_reference(
-        outputs.image_view_embeds.double(), outputs.text_embeds.double(), model.logit_scale.double(),
-        model.logit_offset.double(), "mp_nce",
+        outputs.image_view_embeds.double(),
+        outputs.text_embeds.double(),
+        model.logit_scale.double(),
+        model.logit_offset.double(),
+        "mp_nce",
     )
     assert outputs.loss.item() == pytest.approx(expected, rel=1e-5)
 
@@ -490,7 +549,11 @@ def test_two_process_loss_and_gradients_equal_one_process(tmp_path):
         torch.testing.assert_close(distributed[variant + "/loss"], loss.detach(), rtol=1e-10, atol=1e-12)
         for name, p in model.named_parameters():
             torch.testing.assert_close(
-                distributed[variant + "/grad/" + name], p.grad, rtol=1e-8, atol=1e-12, msg=lambda m: f"{variant} {name}: {m}"
+                distributed[variant + "/grad/" + name],
+                p.grad,
+                rtol=1e-8,
+                atol=1e-12,
+                msg=lambda m, variant=variant, name=name: f"{variant} {name}: {m}",
             )
 
 
@@ -522,8 +585,13 @@ def test_save_load_gives_identical_outputs(saved_model_folder):
     for key in ("loss", "logits_per_image", "image_view_embeds", "text_embeds"):
         torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0)
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
-    assert auto_map["AutoModel"] == auto_map["AutoModelForZeroShotImageClassification"] == "modeling_uniclip.UniCLIPModel"
-    assert (folder / "augmentation.py").is_file()  # the config's layout constants travel with the remote code
+    assert (
+        auto_map["AutoModel"] == auto_map["AutoModelForZeroShotImageClassification"] == "modeling_uniclip.UniCLIPModel"
+    )
+    # The remote code is the model's own files: no training module, nothing that needs torchvision.
+    assert not (folder / "augmentation.py").exists()
+    for code_file in folder.glob("*.py"):
+        assert "torchvision" not in code_file.read_text(), code_file.name
 
 
 def test_single_tower_models_load_from_the_dual_encoder_folder(saved_model_folder):
@@ -544,7 +612,9 @@ def test_processor_round_trip(saved_model_folder):
     inputs = processor(text=["a photo", "a longer photo of a cat"], images=[image], padding=True, return_tensors="pt")
     assert inputs["pixel_values"].shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
     # CLIP mean/std, the same constants as MultiViewAugmentation.
-    expected = (128 / 255 - torch.tensor(processor.image_processor.image_mean)) / torch.tensor(processor.image_processor.image_std)
+    expected = (128 / 255 - torch.tensor(processor.image_processor.image_mean)) / torch.tensor(
+        processor.image_processor.image_std
+    )
     torch.testing.assert_close(inputs["pixel_values"][0, :, 0, 0], expected, atol=1e-2, rtol=0)
     assert inputs["input_ids"].shape[0] == 2
 
@@ -563,7 +633,12 @@ def test_zero_shot_pipeline(saved_model_folder):
     assert sum(s["score"] for s in scores) == pytest.approx(1.0, abs=1e-5)
     # The scores are the softmax of the model's image-text logits.
     processor = UniCLIPProcessor.from_pretrained(folder)
-    inputs = processor(text=[f"This is a photo of {l}." for l in labels], images=[_test_image()], padding=True, return_tensors="pt")
+    inputs = processor(
+        text=[f"This is a photo of {label}." for label in labels],
+        images=[_test_image()],
+        padding=True,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         probs = model(**inputs).logits_per_image.softmax(-1)[0]
     by_label = {s["label"]: s["score"] for s in scores}
@@ -580,7 +655,10 @@ def test_remote_code_without_the_package(saved_model_folder, run_without_package
             "image": model.get_image_features(pixels).pooler_output,
             "multi_view": model(**batch).image_view_embeds,
         }
-    save_file({"pixels": pixels, **{k: v.contiguous() for k, v in batch.items()}, **expected}, str(tmp_path / "io.safetensors"))
+    save_file(
+        {"pixels": pixels, **{k: v.contiguous() for k, v in batch.items()}, **expected},
+        str(tmp_path / "io.safetensors"),
+    )
     _test_image().save(tmp_path / "image.png")
     result = run_without_package(
         f"""

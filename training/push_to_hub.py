@@ -20,7 +20,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script from a source checkout: make `hf_unified` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_unified.hub import HubPushError, IncompleteModelFolderError, PushResult, push_folder  # noqa: E402
+from hf_unified.hub.push import HubPushError, IncompleteModelFolderError, PushResult, push_folder  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

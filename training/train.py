@@ -8,7 +8,7 @@ command line override it. `model_type` (unicl | uniclip | msclip) picks the mode
 computes its own distributed-exact loss when called with `return_loss=True` (UniCL also takes `labels`, -1 for an
 image-text pair).
 
-Without `train_data` pointing elsewhere the run uses the embedded "shapes" data (`hf_unified.synthetic_data`),
+Without `train_data` pointing elsewhere the run uses the embedded "shapes" data (`hf_unified.training.synthetic_data`),
 generated into `data/shapes` on first use, and a caption tokenizer trained on the training texts, so it runs offline.
 
 Outputs in `output_dir`: `checkpoint-<step>/` (accelerate state + data-stream position, written atomically),
@@ -40,23 +40,41 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `python training/train.py` from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO_ROOT))
 
-from hf_unified import data as data_lib  # noqa: E402
-from hf_unified import synthetic_data  # noqa: E402
-from hf_unified.evaluation import evaluate_model  # noqa: E402
 from hf_unified.prompts import OPENAI_IMAGENET_TEMPLATES, UNICL_TEMPLATES  # noqa: E402
+from hf_unified.training import data as data_lib  # noqa: E402
+from hf_unified.training import synthetic_data  # noqa: E402
+from hf_unified.training.evaluation import evaluate_model  # noqa: E402
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer also runs in DataLoader workers
 
 # model_type -> (config class, model class, processor class, image-processor factory, trains with labels,
 # trains on multi-view augmentations), as "module:attribute" so a method whose files are absent fails only when used.
 METHODS = {
-    "unicl": ("configuration_unicl:UniCLConfig", "modeling_unicl:UniCLModel", "processing_unicl:UniCLProcessor",
-              "processing_unicl:unicl_image_processor", True, False),
-    "uniclip": ("configuration_uniclip:UniCLIPConfig", "modeling_uniclip:UniCLIPModel",
-                "processing_uniclip:UniCLIPProcessor", "processing_uniclip:uniclip_image_processor", False, True),
-    "msclip": ("configuration_msclip:MSCLIPConfig", "modeling_msclip:MSCLIPModel", "processing_msclip:MSCLIPProcessor",
-               "processing_msclip:msclip_image_processor", False, False),
-}  # fmt: skip
+    "unicl": (
+        "configuration_unicl:UniCLConfig",
+        "modeling_unicl:UniCLModel",
+        "processing_unicl:UniCLProcessor",
+        "processing_unicl:unicl_image_processor",
+        True,
+        False,
+    ),
+    "uniclip": (
+        "configuration_uniclip:UniCLIPConfig",
+        "modeling_uniclip:UniCLIPModel",
+        "processing_uniclip:UniCLIPProcessor",
+        "processing_uniclip:uniclip_image_processor",
+        False,
+        True,
+    ),
+    "msclip": (
+        "configuration_msclip:MSCLIPConfig",
+        "modeling_msclip:MSCLIPModel",
+        "processing_msclip:MSCLIPProcessor",
+        "processing_msclip:msclip_image_processor",
+        False,
+        False,
+    ),
+}
 TEMPLATE_SETS = {
     "unicl": UNICL_TEMPLATES,
     "openai": OPENAI_IMAGENET_TEMPLATES,
@@ -94,11 +112,15 @@ class DataArguments:
         default_factory=lambda: ["data/shapes/train-*.tar"],
         metadata={"help": "sources: .tar shards (dir/glob), .parquet files, an imagefolder dir, or a Hub id"},
     )
-    train_format: list[str] | None = field(default=None, metadata={"help": "per source: webdataset|parquet|imagefolder|hub"})
+    train_format: list[str] | None = field(
+        default=None, metadata={"help": "per source: webdataset|parquet|imagefolder|hub"}
+    )
     train_split: str = field(default="train", metadata={"help": "split of Hub/imagefolder training sources"})
     image_column: list[str] = field(default_factory=lambda: ["jpg"], metadata={"help": "per source (or one for all)"})
     text_column: list[str] = field(default_factory=lambda: ["txt"], metadata={"help": "per source; 'none' = no text"})
-    label_column: list[str] = field(default_factory=lambda: ["none"], metadata={"help": "per source; 'none' = no label"})
+    label_column: list[str] = field(
+        default_factory=lambda: ["none"], metadata={"help": "per source; 'none' = no label"}
+    )
     train_probabilities: list[float] | None = field(default=None, metadata={"help": "mixing weights of the sources"})
     eval_data: str | None = field(default="data/shapes/eval-*.tar", metadata={"help": "evaluation source; '' = none"})
     eval_format: str | None = None
@@ -109,23 +131,35 @@ class DataArguments:
     eval_max_samples: int | None = field(default=None, metadata={"help": "cap the evaluation set (per rank)"})
     class_names_file: str | None = field(
         default="data/shapes/classes.json",
-        metadata={"help": "JSON list (entries may be synonym lists) or text file (one class a line, synonyms by commas)"},
+        metadata={
+            "help": "JSON list (entries may be synonym lists) or text file (one class a line, synonyms by commas)"
+        },
     )
-    templates: str = field(default="unicl", metadata={"help": "prompts for labelled training data: unicl|openai|shapes|name|<file.json>"})
+    templates: str = field(
+        default="unicl", metadata={"help": "prompts for labelled training data: unicl|openai|shapes|name|<file.json>"}
+    )
     eval_templates: str | None = field(default=None, metadata={"help": "zero-shot prompts; default: templates"})
     map_captions_to_labels: bool = field(
-        default=False, metadata={"help": "captions naming exactly one class (names+synonyms, whole words) take its label"}
+        default=False,
+        metadata={"help": "captions naming exactly one class (names+synonyms, whole words) take its label"},
     )
-    label_vocabulary_file: str | None = field(default=None, metadata={"help": "names+synonyms; default class_names_file"})
+    label_vocabulary_file: str | None = field(
+        default=None, metadata={"help": "names+synonyms; default class_names_file"}
+    )
     shuffle_buffer_size: int = 1000
     num_workers: int = field(default=2, metadata={"help": "DataLoader workers decoding and augmenting"})
     image_size: int = 224
-    resize_ratio: float = field(default=256 / 224, metadata={"help": "evaluation resize = image_size * ratio, then centre crop"})
+    resize_ratio: float = field(
+        default=256 / 224, metadata={"help": "evaluation resize = image_size * ratio, then centre crop"}
+    )
     crop_scale_min: float = field(
-        default=0.5, metadata={"help": "random-resized-crop area range [min, 1] (single view); 1 = resize + centre crop"}
+        default=0.5,
+        metadata={"help": "random-resized-crop area range [min, 1] (single view); 1 = resize + centre crop"},
     )
     horizontal_flip: bool = field(default=False, metadata={"help": "off by default: captions may say left/right"})
-    augmentation_kwargs: dict | str | None = field(default=None, metadata={"help": "UniCLIP MultiViewAugmentation kwargs"})
+    augmentation_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "UniCLIP MultiViewAugmentation kwargs"}
+    )
     embedded_data_dir: str = field(default="data/shapes", metadata={"help": "generated here when a source uses it"})
 
     def __post_init__(self):
@@ -141,8 +175,11 @@ class TrainArguments:
     per_device_eval_batch_size: int = 128
     max_steps: int = 1000
     stop_at_step: int = field(
-        default=0, metadata={"help": "end this run after this step, checkpointed, without changing the schedule "
-                                     "(time-limited jobs; resume later with --resume_from_checkpoint latest)"}
+        default=0,
+        metadata={
+            "help": "end this run after this step, checkpointed, without changing the schedule "
+            "(time-limited jobs; resume later with --resume_from_checkpoint latest)"
+        },
     )
     learning_rate: float = 5e-4
     weight_decay: float = 0.1
@@ -154,7 +191,9 @@ class TrainArguments:
     gradient_accumulation_steps: int = field(
         default=1, metadata={"help": "micro-batches per step; each micro-batch's loss sees only its own negatives"}
     )
-    mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU) | no | bf16 | fp16"})
+    mixed_precision: str = field(
+        default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU) | no | bf16 | fp16"}
+    )
     gradient_checkpointing: bool = False
     use_cpu: bool = field(default=False, metadata={"help": "train on the CPU even when a GPU is present"})
     torch_compile: bool = False
@@ -166,7 +205,9 @@ class TrainArguments:
     save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept (0 = all)"})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder or 'latest'"})
     do_eval: bool = True
-    report_to: list[str] | None = field(default=None, metadata={"help": "accelerate trackers: tensorboard, trackio, ..."})
+    report_to: list[str] | None = field(
+        default=None, metadata={"help": "accelerate trackers: tensorboard, trackio, ..."}
+    )
     project_name: str = "hf-unified"
     push_to_hub: bool = False
     hub_model_id: str | None = None
@@ -222,7 +263,9 @@ def _templates(spec: str) -> tuple[str, ...]:
         templates = json.loads(Path(spec).read_text())
         if templates and all(isinstance(t, str) and "{}" in t for t in templates):
             return tuple(templates)
-    raise ValueError(f"templates must be one of {sorted(TEMPLATE_SETS)} or a JSON list of '{{}}' strings, got {spec!r}")
+    raise ValueError(
+        f"templates must be one of {sorted(TEMPLATE_SETS)} or a JSON list of '{{}}' strings, got {spec!r}"
+    )
 
 
 def train_sources(args: DataArguments) -> list[data_lib.SourceSpec]:
@@ -235,7 +278,9 @@ def train_sources(args: DataArguments) -> list[data_lib.SourceSpec]:
     labels = _per_source(args.label_column, count, "label_column")
     probabilities = _per_source(args.train_probabilities, count, "train_probabilities", default=1.0)
     return [
-        data_lib.SourceSpec(path, images[i], texts[i], labels[i], float(probabilities[i]), formats[i], args.train_split)
+        data_lib.SourceSpec(
+            path, images[i], texts[i], labels[i], float(probabilities[i]), formats[i], args.train_split
+        )
         for i, path in enumerate(args.train_data)
     ]
 
@@ -245,8 +290,9 @@ def eval_source(args: DataArguments) -> data_lib.SourceSpec | None:
         return None
     label = None if args.eval_label_column.lower() in ("", "none") else args.eval_label_column
     text = None if args.eval_text_column.lower() in ("", "none") else args.eval_text_column
-    return data_lib.SourceSpec(args.eval_data, args.eval_image_column, text, label, 1.0, args.eval_format,
-                               args.eval_split)  # fmt: skip
+    return data_lib.SourceSpec(
+        args.eval_data, args.eval_image_column, text, label, 1.0, args.eval_format, args.eval_split
+    )
 
 
 def ensure_embedded_data(args: DataArguments, accelerator: Accelerator) -> None:
@@ -260,11 +306,12 @@ def ensure_embedded_data(args: DataArguments, accelerator: Accelerator) -> None:
                 synthetic_data.ensure_dataset(root)
 
 
-def build_tokenizer(model_args: ModelArguments, specs, seed: int, class_names, templates, output_dir: Path,
-                    accelerator):
+def build_tokenizer(
+    model_args: ModelArguments, specs, seed: int, class_names, templates, output_dir: Path, accelerator
+):
     if model_args.tokenizer_name_or_path:
         return AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path)
-    from hf_unified.tokenization import train_caption_tokenizer
+    from hf_unified.training.tokenization import train_caption_tokenizer
 
     folder = output_dir / "tokenizer"
     with accelerator.main_process_first():
@@ -327,16 +374,23 @@ class ProcessorTransform:
 def train_transform(model, data_args: DataArguments, image_processor):
     mean, std = list(image_processor.image_mean), list(image_processor.image_std)
     if METHODS[model.config.model_type][5]:
-        from hf_unified.augmentation import MultiViewAugmentation
+        from hf_unified.training.augmentation import MultiViewAugmentation
 
-        kwargs = {"num_views": model.config.num_views, "size": data_args.image_size, "image_mean": mean,
-                  "image_std": std, "flip_p": 0.5 if data_args.horizontal_flip else 0.0}  # fmt: skip
+        kwargs = {
+            "num_views": model.config.num_views,
+            "size": data_args.image_size,
+            "image_mean": mean,
+            "image_std": std,
+            "flip_p": 0.5 if data_args.horizontal_flip else 0.0,
+        }
         return MultiViewAugmentation(**{**kwargs, **data_args.augmentation_kwargs})
     if data_args.crop_scale_min >= 1.0:  # no random crop: resize and centre crop
         steps = [v2.ToImage(), v2.Resize(data_args.image_size, antialias=True), v2.CenterCrop(data_args.image_size)]
     else:
-        steps = [v2.ToImage(), v2.RandomResizedCrop(data_args.image_size, scale=(data_args.crop_scale_min, 1.0),
-                                                     antialias=True)]  # fmt: skip
+        steps = [
+            v2.ToImage(),
+            v2.RandomResizedCrop(data_args.image_size, scale=(data_args.crop_scale_min, 1.0), antialias=True),
+        ]
     if data_args.horizontal_flip:
         steps.append(v2.RandomHorizontalFlip())
     return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
@@ -345,17 +399,27 @@ def train_transform(model, data_args: DataArguments, image_processor):
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: no weight decay on norms, biases, embeddings and temperatures (all 0/1-d or embedding
     tables), decay on the other matrices."""
-    no_decay_modules = (torch.nn.LayerNorm, torch.nn.Embedding, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm)
+    no_decay_modules = (
+        torch.nn.LayerNorm,
+        torch.nn.Embedding,
+        torch.nn.GroupNorm,
+        torch.nn.modules.batchnorm._BatchNorm,
+    )
     no_decay = set()
     for module_name, module in model.named_modules():
         if isinstance(module, no_decay_modules) or "norm" in type(module).__name__.lower():
-            no_decay.update(f"{module_name}.{n}" if module_name else n for n, _ in module.named_parameters(recurse=False))
+            no_decay.update(
+                f"{module_name}.{n}" if module_name else n for n, _ in module.named_parameters(recurse=False)
+            )
     decay_params, plain_params = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        skip = param.ndim < 2 or name in no_decay or "embed" in name.split(".")[-2 if "." in name else -1] or re.search(
-            r"(logit_scale|logit_offset|logit_bias|temperature|position_embedding|class_embedding)", name
+        skip = (
+            param.ndim < 2
+            or name in no_decay
+            or "embed" in name.split(".")[-2 if "." in name else -1]
+            or re.search(r"(logit_scale|logit_offset|logit_bias|temperature|position_embedding|class_embedding)", name)
         )
         (plain_params if skip else decay_params).append(param)
     return [{"params": decay_params, "weight_decay": weight_decay}, {"params": plain_params, "weight_decay": 0.0}]
@@ -406,7 +470,7 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, stream, counters: 
 
 def write_model_card(output_dir: Path, model_type: str, eval_results: dict, training_args: dict) -> bool:
     try:
-        from hf_unified.model_card import write_model_card as render
+        from hf_unified.hub.model_card import write_model_card as render
     except ImportError:
         return False
     render(output_dir, model_type, eval_results=eval_results, training_args=training_args)
@@ -439,8 +503,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Data first: a wrong column or path fails here, before anything is built or trained.
     specs = train_sources(data_args)
-    stream = data_lib.build_stream(specs, train_args.seed, accelerator.process_index, accelerator.num_processes,
-                                   data_args.shuffle_buffer_size)  # fmt: skip
+    stream = data_lib.build_stream(
+        specs, train_args.seed, accelerator.process_index, accelerator.num_processes, data_args.shuffle_buffer_size
+    )
     eval_spec = eval_source(data_args) if train_args.do_eval else None
     if eval_spec is not None:
         data_lib.open_source(eval_spec)
@@ -456,7 +521,9 @@ def main(argv: list[str] | None = None) -> dict:
             raise ValueError("map_captions_to_labels needs label_vocabulary_file or class_names_file")
         vocabulary = data_lib.LabelVocabulary(names)
 
-    tokenizer = build_tokenizer(model_args, specs, train_args.seed, class_names, templates + eval_templates, output_dir, accelerator)
+    tokenizer = build_tokenizer(
+        model_args, specs, train_args.seed, class_names, templates + eval_templates, output_dir, accelerator
+    )
     model = build_model(model_args, tokenizer, data_args.image_size)
     model_args.model_type = model.config.model_type  # a loaded model decides the method
     uses_labels = METHODS[model_args.model_type][4]
@@ -472,9 +539,15 @@ def main(argv: list[str] | None = None) -> dict:
         with_labels=uses_labels,
         multi_view=METHODS[model_args.model_type][5],
     )
-    train_stream = data_lib.TrainStream(stream, decode, tokenizer, model_args.max_text_length,
-                                        train_args.per_device_train_batch_size, train_args.seed,
-                                        accelerator.process_index)  # fmt: skip
+    train_stream = data_lib.TrainStream(
+        stream,
+        decode,
+        tokenizer,
+        model_args.max_text_length,
+        train_args.per_device_train_batch_size,
+        train_args.seed,
+        accelerator.process_index,
+    )
 
     optimizer = torch.optim.AdamW(
         parameter_groups(model, train_args.weight_decay),
@@ -501,29 +574,40 @@ def main(argv: list[str] | None = None) -> dict:
             counters.update(state)
             data_state = checkpoint / f"data_state_rank{accelerator.process_index}.json"
             if not data_state.exists():
-                raise ValueError(f"{checkpoint} has no data state for rank {accelerator.process_index} "
-                                 "(resume with the number of processes it was saved with)")  # fmt: skip
+                raise ValueError(
+                    f"{checkpoint} has no data state for rank {accelerator.process_index} "
+                    "(resume with the number of processes it was saved with)"
+                )
             train_stream.load_state_dict(json.loads(data_state.read_text()))
             accelerator.print(f"resumed from {checkpoint} at step {start_step}")
 
     if train_args.report_to:
-        flat = {k: v for k, v in {**asdict(model_args), **asdict(data_args), **asdict(train_args)}.items()
-                if isinstance(v, (int, float, str, bool))}  # fmt: skip
+        flat = {
+            k: v
+            for k, v in {**asdict(model_args), **asdict(data_args), **asdict(train_args)}.items()
+            if isinstance(v, (int, float, str, bool))
+        }
         accelerator.init_trackers(train_args.project_name, config=flat)
 
-    loader = torch.utils.data.DataLoader(train_stream, batch_size=None, num_workers=data_args.num_workers,
-                                         persistent_workers=False)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        train_stream, batch_size=None, num_workers=data_args.num_workers, persistent_workers=False
+    )
     batches = iter(loader)
     unwrapped = accelerator.unwrap_model(model)
     log_file = output_dir / "training_log.jsonl"
-    progress = tqdm(total=train_args.max_steps, initial=start_step, desc=f"{model_args.model_type}",
-                    disable=not accelerator.is_main_process or train_args.disable_tqdm, dynamic_ncols=True)  # fmt: skip
+    progress = tqdm(
+        total=train_args.max_steps,
+        initial=start_step,
+        desc=f"{model_args.model_type}",
+        disable=not accelerator.is_main_process or train_args.disable_tqdm,
+        dynamic_ncols=True,
+    )
     eval_results: dict = {}
 
     def next_batch() -> dict:
         # Skipped samples are counted; a batch that lost every sample is passed over (deterministically).
         while True:
-            batch = next(batches)
+            batch = next(batches)  # noqa: F821 (deleted only after the loop)
             train_stream.batches_consumed += 1
             counters["samples_skipped"] += batch["num_skipped"]
             counters["captions_mapped_to_labels"] += batch["num_mapped"]
@@ -534,13 +618,24 @@ def main(argv: list[str] | None = None) -> dict:
         loader = data_lib.eval_dataloader(
             eval_spec,
             data_lib.DecodeConfig(ProcessorTransform(processor.image_processor), class_names, eval_templates),
-            tokenizer, model_args.max_text_length, train_args.per_device_eval_batch_size,
-            accelerator.process_index, accelerator.num_processes, data_args.num_workers,
-        )  # fmt: skip
+            tokenizer,
+            model_args.max_text_length,
+            train_args.per_device_eval_batch_size,
+            accelerator.process_index,
+            accelerator.num_processes,
+            data_args.num_workers,
+        )
         if data_args.eval_max_samples:
             loader = _take_samples(loader, data_args.eval_max_samples)
-        results = evaluate_model(accelerator.unwrap_model(model), loader, tokenizer, class_names, eval_templates,
-                                 accelerator, retrieval=eval_spec.text_column is not None)  # fmt: skip
+        results = evaluate_model(
+            accelerator.unwrap_model(model),
+            loader,
+            tokenizer,
+            class_names,
+            eval_templates,
+            accelerator,
+            retrieval=eval_spec.text_column is not None,
+        )
         accelerator.log({f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))}, step=step)
         summary = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in results.items())
         accelerator.print(f"[eval step {step}] {summary}")
@@ -553,8 +648,11 @@ def main(argv: list[str] | None = None) -> dict:
         step_loss = torch.zeros((), device=accelerator.device)
         for _ in range(train_args.gradient_accumulation_steps):
             batch = next_batch()
-            inputs = {k: batch[k].to(accelerator.device) for k in
-                      ("input_ids", "attention_mask", "pixel_values", "labels", "augmentation_params") if k in batch}  # fmt: skip
+            inputs = {
+                k: batch[k].to(accelerator.device)
+                for k in ("input_ids", "attention_mask", "pixel_values", "labels", "augmentation_params")
+                if k in batch
+            }
             window_samples += inputs["pixel_values"].shape[0]
             with accelerator.accumulate(model):
                 loss = model(**inputs, return_loss=True).loss
@@ -584,13 +682,19 @@ def main(argv: list[str] | None = None) -> dict:
             if accelerator.is_main_process:
                 with log_file.open("a") as handle:
                     handle.write(json.dumps(record) + "\n")
-            progress.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{record['samples_per_second']:.1f}",
-                                 lr=f"{record['lr']:.2e}")  # fmt: skip
+            progress.set_postfix(
+                loss=f"{mean_loss:.4f}", samples_s=f"{record['samples_per_second']:.1f}", lr=f"{record['lr']:.2e}"
+            )
             window_start, window_samples = time.perf_counter(), 0
         progress.update(1)
         if train_args.save_steps and step % train_args.save_steps == 0 and step < train_args.max_steps:
             save_checkpoint(accelerator, output_dir, step, train_stream, counters, train_args.save_total_limit)
-        if eval_spec is not None and train_args.eval_steps and step % train_args.eval_steps == 0 and step < train_args.max_steps:
+        if (
+            eval_spec is not None
+            and train_args.eval_steps
+            and step % train_args.eval_steps == 0
+            and step < train_args.max_steps
+        ):
             run_eval(step)
     progress.close()
     del batches, loader  # stop the workers
@@ -598,11 +702,15 @@ def main(argv: list[str] | None = None) -> dict:
     if (train_args.save_steps and last_step > start_step) or last_step < train_args.max_steps:
         save_checkpoint(accelerator, output_dir, last_step, train_stream, counters, train_args.save_total_limit)
     if last_step < train_args.max_steps:
-        accelerator.print(f"stopped at step {last_step} of {train_args.max_steps}; resume with --resume_from_checkpoint latest")
+        accelerator.print(
+            f"stopped at step {last_step} of {train_args.max_steps}; resume with --resume_from_checkpoint latest"
+        )
         accelerator.end_training()
         return {"eval_results": {}, "counters": counters, "output_dir": str(output_dir)}
     skipped = int(accelerator.reduce(torch.tensor(counters["samples_skipped"], device=accelerator.device), "sum"))
-    mapped = int(accelerator.reduce(torch.tensor(counters["captions_mapped_to_labels"], device=accelerator.device), "sum"))
+    mapped = int(
+        accelerator.reduce(torch.tensor(counters["captions_mapped_to_labels"], device=accelerator.device), "sum")
+    )
     accelerator.print(f"training samples skipped as corrupt or incomplete: {skipped}")
     if vocabulary is not None:
         accelerator.print(f"captions mapped to a class label: {mapped}")
@@ -618,7 +726,7 @@ def main(argv: list[str] | None = None) -> dict:
         training_args = {**asdict(model_args), **asdict(data_args), **asdict(train_args)}
         (output_dir / "training_args.json").write_text(json.dumps(training_args, indent=2, default=str))
         if not write_model_card(output_dir, model_args.model_type, eval_results, training_args):
-            accelerator.print("hf_unified.model_card is not available: no model card written")
+            accelerator.print("hf_unified.hub.model_card is not available: no model card written")
         if "zero_shot_top1_accuracy" in eval_results:
             accelerator.print(
                 f"zero-shot top-1 accuracy: {100 * eval_results['zero_shot_top1_accuracy']:.1f}% "

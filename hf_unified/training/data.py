@@ -106,11 +106,13 @@ def open_source(spec: SourceSpec) -> IterableDataset:
         ValueError: the source lacks a named column (the message lists the columns it has).
     """
     if spec.format == "webdataset":
-        dataset = load_dataset("webdataset", data_files={"train": _files(spec.path, (".tar",))}, split="train",
-                               streaming=True)  # fmt: skip
+        dataset = load_dataset(
+            "webdataset", data_files={"train": _files(spec.path, (".tar",))}, split="train", streaming=True
+        )
     elif spec.format == "parquet":
-        dataset = load_dataset("parquet", data_files={"train": _files(spec.path, (".parquet",))}, split="train",
-                               streaming=True)  # fmt: skip
+        dataset = load_dataset(
+            "parquet", data_files={"train": _files(spec.path, (".parquet",))}, split="train", streaming=True
+        )
     elif spec.format == "imagefolder":
         dataset = load_dataset("imagefolder", data_dir=spec.path, split=spec.split, streaming=True)
     else:
@@ -145,7 +147,9 @@ def build_stream(
     if len(datasets) > 1:
         total = sum(spec.probability for spec in specs)
         if total <= 0 or any(spec.probability < 0 for spec in specs):
-            raise ValueError(f"source probabilities must be >= 0 with a positive sum, got {[s.probability for s in specs]}")
+            raise ValueError(
+                f"source probabilities must be >= 0 with a positive sum, got {[s.probability for s in specs]}"
+            )
         stream = interleave_datasets(
             datasets,
             probabilities=[spec.probability / total for spec in specs],
@@ -261,8 +265,9 @@ def collate(items: list[dict | None], tokenizer, max_length: int, with_labels: b
     batch = {"num_skipped": len(items) - len(good), "num_mapped": sum(item["mapped"] for item in good)}
     if not good:
         return batch
-    text = tokenizer([item["text"] for item in good], padding=True, truncation=True, max_length=max_length,
-                     return_tensors="pt")  # fmt: skip
+    text = tokenizer(
+        [item["text"] for item in good], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
     batch["input_ids"], batch["attention_mask"] = text["input_ids"], text["attention_mask"]
     batch["pixel_values"] = torch.stack([item["pixel_values"] for item in good])
     if "augmentation_params" in good[0]:
@@ -288,8 +293,16 @@ class TrainStream(torch.utils.data.IterableDataset):
     stream is split over workers; `state_dict()` / `load_state_dict()` record how many batches were consumed.
     """
 
-    def __init__(self, stream: IterableDataset, decode: DecodeConfig, tokenizer, max_length: int, batch_size: int,
-                 seed: int, rank: int):  # fmt: skip
+    def __init__(
+        self,
+        stream: IterableDataset,
+        decode: DecodeConfig,
+        tokenizer,
+        max_length: int,
+        batch_size: int,
+        seed: int,
+        rank: int,
+    ):
         super().__init__()
         self.stream, self.decode, self.tokenizer, self.max_length = stream, decode, tokenizer, max_length
         self.batch_size, self.seed, self.rank = batch_size, seed, rank
@@ -300,7 +313,9 @@ class TrainStream(torch.utils.data.IterableDataset):
 
     def load_state_dict(self, state: dict) -> None:
         if state["batch_size"] != self.batch_size:
-            raise ValueError(f"the checkpoint's data stream used batch_size {state['batch_size']}, now {self.batch_size}")
+            raise ValueError(
+                f"the checkpoint's data stream used batch_size {state['batch_size']}, now {self.batch_size}"
+            )
         self.batches_consumed = int(state["batches_consumed"])
 
     def _raw_examples(self):
@@ -350,8 +365,16 @@ class _RawExamples(torch.utils.data.IterableDataset):
             yield decode_example(example, self.decode, rng)
 
 
-def eval_dataloader(spec: SourceSpec, decode: DecodeConfig, tokenizer, max_length: int, batch_size: int,
-                    rank: int, world_size: int, num_workers: int = 0) -> torch.utils.data.DataLoader:  # fmt: skip
+def eval_dataloader(
+    spec: SourceSpec,
+    decode: DecodeConfig,
+    tokenizer,
+    max_length: int,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    num_workers: int = 0,
+) -> torch.utils.data.DataLoader:
     """The evaluation split for this rank (`split_dataset_by_node`, no shuffling), decoded once."""
     stream = split_dataset_by_node(open_source(spec), rank=rank, world_size=world_size)
     workers = min(num_workers, stream.num_shards)

@@ -27,7 +27,17 @@ logger = logging.getLogger(__name__)
 
 # Top-level files of a model folder that go to the Hub. Everything else (checkpoint-*/ folders, logs, tensorboard
 # events, pickled weights) stays local.
-UPLOAD_PATTERNS = ("*.safetensors", "*.json", "*.jsonl", "*.py", "*.md", "*.txt", "*.model", "*.tiktoken", ".gitattributes")
+UPLOAD_PATTERNS = (
+    "*.safetensors",
+    "*.json",
+    "*.jsonl",
+    "*.py",
+    "*.md",
+    "*.txt",
+    "*.model",
+    "*.tiktoken",
+    ".gitattributes",
+)
 # Weights that must never be uploaded: pickle-based formats can run code when loaded.
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
@@ -67,7 +77,8 @@ def _safetensors_problem(path: Path) -> str | None:
     if not ends:
         return f"{path.name} holds no tensors"
     if 8 + length + max(ends) != size:
-        return f"{path.name} is truncated or corrupt: its header describes {8 + length + max(ends)} bytes, the file has {size}"
+        described = 8 + length + max(ends)
+        return f"{path.name} is truncated or corrupt: its header describes {described} bytes, the file has {size}"
     return None
 
 
@@ -128,7 +139,9 @@ def check_model_folder(folder: str | Path, require_readme: bool = True) -> list[
     else:
         problems.append("model.safetensors (or model.safetensors.index.json with its shards) is missing")
 
-    pickles = sorted(p.name for p in folder.iterdir() if p.is_file() and any(fnmatch(p.name, x) for x in PICKLE_PATTERNS))
+    pickles = sorted(
+        p.name for p in folder.iterdir() if p.is_file() and any(fnmatch(p.name, x) for x in PICKLE_PATTERNS)
+    )
     if pickles:
         logger.warning("not uploading pickle-based files (use safetensors): %s", ", ".join(pickles))
 

@@ -20,7 +20,7 @@ import evaluate
 import torch
 import torch.nn.functional as F
 
-from .prompts import build_zero_shot_classifier
+from ..prompts import build_zero_shot_classifier
 
 
 class TopKAccuracy(evaluate.Metric):
@@ -56,8 +56,9 @@ def gather_rows(accelerator, rows: torch.Tensor) -> torch.Tensor:
     return torch.cat([gathered[i * width : i * width + n] for i, n in enumerate(counts)])
 
 
-def zero_shot_accuracy(image_embeds: torch.Tensor, labels: torch.Tensor, classifier: torch.Tensor,
-                       ks: Sequence[int] = (1, 5)) -> dict:  # fmt: skip
+def zero_shot_accuracy(
+    image_embeds: torch.Tensor, labels: torch.Tensor, classifier: torch.Tensor, ks: Sequence[int] = (1, 5)
+) -> dict:
     """Top-k accuracy of `[N, D]` normalised image embeddings against `[C, D]` class embeddings."""
     scores = image_embeds.float() @ classifier.float().T
     results = {}
@@ -67,8 +68,9 @@ def zero_shot_accuracy(image_embeds: torch.Tensor, labels: torch.Tensor, classif
     return results
 
 
-def retrieval_recall(image_embeds: torch.Tensor, text_embeds: torch.Tensor, texts: Sequence[str],
-                     ks: Sequence[int] = (1, 5, 10)) -> dict:  # fmt: skip
+def retrieval_recall(
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, texts: Sequence[str], ks: Sequence[int] = (1, 5, 10)
+) -> dict:
     """Recall@k both ways for `N` pairs (`image_embeds[i]` with `text_embeds[i]`, caption `texts[i]`)."""
     n = image_embeds.shape[0]
     if n != text_embeds.shape[0] or n != len(texts):
@@ -122,8 +124,15 @@ def embed_dataset(model, dataloader, accelerator=None) -> dict:
     return gathered
 
 
-def evaluate_model(model, dataloader, tokenizer, class_names: Sequence[Sequence[str]] | None,
-                   templates: Sequence[str], accelerator=None, retrieval: bool = True) -> dict:  # fmt: skip
+def evaluate_model(
+    model,
+    dataloader,
+    tokenizer,
+    class_names: Sequence[Sequence[str]] | None,
+    templates: Sequence[str],
+    accelerator=None,
+    retrieval: bool = True,
+) -> dict:
     """Zero-shot top-1/top-5 (when class names and labels exist) and retrieval R@1/5/10 on the whole eval set.
 
     Args:

@@ -22,7 +22,7 @@ Files (img2dataset layout; `cls` is the shape id, `json` holds every attribute):
     <output>/classes.json                               ["circle", "square", ...]
     <output>/info.json                                  generation settings and counts
 
-Command line: `python -m hf_unified.synthetic_data --output data/shapes`.
+Command line: `python -m hf_unified.training.synthetic_data --output data/shapes`.
 """
 
 from __future__ import annotations
@@ -152,9 +152,13 @@ def write_split(output: Path, split: str, num_samples: int, num_shards: int, ima
             for _ in range(min(per_shard, num_samples - index)):
                 attributes = sample_attributes(rng, split)
                 image = render(
-                    attributes["shape"], attributes["colour"], attributes["size"], attributes["position"],
-                    image_size, rng,
-                )  # fmt: skip
+                    attributes["shape"],
+                    attributes["colour"],
+                    attributes["size"],
+                    attributes["position"],
+                    image_size,
+                    rng,
+                )
                 buffer = io.BytesIO()
                 image.save(buffer, format="JPEG", quality=95)
                 key = f"{split}{index:07d}"
@@ -179,8 +183,10 @@ def generate(
     complete dataset (`ensure_dataset` relies on that).
     """
     if num_train < num_train_shards or num_eval < 1 or num_train_shards < 1:
-        raise ValueError(f"need num_train >= num_train_shards >= 1 and num_eval >= 1, got {num_train}, "
-                         f"{num_train_shards}, {num_eval}")  # fmt: skip
+        raise ValueError(
+            f"need num_train >= num_train_shards >= 1 and num_eval >= 1, got {num_train}, "
+            f"{num_train_shards}, {num_eval}"
+        )
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     write_split(output, "train", num_train, num_train_shards, image_size, seed)
@@ -225,6 +231,15 @@ if __name__ == "__main__":
     main()
 
 __all__ = [
-    "COLOURS", "HELD_OUT_COMBINATIONS", "POSITIONS", "SHAPES", "SHAPES_TEMPLATES", "SIZES", "caption",
-    "ensure_dataset", "generate", "render", "sample_attributes",
-]  # fmt: skip
+    "COLOURS",
+    "HELD_OUT_COMBINATIONS",
+    "POSITIONS",
+    "SHAPES",
+    "SHAPES_TEMPLATES",
+    "SIZES",
+    "caption",
+    "ensure_dataset",
+    "generate",
+    "render",
+    "sample_attributes",
+]

@@ -336,7 +336,7 @@ def write_model_card(
     (`"model_card"` or `"minimal"`).
     """
     try:
-        from .model_card import write_model_card as render_and_write
+        from ..hub.model_card import write_model_card as render_and_write
     except ImportError:
         render_and_write = None
     if render_and_write is not None:
@@ -385,7 +385,7 @@ def build_clip_tokenizer(tokenizer_dir: str | Path | None, pad_token: str, model
     Raises:
         ValueError: no folder given and open_clip is not installed, or the folder lacks the files.
     """
-    from .tokenization import clip_tokenizer_from_bpe_gz, clip_tokenizer_from_files
+    from ..training.tokenization import clip_tokenizer_from_bpe_gz, clip_tokenizer_from_files
 
     if tokenizer_dir is None:
         try:

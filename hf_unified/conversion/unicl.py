@@ -1,14 +1,15 @@
 """Convert an official UniCL checkpoint (microsoft/UniCL) into a `UniCLModel` folder.
 
 ```bash
-python -m hf_unified.convert_unicl --checkpoint in21k_yfcc14m.pth --output unicl-swin-tiny-in21k-yfcc14m \
+python -m hf_unified.conversion.unicl --checkpoint in21k_yfcc14m.pth --output unicl-swin-tiny-in21k-yfcc14m \
     --preset swin-tiny
 ```
 
 The official file is `{'model': state_dict, ...}` (K-LITE's UniCL files are raw state dicts keyed `visual.`, `text.`,
 `vision_projection`; both are accepted). The architecture comes from the tensor shapes wherever they tell it (Swin
 embed dim, depths, heads per stage, window, MLP ratio; text vocabulary, width, depth, context; projection dim). What
-shapes cannot tell (text heads, LayerNorm eps, activations, image size when no shifted-window mask is stored) comes from
+shapes cannot tell (text heads, LayerNorm eps, activations, image size when no shifted-window mask is stored) comes
+from
 flags, a `--config` JSON in the golden fixtures' format, or a `--preset` of the released models; a flag/preset value
 that contradicts the shapes is an error.
 
@@ -35,8 +36,10 @@ from typing import Any
 import torch
 from transformers import CLIPTextConfig, SwinConfig
 
-from .configuration_unicl import UniCLConfig
-from .conversion_utils import (
+from ..configuration_unicl import UniCLConfig
+from ..modeling_unicl import UniCLModel
+from ..processing_unicl import UniCLProcessor, unicl_image_processor
+from .common import (
     ConversionError,
     ConvertedStateDict,
     OfficialStateDict,
@@ -53,8 +56,6 @@ from .conversion_utils import (
     split_fused_qkv,
     write_model_card,
 )
-from .modeling_unicl import UniCLModel
-from .processing_unicl import UniCLProcessor, unicl_image_processor
 
 # Values of the released checkpoints (configs/unicl_swin_{tiny,base}.yaml + config.py defaults). The Swin values are
 # also read from the shapes and must agree; the text heads, eps and activations cannot be read from shapes.
@@ -239,7 +240,9 @@ def _settings_from_config_json(config_json: dict[str, Any]) -> dict[str, Any]:
     text = nested_get(config_json, "architecture", "text_encoder", default={})
     swin = nested_get(config_json, "official_config", "MODEL", "IMAGE_ENCODER", "SWIN", default={})
     official_text = nested_get(config_json, "official_config", "MODEL", "TEXT_ENCODER", default={})
-    tokenizer = nested_get(config_json, "architecture", "tokenizer") or nested_get(config_json, "tokenizer", default={})
+    tokenizer = nested_get(config_json, "architecture", "tokenizer") or nested_get(
+        config_json, "tokenizer", default={}
+    )
     preprocessing = config_json.get("preprocessing", {})
     causal = first_given(text.get("causal"), official_text.get("AUTOGRESSIVE"))
     if causal is False:
@@ -332,7 +335,8 @@ def resolve_settings(
     if text_heads is None:
         if text["width"] % 64:
             raise ValueError(
-                f"the text width {text['width']} does not tell the number of text heads: pass --text-heads, a --config "
+                f"the text width {text['width']} does not tell the number of text heads: "
+                "pass --text-heads, a --config "
                 "JSON or a --preset"
             )
         text_heads = text["width"] // 64  # the released models: width 512, 8 heads
@@ -498,7 +502,10 @@ def convert_state_dict(official: OfficialStateDict, config: UniCLConfig) -> Conv
             converted[target] = (projection_to_linear_weight(matrix, source), f"{source} (transposed)")
     logit_scale = official.take("logit_scale")
     if logit_scale.numel():
-        converted["logit_scale"] = (logit_scale.reshape(()) if logit_scale.numel() == 1 else logit_scale, "logit_scale")
+        converted["logit_scale"] = (
+            logit_scale.reshape(()) if logit_scale.numel() == 1 else logit_scale,
+            "logit_scale",
+        )
     return converted
 
 
@@ -645,7 +652,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vision-layer-norm-eps", type=float)
     parser.add_argument("--text-hidden-act", choices=["quick_gelu", "gelu"])
     parser.add_argument("--vision-hidden-act", choices=["gelu", "quick_gelu"])
-    parser.add_argument("--drop-path-rate", type=float, help="Swin stochastic depth for fine-tuning (inactive in eval)")
+    parser.add_argument(
+        "--drop-path-rate", type=float, help="Swin stochastic depth for fine-tuning (inactive in eval)"
+    )
     return parser
 
 

@@ -56,7 +56,8 @@ def clip_tokenizer_from_bpe_gz(
     """The CLIP BPE tokenizer from the official `bpe_simple_vocab_16e6.txt.gz` format.
 
     Args:
-        bpe_path: the `.txt.gz` file; defaults to the copy inside `open_clip_torch` (`pip install hf-unified[clip-bpe]`).
+        bpe_path: the `.txt.gz` file; defaults to the copy inside `open_clip_torch`
+            (`pip install hf-unified[clip-bpe]`).
     """
     if bpe_path is None:
         try:

@@ -48,22 +48,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-AUGMENTATION_PARAM_NAMES: tuple[str, ...] = (
-    "crop_left",
-    "crop_top",
-    "crop_width",
-    "crop_height",
-    "flip",
-    "brightness",
-    "contrast",
-    "saturation",
-    "hue",
-    "grayscale",
-    "blur_sigma",
-)
-AUGMENTATION_PARAM_DIM = len(AUGMENTATION_PARAM_NAMES)
-# The parameters of an un-augmented image: the whole image, no flip, unit jitter factors, colour, no blur.
-IDENTITY_PARAMS: tuple[float, ...] = (0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0)
+from ..configuration_uniclip import AUGMENTATION_PARAM_DIM, AUGMENTATION_PARAM_NAMES, IDENTITY_PARAMS
 
 # CLIP's normalisation (transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD), the default of UniCLIPProcessor too.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -1,7 +1,7 @@
 """Convert an official MS-CLIP-S checkpoint (Hxyou/MSCLIP) into an `MSCLIPModel` folder.
 
 ```bash
-python -m hf_unified.convert_msclip --checkpoint b32-yfcc-msclips_ckpt.pth --output msclip-s-b32-yfcc --preset b32
+python -m hf_unified.conversion.msclip --checkpoint b32-yfcc-msclips_ckpt.pth --output msclip-s-b32-yfcc --preset b32
 ```
 
 The official file is a raw state dict (`torch.save(model.state_dict())`) in which every shared tensor appears twice,
@@ -28,8 +28,10 @@ from typing import Any
 
 import torch
 
-from .configuration_msclip import MSCLIPConfig
-from .conversion_utils import (
+from ..configuration_msclip import MSCLIPConfig
+from ..modeling_msclip import MSCLIPModel
+from ..processing_msclip import MSCLIPProcessor, msclip_image_processor
+from .common import (
     ConversionError,
     ConvertedStateDict,
     OfficialStateDict,
@@ -46,8 +48,6 @@ from .conversion_utils import (
     split_fused_qkv,
     write_model_card,
 )
-from .modeling_msclip import MSCLIPModel
-from .processing_msclip import MSCLIPProcessor, msclip_image_processor
 
 # Official layout (lib/models/clip_openai_pe_res_v1.py).
 _VISUAL = "visual."
@@ -120,9 +120,16 @@ def infer_architecture(official: OfficialStateDict) -> dict[str, Any]:
             checkpoint uses an option `MSCLIPModel` does not implement.
     """
     keys = official.keys()
-    need = ["token_embedding.weight", "positional_embedding", "text_projection", f"{_VISUAL}proj",
-            f"{_VISUAL}positional_embedding", f"{_VISUAL}class_embedding", f"{_STEM}conv1.weight",
-            f"{_STEM}last_conv.weight"]  # fmt: skip
+    need = [
+        "token_embedding.weight",
+        "positional_embedding",
+        "text_projection",
+        f"{_VISUAL}proj",
+        f"{_VISUAL}positional_embedding",
+        f"{_VISUAL}class_embedding",
+        f"{_STEM}conv1.weight",
+        f"{_STEM}last_conv.weight",
+    ]
     absent = [k for k in need if k not in official]
     if absent:
         raise ConversionError(
@@ -259,8 +266,11 @@ def _settings_from_config_json(config_json: dict[str, Any]) -> dict[str, Any]:
                 f"adapter {adapter.get('index')}: top-to-bottom conv kernel {kernel}, stride {stride}, padding "
                 f"{padding}; only stride = kernel and padding 0 (the released layout) are supported"
             )
-    unsupported = [f"parallel branch stage {b.get('stage')}: padding {b.get('padding')}" for b in branch
-                   if b.get("padding", 1) != 1]  # fmt: skip
+    unsupported = [
+        f"parallel branch stage {b.get('stage')}: padding {b.get('padding')}"
+        for b in branch
+        if b.get("padding", 1) != 1
+    ]
     first_conv = stem.get("conv1", {})
     if first_conv.get("stride", 2) != 2 or first_conv.get("padding", 1) != 1:
         unsupported.append(f"stem conv1 stride {first_conv.get('stride')} / padding {first_conv.get('padding')}")
@@ -273,7 +283,9 @@ def _settings_from_config_json(config_json: dict[str, Any]) -> dict[str, Any]:
     batch_norm_eps, parallel_batch_norm_eps = _batch_norm_eps_groups(architecture.get("batchnorm_eps_by_module"))
     heads = sharing.get("heads_per_modality", {})
     return {
-        "image_size": first_given(vision.get("image_size"), test_size[0] if isinstance(test_size, list) else test_size),
+        "image_size": first_given(
+            vision.get("image_size"), test_size[0] if isinstance(test_size, list) else test_size
+        ),
         "stem_strides": first_given(stem.get("strides"), custom.get("EARLY_CONV_RES_STRIDES")),
         "branch_strides": first_given([s["stride"] for s in branch] or None, custom.get("PARALLEL_STRIDES")),
         "t2b_kernels": custom.get("PRALLEL_T2B_KERNELS"),
@@ -327,8 +339,15 @@ def resolve_settings(
     stem_strides = pick("stem_strides")
     branch_strides = pick("branch_strides")
     lateral_layers = pick("lateral_layers")
-    missing = [n for n, v in [("stem strides", stem_strides), ("branch strides", branch_strides),
-                              ("adapter layers", lateral_layers)] if v is None]  # fmt: skip
+    missing = [
+        n
+        for n, v in [
+            ("stem strides", stem_strides),
+            ("branch strides", branch_strides),
+            ("adapter layers", lateral_layers),
+        ]
+        if v is None
+    ]
     if missing:
         raise ValueError(
             f"the checkpoint's shapes do not tell the {', '.join(missing)}: pass --preset b32|b16, a --config JSON or "
@@ -338,7 +357,8 @@ def resolve_settings(
     image_size = pick("image_size") or grid * patch_size
     if image_size != grid * patch_size:
         raise ConversionError(
-            f"image size {image_size} with stem strides {list(stem_strides)} (total stride {patch_size}) does not give "
+            f"image size {image_size} with stem strides {list(stem_strides)} (total stride {patch_size}) "
+            "does not give "
             f"the checkpoint's {grid}x{grid} position grid"
         )
     crop_size = pick("crop_size")
@@ -360,7 +380,8 @@ def resolve_settings(
     if text_heads is None:
         if width % 64:
             raise ValueError(
-                f"the width {width} does not tell the number of text heads: pass --text-heads, a --config or a --preset"
+                f"the width {width} does not tell the number of text heads: "
+                "pass --text-heads, a --config or a --preset"
             )
         text_heads = width // 64
     return {
@@ -532,9 +553,12 @@ def convert_state_dict(official: OfficialStateDict, config: MSCLIPConfig) -> Con
             src = f"{_ADAPTER}{index}."
             dst = f"{branch}adapters.{index}."
             _conv_norm(
-                converted, official, src + "top2bottom_dw_conv.conv", src + "top2bottom_dw_conv.bn",
+                converted,
+                official,
+                src + "top2bottom_dw_conv.conv",
+                src + "top2bottom_dw_conv.bn",
                 dst + "branch_depthwise",
-            )  # fmt: skip
+            )
             _copy(converted, official, src + "top2bottom_pw_conv.conv.weight", dst + "branch_pointwise.weight")
             _conv_norm(
                 converted, official, src + "bottom_dw_conv.conv", src + "bottom_dw_conv.bn", dst + "token_depthwise"
