@@ -64,6 +64,10 @@ class UniCLConfig(PreTrainedConfig):
         vision_pooling (`str`, defaults to `"pooler"`):
             How the image tower's output becomes one vector: `"pooler"` (the tower's own `pooler_output`: CLIP's
             normed CLS token, Swin's normed average), `"cls"` or `"mean"`.
+        use_labels (`bool`, defaults to `True`):
+            Whether items that share a class label are positives of each other (UniCL's target matrix). The trainer
+            then feeds each item's label (`-1` for an image-text pair); with `False` labels are refused and the loss
+            is CLIP's.
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the projection initialisation.
     """
@@ -82,6 +86,7 @@ class UniCLConfig(PreTrainedConfig):
     logit_scale_init_value: float = 1.0
     text_pooling: str = "eos"
     vision_pooling: str = "pooler"
+    use_labels: bool = True
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):

@@ -1,12 +1,12 @@
-"""The evaluation preprocessing every method here uses: bicubic resize of the shorter side, centre crop, normalise.
+"""The evaluation preprocessing every method here uses, and the one processor class the three methods share.
 
-The methods differ only in the numbers (resize margin, mean/std), so each processor states those and builds
-transformers' own `CLIPImageProcessor` through this one function.
+The methods differ only in the numbers (resize margin, mean/std): each processor states those through its
+`default_image_processor`, which builds transformers' own `CLIPImageProcessor` with `center_crop_image_processor`.
 """
 
 from collections.abc import Sequence
 
-from transformers import CLIPImageProcessor
+from transformers import CLIPImageProcessor, ProcessorMixin
 from transformers.image_utils import PILImageResampling
 
 
@@ -27,4 +27,28 @@ def center_crop_image_processor(
     )
 
 
-__all__ = ["center_crop_image_processor"]
+class DualEncoderProcessor(ProcessorMixin):
+    r"""An image processor and any tokenizer, called like transformers' `CLIPProcessor`:
+    `processor(text=[...], images=[...], padding=True, return_tensors="pt")`.
+
+    Args:
+        image_processor ([`CLIPImageProcessor`] or any image processor, *optional*):
+            Defaults to the method's evaluation preprocessing, `default_image_processor()`.
+        tokenizer (any tokenizer):
+            The text tower's tokenizer.
+
+    Subclasses only say which preprocessing is the method's own, by overriding `default_image_processor`.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
+        if image_processor is None:
+            image_processor = self.default_image_processor()
+        super().__init__(image_processor, tokenizer)
+
+    @classmethod
+    def default_image_processor(cls, image_size: int = 224) -> CLIPImageProcessor:
+        """The method's evaluation preprocessing for `image_size`-pixel crops."""
+        raise NotImplementedError(f"{cls.__name__} must define default_image_processor")
+
+
+__all__ = ["DualEncoderProcessor", "center_crop_image_processor"]

@@ -146,6 +146,8 @@ class UniCLModel(TowerHeadsMixin, UniCLPreTrainedModel):
 
         Either modality may be left out (then only the other one's embeddings are returned), unless a loss is asked.
         """
+        if labels is not None and not self.config.use_labels:
+            raise ValueError("labels were given but config.use_labels is False: drop them or set use_labels=True")
         wants_loss = bool(return_loss) or labels is not None
         if wants_loss and (input_ids is None or pixel_values is None):
             raise ValueError("a contrastive loss needs both input_ids and pixel_values")

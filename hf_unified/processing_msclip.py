@@ -1,9 +1,9 @@
-"""MS-CLIP processor: an image processor and any tokenizer."""
+"""MS-CLIP processor: MS-CLIP's evaluation preprocessing and any tokenizer."""
 
-from transformers import CLIPImageProcessor, ProcessorMixin
+from transformers import CLIPImageProcessor
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .image_processing import center_crop_image_processor
+from .image_processing import DualEncoderProcessor, center_crop_image_processor
 
 
 def msclip_image_processor(image_size: int = 224) -> CLIPImageProcessor:
@@ -12,7 +12,7 @@ def msclip_image_processor(image_size: int = 224) -> CLIPImageProcessor:
     return center_crop_image_processor(image_size, image_size, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
 
 
-class MSCLIPProcessor(ProcessorMixin):
+class MSCLIPProcessor(DualEncoderProcessor):
     r"""Prepares images and texts for [`MSCLIPModel`].
 
     Args:
@@ -22,15 +22,11 @@ class MSCLIPProcessor(ProcessorMixin):
         tokenizer (any tokenizer):
             The CLIP BPE tokenizer for the released models. Any pad id works: the model pools at the first
             end-of-text token (`config.eos_token_id`).
-
-    Call it like transformers' `CLIPProcessor`:
-    `processor(text=[...], images=[...], padding=True, return_tensors="pt")`.
     """
 
-    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
-        if image_processor is None:
-            image_processor = msclip_image_processor()
-        super().__init__(image_processor, tokenizer)
+    @classmethod
+    def default_image_processor(cls, image_size: int = 224) -> CLIPImageProcessor:
+        return msclip_image_processor(image_size)
 
 
 MSCLIPProcessor.register_for_auto_class()

@@ -1,9 +1,9 @@
-"""UniCL processor: an image processor and any tokenizer."""
+"""UniCL processor: UniCL's evaluation preprocessing and any tokenizer."""
 
-from transformers import CLIPImageProcessor, ProcessorMixin
+from transformers import CLIPImageProcessor
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .image_processing import center_crop_image_processor
+from .image_processing import DualEncoderProcessor, center_crop_image_processor
 
 
 def unicl_image_processor(image_size: int = 224, resize_size: int | None = None) -> CLIPImageProcessor:
@@ -13,7 +13,7 @@ def unicl_image_processor(image_size: int = 224, resize_size: int | None = None)
     return center_crop_image_processor(image_size, resize_size, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
 
 
-class UniCLProcessor(ProcessorMixin):
+class UniCLProcessor(DualEncoderProcessor):
     r"""Prepares images and texts for [`UniCLModel`].
 
     Args:
@@ -21,15 +21,11 @@ class UniCLProcessor(ProcessorMixin):
             Defaults to UniCL's preprocessing: bicubic resize to 256, centre crop 224, ImageNet mean/std.
         tokenizer (any tokenizer):
             The text tower's tokenizer (the CLIP BPE for the released models, BERT's WordPiece for a BERT tower, ...).
-
-    Call it like transformers' `CLIPProcessor`:
-    `processor(text=[...], images=[...], padding=True, return_tensors="pt")`.
     """
 
-    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
-        if image_processor is None:
-            image_processor = unicl_image_processor()
-        super().__init__(image_processor, tokenizer)
+    @classmethod
+    def default_image_processor(cls, image_size: int = 224) -> CLIPImageProcessor:
+        return unicl_image_processor(image_size)
 
 
 UniCLProcessor.register_for_auto_class()

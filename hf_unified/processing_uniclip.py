@@ -1,14 +1,14 @@
-"""UniCLIP processor: an image processor and any tokenizer.
+"""UniCLIP processor: CLIP's evaluation preprocessing and any tokenizer.
 
 The processor prepares *un-augmented* images (inference, zero-shot, retrieval): the model then uses the identity
-augmentation parameters. Training views come from `augmentation.MultiViewAugmentation`, which normalises with the
-same mean/std.
+augmentation parameters. Training views come from `hf_unified.training.augmentation.MultiViewAugmentation`, which
+normalises with the same mean/std.
 """
 
-from transformers import CLIPImageProcessor, ProcessorMixin
+from transformers import CLIPImageProcessor
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from .image_processing import center_crop_image_processor
+from .image_processing import DualEncoderProcessor, center_crop_image_processor
 
 
 def uniclip_image_processor(image_size: int = 224) -> CLIPImageProcessor:
@@ -18,7 +18,7 @@ def uniclip_image_processor(image_size: int = 224) -> CLIPImageProcessor:
     return center_crop_image_processor(image_size, image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
 
 
-class UniCLIPProcessor(ProcessorMixin):
+class UniCLIPProcessor(DualEncoderProcessor):
     r"""Prepares images and texts for [`UniCLIPModel`] at inference.
 
     Args:
@@ -26,15 +26,11 @@ class UniCLIPProcessor(ProcessorMixin):
             Defaults to [`uniclip_image_processor`]: bicubic resize to 224, centre crop 224, CLIP mean/std.
         tokenizer (any tokenizer):
             The text tower's tokenizer (the CLIP BPE for the default CLIP-style text tower).
-
-    Call it like transformers' `CLIPProcessor`:
-    `processor(text=[...], images=[...], padding=True, return_tensors="pt")`.
     """
 
-    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
-        if image_processor is None:
-            image_processor = uniclip_image_processor()
-        super().__init__(image_processor, tokenizer)
+    @classmethod
+    def default_image_processor(cls, image_size: int = 224) -> CLIPImageProcessor:
+        return uniclip_image_processor(image_size)
 
 
 UniCLIPProcessor.register_for_auto_class()

@@ -122,17 +122,15 @@ class EvalSection:
 
 
 def template_path(method: str) -> Path:
-    """The Jinja template of `method`: package data when installed, else the source tree's `model_cards/`."""
+    """The Jinja template of `method`: the checkout's `model_cards/` when running from a source tree (also an editable
+    install or a git worktree), else the installed package data `hf_unified.model_cards`."""
     info = _method_info(method)
-    try:
-        from importlib.resources import files
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "model_cards" / info.template).is_file():
+        return checkout / "model_cards" / info.template
+    from importlib.resources import files
 
-        path = Path(str(files("hf_unified.model_cards") / info.template))
-        if path.is_file():
-            return path
-    except ModuleNotFoundError:  # running from a source checkout: the package data is the top-level folder
-        pass
-    return Path(__file__).resolve().parents[2] / "model_cards" / info.template
+    return Path(str(files("hf_unified.model_cards") / info.template))
 
 
 def _method_info(method: str) -> MethodInfo:
