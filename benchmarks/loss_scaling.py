@@ -81,7 +81,7 @@ class SimulatedRank:
         others = self.others["labels" if not local.dtype.is_floating_point else "features"]
         if others is None or others.shape[0] == 0:
             return local, 0
-        return torch.cat([local, others]), 0
+        return torch.cat([local, others.reshape(-1, *local.shape[1:])]), 0  # image views arrive as [n, 1, D]
 
     def gather_metadata(self, local: torch.Tensor) -> torch.Tensor:
         return self(local)[0]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
 
 from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
+
+from .configuration_contrastive import ContrastiveConfig
 
 # Sub-layers of a transformer block that can be shared between the image and the text modality.
 SHAREABLE_SUBLAYERS = ("attention", "mlp", "layernorm")
@@ -52,8 +54,37 @@ MSCLIP_PRESETS: dict[str, dict] = {
 }
 
 
+class TowerView:
+    """A read-only view of one modality of an [`MSCLIPConfig`] with the attribute names of transformers' tower
+    configs (`CLIPVisionConfig` / `CLIPTextConfig`), for code written against two-tower models."""
+
+    def __init__(self, model_type: str, fields: dict):
+        object.__setattr__(self, "_fields", MappingProxyType({"model_type": model_type, **fields}))
+
+    def __getattr__(self, name: str):
+        try:
+            return self._fields[name]
+        except KeyError:
+            raise AttributeError(f"{self._fields['model_type']} view of MSCLIPConfig has no field {name!r}") from None
+
+    def __setattr__(self, name: str, value) -> None:
+        raise AttributeError(
+            f"config.{self._fields['model_type'].split('_')[-2]}_config is a read-only view of MSCLIPConfig: "
+            f"set {name!r} on the MSCLIPConfig itself"
+        )
+
+    def __iter__(self):
+        return iter(self._fields)
+
+    def to_dict(self) -> dict:
+        return dict(self._fields)
+
+    def __repr__(self) -> str:
+        return f"TowerView({dict(self._fields)})"
+
+
 @strict
-class MSCLIPConfig(PreTrainedConfig):
+class MSCLIPConfig(ContrastiveConfig):
     r"""Configuration of an [`MSCLIPModel`]: one stack of transformer blocks that both modalities run through.
 
     `MSCLIPConfig()` is the released MS-CLIP-S ViT-B/32 (132.4M parameters). Named points of the sharing spectrum
@@ -75,7 +106,6 @@ class MSCLIPConfig(PreTrainedConfig):
         image_size (`int`, defaults to 224), patch_size (`int`, defaults to 32), num_channels (`int`, defaults to 3):
             the image grid is `image_size // patch_size` per side. With early specialization the stem's total stride
             (`2 * prod(stem_strides)`) must equal `patch_size`.
-        projection_dim (`int`, defaults to 512): dimension of the joint embedding space.
         hidden_act (`str`, defaults to `"quick_gelu"`): MLP activation.
         layer_norm_eps (`float`, defaults to 1e-12): eps of every LayerNorm (the official TF-style LayerNorm).
         attention_dropout (`float`, defaults to 0.0): dropout on attention probabilities.
@@ -101,9 +131,13 @@ class MSCLIPConfig(PreTrainedConfig):
         batch_norm_eps (`float`, defaults to 1e-5): eps of the stem's and the adapters' BatchNorms and of branch
             stage 0.
         parallel_batch_norm_eps (`float`, defaults to 1e-6): eps of the BatchNorms in the branch's residual stages.
-        initializer_range (`float`, defaults to 0.02), initializer_factor (`float`, defaults to 1.0): initialisation.
+        initializer_factor (`float`, defaults to 1.0): scales the initialisation of the stack.
         bos_token_id / eos_token_id / pad_token_id (`int`, defaults to 49406 / 49407 / 0): CLIP BPE ids. Text is
             pooled at the first `eos_token_id` (the last attended token when a row has none).
+        **kwargs: the [`ContrastiveConfig`] fields (projection, objective: labels, views, ...).
+
+    Generic two-tower code reads `config.vision_config.hidden_size`, `config.text_config.vocab_size`, ...: both are
+    read-only views ([`TowerView`]) of the fields above, since the stack is one.
     """
 
     model_type = "msclip"
@@ -118,7 +152,6 @@ class MSCLIPConfig(PreTrainedConfig):
     image_size: int = 224
     patch_size: int = 32
     num_channels: int = 3
-    projection_dim: int = 512
     hidden_act: str = "quick_gelu"
     layer_norm_eps: float = 1e-12
     attention_dropout: float = 0.0
@@ -135,7 +168,6 @@ class MSCLIPConfig(PreTrainedConfig):
     parallel_lateral_layers: list[int] | tuple[int, ...] | None = None
     batch_norm_eps: float = 1e-5
     parallel_batch_norm_eps: float = 1e-6
-    initializer_range: float = 0.02
     initializer_factor: float = 1.0
     bos_token_id: int | None = 49406
     eos_token_id: int | None = 49407
@@ -173,6 +205,51 @@ class MSCLIPConfig(PreTrainedConfig):
             self.shared_layers = sorted(int(i) for i in self.shared_layers)
         super().__post_init__(**kwargs)
         self.validate_architecture()
+
+    def _shared_tower_fields(self) -> dict:
+        return {
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "hidden_act": self.hidden_act,
+            "layer_norm_eps": self.layer_norm_eps,
+            "attention_dropout": self.attention_dropout,
+            "projection_dim": self.projection_dim,
+            "initializer_range": self.initializer_range,
+        }
+
+    @property
+    def vision_config(self) -> TowerView:
+        """The image side of the stack, read-only: `num_hidden_layers` counts the transformer blocks images run (the
+        conv stem replaces block 0 under early specialization)."""
+        blocks = sum(self.vision_has_block(i) for i in range(self.num_hidden_layers))
+        return TowerView(
+            "msclip_vision_model",
+            {
+                **self._shared_tower_fields(),
+                "num_hidden_layers": blocks,
+                "num_attention_heads": self.vision_num_attention_heads,
+                "image_size": self.image_size,
+                "patch_size": self.patch_size,
+                "num_channels": self.num_channels,
+            },
+        )
+
+    @property
+    def text_config(self) -> TowerView:
+        """The text side of the stack, read-only."""
+        return TowerView(
+            "msclip_text_model",
+            {
+                **self._shared_tower_fields(),
+                "num_hidden_layers": self.num_hidden_layers,
+                "num_attention_heads": self.text_num_attention_heads,
+                "vocab_size": self.vocab_size,
+                "max_position_embeddings": self.max_position_embeddings,
+                "bos_token_id": self.bos_token_id,
+                "eos_token_id": self.eos_token_id,
+                "pad_token_id": self.pad_token_id,
+            },
+        )
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> MSCLIPConfig:

@@ -1,10 +1,10 @@
 """UniCL model configuration."""
 
 from huggingface_hub.dataclasses import strict
-from transformers import AutoConfig, PreTrainedConfig
+from transformers import AutoConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from .towers import check_dual_encoder_fields, check_tower_dicts
+from .configuration_contrastive import TowerDualEncoderConfig
 
 # The released UniCL models (configs/unicl_swin_tiny.yaml): Swin-T image encoder, pooled by its final LayerNorm and
 # an average over tokens (= transformers' SwinModel pooler_output).
@@ -40,36 +40,23 @@ UNICL_TEXT_TRANSFORMER = {
 
 
 @strict
-class UniCLConfig(PreTrainedConfig):
+class UniCLConfig(TowerDualEncoderConfig):
     r"""Configuration of a [`UniCLModel`]: an image tower and a text tower, each any transformers model, with linear
-    projections into one space.
+    projections into one space, trained with UniCL's objective (items that share a label are positives).
 
-    `UniCLConfig()` is the released UniCL architecture (Swin-T + 12-layer text transformer, 512-d embeddings).
+    `UniCLConfig()` is the released UniCL architecture (Swin-T + 12-layer text transformer, 512-d embeddings). Every
+    field of [`TowerDualEncoderConfig`] and [`ContrastiveConfig`] applies; the defaults that differ here:
 
     Args:
         vision_config (`PreTrainedConfig` or `dict`, *optional*):
-            Image tower: any transformers vision config (`CLIPVisionConfig`, `ViTConfig`, `SwinConfig`, ...) or a dict
-            with its `model_type`. Defaults to UniCL's Swin-T.
+            Defaults to UniCL's Swin-T (pooled by its final LayerNorm + average: `vision_pooling="pooler"`).
         text_config (`PreTrainedConfig` or `dict`, *optional*):
-            Text tower: any transformers text config (`CLIPTextConfig`, `BertConfig`, `RobertaConfig`, ...) or a dict
-            with its `model_type`. Defaults to UniCL's 12-layer causal text transformer.
-        projection_dim (`int`, defaults to 512):
-            Dimension of the shared embedding space.
+            Defaults to UniCL's 12-layer causal text transformer (pooled at the first end-of-text token).
         logit_scale_init_value (`float`, defaults to 1.0):
-            Initial value of the log temperature `logit_scale` (logits are scaled by `exp(logit_scale)`). UniCL
-            initialises it to 1.0; CLIP to ln(1/0.07) = 2.6592.
-        text_pooling (`str`, defaults to `"eos"`):
-            How the text tower's tokens become one vector: `"eos"` (first end-of-text token, CLIP-style causal
-            towers), `"cls"` (first token, BERT-style) or `"mean"` (mean over attended tokens).
-        vision_pooling (`str`, defaults to `"pooler"`):
-            How the image tower's output becomes one vector: `"pooler"` (the tower's own `pooler_output`: CLIP's
-            normed CLS token, Swin's normed average), `"cls"` or `"mean"`.
+            UniCL initialises the log temperature to 1.0 (CLIP: ln(1/0.07) = 2.6592).
         use_labels (`bool`, defaults to `True`):
-            Whether items that share a class label are positives of each other (UniCL's target matrix). The trainer
-            then feeds each item's label (`-1` for an image-text pair); with `False` labels are refused and the loss
-            is CLIP's.
-        initializer_range (`float`, defaults to 0.02):
-            Standard deviation of the projection initialisation.
+            Items that share a class label are positives of each other (UniCL's target matrix); without labels
+            (or with every label `-1`) the loss is CLIP's.
     """
 
     model_type = "unicl"
@@ -80,19 +67,8 @@ class UniCLConfig(PreTrainedConfig):
         ),
     }
 
-    vision_config: PreTrainedConfig | dict | None = None
-    text_config: PreTrainedConfig | dict | None = None
-    projection_dim: int = 512
-    logit_scale_init_value: float = 1.0
-    text_pooling: str = "eos"
-    vision_pooling: str = "pooler"
+    logit_scale_init_value: float | list[float] = 1.0
     use_labels: bool = True
-    initializer_range: float = 0.02
-
-    def __post_init__(self, **kwargs):
-        check_tower_dicts(self)
-        super().__post_init__(**kwargs)
-        check_dual_encoder_fields(self)
 
 
 __all__ = ["UniCLConfig"]

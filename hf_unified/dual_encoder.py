@@ -1,7 +1,11 @@
-"""What every dual encoder in this package shares: its outputs and the tower -> pooled -> projected path.
+"""What every dual encoder in this package shares: the outputs, the heads and the forward skeleton.
 
-UniCL and UniCLIP put linear projections on top of any transformers image and text tower; MS-CLIP runs its own
-modality-shared stack but returns the same outputs. The per-method files only add what makes the method.
+A method's model file says how images and texts are *encoded* (any transformers towers for UniCL and UniCLIP,
+[`TowerEncoders`]; MS-CLIP's modality-shared stack) by giving two methods, `_encode_image` and `_encode_text`, that
+return the encoder output and one pooled feature per example, plus `_build_encoders`. Everything after that is here,
+once, and driven by the [`ContrastiveConfig`] fields: the augmentation-aware image head, the projections, the
+(domain-dependent) similarity, input validation, the `get_*_features` wrappers, `forward`, and the one contrastive
+objective (`losses.contrastive_objective`). So UniCL labels, UniCLIP views and MS-CLIP sharing combine freely.
 """
 
 from __future__ import annotations
@@ -11,32 +15,42 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedConfig
+from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
+from .configuration_contrastive import ContrastiveConfig
+from .losses import IMAGE_TEXT, contrastive_objective, similarity_logits, text_identity_keys
 from .towers import build_tower, pool_image, pool_text, text_tower_inputs
+
+VISION, TEXT = "vision", "text"
 
 
 @dataclass
 class ContrastiveOutput(ModelOutput):
-    """Output of a dual encoder, laid out like transformers' `CLIPOutput`.
+    """Output of a dual encoder, laid out like transformers' `CLIPOutput` plus the per-view embeddings.
 
     Args:
         loss (`torch.Tensor` of shape `()`, *optional*):
-            The method's contrastive loss, returned when asked for.
+            The contrastive loss (`config`'s objective), returned when asked for.
         logits_per_image (`torch.Tensor` of shape `(image_batch_size, text_batch_size)`):
-            Scaled image-text similarities; the zero-shot pipeline reads row 0.
+            Scaled image-text similarities (with `domain_similarity`, the image-text pair's scale and offset); the
+            zero-shot pipeline reads row 0.
         logits_per_text (`torch.Tensor` of shape `(text_batch_size, image_batch_size)`):
             The transpose of `logits_per_image`.
         text_embeds (`torch.Tensor` of shape `(text_batch_size, projection_dim)`):
             L2-normalised projected text features.
         image_embeds (`torch.Tensor` of shape `(image_batch_size, projection_dim)`):
-            L2-normalised projected image features.
+            L2-normalised projected image features: of each image for 4-D `pixel_values`, of view 0 for multi-view
+            input.
+        image_view_embeds (`torch.Tensor` of shape `(image_batch_size, num_views, projection_dim)`):
+            L2-normalised embeddings of every view (`num_views = 1` for 4-D `pixel_values`).
         text_model_output (`BaseModelOutputWithPooling`):
-            The text tower's output.
+            The text encoder's output.
         vision_model_output (`BaseModelOutputWithPooling`):
-            The image tower's output.
+            The image encoder's output; for multi-view input its batch is the `image_batch_size * num_views` views,
+            view-major per image.
     """
 
     loss: torch.Tensor | None = None
@@ -46,6 +60,7 @@ class ContrastiveOutput(ModelOutput):
     image_embeds: torch.Tensor | None = None
     text_model_output: BaseModelOutputWithPooling | None = None
     vision_model_output: BaseModelOutputWithPooling | None = None
+    image_view_embeds: torch.Tensor | None = None
 
     def to_tuple(self) -> tuple[Any, ...]:
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
@@ -53,12 +68,12 @@ class ContrastiveOutput(ModelOutput):
 
 @dataclass
 class EmbeddingOutput(ModelOutput):
-    """Output of a single-tower model: the projected (not normalised) embedding first, then the tower's output, so
-    that the (image-)feature-extraction pipelines return the embedding.
+    """Output of a single-modality model: the projected (not normalised) embedding first, then the encoder's output,
+    so that the (image-)feature-extraction pipelines return the embedding.
 
     Args:
         embeds (`torch.Tensor` of shape `(batch_size, projection_dim)`): projected pooled features.
-        last_hidden_state (`torch.Tensor` of shape `(batch_size, sequence_length, hidden_size)`): tower tokens.
+        last_hidden_state (`torch.Tensor` of shape `(batch_size, sequence_length, hidden_size)`): encoder tokens.
         hidden_states (`tuple(torch.Tensor)`, *optional*): per-layer hidden states when asked for.
         attentions (`tuple(torch.Tensor)`, *optional*): per-layer attention weights when asked for.
     """
@@ -78,51 +93,176 @@ class EmbeddingOutput(ModelOutput):
         )
 
 
-def with_pooler_output(tower_output, pooler_output: torch.Tensor) -> BaseModelOutputWithPooling:
-    """The tower's output with `pooler_output` replaced by the projected embedding (transformers 5's
+def with_pooler_output(encoder_output, pooler_output: torch.Tensor) -> BaseModelOutputWithPooling:
+    """The encoder's output with `pooler_output` replaced by the projected embedding (transformers 5's
     `get_*_features` convention)."""
     return BaseModelOutputWithPooling(
-        last_hidden_state=tower_output.last_hidden_state,
+        last_hidden_state=encoder_output.last_hidden_state,
         pooler_output=pooler_output,
-        hidden_states=tower_output.hidden_states,
-        attentions=tower_output.attentions,
+        hidden_states=encoder_output.hidden_states,
+        attentions=encoder_output.attentions,
     )
 
 
-class TowerHeadsMixin:
-    """Any transformers tower -> pooled feature -> linear projection, for the image and the text side.
+class AugmentationEncoder(nn.Module):
+    """UniCLIP's augmentation encoder: a small MLP from an augmentation parameter vector to a conditioning code.
 
-    The host model's config has `vision_config`, `text_config`, `projection_dim`, `vision_pooling`, `text_pooling`.
-    Methods that condition the image projection (UniCLIP) override `_build_vision` / `_image_features` and reuse
-    `_pooled_image`.
+    The input is the deviation from the identity parameters, so an un-augmented image feeds zeros.
+
+    Args:
+        config ([`ContrastiveConfig`]): gives `augmentation_param_dim` (P), `augmentation_hidden_size` and the
+            identity parameters.
+        output_size (`int`): width of the code (the image feature width for `"add"` fusion).
     """
 
-    config: PreTrainedConfig
+    def __init__(self, config: ContrastiveConfig, output_size: int):
+        super().__init__()
+        self.identity = tuple(config.identity_augmentation_params)
+        self.fc1 = nn.Linear(config.augmentation_param_dim, config.augmentation_hidden_size)
+        self.activation = nn.GELU()
+        self.fc2 = nn.Linear(config.augmentation_hidden_size, output_size)
 
-    def _build_vision(self, config, projection_input: int | None = None) -> None:
-        self.vision_model = build_tower(config.vision_config)
-        # Keep one config object per tower so that attention-implementation switches reach the tower.
-        config.vision_config = self.vision_model.config
-        width = projection_input or config.vision_config.hidden_size
-        self.visual_projection = nn.Linear(width, config.projection_dim, bias=False)
+    def forward(self, augmentation_params: torch.Tensor) -> torch.Tensor:
+        """`(num_images, P)` -> `(num_images, output_size)`."""
+        identity = torch.tensor(self.identity, dtype=augmentation_params.dtype, device=augmentation_params.device)
+        return self.fc2(self.activation(self.fc1(augmentation_params - identity)))
 
-    def _build_text(self, config) -> None:
-        self.text_model = build_tower(config.text_config)
-        config.text_config = self.text_model.config
-        self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
 
-    def _pooled_image(self, pixel_values: torch.Tensor, **kwargs) -> tuple[Any, torch.Tensor]:
-        """`[B, C, H, W]` -> (tower output, pooled `[B, H_vision]`)."""
+def init_contrastive_weights(module: nn.Module, config: ContrastiveConfig) -> None:
+    """Initialises what [`ContrastiveHeads`] adds: the similarity's scales and offsets and the augmentation
+    encoder (each method's `_init_weights` calls it; the encoders initialise themselves)."""
+    if isinstance(getattr(module, "logit_scale", None), nn.Parameter):
+        init.copy_(module.logit_scale, torch.tensor(config.logit_scale_init()))
+    if isinstance(getattr(module, "logit_offset", None), nn.Parameter):
+        init.copy_(module.logit_offset, torch.tensor(config.logit_offset_init()))
+    if isinstance(module, AugmentationEncoder):
+        for linear in (module.fc1, module.fc2):
+            init.normal_(linear.weight, std=config.initializer_range)
+            init.zeros_(linear.bias)
+
+
+class ContrastiveHeads:
+    """The heads, validation and forward skeleton on top of a method's encoders (mixed into a `PreTrainedModel`).
+
+    The host class provides:
+
+    - `_build_encoders(config, modalities) -> dict[str, int]`: builds the encoders of `modalities` (`"vision"`,
+      `"text"`) and returns the width of each one's pooled feature;
+    - `_encode_image(pixel_values, **kwargs) -> (encoder_output, pooled)`, `pooled` of shape `(batch_size, width)`;
+    - `_encode_text(input_ids, attention_mask, position_ids, token_type_ids, **kwargs) -> (encoder_output, pooled)`.
+    """
+
+    config: ContrastiveConfig
+    modalities: tuple[str, ...] = (VISION, TEXT)
+
+    def __init__(self, config: ContrastiveConfig):
+        super().__init__(config)
+        self._build(config, self.modalities)
+        self.post_init()
+
+    def _build(self, config: ContrastiveConfig, modalities: tuple[str, ...]) -> None:
+        widths = self._build_encoders(config, modalities)
+        if VISION in modalities:
+            width = widths[VISION]
+            if config.augmentation_aware:
+                code_width = width if config.augmentation_fusion == "add" else config.augmentation_hidden_size
+                self.augmentation_encoder = AugmentationEncoder(config, code_width)
+                if config.augmentation_fusion == "concat":
+                    width += code_width
+            self.visual_projection = nn.Linear(width, config.projection_dim, bias=False)
+        if TEXT in modalities:
+            self.text_projection = nn.Linear(widths[TEXT], config.projection_dim, bias=False)
+        if VISION in modalities and TEXT in modalities:
+            # Never 0-D (FSDP shards parameters along their first dimension).
+            self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init()))
+            self.logit_offset = (
+                nn.Parameter(torch.tensor(config.logit_offset_init())) if config.domain_similarity else None
+            )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Validation: a clear ValueError naming the field, before any library code sees bad input.
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor | None, multi_view: bool = False) -> None:
         if pixel_values is None:
             raise ValueError("pixel_values is required to compute image features")
-        outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
-        return outputs, pool_image(outputs.last_hidden_state, outputs.pooler_output, self.config.vision_pooling)
+        expected = "(batch_size, num_views, channels, height, width)" if multi_view else "(batch, channels, h, w)"
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != (5 if multi_view else 4):
+            shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
+            raise ValueError(f"pixel_values must be a tensor of shape {expected}, got {shape}")
+        if not pixel_values.is_floating_point():
+            raise ValueError(
+                f"pixel_values must be a floating-point tensor (normalised images), got {pixel_values.dtype}: "
+                "prepare images with the model's processor, e.g. AutoProcessor.from_pretrained(...)(images=...)"
+            )
+        channels = getattr(self.config.vision_config, "num_channels", None)
+        if channels is not None and pixel_values.shape[-3] != channels:
+            raise ValueError(
+                f"pixel_values has {pixel_values.shape[-3]} channels, the image encoder takes {channels} "
+                f"(config.vision_config.num_channels); shape {tuple(pixel_values.shape)} is read as {expected}"
+            )
+        if pixel_values.shape[0] == 0:
+            raise ValueError("pixel_values is an empty batch (0 images)")
 
-    def _image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
-        outputs, pooled = self._pooled_image(pixel_values, **kwargs)
+    def _check_text(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None) -> None:
+        if input_ids is None:
+            raise ValueError("input_ids is required to compute text features")
+        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
+            shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids)
+            raise ValueError(
+                f"input_ids must be an integer tensor of shape (batch_size, sequence_length), got {shape}"
+            )
+        if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): give at least one token per text")
+        vocab_size = getattr(self.config.text_config, "vocab_size", None)
+        if vocab_size is not None:
+            low, high = int(input_ids.min()), int(input_ids.max())
+            if low < 0 or high >= vocab_size:
+                raise ValueError(
+                    f"input_ids holds token id {high if high >= vocab_size else low} outside the vocabulary "
+                    f"[0, {vocab_size}) (config.text_config.vocab_size): was the text tokenised with this model's "
+                    "tokenizer?"
+                )
+        if attention_mask is not None:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(
+                    f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids "
+                    f"{tuple(input_ids.shape)}"
+                )
+            empty = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
+            if empty:
+                raise ValueError(f"texts {empty[:10]} are empty (their attention_mask is all 0)")
+
+    def _check_augmentation_params(self, augmentation_params: torch.Tensor, leading: tuple[int, ...]) -> None:
+        expected = (*leading, self.config.augmentation_param_dim)
+        if tuple(augmentation_params.shape) != expected:
+            layout = "batch, views" if len(leading) == 2 else "batch"
+            raise ValueError(
+                f"augmentation_params must have shape {list(expected)} ([{layout}, "
+                f"augmentation_param_dim={self.config.augmentation_param_dim}]); got {list(augmentation_params.shape)}"
+            )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Embeddings
+
+    def _image_embedding(
+        self, pixel_values: torch.Tensor, augmentation_params: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        """`(batch_size, channels, height, width)` images (and their `(batch_size, P)` augmentation parameters,
+        None: identity) -> the encoder output with the projected, un-normalised embedding as `pooler_output`."""
+        self._check_pixel_values(pixel_values)
+        outputs, pooled = self._encode_image(pixel_values, **kwargs)
+        if self.config.augmentation_aware:
+            batch, width = pixel_values.shape[0], self.config.augmentation_param_dim
+            if augmentation_params is None:
+                identity = self.config.identity_augmentation_params
+                augmentation_params = torch.tensor(identity, device=pooled.device).expand(batch, width)
+            else:
+                self._check_augmentation_params(augmentation_params, (batch,))
+            code = self.augmentation_encoder(augmentation_params.to(device=pooled.device, dtype=pooled.dtype))
+            pooled = pooled + code if self.config.augmentation_fusion == "add" else torch.cat([pooled, code], dim=-1)
         return with_pooler_output(outputs, self.visual_projection(pooled))
 
-    def _text_features(
+    def _text_embedding(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
@@ -130,13 +270,286 @@ class TowerHeadsMixin:
         token_type_ids: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
-        if input_ids is None:
-            raise ValueError("input_ids is required to compute text features")
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        """Token ids -> the encoder output with the projected, un-normalised embedding as `pooler_output`."""
+        self._check_text(input_ids, attention_mask)
+        outputs, pooled = self._encode_text(input_ids, attention_mask, position_ids, token_type_ids, **kwargs)
+        return with_pooler_output(outputs, self.text_projection(pooled))
+
+    def _image_view_embeddings(
+        self, pixel_values: torch.Tensor, augmentation_params: torch.Tensor | None, **kwargs
+    ) -> tuple[torch.Tensor, BaseModelOutputWithPooling]:
+        """Normalised `(batch_size, num_views, projection_dim)` embeddings of `(batch_size, channels, height, width)`
+        images (one view) or of `(batch_size, num_views, channels, height, width)` views."""
+        if isinstance(pixel_values, torch.Tensor) and pixel_values.ndim == 4:
+            if augmentation_params is not None and augmentation_params.ndim == 3:
+                if self.config.augmentation_aware:
+                    self._check_augmentation_params(augmentation_params, (pixel_values.shape[0], 1))
+                augmentation_params = augmentation_params[:, 0]
+            outputs = self._image_embedding(pixel_values, augmentation_params, **kwargs)
+            return nn.functional.normalize(outputs.pooler_output, dim=-1)[:, None], outputs
+        self._check_pixel_values(pixel_values, multi_view=True)
+        batch, num_views = pixel_values.shape[:2]
+        if num_views != self.config.num_views:
             raise ValueError(
-                f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids "
-                f"{tuple(input_ids.shape)}"
+                f"pixel_values has {num_views} views per image but config.num_views is {self.config.num_views}"
             )
+        if self.config.augmentation_aware:
+            if augmentation_params is None:
+                raise ValueError(
+                    "multi-view pixel_values [batch, views, C, H, W] need augmentation_params "
+                    f"[batch, views, {self.config.augmentation_param_dim}] describing each view (augmentation_aware)"
+                )
+            self._check_augmentation_params(augmentation_params, (batch, num_views))
+            augmentation_params = augmentation_params.flatten(0, 1)
+        outputs = self._image_embedding(pixel_values.flatten(0, 1), augmentation_params, **kwargs)
+        embeds = nn.functional.normalize(outputs.pooler_output, dim=-1)
+        return embeds.unflatten(0, (batch, num_views)), outputs
+
+    @can_return_tuple
+    def get_image_features(
+        self, pixel_values: torch.Tensor, augmentation_params: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        r"""The image encoder's output whose `pooler_output` is the projected, un-normalised image embedding.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                Images as prepared by the model's processor.
+            augmentation_params (`torch.FloatTensor` of shape `(batch_size, augmentation_param_dim)`, *optional*):
+                Augmentation-aware models only: the parameters of each image's augmentation; None (the default, and
+                what evaluation should use) means un-augmented images, the identity parameters.
+
+        Returns:
+            `BaseModelOutputWithPooling` with `pooler_output` of shape `(batch_size, projection_dim)`.
+        """
+        return self._image_embedding(pixel_values, augmentation_params, **kwargs)
+
+    @can_return_tuple
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        r"""The text encoder's output whose `pooler_output` is the projected, un-normalised text embedding.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): token ids, right-padded.
+            attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*): 1 on real tokens.
+
+        Returns:
+            `BaseModelOutputWithPooling` with `pooler_output` of shape `(batch_size, projection_dim)`.
+        """
+        return self._text_embedding(input_ids, attention_mask, position_ids, token_type_ids, **kwargs)
+
+
+class ContrastiveModel(ContrastiveHeads):
+    """The dual encoder: both modalities, the similarity and the objective (mixed into a method's model class)."""
+
+    def similarity_scale(self) -> torch.Tensor:
+        """`exp(logit_scale)`: of shape `(3,)` (per domain pair) with `domain_similarity`, else `(1,)`."""
+        return self.logit_scale.exp()
+
+    def image_text_logits(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """`(num_images, num_texts)` image-text similarities of normalised embeddings."""
+        return similarity_logits(image_embeds @ text_embeds.T, IMAGE_TEXT, self.similarity_scale(), self.logit_offset)
+
+    def contrastive_loss(
+        self,
+        image_view_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        text_keys: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        r"""The config's objective over (this rank's share of) a batch of embeddings.
+
+        `forward(..., return_loss=True)` calls it; so does exact large-batch accumulation, on embeddings cached over
+        several micro-batches.
+
+        Args:
+            image_view_embeds (`torch.Tensor` of shape `(batch_size, num_views, projection_dim)`): L2-normalised.
+            text_embeds (`torch.Tensor` of shape `(batch_size, projection_dim)`): L2-normalised; text `i` pairs with
+                the views of image `i`.
+            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class ids (`-1`: a pair of its own),
+                with `config.use_labels`.
+            text_keys (`torch.LongTensor` of shape `(batch_size,)`, *optional*): `losses.text_identity_keys` of the
+                texts, used with `config.mask_duplicate_texts`.
+
+        Returns:
+            `torch.Tensor` of shape `()`.
+        """
+        config = self.config
+        if labels is not None and not config.use_labels:
+            raise ValueError("labels were given but config.use_labels is False: drop them or set use_labels=True")
+        if image_view_embeds.shape[0] != text_embeds.shape[0]:
+            raise ValueError(
+                f"the loss pairs image i with text i: got {image_view_embeds.shape[0]} images and "
+                f"{text_embeds.shape[0]} texts"
+            )
+        return contrastive_objective(
+            image_view_embeds,
+            text_embeds,
+            self.similarity_scale(),
+            self.logit_offset,
+            labels=None if labels is None else labels.to(text_embeds.device),
+            text_keys=text_keys if config.mask_duplicate_texts else None,
+            intra_domain_pairs=config.intra_domain_pairs,
+            variant=config.contrastive_loss,
+        )
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        augmentation_params: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        return_loss: bool | None = None,
+        **kwargs,
+    ) -> ContrastiveOutput:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(text_batch_size, sequence_length)`, *optional*):
+                Token ids; right padding with any pad id.
+            pixel_values (`torch.FloatTensor`, *optional*):
+                `(image_batch_size, num_channels, height, width)` images as prepared by the processor, or
+                `(image_batch_size, num_views, num_channels, height, width)` augmented views for training
+                (`num_views` must be `config.num_views`).
+            attention_mask (`torch.Tensor` of shape `(text_batch_size, sequence_length)`, *optional*):
+                1 on real tokens, 0 on padding.
+            augmentation_params (`torch.FloatTensor`, *optional*):
+                Augmentation-aware models: `(image_batch_size, num_views, augmentation_param_dim)` parameters of each
+                view, required with multi-view `pixel_values`; for 4-D `pixel_values`,
+                `(image_batch_size, augmentation_param_dim)` or None (identity). Ignored by other models.
+            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                Class id of each item, `-1` for an image-text pair (a label of its own); with `config.use_labels`.
+                Giving labels implies `return_loss`.
+            return_loss (`bool`, *optional*):
+                Whether to return the contrastive loss; needs both modalities with one text per image. With 4-D
+                `pixel_values` each image is a single view.
+
+        Either modality may be left out (then only the other one's embeddings are returned), unless a loss is asked.
+        """
+        wants_loss = bool(return_loss) or labels is not None
+        if wants_loss and (input_ids is None or pixel_values is None):
+            raise ValueError("a contrastive loss needs both input_ids and pixel_values")
+        if input_ids is None and pixel_values is None:
+            raise ValueError("give input_ids, pixel_values or both")
+        if labels is not None and not self.config.use_labels:
+            raise ValueError("labels were given but config.use_labels is False: drop them or set use_labels=True")
+
+        image_view_embeds = image_embeds = text_embeds = vision_outputs = text_outputs = None
+        if pixel_values is not None:
+            image_view_embeds, vision_outputs = self._image_view_embeddings(
+                pixel_values, augmentation_params, **kwargs
+            )
+            image_embeds = image_view_embeds[:, 0]
+        elif augmentation_params is not None:
+            raise ValueError("augmentation_params were given without pixel_values")
+        if input_ids is not None:
+            text_outputs = self._text_embedding(input_ids, attention_mask, position_ids, token_type_ids, **kwargs)
+            text_embeds = nn.functional.normalize(text_outputs.pooler_output, dim=-1)
+
+        logits_per_image = logits_per_text = loss = None
+        if image_embeds is not None and text_embeds is not None:
+            logits_per_image = self.image_text_logits(image_embeds, text_embeds)
+            logits_per_text = logits_per_image.T
+            if wants_loss:
+                keys = text_identity_keys(input_ids, attention_mask) if self.config.mask_duplicate_texts else None
+                loss = self.contrastive_loss(image_view_embeds, text_embeds, labels, keys)
+
+        return ContrastiveOutput(
+            loss=loss,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            image_view_embeds=image_view_embeds,
+            text_model_output=text_outputs,
+            vision_model_output=vision_outputs,
+        )
+
+
+class ImageEmbeddingModel(ContrastiveHeads):
+    """The image encoder and its head alone, for image indexing and the image-feature-extraction pipeline (mixed
+    into a method's `*VisionModelWithProjection`; loads from the dual encoder's folder, ignoring the text weights)."""
+
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    modalities = (VISION,)
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        augmentation_params: torch.FloatTensor | None = None,
+        **kwargs,
+    ) -> EmbeddingOutput:
+        r"""`pixel_values` of shape `(batch_size, num_channels, height, width)` (and, for augmentation-aware models,
+        optional `(batch_size, augmentation_param_dim)` parameters, default identity) -> the projected,
+        un-normalised embedding of shape `(batch_size, projection_dim)` first, then the encoder's tokens."""
+        return EmbeddingOutput.from_features(self._image_embedding(pixel_values, augmentation_params, **kwargs))
+
+
+class TextEmbeddingModel(ContrastiveHeads):
+    """The text encoder and its projection alone, for text indexing and the feature-extraction pipeline (mixed into
+    a method's `*TextModelWithProjection`; loads from the dual encoder's folder, ignoring the image weights)."""
+
+    input_modalities = ("text",)
+    modalities = (TEXT,)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> EmbeddingOutput:
+        r"""`input_ids` of shape `(batch_size, sequence_length)` -> the projected, un-normalised embedding of shape
+        `(batch_size, projection_dim)` first, then the encoder's tokens."""
+        features = self._text_embedding(input_ids, attention_mask, position_ids, token_type_ids, **kwargs)
+        return EmbeddingOutput.from_features(features)
+
+
+class TowerEncoders:
+    """Encoders made of any transformers image tower and text tower, each pooled to one vector (UniCL, UniCLIP).
+
+    The host config is a `TowerDualEncoderConfig` (`vision_config`, `text_config`, `vision_pooling`,
+    `text_pooling`).
+    """
+
+    config: PreTrainedConfig
+
+    def _build_encoders(self, config, modalities: tuple[str, ...]) -> dict[str, int]:
+        widths = {}
+        if VISION in modalities:
+            self.vision_model = build_tower(config.vision_config)
+            # Keep one config object per tower so that attention-implementation switches reach the tower.
+            config.vision_config = self.vision_model.config
+            widths[VISION] = config.vision_config.hidden_size
+        if TEXT in modalities:
+            self.text_model = build_tower(config.text_config)
+            config.text_config = self.text_model.config
+            widths[TEXT] = config.text_config.hidden_size
+        self._no_split_modules = sorted(
+            {name for tower in self._towers() for name in (getattr(tower, "_no_split_modules", None) or [])}
+        )
+        return widths
+
+    def _towers(self) -> list[PreTrainedModel]:
+        return [tower for tower in (getattr(self, "vision_model", None), getattr(self, "text_model", None)) if tower]
+
+    def _encode_image(self, pixel_values: torch.Tensor, **kwargs) -> tuple[Any, torch.Tensor]:
+        outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
+        return outputs, pool_image(outputs.last_hidden_state, outputs.pooler_output, self.config.vision_pooling)
+
+    def _encode_text(self, input_ids, attention_mask=None, position_ids=None, token_type_ids=None, **kwargs):
         outputs = self.text_model(
             **text_tower_inputs(input_ids, attention_mask, position_ids, token_type_ids), return_dict=True, **kwargs
         )
@@ -144,7 +557,18 @@ class TowerHeadsMixin:
         pooled = pool_text(
             outputs.last_hidden_state, input_ids, attention_mask, self.config.text_pooling, eos_token_id
         )
-        return with_pooler_output(outputs, self.text_projection(pooled))
+        return outputs, pooled
 
 
-__all__ = ["ContrastiveOutput", "EmbeddingOutput", "TowerHeadsMixin", "with_pooler_output"]
+__all__ = [
+    "AugmentationEncoder",
+    "ContrastiveHeads",
+    "ContrastiveModel",
+    "ContrastiveOutput",
+    "EmbeddingOutput",
+    "ImageEmbeddingModel",
+    "TextEmbeddingModel",
+    "TowerEncoders",
+    "init_contrastive_weights",
+    "with_pooler_output",
+]

@@ -26,7 +26,6 @@ Projections are `nn.Linear(bias=False)`, so an official `[in, out]` matrix `P` (
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -36,33 +35,24 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import can_return_tuple
 
 from .auto_map import ZeroShotAutoMapMixin
 from .configuration_msclip import MSCLIPConfig
-from .dual_encoder import ContrastiveOutput, EmbeddingOutput
-from .losses import clip_loss
+from .dual_encoder import (
+    ContrastiveModel,
+    ContrastiveOutput,
+    ImageEmbeddingModel,
+    TextEmbeddingModel,
+    init_contrastive_weights,
+)
+from .pretrained import register_scalar_checkpoint_shapes
 from .towers import eos_positions
 
 MODALITIES = ("vision", "text")
 
 
-@dataclass
-class MSCLIPOutput(ContrastiveOutput):
-    """Output of [`MSCLIPModel`], laid out like transformers' `CLIPOutput`.
-
-    Args:
-        loss (`torch.Tensor` of shape `()`, *optional*): symmetric InfoNCE (CLIP) loss, with `return_loss=True`.
-        logits_per_image (`torch.Tensor` of shape `(image_batch_size, text_batch_size)`):
-            `exp(logit_scale) * image_embeds @ text_embeds.T`.
-        logits_per_text (`torch.Tensor` of shape `(text_batch_size, image_batch_size)`): its transpose.
-        text_embeds (`torch.Tensor` of shape `(text_batch_size, projection_dim)`): L2-normalised text embeddings.
-        image_embeds (`torch.Tensor` of shape `(image_batch_size, projection_dim)`): L2-normalised image embeddings.
-        text_model_output (`BaseModelOutputWithPooling`): text tokens after the final LayerNorm and the projected
-            pooled feature.
-        vision_model_output (`BaseModelOutputWithPooling`): image tokens after the last block and the projected
-            pooled feature.
-    """
+# [`MSCLIPModel`]'s output: transformers' `CLIPOutput` layout (`dual_encoder.ContrastiveOutput`).
+MSCLIPOutput = ContrastiveOutput
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -575,18 +565,17 @@ class MSCLIPPreTrainedModel(ZeroShotAutoMapMixin, PreTrainedModel):
         elif isinstance(module, nn.Linear) and module.bias is None:
             # visual_projection / text_projection
             init.normal_(module.weight, std=width**-0.5 * factor)
-        if isinstance(getattr(module, "logit_scale", None), nn.Parameter):
-            init.constant_(module.logit_scale, config.logit_scale_init_value)
+        init_contrastive_weights(module, config)
 
 
-class _MSCLIPHeads:
-    """Builds and runs the modality-specific parts around the shared stack, for the dual encoder and for the
-    single-modality models (which build the same parameter names, minus the other modality's)."""
+class MSCLIPEncoders:
+    """MS-CLIP's encoders: the modality-specific parts around the one shared stack, for the dual encoder and for
+    the single-modality models (which build the same parameter names, minus the other modality's). The heads,
+    forward and objective are the package's one skeleton (`dual_encoder.ContrastiveHeads`)."""
 
     config: MSCLIPConfig
 
-    def _build(self, config: MSCLIPConfig, modalities: tuple[str, ...]) -> None:
-        self.modalities = modalities
+    def _build_encoders(self, config: MSCLIPConfig, modalities: tuple[str, ...]) -> dict[str, int]:
         width, eps = config.hidden_size, config.layer_norm_eps
         if "vision" in modalities:
             self.vision_embeddings = MSCLIPVisionEmbeddings(config)
@@ -594,22 +583,36 @@ class _MSCLIPHeads:
             if config.parallel_branch:
                 self.vision_parallel_branch = MSCLIPParallelBranch(config)
             self.vision_post_layernorm = MSCLIPLayerNorm(width, eps=eps)
-            self.visual_projection = nn.Linear(width, config.projection_dim, bias=False)
         if "text" in modalities:
             self.text_embeddings = MSCLIPTextEmbeddings(config)
             self.text_final_layer_norm = MSCLIPLayerNorm(width, eps=eps)
-            self.text_projection = nn.Linear(width, config.projection_dim, bias=False)
         self.encoder = MSCLIPEncoder(config, modalities)
+        return {modality: width for modality in modalities}
 
-    def _image_features(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        if pixel_values is None:
-            raise ValueError("pixel_values is required to compute image features")
+    def get_input_embeddings(self) -> nn.Module | None:
+        embeddings = getattr(self, "text_embeddings", None)
+        return None if embeddings is None else embeddings.token_embedding
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_embeddings.token_embedding = value
+
+    def _recorded_outputs(self, kwargs: dict) -> tuple[bool, bool]:
+        """`output_hidden_states` / `output_attentions` from the call, else from the config (transformers' rule)."""
+        hidden = kwargs.pop("output_hidden_states", None)
+        attentions = kwargs.pop("output_attentions", None)
+        hidden = self.config.output_hidden_states if hidden is None else hidden
+        attentions = self.config.output_attentions if attentions is None else attentions
+        return bool(hidden), bool(attentions)
+
+    def _encode_image(self, pixel_values: torch.Tensor, **kwargs) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
+        """Image tokens `(batch_size, 1 + grid**2, hidden_size)` (before `vision_post_layernorm`) and the pooled
+        CLS feature `(batch_size, hidden_size)`.
+
+        `hidden_states`, when recorded, holds the stem's (or patch embedding's) tokens after `vision_pre_layernorm`
+        and the output of every block images run: `config.vision_config.num_hidden_layers + 1` tensors (the conv
+        stem replaces block 0 under early specialization).
+        """
+        output_hidden_states, output_attentions = self._recorded_outputs(kwargs)
         hidden_states = self.vision_pre_layernorm(self.vision_embeddings(pixel_values))
         before_layer = None
         if self.config.parallel_branch:
@@ -619,36 +622,27 @@ class _MSCLIPHeads:
             "vision",
             attention_mask=None,
             before_layer=before_layer,
-            output_hidden_states=bool(output_hidden_states),
-            output_attentions=bool(output_attentions),
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
             **kwargs,
         )
-        pooled = self.vision_post_layernorm(outputs.last_hidden_state[:, 0])
-        return BaseModelOutputWithPooling(
-            last_hidden_state=outputs.last_hidden_state,
-            pooler_output=self.visual_projection(pooled),
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        return outputs, self.vision_post_layernorm(outputs.last_hidden_state[:, 0])
 
-    def _text_features(
+    def _encode_text(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
+        token_type_ids: torch.Tensor | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        if input_ids is None:
-            raise ValueError("input_ids is required to compute text features")
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must have shape [batch, sequence], got {tuple(input_ids.shape)}")
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids "
-                f"{tuple(input_ids.shape)}"
-            )
+    ) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
+        """Text tokens `(batch_size, sequence_length, hidden_size)` after the final LayerNorm and the pooled
+        end-of-text feature `(batch_size, hidden_size)`; `token_type_ids` are accepted and ignored.
+
+        `hidden_states`, when recorded, holds the embeddings and the output of every block:
+        `config.num_hidden_layers + 1` tensors.
+        """
+        output_hidden_states, output_attentions = self._recorded_outputs(kwargs)
         hidden_states = self.text_embeddings(input_ids, position_ids)
         batch_size, seq_len = input_ids.shape
         # Kernels that take `is_causal` need no materialised mask (and skip the masked blocks); others get it.
@@ -659,23 +653,23 @@ class _MSCLIPHeads:
             hidden_states,
             "text",
             attention_mask=mask,
-            output_hidden_states=bool(output_hidden_states),
-            output_attentions=bool(output_attentions),
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
             **kwargs,
         )
         last_hidden_state = self.text_final_layer_norm(outputs.last_hidden_state)
         # Official: the first end-of-text token (the largest id). By id, not argmax, so any pad id works.
         positions = eos_positions(input_ids, attention_mask, self.config.eos_token_id).to(last_hidden_state.device)
         pooled = last_hidden_state[torch.arange(batch_size, device=last_hidden_state.device), positions]
-        return BaseModelOutputWithPooling(
+        outputs = BaseModelOutputWithPooling(
             last_hidden_state=last_hidden_state,
-            pooler_output=self.text_projection(pooled),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+        return outputs, pooled
 
 
-class MSCLIPModel(_MSCLIPHeads, MSCLIPPreTrainedModel):
+class MSCLIPModel(ContrastiveModel, MSCLIPEncoders, MSCLIPPreTrainedModel):
     """MS-CLIP dual encoder with one modality-shared transformer.
 
     Example:
@@ -687,149 +681,18 @@ class MSCLIPModel(_MSCLIPHeads, MSCLIPPreTrainedModel):
     ```
     """
 
-    def __init__(self, config: MSCLIPConfig):
-        super().__init__(config)
-        self._build(config, MODALITIES)
-        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
-        self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.text_embeddings.token_embedding
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.text_embeddings.token_embedding = value
-
-    @can_return_tuple
-    def get_text_features(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        """Text tokens `[B, L, W]` (after the final LayerNorm) and `pooler_output`, the projected, un-normalised text
-        embedding `[B, D]`."""
-        kwargs.pop("token_type_ids", None)
-        return self._text_features(input_ids, attention_mask, position_ids, **kwargs)
-
-    @can_return_tuple
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
-        """Image tokens `[B, 1 + grid**2, W]` (before `vision_post_layernorm`) and `pooler_output`, the projected,
-        un-normalised image embedding `[B, D]`."""
-        return self._image_features(pixel_values, **kwargs)
-
-    @can_return_tuple
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        pixel_values: torch.FloatTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        return_loss: bool | None = None,
-        token_type_ids: torch.LongTensor | None = None,
-        **kwargs,
-    ) -> MSCLIPOutput:
-        r"""
-        Args:
-            input_ids (`torch.LongTensor` of shape `(text_batch_size, sequence_length)`, *optional*):
-                Token ids, right-padded with any pad id; at most `max_position_embeddings` long.
-            pixel_values (`torch.FloatTensor` of shape `(image_batch_size, 3, image_size, image_size)`, *optional*):
-                Images as prepared by [`MSCLIPProcessor`].
-            attention_mask (`torch.Tensor` of shape `(text_batch_size, sequence_length)`, *optional*):
-                1 on real tokens, 0 on (right) padding. Attention is causal as in the official model, so padding is
-                already invisible to real tokens; the mask only locates the pooled token when a row has no
-                end-of-text token (truncated text: its last attended token is pooled).
-            return_loss (`bool`, *optional*): return the symmetric InfoNCE loss (needs both modalities, one row
-                per pair).
-            token_type_ids: accepted and ignored (some tokenizers emit them).
-
-        Either modality may be left out (then only the other's embeddings are returned), unless a loss is asked.
-        """
-        if return_loss and (input_ids is None or pixel_values is None):
-            raise ValueError("a contrastive loss needs both input_ids and pixel_values")
-        if input_ids is None and pixel_values is None:
-            raise ValueError("give input_ids, pixel_values or both")
-
-        image_embeds = text_embeds = vision_outputs = text_outputs = None
-        if pixel_values is not None:
-            vision_outputs = self._image_features(pixel_values, **kwargs)
-            image_embeds = nn.functional.normalize(vision_outputs.pooler_output, dim=-1)
-        if input_ids is not None:
-            text_outputs = self._text_features(input_ids, attention_mask, position_ids, **kwargs)
-            text_embeds = nn.functional.normalize(text_outputs.pooler_output, dim=-1)
-
-        logits_per_image = logits_per_text = loss = None
-        if image_embeds is not None and text_embeds is not None:
-            logit_scale = self.logit_scale.exp()
-            logits_per_text = logit_scale * text_embeds @ image_embeds.T
-            logits_per_image = logits_per_text.T
-            if return_loss:
-                if image_embeds.shape[0] != text_embeds.shape[0]:
-                    raise ValueError(
-                        f"a loss pairs image i with text i: got {image_embeds.shape[0]} images and "
-                        f"{text_embeds.shape[0]} texts"
-                    )
-                loss = clip_loss(image_embeds, text_embeds, logit_scale)
-
-        return MSCLIPOutput(
-            loss=loss,
-            logits_per_image=logits_per_image,
-            logits_per_text=logits_per_text,
-            text_embeds=text_embeds,
-            image_embeds=image_embeds,
-            text_model_output=text_outputs,
-            vision_model_output=vision_outputs,
-        )
-
-
-class MSCLIPVisionModelWithProjection(_MSCLIPHeads, MSCLIPPreTrainedModel):
+class MSCLIPVisionModelWithProjection(ImageEmbeddingModel, MSCLIPEncoders, MSCLIPPreTrainedModel):
     """The vision path alone (stack with shared + vision parts, stem, branch, projection), for image indexing and
     the image-feature-extraction pipeline. Loads from a saved [`MSCLIPModel`] folder; text weights are ignored."""
 
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
 
-    def __init__(self, config: MSCLIPConfig):
-        super().__init__(config)
-        self._build(config, ("vision",))
-        self.post_init()
-
-    @can_return_tuple
-    def forward(self, pixel_values: torch.FloatTensor | None = None, **kwargs) -> EmbeddingOutput:
-        """Returns the projected image embedding `[B, D]` (not normalised) first, then the tokens."""
-        return EmbeddingOutput.from_features(self._image_features(pixel_values, **kwargs))
-
-
-class MSCLIPTextModelWithProjection(_MSCLIPHeads, MSCLIPPreTrainedModel):
+class MSCLIPTextModelWithProjection(TextEmbeddingModel, MSCLIPEncoders, MSCLIPPreTrainedModel):
     """The text path alone (stack with shared + text parts, embeddings, projection), for text indexing and the
     feature-extraction pipeline. Loads from a saved [`MSCLIPModel`] folder; image weights are ignored."""
 
-    input_modalities = ("text",)
 
-    def __init__(self, config: MSCLIPConfig):
-        super().__init__(config)
-        self._build(config, ("text",))
-        self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.text_embeddings.token_embedding
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.text_embeddings.token_embedding = value
-
-    @can_return_tuple
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        token_type_ids: torch.LongTensor | None = None,
-        **kwargs,
-    ) -> EmbeddingOutput:
-        """Returns the projected text embedding `[B, D]` (not normalised) first, then the tokens."""
-        return EmbeddingOutput.from_features(self._text_features(input_ids, attention_mask, position_ids, **kwargs))
-
-
+register_scalar_checkpoint_shapes(MSCLIPConfig.model_type)
 MSCLIPConfig.register_for_auto_class()
 MSCLIPModel.register_for_auto_class("AutoModel")
 

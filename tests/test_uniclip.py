@@ -25,12 +25,11 @@ from transformers import (
 )
 
 from hf_unified.configuration_uniclip import UniCLIPConfig
+from hf_unified.losses import contrastive_objective, similarity_logits
 from hf_unified.modeling_uniclip import (
     UniCLIPModel,
     UniCLIPTextModelWithProjection,
     UniCLIPVisionModelWithProjection,
-    domain_scaled_similarity,
-    unified_contrastive_loss,
 )
 from hf_unified.processing_uniclip import UniCLIPProcessor, uniclip_image_processor
 from hf_unified.training.augmentation import (
@@ -230,6 +229,13 @@ def loop_reference(image_view_embeds, text_embeds, logit_scale, logit_offset, va
     return sum(pair_terms) / len(pair_terms)
 
 
+def unified_contrastive_loss(images, texts, logit_scale, logit_offset=None, variant="mp_nce"):
+    """UniCLIP's point of the objective: one space (intra-domain pairs), log-scales given per domain pair."""
+    return contrastive_objective(
+        images, texts, logit_scale.exp(), logit_offset, intra_domain_pairs=True, variant=variant
+    )
+
+
 def _random_embeddings(n=4, views=2, dim=8, seed=0):
     generator = torch.Generator().manual_seed(seed)
     images = torch.nn.functional.normalize(
@@ -274,14 +280,16 @@ def test_domain_scaled_similarity_formula():
     expected = torch.tensor(
         [[1 * (0.5 - 0.1), math.e * (-0.2 - 0.2)], [math.e * (0.1 - 0.2), math.e**2 * (0.9 - 0.3)]]
     )
-    torch.testing.assert_close(domain_scaled_similarity(cosine, pairs, scale, offset), expected)
-    torch.testing.assert_close(domain_scaled_similarity(cosine, pairs, torch.tensor([1.0])), math.e * cosine)
+    torch.testing.assert_close(similarity_logits(cosine, pairs, scale.exp(), offset), expected)
+    torch.testing.assert_close(similarity_logits(cosine, pairs, torch.tensor([1.0]).exp()), math.e * cosine)
 
 
-def test_unified_loss_needs_negatives_and_matching_shapes():
+def test_unified_loss_of_one_pair_is_defined_and_shapes_must_match():
+    # One pair: every anchor has positives and no negative, so each MP-NCE term is -log(1) = 0.
     images, texts = _random_embeddings(n=1)
-    with pytest.raises(ValueError, match="at least 2"):
-        unified_contrastive_loss(images, texts, torch.zeros(3, dtype=torch.float64))
+    loss = unified_contrastive_loss(images, texts, torch.zeros(3, dtype=torch.float64))
+    assert loss.item() == pytest.approx(loop_reference(images, texts, torch.zeros(3), None, "mp_nce"), abs=1e-12)
+    assert loss.item() == 0.0
     images, texts = _random_embeddings(n=3)
     with pytest.raises(ValueError, match="text_embeds must be"):
         unified_contrastive_loss(images, texts[:2], torch.zeros(3, dtype=torch.float64))

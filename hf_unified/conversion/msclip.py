@@ -513,7 +513,8 @@ def _block(converted, official, config: MSCLIPConfig, block: int) -> None:
 def convert_state_dict(official: OfficialStateDict, config: MSCLIPConfig) -> ConvertedStateDict:
     """Maps every official MS-CLIP tensor onto `MSCLIPModel` parameter and buffer names."""
     converted = ConvertedStateDict()
-    _copy(converted, official, "logit_scale", "logit_scale")
+    # The model holds the log temperature as a 1-element tensor (FSDP shards no 0-D parameters).
+    converted["logit_scale"] = (official.take("logit_scale").reshape(1), "logit_scale")
     _copy(converted, official, "token_embedding.weight", "text_embeddings.token_embedding.weight")
     _copy(converted, official, "positional_embedding", "text_embeddings.position_embedding.weight")
     _copy_all(converted, official, "ln_final", "text_final_layer_norm", ("weight", "bias"))

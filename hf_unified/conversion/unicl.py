@@ -503,7 +503,7 @@ def convert_state_dict(official: OfficialStateDict, config: UniCLConfig) -> Conv
     logit_scale = official.take("logit_scale")
     if logit_scale.numel():
         converted["logit_scale"] = (
-            logit_scale.reshape(()) if logit_scale.numel() == 1 else logit_scale,
+            logit_scale.reshape(1),  # the model holds it as a 1-element tensor (FSDP)
             "logit_scale",
         )
     return converted
