@@ -1,4 +1,5 @@
-"""The streaming data pipeline: sources, corrupt samples, the label vocabulary, exact stream positions."""
+"""The streaming data pipeline: sources, corrupt samples, the label vocabulary, exact stream positions (every kind of
+damage is attacked in test_data_damage.py)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ def test_corrupt_and_incomplete_samples_are_skipped_and_counted(shard_with_bad_s
     loader = torch.utils.data.DataLoader(train, batch_size=None, num_workers=num_workers)
     batch = next(iter(loader))
     assert batch["num_skipped"] == 3
+    assert batch["skipped"] == {"corrupt_image": 2, "missing_text": 1} and batch["damaged_shards"] == {}
     assert batch["pixel_values"].shape == (5, 3, 16, 16)
     assert batch["texts"] == ["a red square."] * 5
 
@@ -95,7 +97,8 @@ def test_caption_mapping_and_class_prompts_in_decoding():
     assert mapped["label"] == 1 and mapped["mapped"] and mapped["text"] == "a blue box on the left"
     labelled = data_lib.decode_example({"image": image, "text": None, "label": 0}, config, rng)
     assert labelled["text"] == "a circle." and labelled["label"] == 0 and not labelled["mapped"]
-    assert data_lib.decode_example({"image": image, "text": None, "label": 7}, config, rng) is None
+    out_of_range = data_lib.decode_example({"image": image, "text": "a box", "label": 7}, config, rng)
+    assert out_of_range == data_lib.Skipped("label_out_of_range", "", None, "label 7, expected in [0, 2)")
 
 
 def test_stream_batches_do_not_depend_on_workers_and_resume_exactly(tmp_path, tokenizer):

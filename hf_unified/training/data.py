@@ -1,10 +1,7 @@
-"""Streaming training and evaluation data for the dual encoders, built on `datasets`.
+"""Streaming training and evaluation data for the dual encoders: decoding, batches, exact resumption, damage.
 
-A *source* is one streamed dataset: local webdataset shards (img2dataset layout), parquet files, an imagefolder
-with a metadata file, or a Hub dataset id. Each source names its image column and a text column, a label column, or
-both. Sources are mixed with `interleave_datasets(probabilities=...)` (UniCL's balanced image-label / image-text
-mix is two sources at 0.5 each), split per rank with `split_dataset_by_node`, shuffled with a buffer, and decoded and
-augmented in DataLoader workers.
+The sources (`sources.py`) stream undecoded `{image, text, label}` rows mixed, shuffled and split per rank by
+`datasets`; this module decodes and augments them in DataLoader workers and collates batches.
 
 Exact resumption. `datasets`' own `IterableDataset.load_state_dict` drops the shuffle buffer's contents and, without
 torchdata's `StatefulDataLoader`, cannot see the workers' positions. The stream here is therefore a pure function
@@ -13,154 +10,51 @@ past what was consumed, and every random choice of decoding/augmentation is seed
 run sees exactly the batches an uninterrupted run would have seen, with any shuffle buffer and any worker count.
 `TrainStream.state_dict()` is what the checkpoints store. The price: every DataLoader worker reads (but does not
 decode) the rank's whole raw stream, so raw reads grow with the worker count; decoding and augmentation, the costly
-part, are split between the workers.
+part, are split between the workers. Damage is part of the raw stream (a damaged sample or shard is a row with
+`damage` set, found the same way by every worker), so this holds on damaged data too.
 
-Corrupt or incomplete samples (undecodable image, missing text/label) are dropped in the workers and counted in
-every batch (`num_skipped`), never raised. A column name that a source lacks raises `ValueError` when the source is
-opened, before any training step.
+Damaged data never stops a run. A sample that cannot be used (undecodable image, caption that is not UTF-8, label
+that is not an integer or is outside the class list, a stray tar member, a missing value: the kinds are
+`data_health.SAMPLE_DAMAGE`) is skipped and counted by kind; a shard that cannot be opened or ends early is read up
+to where it broke, named, and the stream goes on with the next one. A column name that a source lacks raises
+`ValueError` when the source is opened, before any training step.
+
+The interface for a trainer. Every collated batch (`collate`, from `TrainStream` and `eval_dataloader`) holds
+
+- `input_ids`, `attention_mask` (`torch.LongTensor` of shape `(batch_size, sequence_length)`), `pixel_values`
+  (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`, or `(batch_size, num_views,
+  num_channels, height, width)` for multi-view augmentation, then with `augmentation_params` (`torch.FloatTensor`
+  of shape `(batch_size, num_views, num_params)`)), `labels` (`torch.LongTensor` of shape `(batch_size,)`, -1 for
+  an image-text pair; when `with_labels`) and `texts` (`list[str]`): absent when every sample of the batch was
+  skipped;
+- `num_skipped` (`int`), `skipped` (`dict[str, int]`: damage kind -> samples skipped), `num_mapped` (`int`: captions
+  given a label by the `LabelVocabulary`) and `damaged_shards` (`dict[str, str]`: shard -> what broke it, for the
+  shards whose damage was met while building this batch).
+
+The trainer sums them in a `DataHealth` (`update(batch)` for every batch, `check(max_skipped_fraction,
+min_samples)`, `state_dict()` in checkpoints, `merge` across ranks, `as_dict()` for logs); `eval_dataloader` keeps
+its own in `loader.health`. `iter_texts(specs, limit)` gives clean captions for a tokenizer pre-pass.
 """
 
 from __future__ import annotations
 
-import glob
 import io
 import json
-import os
 import random
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
-from datasets import Image as ImageFeature
-from datasets import IterableDataset, interleave_datasets, load_dataset
+from datasets import IterableDataset
 from datasets.distributed import split_dataset_by_node
 from PIL import Image
 
-FORMATS = ("webdataset", "parquet", "imagefolder", "hub")
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
-
-
-@dataclass
-class SourceSpec:
-    """One training or evaluation source.
-
-    Args:
-        path: a directory or glob of `.tar` shards, of `.parquet` files, an imagefolder directory, or a Hub id.
-        image_column: the image column (`"jpg"` for img2dataset shards, `"image"` for imagefolder).
-        text_column: caption column, or None.
-        label_column: integer class column, or None. A source with labels and no text gets a prompt built from the
-            class name (UniCL's image-label data).
-        probability: sampling weight when several sources are mixed.
-        format: one of `FORMATS`, or None to detect it from `path`.
-        split: split name for Hub and imagefolder datasets.
-    """
-
-    path: str
-    image_column: str = "jpg"
-    text_column: str | None = "txt"
-    label_column: str | None = None
-    probability: float = 1.0
-    format: str | None = None
-    split: str = "train"
-    name: str = field(default="")
-
-    def __post_init__(self):
-        self.text_column = self.text_column or None
-        self.label_column = self.label_column or None
-        if self.text_column is None and self.label_column is None:
-            raise ValueError(f"source {self.path!r} needs a text column, a label column or both")
-        if self.format is None:
-            self.format = detect_format(self.path)
-        if self.format not in FORMATS:
-            raise ValueError(f"source {self.path!r}: format must be one of {FORMATS}, got {self.format!r}")
-        self.name = self.name or self.path
-
-
-def _files(path: str, suffixes: Sequence[str]) -> list[str]:
-    if os.path.isdir(path):
-        return sorted(f for f in glob.glob(os.path.join(path, "*")) if f.endswith(tuple(suffixes)))
-    return sorted(f for f in glob.glob(path) if f.endswith(tuple(suffixes)))
-
-
-def detect_format(path: str) -> str:
-    """`webdataset` for `.tar` files or a folder of them, `parquet` likewise, `imagefolder` for another local
-    folder, `hub` for anything that does not exist locally."""
-    if _files(path, (".tar",)):
-        return "webdataset"
-    if _files(path, (".parquet",)):
-        return "parquet"
-    if os.path.isdir(path):
-        return "imagefolder"
-    if any(ch in path for ch in "*?[") or path.startswith((".", "/")):
-        raise ValueError(f"no .tar or .parquet files match {path!r}")
-    return "hub"
-
-
-def open_source(spec: SourceSpec) -> IterableDataset:
-    """Streams one source with the image column left undecoded (bytes), checking its column names.
-
-    Raises:
-        ValueError: the source lacks a named column (the message lists the columns it has).
-    """
-    if spec.format == "webdataset":
-        dataset = load_dataset(
-            "webdataset", data_files={"train": _files(spec.path, (".tar",))}, split="train", streaming=True
-        )
-    elif spec.format == "parquet":
-        dataset = load_dataset(
-            "parquet", data_files={"train": _files(spec.path, (".parquet",))}, split="train", streaming=True
-        )
-    elif spec.format == "imagefolder":
-        dataset = load_dataset("imagefolder", data_dir=spec.path, split=spec.split, streaming=True)
-    else:
-        dataset = load_dataset(spec.path, split=spec.split, streaming=True)
-    columns = list(dataset.features) if dataset.features is not None else list(next(iter(dataset.take(1))))
-    wanted = {"image_column": spec.image_column, "text_column": spec.text_column, "label_column": spec.label_column}
-    for role, column in wanted.items():
-        if column is not None and column not in columns:
-            raise ValueError(
-                f"source {spec.name!r} has no column {column!r} (given as {role}); its columns are {columns}"
-            )
-    if dataset.features is not None and isinstance(dataset.features[spec.image_column], ImageFeature):
-        dataset = dataset.cast_column(spec.image_column, ImageFeature(decode=False))
-    keep = [c for c in wanted.values() if c is not None]
-
-    def standardise(example: dict) -> dict:
-        return {
-            "image": example[spec.image_column],
-            "text": example[spec.text_column] if spec.text_column else None,
-            "label": example[spec.label_column] if spec.label_column else None,
-        }
-
-    # Standard columns so that sources with different layouts can be interleaved.
-    return dataset.select_columns(keep).map(standardise, remove_columns=keep)
-
-
-def build_stream(
-    specs: Sequence[SourceSpec], seed: int, rank: int, world_size: int, shuffle_buffer_size: int
-) -> IterableDataset:
-    """Mixed (by `probability`), shuffled, per-rank stream of undecoded `{image, text, label}` examples."""
-    datasets = [open_source(spec) for spec in specs]
-    if len(datasets) > 1:
-        total = sum(spec.probability for spec in specs)
-        if total <= 0 or any(spec.probability < 0 for spec in specs):
-            raise ValueError(
-                f"source probabilities must be >= 0 with a positive sum, got {[s.probability for s in specs]}"
-            )
-        stream = interleave_datasets(
-            datasets,
-            probabilities=[spec.probability / total for spec in specs],
-            seed=seed,
-            stopping_strategy="all_exhausted",
-        )
-    else:
-        stream = datasets[0]
-    if shuffle_buffer_size > 0:
-        stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
-    return split_dataset_by_node(stream, rank=rank, world_size=world_size)
+from .data_health import SAMPLE_DAMAGE, SHARD_DAMAGE, DamageLog, DataError, DataHealth, Skipped
+from .sources import FORMATS, RAW_FEATURES, SourceSpec, build_stream, detect_format, iter_texts, open_source
 
 
 def load_class_names(path: str | None) -> list[list[str]] | None:
@@ -230,25 +124,30 @@ def decode_image(value) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_example(example: dict, config: DecodeConfig, rng: random.Random) -> dict | None:
-    """One raw `{image, text, label}` -> model inputs, or None when the sample is corrupt or incomplete."""
-    label = example.get("label")
-    text = example.get("text")
+def decode_example(example: dict, config: DecodeConfig, rng: random.Random) -> dict | Skipped:
+    """One raw row (`sources.RAW_FEATURES`) -> model inputs, or a `Skipped` record saying why it gives none."""
+
+    def skipped(kind: str, detail: str) -> Skipped:
+        return Skipped(kind, example.get("shard") or "", example.get("key"), detail)
+
+    if example.get("damage"):
+        return skipped(example["damage"], example.get("detail") or "")
+    label, text = example.get("label"), example.get("text")
+    num_classes = len(config.class_names) if config.class_names is not None else None
+    if label is not None and (label < 0 or (num_classes is not None and label >= num_classes)):
+        expected = f"in [0, {num_classes})" if num_classes is not None else ">= 0"
+        return skipped("label_out_of_range", f"label {label}, expected {expected}")
     try:
         image = decode_image(example["image"])
-        if label is not None:
-            label = int(label.decode() if isinstance(label, bytes) else label)
-    except Exception:  # noqa: BLE001 - any undecodable sample is skipped and counted, never fatal
-        return None
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
+    except Exception as error:  # noqa: BLE001 - any undecodable image is skipped and counted, never fatal
+        return skipped("corrupt_image", f"{type(error).__name__}: {error}")
     mapped = False
     if label is None and text and config.label_vocabulary is not None:
         label = config.label_vocabulary(text)
         mapped = label is not None
     if not text:
-        if label is None or config.class_names is None or not 0 <= label < len(config.class_names):
-            return None
+        if label is None or config.class_names is None:
+            return skipped("missing_text", "no caption, and no class names to build a prompt from its label")
         text = rng.choice(list(config.templates)).format(rng.choice(config.class_names[label]))
     transformed = config.image_transform(image)
     item = {"text": text, "label": -1 if label is None else label, "mapped": mapped}
@@ -259,10 +158,22 @@ def decode_example(example: dict, config: DecodeConfig, rng: random.Random) -> d
     return item
 
 
-def collate(items: list[dict | None], tokenizer, max_length: int, with_labels: bool) -> dict:
-    """Stacks decoded items; `None` items (skipped samples) are counted in `num_skipped`."""
-    good = [item for item in items if item is not None]
-    batch = {"num_skipped": len(items) - len(good), "num_mapped": sum(item["mapped"] for item in good)}
+def collate(
+    items: list[dict | Skipped], tokenizer, max_length: int, with_labels: bool, damage_log: DamageLog | None = None
+) -> dict:
+    """Stacks decoded items and counts the `Skipped` ones (the batch keys are listed in the module docstring);
+    `damage_log` warns about them (rate-limited)."""
+    good = [item for item in items if not isinstance(item, Skipped)]
+    skips = [item for item in items if isinstance(item, Skipped)]
+    for skip in skips if damage_log is not None else ():
+        damage_log.report(skip)
+    skipped = Counter(skip.kind for skip in skips if skip.kind not in SHARD_DAMAGE)
+    batch = {
+        "num_skipped": sum(skipped.values()),
+        "skipped": dict(skipped),
+        "num_mapped": sum(item["mapped"] for item in good),
+        "damaged_shards": {s.shard: f"{s.kind}: {s.detail}" for s in skips if s.kind in SHARD_DAMAGE},
+    }
     if not good:
         return batch
     text = tokenizer(
@@ -282,15 +193,19 @@ class TrainStream(torch.utils.data.IterableDataset):
     """Endless per-rank stream of collated training batches, exactly resumable.
 
     Args:
-        stream: this rank's `datasets.IterableDataset` of undecoded examples (`build_stream`); each pass over it
-            calls `set_epoch(pass)`, which reshuffles.
+        stream: this rank's `datasets.IterableDataset` of raw rows (`build_stream`); each pass over it calls
+            `set_epoch(pass)`, which reshuffles.
         decode: `DecodeConfig`.
         tokenizer, max_length: text tokenisation in the workers.
-        batch_size: raw examples per batch (skipped ones leave the batch smaller).
+        batch_size: raw samples per batch (skipped ones leave the batch smaller; rows naming a damaged shard are
+            not samples and take no place).
         seed, rank: seed the per-batch randomness (prompt choice, augmentation).
 
-    Batch `b` of this rank is always built from the same raw examples with the same random draws, however the
-    stream is split over workers; `state_dict()` / `load_state_dict()` record how many batches were consumed.
+    Batch `b` of this rank is always built from the same raw rows with the same random draws, however the stream
+    is split over workers; `state_dict()` / `load_state_dict()` record how many batches were consumed.
+
+    Raises (from the iterator):
+        DataError: a whole pass over the sources gave no sample (every shard damaged, or no rows on this rank).
     """
 
     def __init__(
@@ -307,6 +222,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         self.stream, self.decode, self.tokenizer, self.max_length = stream, decode, tokenizer, max_length
         self.batch_size, self.seed, self.rank = batch_size, seed, rank
         self.batches_consumed = 0
+        self.damage_log = DamageLog()
 
     def state_dict(self) -> dict:
         return {"batches_consumed": self.batches_consumed, "batch_size": self.batch_size, "rank": self.rank}
@@ -318,20 +234,28 @@ class TrainStream(torch.utils.data.IterableDataset):
             )
         self.batches_consumed = int(state["batches_consumed"])
 
-    def _raw_examples(self):
+    def _raw_rows(self):
         epoch = 0
         while True:
             self.stream.set_epoch(epoch)  # a new shuffle of shards and buffer on every pass
-            count = 0
+            samples, damaged_shards = 0, {}
             # `iter(batch_size=...)` rather than `for x in stream`: inside a DataLoader worker the latter would hand
             # this worker only some of the shards, and batch b must not depend on the number of workers.
             for batch in self.stream.iter(batch_size=self.batch_size):
                 columns = list(batch)
-                for row in range(len(batch[columns[0]])):
-                    count += 1
-                    yield {column: batch[column][row] for column in columns}
-            if count == 0:
-                raise ValueError("the training sources yielded no examples on this rank")
+                for index in range(len(batch[columns[0]])):
+                    row = {column: batch[column][index] for column in columns}
+                    if row["damage"] in SHARD_DAMAGE:
+                        damaged_shards[row["shard"]] = f"{row['damage']}: {row['detail']}"
+                    else:
+                        samples += 1
+                    yield row
+            if samples == 0:
+                shards = "; ".join(f"{shard} ({reason})" for shard, reason in list(damaged_shards.items())[:5])
+                raise DataError(
+                    f"the training sources gave no samples on rank {self.rank}"
+                    + (f": every shard read is damaged: {shards}" if shards else "")
+                )
             epoch += 1
 
     def __iter__(self):
@@ -340,20 +264,23 @@ class TrainStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         start = self.batches_consumed
-        raw = self._raw_examples()
+        raw = self._raw_rows()
         batch_index = 0
         while True:
-            chunk = [next(raw) for _ in range(self.batch_size)]
+            rows, samples = [], 0
+            while samples < self.batch_size:
+                rows.append(next(raw))
+                samples += rows[-1]["damage"] not in SHARD_DAMAGE
             if batch_index >= start and (batch_index - start) % workers == worker:
                 rng = random.Random(f"{self.seed}-{self.rank}-{batch_index}")
                 torch.manual_seed(rng.getrandbits(63))  # augmentation draws from torch's global generator
-                items = [decode_example(example, self.decode, rng) for example in chunk]
-                yield collate(items, self.tokenizer, self.max_length, self.decode.with_labels)
+                items = [decode_example(row, self.decode, rng) for row in rows]
+                yield collate(items, self.tokenizer, self.max_length, self.decode.with_labels, self.damage_log)
             batch_index += 1
 
 
 class _RawExamples(torch.utils.data.IterableDataset):
-    """Evaluation: this rank's examples once, in order; decoded in the workers (split by `datasets`)."""
+    """Evaluation: this rank's rows once, in order; decoded in the workers (split by `datasets`)."""
 
     def __init__(self, stream: IterableDataset, decode: DecodeConfig):
         super().__init__()
@@ -365,6 +292,19 @@ class _RawExamples(torch.utils.data.IterableDataset):
             yield decode_example(example, self.decode, rng)
 
 
+class EvalDataLoader(torch.utils.data.DataLoader):
+    """A `DataLoader` whose `health` (`DataHealth`) sums the batches iterated so far (what evaluation skipped)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.health = DataHealth("evaluation")
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            self.health.update(batch)
+            yield batch
+
+
 def eval_dataloader(
     spec: SourceSpec,
     decode: DecodeConfig,
@@ -374,22 +314,32 @@ def eval_dataloader(
     rank: int,
     world_size: int,
     num_workers: int = 0,
-) -> torch.utils.data.DataLoader:
-    """The evaluation split for this rank (`split_dataset_by_node`, no shuffling), decoded once."""
+) -> EvalDataLoader:
+    """The evaluation split for this rank (`split_dataset_by_node`, no shuffling), decoded once; damage is skipped
+    and counted as in training, in `loader.health`."""
     stream = split_dataset_by_node(open_source(spec), rank=rank, world_size=world_size)
     workers = min(num_workers, stream.num_shards)
-    return torch.utils.data.DataLoader(
+    return EvalDataLoader(
         _RawExamples(stream, decode),
         batch_size=batch_size,
         num_workers=workers,
-        collate_fn=partial(collate, tokenizer=tokenizer, max_length=max_length, with_labels=True),
+        collate_fn=partial(
+            collate, tokenizer=tokenizer, max_length=max_length, with_labels=True, damage_log=DamageLog()
+        ),
     )
 
 
 __all__ = [
     "FORMATS",
+    "RAW_FEATURES",
+    "SAMPLE_DAMAGE",
+    "SHARD_DAMAGE",
+    "DataError",
+    "DataHealth",
     "DecodeConfig",
+    "EvalDataLoader",
     "LabelVocabulary",
+    "Skipped",
     "SourceSpec",
     "TrainStream",
     "build_stream",
@@ -398,6 +348,7 @@ __all__ = [
     "decode_image",
     "detect_format",
     "eval_dataloader",
+    "iter_texts",
     "load_class_names",
     "open_source",
 ]

@@ -1,0 +1,253 @@
+"""Damaged data never stops a run: every kind is skipped, counted by kind and named, through the training stream,
+its DataLoader workers, evaluation, resumption and the tokenizer pre-pass; a mostly-damaged dataset stops early."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from datasets import IterableDataset
+from PIL import Image
+from torchvision.transforms import v2
+
+from hf_unified.training import data as data_lib
+from hf_unified.training import synthetic_data
+from hf_unified.training.sources import RAW_FEATURES, damaged_row
+from hf_unified.training.tokenization import train_caption_tokenizer
+
+TO_TENSOR = v2.Compose([v2.ToImage(), v2.Resize(16), v2.CenterCrop(16), v2.ToDtype(torch.float32, scale=True)])
+CLASS_NAMES = [[name] for name in synthetic_data.SHAPES]
+BATCH = 4  # divides the 24 samples of a pass over the damaged shards
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory) -> synthetic_data.DamagedShards:
+    return synthetic_data.write_damaged_shards(tmp_path_factory.mktemp("damaged"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_caption_tokenizer(["a small red circle in the top left.", "a blue ring."] * 5, vocab_size=300)
+
+
+def _spec(damaged, **kwargs) -> data_lib.SourceSpec:
+    columns = {"image_column": "jpg", "text_column": "txt", "label_column": "cls", **kwargs}
+    return data_lib.SourceSpec(str(damaged.paths[0]).replace("00000", "*"), **columns)
+
+
+def _train_batches(spec, tokenizer, num_workers, count, start=0, shuffle_buffer_size=0, seed=0, transform=TO_TENSOR):
+    stream = data_lib.build_stream([spec], seed=seed, rank=0, world_size=1, shuffle_buffer_size=shuffle_buffer_size)
+    decode = data_lib.DecodeConfig(transform, class_names=CLASS_NAMES)
+    train = data_lib.TrainStream(stream, decode, tokenizer, 16, batch_size=BATCH, seed=seed, rank=0)
+    train.load_state_dict({"batches_consumed": start, "batch_size": BATCH, "rank": 0})
+    iterator = iter(torch.utils.data.DataLoader(train, batch_size=None, num_workers=num_workers))
+    return [next(iterator) for _ in range(count)]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_every_kind_of_damage_is_skipped_counted_and_named(damaged, tokenizer, num_workers):
+    batches = _train_batches(_spec(damaged), tokenizer, num_workers, count=damaged.num_rows // BATCH)
+    health = data_lib.DataHealth()
+    for batch in batches:
+        health.update(batch)
+        assert batch["num_skipped"] == sum(batch["skipped"].values())
+        if "pixel_values" in batch:
+            assert batch["pixel_values"].shape == (len(batch["texts"]), 3, 16, 16)
+            assert all(0 <= label < len(CLASS_NAMES) for label in batch["labels"].tolist())
+    assert [text for batch in batches for text in batch.get("texts", [])] == damaged.good_texts
+    assert dict(health.skipped) == damaged.skipped
+    assert {shard: reason.split(":")[0] for shard, reason in health.damaged_shards.items()} == damaged.damaged_shards
+    assert "ReadError: empty file" in health.damaged_shards[damaged.paths[0]]
+    assert "after 3 samples" in health.damaged_shards[damaged.paths[2]]
+    assert health.as_dict()["samples_seen"] == damaged.num_rows == 24
+    assert health.samples_used == len(damaged.good_texts) == 14
+
+
+def test_damaged_stream_resumes_exactly_whatever_the_worker_count(damaged, tokenizer):
+    crop = v2.Compose(
+        [v2.ToImage(), v2.RandomResizedCrop(16, scale=(0.3, 1.0)), v2.ToDtype(torch.float32, scale=True)]
+    )
+
+    def batches(num_workers, start, count):
+        spec = _spec(damaged)
+        return _train_batches(
+            spec, tokenizer, num_workers, count, start, shuffle_buffer_size=8, seed=5, transform=crop
+        )
+
+    def assert_same(got, expected):
+        assert len(got) == len(expected)
+        for batch, reference_batch in zip(got, expected):
+            assert {k: v for k, v in batch.items() if k != "pixel_values" and not torch.is_tensor(v)} == {
+                k: v for k, v in reference_batch.items() if k != "pixel_values" and not torch.is_tensor(v)
+            }
+            if "pixel_values" in reference_batch:
+                torch.testing.assert_close(batch["pixel_values"], reference_batch["pixel_values"], rtol=0, atol=0)
+
+    reference = batches(0, 0, 9)  # 36 samples: into the reshuffled second pass
+    assert sum(batch["num_skipped"] for batch in reference) >= 10  # damage is really on the way
+    assert_same(batches(2, 0, 9), reference)
+    assert_same(batches(2, 4, 5), reference[4:])  # resumed mid-stream, damage and random crops included
+
+
+def test_warnings_name_each_damaged_shard_once_and_are_rate_limited(damaged, tokenizer, caplog):
+    with caplog.at_level(logging.WARNING, logger="hf_unified.training.data_health"):
+        _train_batches(_spec(damaged), tokenizer, 0, count=2 * damaged.num_rows // BATCH)  # two passes
+    messages = [record.getMessage() for record in caplog.records]
+    for shard, kind in damaged.damaged_shards.items():
+        assert sum(shard in message for message in messages) == 1, messages
+        assert any(f"damaged shard {shard} ({kind}" in message for message in messages)
+    # Two passes skip 2-4 samples of each kind: each kind is reported once (at its 1st occurrence), with its sample.
+    assert len(messages) == len(damaged.damaged_shards) + len(damaged.skipped)
+    assert any("skipped " + damaged.paths[1] + " sample 's1-02': bad_label" in message for message in messages)
+
+
+def test_threshold_stops_a_mostly_damaged_dataset_not_a_mildly_damaged_one(damaged, tokenizer, tmp_path):
+    health = data_lib.DataHealth()
+    for batch in _train_batches(_spec(damaged), tokenizer, 0, count=damaged.num_rows // BATCH):
+        health.update(batch)
+    assert health.as_dict()["skipped_fraction"] == pytest.approx(10 / 24)
+    health.check(max_skipped_fraction=0.5, min_samples=10)  # 42% damaged: allowed at 50%
+    health.check(max_skipped_fraction=0.1, min_samples=25)  # not enough samples seen to judge yet
+    with pytest.raises(data_lib.DataError, match=r"41.7% of the training samples were skipped.*corrupt_image 2"):
+        health.check(max_skipped_fraction=0.25, min_samples=10)
+    with pytest.raises(ValueError, match=r"max_skipped_fraction must be in \[0, 1\], got 10"):
+        health.check(max_skipped_fraction=10, min_samples=10)
+
+    # A wrong column (the JSON member read as the image) skips every sample: the check stops it after min_samples.
+    shapes = synthetic_data.generate(tmp_path / "shapes", num_train=16, num_eval=2, num_train_shards=2, image_size=16)
+    wrong = data_lib.SourceSpec(f"{shapes}/train-*.tar", image_column="json", text_column="txt")
+    wrong_health = data_lib.DataHealth()
+    with pytest.raises(data_lib.DataError, match=r"100.0% of the training samples.*corrupt_image 8"):
+        for batch in _train_batches(wrong, tokenizer, 0, count=10):
+            assert "pixel_values" not in batch
+            wrong_health.update(batch)
+            wrong_health.check(max_skipped_fraction=0.1, min_samples=8)
+    assert wrong_health.samples_seen == 8
+
+    # Clean data passes a zero threshold.
+    clean_health = data_lib.DataHealth()
+    for batch in _train_batches(data_lib.SourceSpec(f"{shapes}/train-*.tar"), tokenizer, 0, count=4):
+        clean_health.update(batch)
+    clean_health.check(max_skipped_fraction=0.0, min_samples=1)
+    assert clean_health.samples_seen == 16 and not clean_health.skipped
+
+
+def test_health_state_is_json_resumes_and_merges_ranks(damaged, tokenizer):
+    rank_states = []
+    for rank in range(2):  # 4 shards over 2 ranks: 2 whole shards each
+        loader = data_lib.eval_dataloader(
+            _spec(damaged), data_lib.DecodeConfig(TO_TENSOR, CLASS_NAMES), tokenizer, 16, 5, rank, 2
+        )
+        for _ in loader:
+            pass
+        rank_states.append(json.loads(json.dumps(loader.health.state_dict())))
+    assert rank_states[0] != rank_states[1]
+    total = data_lib.DataHealth.merge(rank_states, name="evaluation")
+    assert dict(total.skipped) == damaged.skipped
+    assert {shard: reason.split(":")[0] for shard, reason in total.damaged_shards.items()} == damaged.damaged_shards
+    assert total.samples_used == len(damaged.good_texts)
+
+    resumed = data_lib.DataHealth("evaluation")
+    resumed.load_state_dict(rank_states[0])
+    assert resumed.as_dict() == data_lib.DataHealth.merge(rank_states[:1]).as_dict()
+    resumed.update({"texts": ["a"], "skipped": {"corrupt_image": 2}, "num_mapped": 1, "damaged_shards": {"x": "y"}})
+    assert resumed.samples_seen == data_lib.DataHealth.merge(rank_states[:1]).samples_seen + 3
+    assert resumed.damaged_shards["x"] == "y" and resumed.captions_mapped_to_labels == 1
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_evaluation_skips_damage_the_same_way_and_reports_it(damaged, tokenizer, num_workers):
+    loader = data_lib.eval_dataloader(
+        _spec(damaged), data_lib.DecodeConfig(TO_TENSOR, CLASS_NAMES), tokenizer, 16, 5, 0, 1, num_workers
+    )
+    texts = [text for batch in loader for text in batch.get("texts", [])]
+    assert sorted(texts) == sorted(damaged.good_texts)
+    assert dict(loader.health.skipped) == damaged.skipped
+    assert set(loader.health.damaged_shards) == set(damaged.damaged_shards)
+
+
+def test_tokenizer_prepass_gets_only_clean_texts(damaged):
+    texts = list(data_lib.iter_texts([_spec(damaged)], limit=1000))
+    assert set(damaged.good_texts) <= set(texts)
+    assert all(isinstance(text, str) and text.strip() and "\ufffd" not in text for text in texts)
+    assert len(texts) < damaged.num_rows
+    assert list(data_lib.iter_texts([_spec(damaged)], limit=3)) == texts[:3]
+    train_caption_tokenizer(texts, vocab_size=300)  # what the trainer does with them
+
+
+def test_first_shard_damaged_columns_are_still_checked(damaged):
+    with pytest.raises(
+        ValueError, match=r"no column 'caption' \(given as text_column\).*\['cls', 'jpg', 'npy', 'txt'\]"
+    ):
+        data_lib.open_source(_spec(damaged, text_column="caption"))
+
+
+def test_a_source_whose_every_shard_is_damaged_fails_clearly(tmp_path, tokenizer):
+    for index in range(2):
+        (tmp_path / f"bad-{index}.tar").write_bytes(b"" if index == 0 else b"not a tar archive at all" * 40)
+    with pytest.raises(data_lib.DataError, match=r"none of its 2 webdataset files can be read: .*bad-0.tar.*bad-1"):
+        data_lib.open_source(data_lib.SourceSpec(str(tmp_path)))
+
+    # A stream that opened but holds no sample on this rank (only damaged shards) ends with a DataError, not a hang.
+    stream = IterableDataset.from_generator(_only_damaged_shards, features=RAW_FEATURES)
+    train = data_lib.TrainStream(stream, data_lib.DecodeConfig(TO_TENSOR), tokenizer, 16, BATCH, seed=0, rank=3)
+    with pytest.raises(data_lib.DataError, match=r"no samples on rank 3: every shard read is damaged: gone.tar"):
+        next(iter(train))
+
+
+def _only_damaged_shards():
+    yield damaged_row(None, "gone.tar", "unreadable_shard", "FileNotFoundError")
+
+
+def _jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (0, 200, 0)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_parquet_missing_values_and_a_truncated_file(tmp_path, tokenizer):
+    table = pa.table(
+        {
+            "image": [_jpeg(), None, _jpeg(), _jpeg(), b"garbage"],
+            "caption": ["a green square.", "a lost image.", None, "a green box.", "noise"],
+            "label": [1, 0, None, -4, 2],
+        }
+    )
+    pq.write_table(table, tmp_path / "a.parquet")
+    pq.write_table(table, tmp_path / "b.parquet")
+    (tmp_path / "b.parquet").write_bytes((tmp_path / "b.parquet").read_bytes()[:200])  # cut: footer gone
+    spec = data_lib.SourceSpec(str(tmp_path), image_column="image", text_column="caption", label_column="label")
+    assert spec.format == "parquet"
+    loader = data_lib.eval_dataloader(spec, data_lib.DecodeConfig(TO_TENSOR, CLASS_NAMES), tokenizer, 16, 8, 0, 1)
+    batches = list(loader)
+    assert [text for batch in batches for text in batch.get("texts", [])] == ["a green square."]
+    assert dict(loader.health.skipped) == {
+        "missing_image": 1,
+        "missing_text": 1,
+        "label_out_of_range": 1,
+        "corrupt_image": 1,
+    }
+    assert list(loader.health.damaged_shards) == [str(tmp_path / "b.parquet")]
+    assert loader.health.damaged_shards[str(tmp_path / "b.parquet")].startswith("unreadable_shard: ArrowInvalid")
+
+
+def test_imagefolder_rows_are_checked_the_same_way(tmp_path, tokenizer):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        (folder / name).write_bytes(_jpeg())
+    (folder / "c.jpg").write_bytes(_jpeg()[:100])  # truncated
+    metadata = [("a.jpg", "a green square."), ("b.jpg", " "), ("c.jpg", "a cut image.")]
+    (folder / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": f, "text": t}) + "\n" for f, t in metadata)
+    )
+    spec = data_lib.SourceSpec(str(folder), image_column="image", text_column="text")
+    assert spec.format == "imagefolder"
+    loader = data_lib.eval_dataloader(spec, data_lib.DecodeConfig(TO_TENSOR), tokenizer, 16, 8, 0, 1)
+    assert [text for batch in loader for text in batch.get("texts", [])] == ["a green square."]
+    assert dict(loader.health.skipped) == {"missing_text": 1, "corrupt_image": 1}
