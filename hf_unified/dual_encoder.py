@@ -241,6 +241,15 @@ class ContrastiveHeads:
                 f"augmentation_param_dim={self.config.augmentation_param_dim}]); got {list(augmentation_params.shape)}"
             )
 
+    def _recorded_outputs(self, kwargs: dict) -> tuple[bool, bool]:
+        """Pops `output_hidden_states` / `output_attentions` from an encoder call's kwargs: the call's value, else
+        the model config's (so `from_pretrained(..., output_hidden_states=True)` works as in transformers)."""
+        hidden = kwargs.pop("output_hidden_states", None)
+        attentions = kwargs.pop("output_attentions", None)
+        hidden = self.config.output_hidden_states if hidden is None else hidden
+        attentions = self.config.output_attentions if attentions is None else attentions
+        return bool(hidden), bool(attentions)
+
     # ------------------------------------------------------------------------------------------------------------
     # Embeddings
 
@@ -546,12 +555,24 @@ class TowerEncoders:
         return [tower for tower in (getattr(self, "vision_model", None), getattr(self, "text_model", None)) if tower]
 
     def _encode_image(self, pixel_values: torch.Tensor, **kwargs) -> tuple[Any, torch.Tensor]:
-        outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
+        hidden, attentions = self._recorded_outputs(kwargs)
+        outputs = self.vision_model(
+            pixel_values=pixel_values,
+            output_hidden_states=hidden,
+            output_attentions=attentions,
+            return_dict=True,
+            **kwargs,
+        )
         return outputs, pool_image(outputs.last_hidden_state, outputs.pooler_output, self.config.vision_pooling)
 
     def _encode_text(self, input_ids, attention_mask=None, position_ids=None, token_type_ids=None, **kwargs):
+        hidden, attentions = self._recorded_outputs(kwargs)
         outputs = self.text_model(
-            **text_tower_inputs(input_ids, attention_mask, position_ids, token_type_ids), return_dict=True, **kwargs
+            **text_tower_inputs(input_ids, attention_mask, position_ids, token_type_ids),
+            output_hidden_states=hidden,
+            output_attentions=attentions,
+            return_dict=True,
+            **kwargs,
         )
         eos_token_id = getattr(self.config.text_config, "eos_token_id", None)
         pooled = pool_text(

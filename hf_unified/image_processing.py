@@ -50,5 +50,16 @@ class DualEncoderProcessor(ProcessorMixin):
         """The method's evaluation preprocessing for `image_size`-pixel crops."""
         raise NotImplementedError(f"{cls.__name__} must define default_image_processor")
 
+    @classmethod
+    def from_pretrained_parts(cls, image_name_or_path: str, text_name_or_path: str | None = None, **kwargs):
+        """A processor from pretrained checkpoints' own image processor and tokenizer (a CLIP folder has both; a
+        vision backbone and a text backbone give one each), for models started with `from_clip` /
+        `from_vision_text_pretrained`. `kwargs` go to both `from_pretrained` calls."""
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        image_processor = AutoImageProcessor.from_pretrained(image_name_or_path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(text_name_or_path or image_name_or_path, **kwargs)
+        return cls(image_processor=image_processor, tokenizer=tokenizer)
+
 
 __all__ = ["DualEncoderProcessor", "center_crop_image_processor"]

@@ -596,14 +596,6 @@ class MSCLIPEncoders:
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.text_embeddings.token_embedding = value
 
-    def _recorded_outputs(self, kwargs: dict) -> tuple[bool, bool]:
-        """`output_hidden_states` / `output_attentions` from the call, else from the config (transformers' rule)."""
-        hidden = kwargs.pop("output_hidden_states", None)
-        attentions = kwargs.pop("output_attentions", None)
-        hidden = self.config.output_hidden_states if hidden is None else hidden
-        attentions = self.config.output_attentions if attentions is None else attentions
-        return bool(hidden), bool(attentions)
-
     def _encode_image(self, pixel_values: torch.Tensor, **kwargs) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
         """Image tokens `(batch_size, 1 + grid**2, hidden_size)` (before `vision_post_layernorm`) and the pooled
         CLS feature `(batch_size, hidden_size)`.

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -70,3 +73,48 @@ def run_without_package(code: str, cwd: Path, timeout: float = 300) -> subproces
 @pytest.fixture(name="run_without_package")
 def run_without_package_fixture():
     return run_without_package
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_gloo_workers(target, world_size: int, *args, timeout: float = 600) -> list[dict[str, np.ndarray]]:
+    """Runs `target(rank, world_size, port, result_file, *args)` in `world_size` spawned processes that form a gloo
+    group on 127.0.0.1, and returns what each rank saved with `np.savez(result_file, **arrays)`.
+
+    Results travel through files, not through a `torch.multiprocessing` queue: a tensor put on such a queue is shared
+    by file descriptor and is lost when the worker exits before the parent has read it (a race on a busy machine).
+    """
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        files = [os.path.join(folder, f"rank{rank}.npz") for rank in range(world_size)]
+        processes = [
+            context.Process(target=target, args=(rank, world_size, port, files[rank], *args))
+            for rank in range(world_size)
+        ]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout)
+        for rank, process in enumerate(processes):
+            if process.is_alive():
+                process.kill()
+                raise AssertionError(f"rank {rank} did not finish within {timeout} s")
+            if process.exitcode != 0:
+                raise AssertionError(f"rank {rank} exited with code {process.exitcode}")
+        results = []
+        for file in files:
+            with np.load(file) as arrays:
+                results.append({name: arrays[name] for name in arrays.files})
+        return results
+
+
+@pytest.fixture(name="run_gloo_workers")
+def run_gloo_workers_fixture():
+    return run_gloo_workers

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from hf_unified.losses import clip_loss, multi_positive_loss, unicl_loss
@@ -127,12 +125,6 @@ def test_mp_nce_differs_from_supcon_with_several_positives():
 # Two processes (gloo) against one process holding the whole global batch.
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _global_batch():
     image, text = _embeds(7, seed=11)
     labels = torch.tensor([1, -1, 1, 4, -1, 4, 1])
@@ -162,7 +154,7 @@ def _losses(image, text, labels, features, offset=0):
     }
 
 
-def _worker(rank: int, world_size: int, port: int, splits: list[int], queue) -> None:
+def _worker(rank: int, world_size: int, port: int, result_file: str, splits: list[int]) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
         image, text, labels, features = _global_batch()
@@ -180,15 +172,17 @@ def _worker(rank: int, world_size: int, port: int, splits: list[int], queue) -> 
             # DDP averages gradients and we average the logged loss over ranks.
             value = loss.detach().clone()
             dist.all_reduce(value)
-            grads = [torch.zeros_like(leaf) if leaf.grad is None else leaf.grad / world_size for leaf in leaves]
-            results[name] = (value.item() / world_size, grads)
-        queue.put((rank, results))
+            results[f"{name}/loss"] = np.array(value.item() / world_size)
+            for index, leaf in enumerate(leaves):
+                grad = torch.zeros_like(leaf) if leaf.grad is None else leaf.grad / world_size
+                results[f"{name}/grad{index}"] = grad.numpy()
+        np.savez(result_file, **results)
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("splits", [[4, 3]])
-def test_two_process_losses_equal_one_process(splits):
+def test_two_process_losses_equal_one_process(splits, run_gloo_workers):
     image, text, labels, features = _global_batch()
     expected = {}
     for name in ("clip", "unicl", "mp_nce", "supcon"):
@@ -197,16 +191,14 @@ def test_two_process_losses_equal_one_process(splits):
         loss.backward()
         expected[name] = (loss.item(), [torch.zeros_like(leaf) if leaf.grad is None else leaf.grad for leaf in leaves])
 
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    port = _free_port()
-    processes = [context.Process(target=_worker, args=(r, 2, port, splits, queue)) for r in range(2)]
-    for p in processes:
-        p.start()
-    by_rank = dict(queue.get(timeout=120) for _ in processes)
-    for p in processes:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = run_gloo_workers(_worker, 2, splits)
+    by_rank = {
+        rank: {
+            name: (float(r[f"{name}/loss"]), [torch.from_numpy(r[f"{name}/grad{i}"]) for i in range(3)])
+            for name in expected
+        }
+        for rank, r in enumerate(results)
+    }
 
     for name, (value, grads) in expected.items():
         for rank in range(2):
