@@ -122,8 +122,8 @@ class PretrainedTowersMixin:
         )
         model = cls(config)
         with torch.no_grad():
-            model.vision_model.vision_model.load_state_dict(clip.vision_model.state_dict())
-            model.text_model.text_model.load_state_dict(clip.text_model.state_dict())
+            _load_tower(model.vision_model, clip.vision_model)
+            _load_tower(model.text_model, clip.text_model)
             model.visual_projection.weight.copy_(clip.visual_projection.weight)
             model.text_projection.weight.copy_(clip.text_projection.weight)
             model.logit_scale.fill_(scale)
@@ -133,6 +133,14 @@ class PretrainedTowersMixin:
                 model.augmentation_encoder.fc2.weight.zero_()
                 model.augmentation_encoder.fc2.bias.zero_()
         return model
+
+
+def _load_tower(tower: PreTrainedModel, clip_tower: torch.nn.Module) -> None:
+    """Copies a `CLIPModel`'s tower into ours (`CLIPVisionModel` / `CLIPTextModel`), strictly. Recent transformers
+    hold those very classes inside `CLIPModel`; earlier 5.x releases held their inner transformer."""
+    if not isinstance(clip_tower, type(tower)):
+        tower = next(child for child in tower.children() if isinstance(child, type(clip_tower)))
+    tower.load_state_dict(clip_tower.state_dict())
 
 
 def register_scalar_checkpoint_shapes(model_type: str) -> None:
