@@ -268,25 +268,28 @@ def test_python_dash_m_cli(shared_dir, tmp_path):
 )
 def test_released_layout_is_recognised_from_the_shapes(grid, t2b_kernels, expected):
     """Without --preset or --config, the released B/32 or B/16 layout is chosen by the adapters' kernels."""
-    from hf_unified.conversion.msclip import build_msclip_config, resolve_settings
+    from hf_unified.conversion.msclip import CONVERTER
 
     shapes = {
         "vocab_size": 49408,
-        "width": 768,
-        "context_length": 77,
-        "grid_size": grid,
-        "layers": 12,
+        "hidden_size": 768,
+        "max_position_embeddings": 77,
+        "num_hidden_layers": 12,
         "intermediate_size": 3072,
-        "stem_channels": [48, 96, 192, 384, 768],
-        "branch_channels": [48, 96, 192, 384, 768],
-        "t2b_kernels": t2b_kernels,
-        "shared_blocks": list(range(1, 12)),
         "projection_dim": 512,
+        "early_specialization": True,
+        "shared_sublayers": ["attention", "mlp"],
+        "stem_channels": [48, 96, 192, 384, 768],
+        "parallel_branch": True,
+        "parallel_channels": [48, 96, 192, 384, 768],
+        "parallel_t2b_kernels": t2b_kernels,
+        "checkpoint.grid_size": grid,
+        "checkpoint.shared_blocks": list(range(1, 12)),
     }
-    settings = resolve_settings(shapes, {}, {}, None)
-    config = build_msclip_config(shapes, settings)
+    fields, recognised = CONVERTER.resolve_fields(shapes)
+    config = CONVERTER.build_config(fields)
     preset, patch_size, stem_strides, branch_strides = expected
-    assert settings["preset"] == preset
+    assert recognised == preset
     assert (config.image_size, config.patch_size) == (224, patch_size)
     assert config.stem_strides == stem_strides and config.parallel_strides == branch_strides
     assert config.parallel_lateral_layers == [2, 4, 6, 8, 10]

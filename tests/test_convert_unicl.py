@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import pickle
+import sys
+import types
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -227,23 +230,41 @@ def test_klite_raw_layout_converts_to_the_same_weights(shared_dir, tmp_path, con
     assert all(torch.equal(ours[k], reference[k]) for k in ours)
 
 
-class TrainingConfig(dict):
-    """Like the yacs `CfgNode` that released UniCL files keep under 'config': a class weights_only does not know."""
+def _yacs_cfg_node_class(monkeypatch) -> type:
+    """A class that pickles as `yacs.config.CfgNode` (dict items plus yacs' attribute state), like the training config
+    released UniCL files keep under 'config'. yacs is not installed: the converter must not need it."""
+    module = types.ModuleType("yacs.config")
+
+    class CfgNode(dict):
+        def __init__(self, init=None):
+            super().__init__(init or {})
+            vars(self).update(
+                __immutable__=True, __deprecated_keys__=set(), __renamed_keys__={}, __new_allowed__=False
+            )
+
+    CfgNode.__module__, CfgNode.__qualname__ = module.__name__, "CfgNode"
+    module.CfgNode = CfgNode
+    monkeypatch.setitem(sys.modules, "yacs", types.ModuleType("yacs"))
+    monkeypatch.setitem(sys.modules, "yacs.config", module)
+    return CfgNode
 
 
-def test_extra_pickled_entries_are_ignored(shared_dir, tmp_path, converted):
-    """Released files carry optimizer state, epoch and the training config next to 'model'; weights_only loading
-    must not fail on them, and they must not reach the converted model."""
-    import argparse
-
+def test_extra_pickled_entries_are_ignored(shared_dir, tmp_path, converted, monkeypatch):
+    """Released files carry optimizer state, epoch, the best accuracy (numpy) and the yacs training config next to
+    'model'; the converter's allowlist reads them without importing yacs, and they do not reach the model."""
     import numpy as np
 
+    cfg_node = _yacs_cfg_node_class(monkeypatch)
     fixture = shared_dir / "fixtures" / "unicl-tiny-a"
     checkpoint = torch.load(fixture / "checkpoint.pth", map_location="cpu", weights_only=True)
-    config = TrainingConfig(MODEL={"NAME": "unicl"})
-    config.extra = argparse.Namespace(lr=5e-4)
-    checkpoint.update(epoch=31, max_accuracy=np.float64(81.1), optimizer={"state": {}, "param_groups": []})
-    checkpoint["config"] = config
+    config = cfg_node({"MODEL": cfg_node({"NAME": "unicl", "DEPTHS": [1, 1, 2, 1]}), "TRAIN": cfg_node({"LR": 5e-4})})
+    checkpoint.update(
+        epoch=np.int64(31),
+        max_accuracy=np.float64(81.1),
+        accuracies=np.array([79.5, 81.1], dtype=np.float32),
+        optimizer=OrderedDict(state={}, param_groups=[{"lr": 5e-4, "betas": (0.9, 0.999)}]),
+        config=config,
+    )
     torch.save(checkpoint, tmp_path / "released.pth")
     with pytest.raises(pickle.UnpicklingError):
         torch.load(tmp_path / "released.pth", map_location="cpu", weights_only=True)  # the plain call refuses it
