@@ -202,12 +202,11 @@ class Converter:
             FileExistsError: `output` exists, is not empty and `overwrite` is False.
         """
         checkpoint, output = Path(checkpoint), Path(output)
+        flag_fields, config_json = self.flag_fields(flags), read_config_json(config_json)
         check_output_folder(output, overwrite)
         state_dict = self.rename_keys(load_official_checkpoint(checkpoint, self.wrapper_keys))
         official = OfficialStateDict(state_dict, source=checkpoint.name)
-        fields, preset = self.resolve_fields(
-            self.infer_shapes(official), self.flag_fields(flags), read_config_json(config_json), preset
-        )
+        fields, preset = self.resolve_fields(self.infer_shapes(official), flag_fields, config_json, preset)
         config = self.build_config(fields)
 
         model = self.model_class(config).eval()
