@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from hf_unified.conversion.common import ConversionError
-from hf_unified.conversion.msclip import SHARED_TENSORS, convert_msclip_checkpoint, main
+from hf_unified.conversion.msclip import CONVERTER, SHARED_TENSORS, convert_msclip_checkpoint, main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
@@ -259,6 +259,25 @@ def test_python_dash_m_cli(shared_dir, tmp_path):
         assert (tmp_path / "out" / name).is_file(), name
 
 
+# What the shapes of a released MS-CLIP-S B/32 checkpoint tell (`MSCLIPConverter.infer_shapes`).
+B32_SHAPES = {
+    "vocab_size": 49408,
+    "hidden_size": 768,
+    "max_position_embeddings": 77,
+    "num_hidden_layers": 12,
+    "intermediate_size": 3072,
+    "projection_dim": 512,
+    "early_specialization": True,
+    "shared_sublayers": ["attention", "mlp"],
+    "stem_channels": [48, 96, 192, 384, 768],
+    "parallel_branch": True,
+    "parallel_channels": [48, 96, 192, 384, 768],
+    "parallel_t2b_kernels": [16, 8, 4, 2, 1],
+    "checkpoint.grid_size": 7,
+    "checkpoint.shared_blocks": list(range(1, 12)),
+}
+
+
 @pytest.mark.parametrize(
     ("grid", "t2b_kernels", "expected"),
     [
@@ -268,27 +287,37 @@ def test_python_dash_m_cli(shared_dir, tmp_path):
 )
 def test_released_layout_is_recognised_from_the_shapes(grid, t2b_kernels, expected):
     """Without --preset or --config, the released B/32 or B/16 layout is chosen by the adapters' kernels."""
-    from hf_unified.conversion.msclip import build_msclip_config, resolve_settings
-
-    shapes = {
-        "vocab_size": 49408,
-        "width": 768,
-        "context_length": 77,
-        "grid_size": grid,
-        "layers": 12,
-        "intermediate_size": 3072,
-        "stem_channels": [48, 96, 192, 384, 768],
-        "branch_channels": [48, 96, 192, 384, 768],
-        "t2b_kernels": t2b_kernels,
-        "shared_blocks": list(range(1, 12)),
-        "projection_dim": 512,
-    }
-    settings = resolve_settings(shapes, {}, {}, None)
-    config = build_msclip_config(shapes, settings)
+    shapes = {**B32_SHAPES, "parallel_t2b_kernels": t2b_kernels, "checkpoint.grid_size": grid}
+    fields, recognised = CONVERTER.resolve_fields(shapes)
+    config = CONVERTER.build_config(fields)
     preset, patch_size, stem_strides, branch_strides = expected
-    assert settings["preset"] == preset
+    assert recognised == preset
     assert (config.image_size, config.patch_size) == (224, patch_size)
     assert config.stem_strides == stem_strides and config.parallel_strides == branch_strides
     assert config.parallel_lateral_layers == [2, 4, 6, 8, 10]
     assert (config.vision_num_attention_heads, config.text_num_attention_heads) == (12, 12)
     assert config.shared_layers == "all" and config.layer_norm_eps == 1e-12
+
+
+def test_flag_wins_over_config_which_wins_over_preset():
+    config_json = {"architecture": {"sharing": {"heads_per_modality": {"text": 6}}}}
+    fields, preset = CONVERTER.resolve_fields(B32_SHAPES, {}, config_json, "b32")
+    assert (preset, fields["text_num_attention_heads"], fields["image_size"]) == ("b32", 6, 224)
+    fields, _ = CONVERTER.resolve_fields(B32_SHAPES, {"text_num_attention_heads": 8}, config_json, "b32")
+    assert fields["text_num_attention_heads"] == 8
+    assert fields["layer_norm_eps"] == 1e-12  # the default, which nothing overrode
+
+
+def test_every_contradiction_with_the_shapes_is_listed():
+    tiny = {**B32_SHAPES, "hidden_size": 64, "num_hidden_layers": 6, "checkpoint.shared_blocks": [1, 2, 3, 4, 5]}
+    with pytest.raises(ConversionError) as error:
+        CONVERTER.resolve_fields(tiny, {}, {}, "b32")
+    message = str(error.value)
+    assert "hidden_size: 64 in the checkpoint, but --preset b32 says 768" in message
+    assert "num_hidden_layers: 6 in the checkpoint, but --preset b32 says 12" in message
+
+
+def test_missing_settings_name_their_flags():
+    shapes = {**B32_SHAPES, "parallel_t2b_kernels": [4, 2, 1, 1, 1]}  # no released layout
+    with pytest.raises(ConversionError, match="--stem-strides, --branch-strides, --lateral-layers"):
+        CONVERTER.resolve_fields(shapes)

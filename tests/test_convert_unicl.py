@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
+import textwrap
+import types
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -12,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from hf_unified.conversion.common import ConversionError
-from hf_unified.conversion.unicl import convert_unicl_checkpoint, main
+from hf_unified.conversion.unicl import CONVERTER, convert_unicl_checkpoint, main
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 UNICL_FIXTURES = sorted(p.name for p in FIXTURES.glob("unicl-*") if (p / "checkpoint.pth").is_file())
@@ -20,25 +25,29 @@ EMBEDDING_TOLERANCE = 1e-5
 LOGIT_TOLERANCE = 1e-4
 
 
+def _cli_args(shared_dir: Path, name: str, output: Path, *extra: str) -> list[str]:
+    """The command line that converts fixture `name` with `--config <fixture>/config.json`."""
+    fixture = shared_dir / "fixtures" / name
+    return [
+        "--checkpoint",
+        str(fixture / "checkpoint.pth"),
+        "--output",
+        str(output),
+        "--config",
+        str(fixture / "config.json"),
+        "--tokenizer",
+        str(shared_dir / "fixtures" / "tokenizer-tiny-clip-bpe"),
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="module")
 def converted(shared_dir, tmp_path_factory) -> dict[str, Path]:
     """Each fixture converted once through the CLI entry point with `--config <fixture>/config.json`."""
     folders = {}
     for name in UNICL_FIXTURES:
-        fixture = shared_dir / "fixtures" / name
         output = tmp_path_factory.mktemp(name)
-        exit_code = main(
-            [
-                "--checkpoint",
-                str(fixture / "checkpoint.pth"),
-                "--output",
-                str(output),
-                "--config",
-                str(fixture / "config.json"),
-                "--tokenizer",
-                str(shared_dir / "fixtures" / "tokenizer-tiny-clip-bpe"),
-            ]
-        )
+        exit_code = main(_cli_args(shared_dir, name, output))
         assert exit_code == 0
         folders[name] = output
     return folders
@@ -227,23 +236,41 @@ def test_klite_raw_layout_converts_to_the_same_weights(shared_dir, tmp_path, con
     assert all(torch.equal(ours[k], reference[k]) for k in ours)
 
 
-class TrainingConfig(dict):
-    """Like the yacs `CfgNode` that released UniCL files keep under 'config': a class weights_only does not know."""
+def _yacs_cfg_node_class(monkeypatch) -> type:
+    """A class that pickles as `yacs.config.CfgNode` (dict items plus yacs' attribute state), like the training config
+    released UniCL files keep under 'config'. yacs is not installed: the converter must not need it."""
+    module = types.ModuleType("yacs.config")
+
+    class CfgNode(dict):
+        def __init__(self, init=None):
+            super().__init__(init or {})
+            vars(self).update(
+                __immutable__=True, __deprecated_keys__=set(), __renamed_keys__={}, __new_allowed__=False
+            )
+
+    CfgNode.__module__, CfgNode.__qualname__ = module.__name__, "CfgNode"
+    module.CfgNode = CfgNode
+    monkeypatch.setitem(sys.modules, "yacs", types.ModuleType("yacs"))
+    monkeypatch.setitem(sys.modules, "yacs.config", module)
+    return CfgNode
 
 
-def test_extra_pickled_entries_are_ignored(shared_dir, tmp_path, converted):
-    """Released files carry optimizer state, epoch and the training config next to 'model'; weights_only loading
-    must not fail on them, and they must not reach the converted model."""
-    import argparse
-
+def test_extra_pickled_entries_are_ignored(shared_dir, tmp_path, converted, monkeypatch):
+    """Released files carry optimizer state, epoch, the best accuracy (numpy) and the yacs training config next to
+    'model'; the converter's allowlist reads them without importing yacs, and they do not reach the model."""
     import numpy as np
 
+    cfg_node = _yacs_cfg_node_class(monkeypatch)
     fixture = shared_dir / "fixtures" / "unicl-tiny-a"
     checkpoint = torch.load(fixture / "checkpoint.pth", map_location="cpu", weights_only=True)
-    config = TrainingConfig(MODEL={"NAME": "unicl"})
-    config.extra = argparse.Namespace(lr=5e-4)
-    checkpoint.update(epoch=31, max_accuracy=np.float64(81.1), optimizer={"state": {}, "param_groups": []})
-    checkpoint["config"] = config
+    config = cfg_node({"MODEL": cfg_node({"NAME": "unicl", "DEPTHS": [1, 1, 2, 1]}), "TRAIN": cfg_node({"LR": 5e-4})})
+    checkpoint.update(
+        epoch=np.int64(31),
+        max_accuracy=np.float64(81.1),
+        accuracies=np.array([79.5, 81.1], dtype=np.float32),
+        optimizer=OrderedDict(state={}, param_groups=[{"lr": 5e-4, "betas": (0.9, 0.999)}]),
+        config=config,
+    )
     torch.save(checkpoint, tmp_path / "released.pth")
     with pytest.raises(pickle.UnpicklingError):
         torch.load(tmp_path / "released.pth", map_location="cpu", weights_only=True)  # the plain call refuses it
@@ -252,3 +279,84 @@ def test_extra_pickled_entries_are_ignored(shared_dir, tmp_path, converted):
     reference = load_file(converted["unicl-tiny-a"] / "model.safetensors")
     assert ours.keys() == reference.keys()
     assert all(torch.equal(ours[k], reference[k]) for k in ours)
+
+
+def test_released_shapes_recognise_their_preset():
+    """Without --preset or --config, a Swin-T / Swin-B release gets its released values (text heads, drop path)."""
+    for name, embed_dim, depths, heads in (
+        ("swin-tiny", 96, [2, 2, 6, 2], [3, 6, 12, 24]),
+        ("swin-base", 128, [2, 2, 18, 2], [4, 8, 16, 32]),
+    ):
+        shapes = {
+            "vision_config": {"patch_size": 4, "embed_dim": embed_dim, "depths": depths, "num_heads": heads},
+            "text_config": {"vocab_size": 49408, "hidden_size": 512, "num_hidden_layers": 12},
+            "projection_dim": 512,
+        }
+        fields, preset = CONVERTER.resolve_fields(shapes)
+        assert preset == name
+        assert fields["text_config.num_attention_heads"] == 8
+        assert fields["vision_config.drop_path_rate"] == {"swin-tiny": 0.2, "swin-base": 0.5}[name]
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.endswith(".partial"))
+
+
+def test_non_empty_output_is_refused_without_overwrite(shared_dir, tmp_path, capsys):
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "keep.txt").write_text("mine")
+    assert main(_cli_args(shared_dir, "unicl-tiny-a", output)) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert sorted(p.name for p in output.iterdir()) == ["keep.txt"]
+    assert _leftovers(tmp_path) == []
+
+
+def test_overwrite_replaces_the_folder(shared_dir, tmp_path):
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "keep.txt").write_text("old")
+    assert main(_cli_args(shared_dir, "unicl-tiny-a", output, "--overwrite")) == 0
+    names = {p.name for p in output.iterdir()}
+    assert "keep.txt" not in names and {"config.json", "model.safetensors", "README.md"} <= names
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_failed_write_leaves_the_output_as_it_was(shared_dir, tmp_path, monkeypatch, existing):
+    from hf_unified.conversion import converter
+
+    output = tmp_path / "out"
+    if existing:
+        output.mkdir()
+        (output / "keep.txt").write_text("old")
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(converter, "write_model_card", fail)
+    assert main(_cli_args(shared_dir, "unicl-tiny-a", output, "--overwrite")) == 1
+    if existing:
+        assert sorted(p.name for p in output.iterdir()) == ["keep.txt"]
+    else:
+        assert not output.exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_killed_conversion_leaves_no_output(shared_dir, tmp_path):
+    """A process killed while writing (after the weights, before the card) leaves no `--output` folder at all."""
+    output = tmp_path / "out"
+    code = textwrap.dedent(
+        f"""
+        import os, sys
+        from hf_unified.conversion import converter, unicl
+        converter.write_model_card = lambda *args, **kwargs: os._exit(137)
+        sys.exit(unicl.main({_cli_args(shared_dir, "unicl-tiny-a", output)!r}))
+        """
+    )
+    repo_root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 137, result.stderr
+    assert not output.exists()
+    partial = [tmp_path / name for name in _leftovers(tmp_path)]
+    assert len(partial) == 1 and (partial[0] / "out" / "model.safetensors").is_file()  # the weights were written
