@@ -292,8 +292,27 @@ class MSCLIPEncoder(nn.Module):
 # Vision: embeddings (patch conv or early-specialization stem), parallel CNN branch, lateral adapters
 
 
+def conv2d_channels_last(x: torch.Tensor, conv: nn.Conv2d, weight=None, bias=None) -> torch.Tensor:
+    """`conv(x)` with input and weight in channels-last memory format (NHWC), the layout CPU (oneDNN) and GPU
+    (cuDNN tensor-core) convolution kernels run fastest in; the output stays channels-last, so a chain of these
+    converts once. The values are those of `conv(x)`."""
+    weight = conv.weight if weight is None else weight
+    bias = conv.bias if bias is None else bias
+    return nn.functional.conv2d(
+        x.contiguous(memory_format=torch.channels_last),
+        weight.contiguous(memory_format=torch.channels_last),
+        bias,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+    )
+
+
 class MSCLIPConvNorm(nn.Module):
-    """Conv2d (no bias) + BatchNorm."""
+    """Conv2d (no bias) + BatchNorm, channels-last. At inference (`eval()`) the BatchNorm is folded into the
+    convolution (`w * gamma / sqrt(var + eps)`, bias `beta - mean * gamma / sqrt(var + eps)`): one kernel instead
+    of a convolution and a normalisation pass, the same values up to float rounding."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1, eps=1e-5):
         super().__init__()
@@ -301,7 +320,13 @@ class MSCLIPConvNorm(nn.Module):
         self.norm = nn.BatchNorm2d(out_channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(x))
+        if self.training or not self.norm.track_running_stats:
+            return self.norm(conv2d_channels_last(x, self.conv))
+        norm = self.norm
+        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+        weight = self.conv.weight * scale.to(self.conv.weight.dtype).reshape(-1, 1, 1, 1)
+        bias = (norm.bias - norm.running_mean * scale).to(self.conv.weight.dtype)
+        return conv2d_channels_last(x, self.conv, weight, bias)
 
 
 class MSCLIPStemStage(nn.Module):
@@ -339,7 +364,7 @@ class MSCLIPConvStem(nn.Module):
         x = nn.functional.relu(self.first(pixel_values))
         for stage in self.stages:
             x = stage(x)
-        return self.last_conv(x)
+        return conv2d_channels_last(x, self.last_conv)
 
 
 class MSCLIPVisionEmbeddings(nn.Module):
@@ -369,7 +394,7 @@ class MSCLIPVisionEmbeddings(nn.Module):
         embed = self.stem if self.config.early_specialization else self.patch_embedding
         weight_dtype = next(embed.parameters()).dtype
         grid = embed(pixel_values.to(weight_dtype))
-        tokens = grid.flatten(2).transpose(1, 2)
+        tokens = grid.permute(0, 2, 3, 1).flatten(1, 2)  # row-major grid tokens; a view of a channels-last grid
         cls = self.class_embedding.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
         return torch.cat([cls, tokens], dim=1) + self.position_embedding(self.position_ids)
 
@@ -425,9 +450,11 @@ class MSCLIPLateralAdapter(nn.Module):
         batch_size, num_tokens, width = hidden_states.shape
         cls, tokens = hidden_states[:, :1], hidden_states[:, 1:]
         side = int(round((num_tokens - 1) ** 0.5))
-        grid = tokens.transpose(1, 2).reshape(batch_size, width, side, side)
-        from_tokens = self.token_depthwise(grid).flatten(2).transpose(1, 2)
-        from_branch = self.branch_pointwise(self.branch_depthwise(branch_features)).flatten(2).transpose(1, 2)
+        # Tokens are already a channels-last grid: views in and out, no transposed copies.
+        grid = tokens.reshape(batch_size, side, side, width).permute(0, 3, 1, 2)
+        from_tokens = self.token_depthwise(grid).permute(0, 2, 3, 1).flatten(1, 2)
+        branch = conv2d_channels_last(self.branch_depthwise(branch_features), self.branch_pointwise)
+        from_branch = branch.permute(0, 2, 3, 1).flatten(1, 2)
         if from_branch.shape != from_tokens.shape:
             raise ValueError(
                 f"parallel branch gives {tuple(from_branch.shape)} tokens, the stream has {tuple(from_tokens.shape)}"

@@ -502,3 +502,20 @@ def test_remote_code_without_package(saved, tmp_path, inputs, model, run_without
         """,
         cwd=tmp_path,
     )
+
+
+def test_conv_norm_folds_batch_norm_at_inference_and_trains_unfolded():
+    from hf_unified.modeling_msclip import MSCLIPConvNorm
+
+    torch.manual_seed(0)
+    layer = MSCLIPConvNorm(4, 6, 3, stride=2, padding=1, eps=1e-5)
+    x = torch.randn(2, 4, 9, 9)
+    layer.train()
+    layer(x)  # one training step's statistics
+    assert layer.norm.num_batches_tracked.item() == 1 and layer.norm.running_var.ne(1).any()
+    layer.eval()
+    with torch.no_grad():
+        reference = layer.norm(layer.conv(x))  # the unfolded pair
+        folded = layer(x)
+    torch.testing.assert_close(folded, reference, rtol=1e-5, atol=1e-6)
+    assert folded.is_contiguous(memory_format=torch.channels_last)
