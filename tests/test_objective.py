@@ -233,3 +233,22 @@ def test_objective_presets_are_config_points():
     assert UniCLConfig.from_objective("clip").use_labels is False
     with pytest.raises(ValueError, match="unknown objective"):
         UniCLConfig.from_objective("siglip")
+
+
+def test_calibrated_offsets_are_the_mean_cosines_of_different_items():
+    model = tiny_model("uniclip")
+    inputs = batch(4, views=2)
+    with torch.no_grad():
+        out = model(**inputs)
+    views, texts = out.image_view_embeds.double(), out.text_embeds.double()
+    ii = [
+        float(views[i, a] @ views[j, b]) for i in range(4) for j in range(4) if i != j for a in (0, 1) for b in (0, 1)
+    ]
+    it = [float(views[i, a] @ texts[j]) for i in range(4) for j in range(4) if i != j for a in (0, 1)]
+    tt = [float(texts[i] @ texts[j]) for i in range(4) for j in range(4) if i != j]
+    means = model.calibrate_logit_offsets(out.image_view_embeds, out.text_embeds)
+    expected = [sum(x) / len(x) for x in (ii, it, tt)]
+    assert means == pytest.approx(expected, abs=1e-6)
+    assert model.logit_offset.tolist() == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="domain_similarity"):
+        tiny_model("unicl").calibrate_logit_offsets(out.image_view_embeds, out.text_embeds)
