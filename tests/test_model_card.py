@@ -96,7 +96,9 @@ def test_card_metadata_and_body_for_each_method(method, tmp_path):
     assert metadata["pipeline_tag"] == "zero-shot-image-classification"
     assert {method, "contrastive-learning", "custom_code"} <= set(metadata["tags"])
     assert metadata["license"] == "apache-2.0"
-    assert metadata["widget"] and all("src" in w and "candidate_labels" in w for w in metadata["widget"])
+    # The run's evaluation shards do not exist here, so no example can be true to the model: none is shown (the
+    # cat/dog photos would be wrong for a shapes model).
+    assert "widget" not in metadata
     assert "base_model" not in metadata and "datasets" not in metadata  # a local run on local shards has neither
 
     card = ModelCard.load(path)
