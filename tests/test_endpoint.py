@@ -103,7 +103,9 @@ def test_handler_without_the_package_answers_like_the_pipeline(endpoint_folder, 
         }}
         classifier = pipeline("zero-shot-image-classification", model={str(copy)!r}, trust_remote_code=True)
         answers["pipeline"] = classifier(pil, candidate_labels=labels)
-        answers["pipeline_template"] = classifier(pil, candidate_labels=labels, hypothesis_template="a drawing of a {{}}")
+        answers["pipeline_template"] = classifier(
+            pil, candidate_labels=labels, hypothesis_template="a drawing of a {{}}"
+        )
         bad = {{
             "no_labels": handler({{"inputs": raw, "parameters": {{}}}}),
             "empty_labels": ask(raw, candidate_labels=" , "),
