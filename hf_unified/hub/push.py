@@ -275,6 +275,16 @@ def render_missing_files(folder: Path, repo_id: str, endpoint: str | None = None
     return rendered
 
 
+def _describe(error: BaseException) -> str:
+    """`Type: message`, followed by the errors it was raised from (huggingface_hub wraps HTTP errors of uploads)."""
+    parts, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        parts.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or error.__context__
+    return " <- ".join(parts)
+
+
 def _scrub(text: str, token: str | None) -> str:
     if token:
         text = text.replace(token, "***")
@@ -318,7 +328,7 @@ def commit_files(
             repo_id, operations, repo_type=repo_type, revision=revision, commit_message=commit_message
         )
     except Exception as error:  # every failure becomes one clear, token-free message
-        detail = _scrub(f"{type(error).__name__}: {error}", token or _saved_token())
+        detail = _scrub(_describe(error), token or _saved_token())
         raise HubPushError(
             f"pushing {what} to {repo_id} at {api.endpoint} failed while trying to {step}: {detail}\n"
             f"On the Hub: {remote}. The local folder is unchanged{local_note}; fix the cause and run the push again "
