@@ -38,13 +38,28 @@ def auto_map_modules(auto_map: dict) -> set[str]:
     return modules
 
 
-def code_files(folder: Path, auto_map: dict) -> tuple[list[str], list[str]]:
-    """The `.py` files transformers loads for `auto_map`: the modules it names and, recursively, their single-dot
-    sibling imports (what `dynamic_module_utils.get_relative_imports` follows).
+# Every saved file whose `auto_map` names code of the repository (the model's, the processor's, the tokenizer's).
+AUTO_MAP_FILES = ("config.json", "processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+
+
+def folder_auto_map(folder: Path) -> dict:
+    """The `auto_map` entries of every config file of `folder` (`AUTO_MAP_FILES`), merged."""
+    merged: dict = {}
+    for name in AUTO_MAP_FILES:
+        config = read_json(folder / name, "saved config") or {}
+        merged |= {f"{name}:{key}": value for key, value in (config.get("auto_map") or {}).items()}
+    return merged
+
+
+def code_files(folder: Path, auto_map: dict | None = None) -> tuple[list[str], list[str]]:
+    """The `.py` files transformers loads for `auto_map` (default: `folder_auto_map(folder)`): the modules it names
+    and, recursively, their single-dot sibling imports (what `dynamic_module_utils.get_relative_imports` follows).
 
     Returns:
         `(present, missing)`: sorted file names found in `folder`, and those it lacks.
     """
+    if auto_map is None:
+        auto_map = folder_auto_map(folder)
     pending, seen, present, missing = auto_map_modules(auto_map), set(), [], []
     while pending:
         module = pending.pop()
@@ -85,4 +100,12 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-__all__ = ["auto_map_modules", "code_files", "is_custom_code", "read_json", "write_atomic"]
+__all__ = [
+    "AUTO_MAP_FILES",
+    "auto_map_modules",
+    "code_files",
+    "folder_auto_map",
+    "is_custom_code",
+    "read_json",
+    "write_atomic",
+]

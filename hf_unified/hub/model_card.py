@@ -543,7 +543,7 @@ def render_model_card(
         loaded_from=(training_args or {}).get("model_name_or_path"),
         base_model=base_model,
         source_checkpoint=source_checkpoint,
-        code_files=code_files(folder, config.get("auto_map") or {})[0],
+        code_files=code_files(folder)[0],
     )
     return card
 

@@ -214,7 +214,7 @@ def check_model_folder(folder: str | Path, require_readme: bool = True, provided
                 )
             problems += [
                 f"code file {name} (needed by auto_map / relative imports) is missing"
-                for name in code_files(folder, auto_map)[1]
+                for name in code_files(folder)[1]
             ]
 
     index_name = "model.safetensors.index.json"
