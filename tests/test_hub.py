@@ -118,8 +118,10 @@ def hub_env(monkeypatch):
         hub.__exit__(None, None, None)
 
 
-def assert_received_equals_local(hub: FakeHub, folder: Path, revision: str = "main") -> dict[str, bytes]:
-    received = hub.files(REPO_ID, revision)
+def assert_received_equals_local(
+    hub: FakeHub, folder: Path, revision: str = "main", repo_id: str = REPO_ID
+) -> dict[str, bytes]:
+    received = hub.files(repo_id, revision)
     expected = upload_files(folder)
     assert sorted(received) == expected
     for name in expected:
@@ -596,3 +598,25 @@ def test_native_export_folder_pushes_without_code_or_handler(model_folder, hub_e
     assert not any(name.endswith(".py") for name in received) and "requirements.txt" not in received
     assert result.rendered == ["README.md"]  # the export's placeholder id filled in
     assert '"test-org/unicl-tiny-clip"' in received["README.md"].decode()
+
+
+def test_cli_export_clip_and_space_push_three_repos(model_folder, hub_env, capsys, tmp_path):
+    push_to_hub = pytest.importorskip("training.push_to_hub")
+    hub = hub_env()
+    clip_dir = tmp_path / "clip"
+    argv = ["--folder", str(model_folder), "--repo_id", REPO_ID, "--export-clip", "--clip_dir", str(clip_dir)]
+    assert push_to_hub.main([*argv, "--space"]) == 0
+    out = capsys.readouterr().out
+    assert "exported the unicl model" in out and f"running {REPO_ID}-clip" in out
+    assert json.loads(hub.files(f"{REPO_ID}-clip")["config.json"])["model_type"] == "clip"
+    assert_received_equals_local(hub, clip_dir.resolve(), repo_id=f"{REPO_ID}-clip")
+    space_config = json.loads(hub.files(f"{REPO_ID}-demo", repo_type="space")["space_config.json"])
+    assert space_config == {**space_config, "model_id": f"{REPO_ID}-clip", "trust_remote_code": False}
+
+    # A graph that is not CLIP's: the model is pushed, the export is skipped with the reason, exit code 0.
+    config = json.loads((model_folder / "config.json").read_text())
+    (model_folder / "config.json").write_text(json.dumps({**config, "text_pooling": "mean"}))
+    assert push_to_hub.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "not exported to a native CLIPModel" in out and "text_pooling is 'mean'" in out
+    assert json.loads(hub.files(REPO_ID)["config.json"])["text_pooling"] == "mean"
