@@ -10,13 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from transformers import CLIPTextConfig, CLIPVisionConfig
+from test_hub_models import save_tiny_unicl
 
-from hf_unified import UniCLConfig, UniCLModel, UniCLProcessor
 from hf_unified.hub.endpoint import HANDLER_FILE, REQUIREMENTS_FILE, endpoint_files, handler_source
 from hf_unified.hub.endpoint_handler import DEFAULT_HYPOTHESIS_TEMPLATE
 from hf_unified.hub.push import render_missing_files
-from hf_unified.processing_unicl import unicl_image_processor
 
 LABELS = ["circle", "square", "triangle"]
 
@@ -24,28 +22,8 @@ LABELS = ["circle", "square", "triangle"]
 @pytest.fixture(scope="module")
 def endpoint_folder(tmp_path_factory, tiny_clip_tokenizer) -> Path:
     """A saved tiny UniCL folder plus the files a push renders for it (card aside), as an endpoint receives it."""
-    torch.manual_seed(0)
-    config = UniCLConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32
-        ),
-        text_config=CLIPTextConfig(
-            vocab_size=600,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            bos_token_id=598,
-            eos_token_id=599,
-            pad_token_id=599,
-        ),
-        projection_dim=16,
-    )
     folder = tmp_path_factory.mktemp("endpoint") / "repo"
-    model = UniCLModel(config).eval()
-    processor = UniCLProcessor(unicl_image_processor(32), tiny_clip_tokenizer)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    model, processor = save_tiny_unicl(folder, tiny_clip_tokenizer)
     (folder / "README.md").write_text("---\nlicense: mit\n---\n")  # a card is not what this test is about
     for name, data in render_missing_files(folder, "org/model").items():
         (folder / name).write_bytes(data)

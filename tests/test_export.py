@@ -12,7 +12,8 @@ import pytest
 import torch
 from huggingface_hub.repocard import metadata_load
 from PIL import Image
-from transformers import BertConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig, SwinConfig
+from test_hub_models import TINY_TEXT, tiny_towers
+from transformers import BertConfig, CLIPModel, CLIPTextConfig, SwinConfig
 
 import hf_unified.hub.export as export_module
 from hf_unified import UniCLConfig, UniCLIPConfig, UniCLIPModel, UniCLModel
@@ -20,18 +21,7 @@ from hf_unified.hub.export import EXPORT_INFO_FILE, NotExportableError, export_c
 from hf_unified.processing_unicl import UniCLProcessor, unicl_image_processor
 from hf_unified.processing_uniclip import UniCLIPProcessor, uniclip_image_processor
 
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32)
-TEXT = dict(
-    vocab_size=600,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=1,
-    num_attention_heads=4,
-    bos_token_id=598,
-    eos_token_id=599,
-    pad_token_id=599,
-)
-TOWERS = {"vision_config": CLIPVisionConfig(**VISION, patch_size=8), "text_config": CLIPTextConfig(**TEXT)}
+TOWERS = tiny_towers()
 LABELS = ["a red circle", "a blue square", "a photo of a dog"]
 
 
@@ -198,7 +188,7 @@ def test_uniclip_refusals_name_the_exact_reason():
         (lambda: _unicl(text_pooling="mean"), "text_pooling is 'mean'"),
         (lambda: _unicl(vision_pooling="cls"), "vision_pooling is 'cls'"),
         (
-            lambda: _unicl(text_config=CLIPTextConfig(**{**TEXT, "eos_token_id": 2})),
+            lambda: _unicl(text_config=CLIPTextConfig(**{**TINY_TEXT, "eos_token_id": 2})),
             "text_config.eos_token_id is 2",
         ),
     ],

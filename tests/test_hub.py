@@ -18,9 +18,8 @@ import torch
 from hub_server import FakeHub  # tests/ is on sys.path (pytest rootdir-relative import)
 from huggingface_hub import ModelCard, constants
 from PIL import Image
-from transformers import CLIPTextConfig, CLIPVisionConfig
+from test_hub_models import save_tiny_unicl, tiny_towers
 
-from hf_unified.configuration_unicl import UniCLConfig
 from hf_unified.hub.model_card import HUB_ID_PLACEHOLDER, write_model_card
 from hf_unified.hub.push import (
     HubPushError,
@@ -30,8 +29,6 @@ from hf_unified.hub.push import (
     push_folder,
     upload_files,
 )
-from hf_unified.modeling_unicl import UniCLModel
-from hf_unified.processing_unicl import UniCLProcessor, unicl_image_processor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_" + "TestTokenThatMustNeverBePrinted0123"
@@ -50,33 +47,8 @@ def folder_digest(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def saved_unicl(tmp_path_factory, tiny_clip_tokenizer):
     """A tiny saved UniCL folder (model, processor, eval JSON, a training checkpoint that must stay local)."""
-    torch.manual_seed(0)
-    config = UniCLConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-        ),
-        text_config=CLIPTextConfig(
-            vocab_size=600,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            bos_token_id=598,
-            eos_token_id=599,
-            pad_token_id=599,
-        ),
-        projection_dim=16,
-    )
-    model = UniCLModel(config).eval()
-    processor = UniCLProcessor(unicl_image_processor(32), tiny_clip_tokenizer)
     folder = tmp_path_factory.mktemp("saved") / "unicl-tiny"
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    model, processor = save_tiny_unicl(folder, tiny_clip_tokenizer)
     (folder / "eval_results.json").write_text(json.dumps({"num_examples": 8, "zero_shot_top1_accuracy": 0.5}))
     (folder / "checkpoint-10").mkdir()
     (folder / "checkpoint-10" / "optimizer.bin").write_bytes(b"\x80\x04 not for the Hub")
@@ -378,24 +350,7 @@ def _tiny_uniclip(tokenizer):
     from hf_unified.processing_uniclip import UniCLIPProcessor, uniclip_image_processor
 
     config = UniCLIPConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=16,
-        ),
-        text_config=CLIPTextConfig(
-            vocab_size=600,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            bos_token_id=598,
-            eos_token_id=599,
-            pad_token_id=599,
-        ),
+        **tiny_towers(patch_size=16),
         projection_dim=16,
         augmentation_hidden_size=8,
     )

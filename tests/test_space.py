@@ -12,17 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import _BLOCK_PACKAGE
 from huggingface_hub import constants
 from huggingface_hub.repocard import metadata_load
 from PIL import Image
-from transformers import CLIPTextConfig, CLIPVisionConfig, pipeline
+from test_hub_models import save_tiny_unicl
+from transformers import pipeline
 
-from hf_unified import UniCLConfig, UniCLModel, UniCLProcessor
 from hf_unified.hub.push import push_folder
 from hf_unified.hub.space import APP_FILE, CONFIG_FILE, push_space, space_files
-from hf_unified.processing_unicl import unicl_image_processor
 
 TOKEN = "hf_" + "SpaceTokenThatMustNeverBePrinted0123"
 MODEL_ID = "test-org/unicl-tiny"
@@ -31,26 +29,8 @@ LABELS = "red circle, blue square, green triangle"
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory, tiny_clip_tokenizer) -> Path:
-    torch.manual_seed(0)
-    config = UniCLConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32
-        ),
-        text_config=CLIPTextConfig(
-            vocab_size=600,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            bos_token_id=598,
-            eos_token_id=599,
-            pad_token_id=599,
-        ),
-        projection_dim=16,
-    )
     folder = tmp_path_factory.mktemp("space") / "unicl-tiny"
-    UniCLModel(config).save_pretrained(folder)
-    UniCLProcessor(unicl_image_processor(32), tiny_clip_tokenizer).save_pretrained(folder)
+    save_tiny_unicl(folder, tiny_clip_tokenizer)
     return folder
 
 
