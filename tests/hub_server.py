@@ -1,16 +1,21 @@
 """A small Hub-compatible HTTP server on 127.0.0.1 for testing pushes offline.
 
-It implements what `huggingface_hub` 2.x's `HfApi.create_repo`, `create_branch`, `upload_folder` (legacy LFS path,
-`HF_HUB_DISABLE_XET=1`) and `repo_info` send:
+It implements what `huggingface_hub` 2.x's `HfApi.create_repo`, `create_branch`, `create_commit` /
+`upload_folder` (legacy LFS path, `HF_HUB_DISABLE_XET=1`), `repo_info` and `hf_hub_download` send, for model, space
+and dataset repositories (`{type}` below is `models`, `spaces` or `datasets`; a model's URL prefix is empty):
 
 - `POST /api/repos/create`                                   -> 200 `{url}`, or 409 when the repo exists
 - `POST /api/validate-yaml` -> `{errors, warnings}` (400 when the YAML is not a mapping)
-- `POST /api/models/{ns}/{name}/branch/{branch}`             -> 200, or 409 when the branch exists
-- `POST /api/models/{ns}/{name}/preupload/{rev}`             -> `{files: [{path, uploadMode, shouldIgnore, oid}]}`
-- `POST /{ns}/{name}.git/info/lfs/objects/batch`             -> basic-transfer upload + verify actions
+- `POST /api/{type}/{ns}/{name}/branch/{branch}`             -> 200, or 409 when the branch exists
+- `POST /api/{type}/{ns}/{name}/preupload/{rev}`             -> `{files: [{path, uploadMode, shouldIgnore, oid}]}`
+- `POST /[{type}/]{ns}/{name}.git/info/lfs/objects/batch`    -> basic-transfer upload + verify actions
 - `PUT  /lfs-objects/{oid}` and `POST /lfs-verify`           -> stores / checks an LFS object (sha256 checked)
-- `POST /api/models/{ns}/{name}/commit/{rev}` (NDJSON)       -> `{commitUrl, commitOid, pullRequestUrl}`
-- `GET  /api/models/{ns}/{name}[/revision/{rev}]`            -> `{id, sha, private, siblings}`
+- `POST /api/{type}/{ns}/{name}/commit/{rev}` (NDJSON)       -> `{commitUrl, commitOid, pullRequestUrl}`
+- `GET  /api/{type}/{ns}/{name}[/revision/{rev}]`            -> `{id, sha, private, siblings}`
+- `HEAD|GET /[{type}/]{ns}/{name}/resolve/{rev}/{path}`      -> a file's bytes with the headers `hf_hub_download`
+  reads (`X-Repo-Commit`, `ETag`, `Content-Length`)
+
+`add_repo` seeds a repository (e.g. a dataset a test downloads from).
 
 Files at least `lfs_threshold` bytes are answered `lfs` at preupload (default: never), like the Hub does for large
 binaries. `fail_on(route, status)` makes one route answer an HTTP error, for error-path tests. Every request is
@@ -36,10 +41,20 @@ def git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+REPO_TYPES = ("model", "space", "dataset")
+
+
+def repo_key(repo_id: str, repo_type: str = "model") -> str:
+    """How `FakeHub.repos` names a repository: the id for models, `"{type}s/{id}"` for the others (as in URLs)."""
+    return repo_id if repo_type == "model" else f"{repo_type}s/{repo_id}"
+
+
 @dataclass
 class Repo:
     repo_id: str
     private: bool
+    repo_type: str = "model"
+    sdk: str | None = None
     # branch -> list of commits (oldest first); each commit is (oid, {path: bytes}, summary)
     branches: dict[str, list[tuple[str, dict[str, bytes], str]]] = field(default_factory=dict)
 
@@ -92,11 +107,18 @@ class FakeHub:
     def clear_failures(self) -> None:
         self._failures.clear()
 
-    def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
-        return self.repos[repo_id].files(revision)
+    def files(self, repo_id: str, revision: str = "main", repo_type: str = "model") -> dict[str, bytes]:
+        return self.repos[repo_key(repo_id, repo_type)].files(revision)
 
-    def commits(self, repo_id: str, revision: str = "main") -> list[str]:
-        return [oid for oid, _, _ in self.repos[repo_id].branches.get(revision, [])]
+    def commits(self, repo_id: str, revision: str = "main", repo_type: str = "model") -> list[str]:
+        return [oid for oid, _, _ in self.repos[repo_key(repo_id, repo_type)].branches.get(revision, [])]
+
+    def add_repo(self, repo_id: str, files: dict[str, bytes], repo_type: str = "model") -> None:
+        """Seeds a repository with one commit of `files` on main."""
+        with self._lock:
+            repo = Repo(repo_id, private=False, repo_type=repo_type)
+            self._commit(repo, "main", dict(files), "seeded by the test")
+            self.repos[repo_key(repo_id, repo_type)] = repo
 
     def routes_called(self) -> list[str]:
         return [f"{r.method} {r.path}" for r in self.requests]
@@ -117,15 +139,21 @@ class FakeHub:
 
     def _create_repo(self, body, headers):
         payload = json.loads(body)
-        if payload.get("type", "model") != "model":
-            return _json(400, {"error": "fake Hub: only model repos"})
+        repo_type = payload.get("type") or "model"
+        if repo_type not in REPO_TYPES:
+            return _json(400, {"error": f"fake Hub: unknown repo type {repo_type!r}"})
+        if repo_type == "space" and not payload.get("sdk"):
+            return _json(400, {"error": "fake Hub: a space needs an sdk"})
         repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
-        url = f"{self.endpoint}/{repo_id}"
-        if repo_id in self.repos:
-            return _json(409, {"error": "You already created this model repo", "url": url})
-        repo = Repo(repo_id, private=payload.get("visibility") == "private")
+        key = repo_key(repo_id, repo_type)
+        url = f"{self.endpoint}/{key}"
+        if key in self.repos:
+            return _json(409, {"error": f"You already created this {repo_type} repo", "url": url})
+        repo = Repo(
+            repo_id, private=payload.get("visibility") == "private", repo_type=repo_type, sdk=payload.get("sdk")
+        )
         self._commit(repo, "main", {}, "initial commit")
-        self.repos[repo_id] = repo
+        self.repos[key] = repo
         return _json(200, {"url": url, "name": repo_id, "id": repo_id})
 
     def _validate_yaml(self, body, headers):
@@ -141,16 +169,16 @@ class FakeHub:
             return _json(400, {"errors": [{"message": "metadata must be a YAML mapping"}], "warnings": []})
         return _json(200, {"errors": [], "warnings": []})
 
-    def _repo(self, ns, name, revision=None):
-        repo = self.repos.get(f"{ns}/{name}")
+    def _repo(self, ns, name, revision=None, type=None):
+        repo = self.repos.get(repo_key(f"{ns}/{name}", type[:-1] if type else "model"))  # "spaces" -> "space"
         if repo is None:
             return None, _json(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
         if revision is not None and revision not in repo.branches:
             return None, _json(404, {"error": f"Invalid rev id: {revision}"}, {"X-Error-Code": "RevisionNotFound"})
         return repo, None
 
-    def _create_branch(self, body, headers, ns, name, branch):
-        repo, error = self._repo(ns, name)
+    def _create_branch(self, body, headers, ns, name, branch, type=None):
+        repo, error = self._repo(ns, name, type=type)
         if error:
             return error
         if branch in repo.branches:
@@ -158,8 +186,8 @@ class FakeHub:
         repo.branches[branch] = list(repo.branches["main"])
         return _json(200, {})
 
-    def _preupload(self, body, headers, ns, name, revision):
-        repo, error = self._repo(ns, name, revision)
+    def _preupload(self, body, headers, ns, name, revision, type=None):
+        repo, error = self._repo(ns, name, revision, type)
         if error:
             return error
         existing = repo.files(revision)
@@ -175,8 +203,8 @@ class FakeHub:
             )
         return _json(200, {"files": answers, "commitOid": repo.head(revision)})
 
-    def _lfs_batch(self, body, headers, ns, name):
-        repo, error = self._repo(ns, name)
+    def _lfs_batch(self, body, headers, ns, name, type=None):
+        repo, error = self._repo(ns, name, type=type)
         if error:
             return error
         payload = json.loads(body)
@@ -206,8 +234,8 @@ class FakeHub:
             return _json(404, {"error": "fake Hub: LFS object missing or of the wrong size"})
         return _json(200, {})
 
-    def _commit_route(self, body, headers, ns, name, revision):
-        repo, error = self._repo(ns, name, revision)
+    def _commit_route(self, body, headers, ns, name, revision, type=None):
+        repo, error = self._repo(ns, name, revision, type)
         if error:
             return error
         if "application/x-ndjson" not in headers.get("Content-Type", ""):
@@ -235,17 +263,31 @@ class FakeHub:
         oid = self._commit(repo, revision, files, lines[0]["value"]["summary"])
         return _json(
             200,
-            {"commitUrl": f"{self.endpoint}/{repo.repo_id}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None},
+            {
+                "commitUrl": f"{self.endpoint}/{repo_key(repo.repo_id, repo.repo_type)}/commit/{oid}",
+                "commitOid": oid,
+                "pullRequestUrl": None,
+            },
         )
 
-    def _repo_info(self, body, headers, ns, name, revision="main"):
-        repo, error = self._repo(ns, name, revision)
+    def _repo_info(self, body, headers, ns, name, type=None, revision="main"):
+        repo, error = self._repo(ns, name, revision, type)
         if error:
             return error
         siblings = [{"rfilename": path} for path in sorted(repo.files(revision))]
-        return _json(
-            200, {"id": repo.repo_id, "sha": repo.head(revision), "private": repo.private, "siblings": siblings}
-        )
+        info = {"id": repo.repo_id, "sha": repo.head(revision), "private": repo.private, "siblings": siblings}
+        if repo.sdk:
+            info["sdk"] = repo.sdk
+        return _json(200, info)
+
+    def _resolve(self, body, headers, ns, name, revision, path, type=None):
+        repo, error = self._repo(ns, name, revision, type)
+        if error:
+            return error
+        data = repo.files(revision).get(path)
+        if data is None:
+            return _json(404, {"error": f"Entry not found: {path}"}, {"X-Error-Code": "EntryNotFound"})
+        return 200, {"X-Repo-Commit": repo.head(revision), "ETag": f'"{git_blob_sha1(data)}"'}, data
 
     def _commit(self, repo: Repo, revision: str, files: dict[str, bytes], summary: str) -> str:
         self._commit_counter += 1
@@ -254,7 +296,8 @@ class FakeHub:
         return oid
 
 
-_REPO = r"/api/models/(?P<ns>[^/]+)/(?P<name>[^/]+)"
+_REPO = r"/api/(?P<type>models|spaces|datasets)/(?P<ns>[^/]+)/(?P<name>[^/]+)"
+_URL_REPO = r"/(?:(?P<type>spaces|datasets)/)?(?P<ns>[^/]+)/(?P<name>[^/]+)"
 _ROUTES = [
     (r"/api/repos/create", "POST", "create", FakeHub._create_repo),
     (r"/api/validate-yaml", "POST", "validate-yaml", FakeHub._validate_yaml),
@@ -263,7 +306,9 @@ _ROUTES = [
     (_REPO + r"/commit/(?P<revision>[^/]+)", "POST", "commit", FakeHub._commit_route),
     (_REPO + r"/revision/(?P<revision>[^/]+)", "GET", "repo-info", FakeHub._repo_info),
     (_REPO, "GET", "repo-info", FakeHub._repo_info),
-    (r"/(?P<ns>[^/]+)/(?P<name>[^/]+)\.git/info/lfs/objects/batch", "POST", "lfs-batch", FakeHub._lfs_batch),
+    (_URL_REPO + r"\.git/info/lfs/objects/batch", "POST", "lfs-batch", FakeHub._lfs_batch),
+    (_URL_REPO + r"/resolve/(?P<revision>[^/]+)/(?P<path>.+)", "GET", "resolve", FakeHub._resolve),
+    (_URL_REPO + r"/resolve/(?P<revision>[^/]+)/(?P<path>.+)", "HEAD", "resolve", FakeHub._resolve),
     (r"/lfs-objects/(?P<oid>[0-9a-f]{64})", "PUT", "lfs-upload", FakeHub._lfs_upload),
     (r"/lfs-verify", "POST", "lfs-verify", FakeHub._lfs_verify),
 ]
@@ -301,6 +346,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     do_GET = do_POST = do_PUT = _serve
+
+    def do_HEAD(self) -> None:
+        status, headers, payload = self.hub.handle("HEAD", self.path, b"", self.headers)
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
 
     def log_message(self, format, *args) -> None:  # keep test output clean
         pass

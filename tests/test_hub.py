@@ -18,13 +18,17 @@ import torch
 from hub_server import FakeHub  # tests/ is on sys.path (pytest rootdir-relative import)
 from huggingface_hub import ModelCard, constants
 from PIL import Image
-from transformers import CLIPTextConfig, CLIPVisionConfig
+from test_hub_models import save_tiny_unicl, tiny_towers
 
-from hf_unified.configuration_unicl import UniCLConfig
 from hf_unified.hub.model_card import HUB_ID_PLACEHOLDER, write_model_card
-from hf_unified.hub.push import HubPushError, IncompleteModelFolderError, check_model_folder, push_folder, upload_files
-from hf_unified.modeling_unicl import UniCLModel
-from hf_unified.processing_unicl import UniCLProcessor, unicl_image_processor
+from hf_unified.hub.push import (
+    HubPushError,
+    IncompleteModelFolderError,
+    check_can_push,
+    check_model_folder,
+    push_folder,
+    upload_files,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_" + "TestTokenThatMustNeverBePrinted0123"
@@ -43,33 +47,8 @@ def folder_digest(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def saved_unicl(tmp_path_factory, tiny_clip_tokenizer):
     """A tiny saved UniCL folder (model, processor, eval JSON, a training checkpoint that must stay local)."""
-    torch.manual_seed(0)
-    config = UniCLConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-        ),
-        text_config=CLIPTextConfig(
-            vocab_size=600,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            bos_token_id=598,
-            eos_token_id=599,
-            pad_token_id=599,
-        ),
-        projection_dim=16,
-    )
-    model = UniCLModel(config).eval()
-    processor = UniCLProcessor(unicl_image_processor(32), tiny_clip_tokenizer)
     folder = tmp_path_factory.mktemp("saved") / "unicl-tiny"
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    model, processor = save_tiny_unicl(folder, tiny_clip_tokenizer)
     (folder / "eval_results.json").write_text(json.dumps({"num_examples": 8, "zero_shot_top1_accuracy": 0.5}))
     (folder / "checkpoint-10").mkdir()
     (folder / "checkpoint-10" / "optimizer.bin").write_bytes(b"\x80\x04 not for the Hub")
@@ -111,8 +90,10 @@ def hub_env(monkeypatch):
         hub.__exit__(None, None, None)
 
 
-def assert_received_equals_local(hub: FakeHub, folder: Path, revision: str = "main") -> dict[str, bytes]:
-    received = hub.files(REPO_ID, revision)
+def assert_received_equals_local(
+    hub: FakeHub, folder: Path, revision: str = "main", repo_id: str = REPO_ID
+) -> dict[str, bytes]:
+    received = hub.files(repo_id, revision)
     expected = upload_files(folder)
     assert sorted(received) == expected
     for name in expected:
@@ -147,7 +128,8 @@ def test_push_regular_path_is_byte_identical_and_renders_the_card(model_folder, 
     assert f'model_id = "{REPO_ID}"' in card.text
     assert [r.metric_value for r in card.data.eval_results] == [0.5]
 
-    routes = hub.routes_called()
+    # (the card's widget photos were read first, through the same endpoint; the fake Hub has none: no output)
+    routes = [route for route in hub.routes_called() if "/resolve/" not in route]
     assert routes[0] == "POST /api/repos/create"
     assert "POST /api/validate-yaml" in routes and f"POST /api/models/{REPO_ID}/preupload/main" in routes
     assert routes[-1] == f"POST /api/models/{REPO_ID}/commit/main"
@@ -253,6 +235,7 @@ def test_incomplete_folders_are_refused_before_any_request(model_folder, hub_env
     (model_folder / "model.safetensors").write_bytes((model_folder / "model.safetensors").read_bytes()[:-10])
     (model_folder / "modeling_unicl.py").unlink()
     (model_folder / "tokenizer.json").unlink()
+    before = folder_digest(model_folder)
     with pytest.raises(IncompleteModelFolderError) as error:
         push_folder(model_folder, REPO_ID)
     message = str(error.value)
@@ -260,6 +243,7 @@ def test_incomplete_folders_are_refused_before_any_request(model_folder, hub_env
     assert "code file modeling_unicl.py" in message
     assert "tokenizer files are missing" in message
     assert hub.requests == [] and not (model_folder / "README.md").exists()  # nothing sent, nothing written
+    assert folder_digest(model_folder) == before
 
     (model_folder / "model.safetensors").unlink()
     config = json.loads((model_folder / "config.json").read_text())
@@ -283,12 +267,14 @@ def test_relative_imports_of_code_files_are_checked(model_folder):
 
 def test_bad_repo_id_and_offline_mode(model_folder, hub_env, monkeypatch):
     hub = hub_env()
+    before = folder_digest(model_folder)
     with pytest.raises(ValueError, match="repo_id must look like 'org/name'"):
         push_folder(model_folder, "no-namespace")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(HubPushError, match="HF_HUB_OFFLINE"):
         push_folder(model_folder, REPO_ID)
     assert hub.requests == [] and not (model_folder / "README.md").exists()
+    assert folder_digest(model_folder) == before
 
 
 def test_card_placeholder_is_filled_at_push(model_folder, hub_env):
@@ -323,10 +309,12 @@ def test_cli_failure_is_one_clear_line_without_the_token(model_folder, hub_env, 
     push_to_hub = pytest.importorskip("training.push_to_hub")
     hub = hub_env()
     hub.fail_on("commit", 500)
+    before = folder_digest(model_folder)
     assert push_to_hub.main(["--folder", str(model_folder), "--repo_id", REPO_ID]) == 1
     out, err = capfd.readouterr()
     assert "push_to_hub: pushing" in err and "failed while trying to upload the files" in err
     assert TOKEN not in out + err
+    assert folder_digest(model_folder) == before
     assert push_to_hub.main(["--folder", str(model_folder / "nowhere"), "--repo_id", REPO_ID]) == 1
     assert "is not a folder" in capfd.readouterr().err
 
@@ -362,24 +350,7 @@ def _tiny_uniclip(tokenizer):
     from hf_unified.processing_uniclip import UniCLIPProcessor, uniclip_image_processor
 
     config = UniCLIPConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=16,
-        ),
-        text_config=CLIPTextConfig(
-            vocab_size=600,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            bos_token_id=598,
-            eos_token_id=599,
-            pad_token_id=599,
-        ),
+        **tiny_towers(patch_size=16),
         projection_dim=16,
         augmentation_hidden_size=8,
     )
@@ -437,6 +408,7 @@ def test_every_method_folder_pushes_with_a_complete_card(
     """The folder each method saves passes the completeness check (auto_map and every code file it imports) and
     arrives byte-identical with a card that names the method."""
     folder = tmp_path / kind
+    hub = hub_env(lfs_threshold=4096)  # first: the converter's card reads its widget photos through HF_ENDPOINT
     if kind == "unicl-converted":
         _converted_unicl(folder)
         method = "unicl"
@@ -449,7 +421,6 @@ def test_every_method_folder_pushes_with_a_complete_card(
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
         method = kind
-    hub = hub_env(lfs_threshold=4096)
     push_folder(folder, REPO_ID)
     received = assert_received_equals_local(hub, folder)
     card = ModelCard(received["README.md"].decode())
@@ -470,3 +441,137 @@ def test_every_method_folder_pushes_with_a_complete_card(
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+# Every way a push can fail after the checks: the Hub route that fails, the step the message names, what the message
+# says exists on the Hub. The folder has no card and no endpoint handler, so the push renders them into the upload.
+FAILURES = [
+    ("create", "create the repository", "nothing was sent", None),
+    ("branch", "create branch 'v2'", "exists on the Hub, but no commit was made", "v2"),
+    ("validate-yaml", "upload the files", "exists on the Hub, but no commit was made", None),
+    ("preupload", "upload the files", "exists on the Hub, but no commit was made", None),
+    ("lfs-batch", "upload the files", "exists on the Hub, but no commit was made", None),
+    ("lfs-upload", "upload the files", "exists on the Hub, but no commit was made", None),
+    ("lfs-verify", "upload the files", "exists on the Hub, but no commit was made", None),
+    ("commit", "upload the files", "exists on the Hub, but no commit was made", None),
+]
+
+
+@pytest.mark.parametrize(("route", "step", "remote", "revision"), FAILURES, ids=[f[0] for f in FAILURES])
+def test_a_failed_push_leaves_the_folder_byte_identical(model_folder, hub_env, route, step, remote, revision):
+    hub = hub_env(lfs_threshold=4096)
+    assert not (model_folder / "README.md").exists() and not (model_folder / "handler.py").exists()
+    before = folder_digest(model_folder)
+    hub.fail_on(route, 422)  # a 4xx: huggingface_hub retries 5xx answers with a back-off (tens of seconds)
+    with pytest.raises(HubPushError) as error:
+        push_folder(model_folder, REPO_ID, revision=revision)
+    message = str(error.value)
+    assert f"failed while trying to {step}" in message and "422" in message, message
+    assert (
+        f"On the Hub: {remote if remote == 'nothing was sent' else 'the model repository ' + REPO_ID + ' ' + remote}"
+        in message
+    )
+    assert "The local folder is unchanged (README.md, handler.py, requirements.txt" in message
+    assert "rendered for this upload only, not written" in message and TOKEN not in message
+    assert folder_digest(model_folder) == before  # no file changed, none added (no temporary file either)
+    if REPO_ID in hub.repos:
+        assert hub.files(REPO_ID, revision or "main") == {}  # nothing half-committed
+
+    hub.clear_failures()  # the cause is fixed: the same push goes through and only then writes the rendered files
+    result = push_folder(model_folder, REPO_ID, revision=revision)
+    assert result.written == ["README.md", "handler.py", "requirements.txt"] == result.rendered
+    assert_received_equals_local(hub, model_folder, revision=revision or "main")
+    summary = result.summary(model_folder)
+    assert f"rendered for the upload, then written into {model_folder}: README.md, handler.py" in summary
+
+
+def test_repush_renders_nothing_and_says_so(model_folder, hub_env):
+    hub_env()
+    push_folder(model_folder, REPO_ID)
+    before = folder_digest(model_folder)
+    result = push_folder(model_folder, REPO_ID)
+    assert result.rendered == [] and result.written == []
+    assert "uploaded as it is (nothing rendered, nothing written locally)" in result.summary()
+    assert folder_digest(model_folder) == before
+
+
+def test_local_write_failure_after_a_good_push_is_reported(model_folder, hub_env, monkeypatch):
+    import hf_unified.hub.push as push_module
+
+    hub = hub_env()
+
+    def refuse(path, data):
+        raise PermissionError(f"read-only: {path.name}")
+
+    monkeypatch.setattr(push_module, "write_atomic", refuse)
+    before = folder_digest(model_folder)
+    result = push_folder(model_folder, REPO_ID)
+    assert "README.md" in hub.files(REPO_ID) and "handler.py" in hub.files(REPO_ID)  # the Hub copy is complete
+    assert result.written == [] and "read-only: README.md" in result.local_error
+    assert "could not write README.md, handler.py, requirements.txt" in result.summary()
+    assert folder_digest(model_folder) == before
+
+
+@pytest.mark.parametrize(
+    ("repo_id", "message"),
+    [
+        ("no-namespace", "repo_id must look like 'org/name'"),
+        ("org/na me", "repo_id must look like 'org/name'"),
+        ("org/a--b", "is not a valid Hub id: Cannot have -- or .."),
+        (None, "repo_id must look like 'org/name', got None"),
+    ],
+)
+def test_check_can_push_refuses_bad_ids(repo_id, message, hub_env):
+    hub_env()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_can_push(repo_id)
+
+
+def test_check_can_push_needs_online_mode_and_a_token(hub_env, monkeypatch, capfd):
+    import hf_unified.hub.push as push_module
+
+    hub = hub_env()
+    check_can_push(REPO_ID)  # token from HF_TOKEN, online: fine, and nothing was sent
+    check_can_push(REPO_ID, token="hf_explicit")
+    assert hub.requests == []
+    monkeypatch.setattr(push_module, "get_token", lambda: None)
+    with pytest.raises(HubPushError, match="no Hub token: set HF_TOKEN or run `hf auth login`"):
+        check_can_push(REPO_ID)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubPushError, match="HF_HUB_OFFLINE is set"):
+        check_can_push(REPO_ID, token=TOKEN)
+    assert TOKEN not in "".join(capfd.readouterr())
+
+
+def test_native_export_folder_pushes_without_code_or_handler(model_folder, hub_env, tmp_path):
+    from hf_unified.hub.export import export_clip
+
+    hub = hub_env()
+    exported = export_clip(model_folder, tmp_path / "clip").output_dir
+    result = push_folder(exported, "test-org/unicl-tiny-clip")
+    received = hub.files("test-org/unicl-tiny-clip")
+    assert not any(name.endswith(".py") for name in received) and "requirements.txt" not in received
+    assert result.rendered == ["README.md"]  # the export's placeholder id filled in
+    assert '"test-org/unicl-tiny-clip"' in received["README.md"].decode()
+
+
+def test_cli_export_clip_and_space_push_three_repos(model_folder, hub_env, capsys, tmp_path):
+    push_to_hub = pytest.importorskip("training.push_to_hub")
+    hub = hub_env()
+    clip_dir = tmp_path / "clip"
+    argv = ["--folder", str(model_folder), "--repo_id", REPO_ID, "--export-clip", "--clip_dir", str(clip_dir)]
+    assert push_to_hub.main([*argv, "--space"]) == 0
+    out = capsys.readouterr().out
+    assert "exported the unicl model" in out and f"running {REPO_ID}-clip" in out
+    assert json.loads(hub.files(f"{REPO_ID}-clip")["config.json"])["model_type"] == "clip"
+    assert_received_equals_local(hub, clip_dir.resolve(), repo_id=f"{REPO_ID}-clip")
+    space_config = json.loads(hub.files(f"{REPO_ID}-demo", repo_type="space")["space_config.json"])
+    assert space_config == {**space_config, "model_id": f"{REPO_ID}-clip", "trust_remote_code": False}
+
+    # A graph that is not CLIP's: the model is pushed, the export is skipped with the reason, exit code 0.
+    config = json.loads((model_folder / "config.json").read_text())
+    (model_folder / "config.json").write_text(json.dumps({**config, "text_pooling": "mean"}))
+    assert push_to_hub.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "not exported to a native CLIPModel" in out and "text_pooling is 'mean'" in out
+    assert json.loads(hub.files(REPO_ID)["config.json"])["text_pooling"] == "mean"

@@ -96,7 +96,9 @@ def test_card_metadata_and_body_for_each_method(method, tmp_path):
     assert metadata["pipeline_tag"] == "zero-shot-image-classification"
     assert {method, "contrastive-learning", "custom_code"} <= set(metadata["tags"])
     assert metadata["license"] == "apache-2.0"
-    assert metadata["widget"] and all("src" in w and "candidate_labels" in w for w in metadata["widget"])
+    # The run's evaluation shards do not exist here, so no example can be true to the model: none is shown (the
+    # cat/dog photos would be wrong for a shapes model).
+    assert "widget" not in metadata
     assert "base_model" not in metadata and "datasets" not in metadata  # a local run on local shards has neither
 
     card = ModelCard.load(path)
@@ -238,3 +240,77 @@ def test_unicl_converter_writes_our_card(shared_dir, tmp_path):
     assert metadata["base_model"] == "microsoft/UniCL" and "converted-checkpoint" in metadata["tags"]
     assert "checkpoint.pth" in readme and "These weights were not trained by hf-unified" in readme
     assert re.search(r"\*\*Parameters:\*\* [\d.]+[KM]", readme)
+
+
+@pytest.fixture(scope="module")
+def shapes_model_folder(tmp_path_factory, tiny_clip_tokenizer):
+    """A tiny saved UniCL folder whose training record points at a real (tiny) shapes evaluation split."""
+    import torch
+
+    from hf_unified import UniCLConfig, UniCLModel, UniCLProcessor
+    from hf_unified.processing_unicl import unicl_image_processor
+    from hf_unified.training import synthetic_data
+
+    root = tmp_path_factory.mktemp("shapes")
+    data = synthetic_data.generate(root / "data", num_train=8, num_eval=24, num_train_shards=1, image_size=32)
+    torch.manual_seed(0)
+    folder = root / "model"
+    UniCLModel(UniCLConfig(**TOWERS, projection_dim=16)).save_pretrained(folder)
+    UniCLProcessor(unicl_image_processor(32), tiny_clip_tokenizer).save_pretrained(folder)
+    training_args = {
+        **TRAINING_ARGS,
+        "eval_data": str(data / "eval-*.tar"),
+        "eval_image_column": "jpg",
+        "eval_label_column": "cls",
+        "class_names_file": str(data / "classes.json"),
+    }
+    (folder / "training_args.json").write_text(json.dumps(training_args))
+    (folder / "eval_results.json").write_text(json.dumps(FLAT_EVAL))
+    return folder
+
+
+def test_widget_shows_the_models_own_data_with_outputs_it_computed(shapes_model_folder):
+    from PIL import Image
+    from transformers import pipeline
+
+    from hf_unified.training.synthetic_data import SHAPES
+
+    folder = shapes_model_folder
+    path = write_model_card(folder, repo_id="my-org/shapes")
+    widget = metadata_load(path)["widget"]
+    assert len(widget) == 2 and len({entry["example_title"] for entry in widget}) == 2
+    classifier = pipeline("zero-shot-image-classification", model=str(folder))
+    for index, entry in enumerate(widget):
+        assert entry["candidate_labels"] == ", ".join(SHAPES)  # the run's class names, not cat/dog photos
+        assert entry["example_title"].split(" (")[0] in SHAPES and "evaluation split" in entry["example_title"]
+        assert entry["src"].endswith(f"/my-org/shapes/resolve/main/widget/eval-{index}.png")
+        image = Image.open(folder / "widget" / f"eval-{index}.png")  # written beside the card, uploaded with it
+        answer = classifier(image, candidate_labels=list(SHAPES))
+        assert entry["output"] == [{"label": a["label"], "score": round(a["score"], 4)} for a in answer]
+    assert "cat" not in json.dumps(widget)
+
+
+def test_evaluate_only_run_says_evaluated(tmp_path):
+    saved_config("unicl", tmp_path)
+    (tmp_path / "eval_results.json").write_text(json.dumps({**FLAT_EVAL, "step": 0}))
+    (tmp_path / "training_args.json").write_text(
+        json.dumps({**TRAINING_ARGS, "model_name_or_path": "org/base-model", "max_steps": 1000})
+    )
+    text = render_model_card(tmp_path).text
+    training = text.split("## Training", 1)[1].split("## Evaluation", 1)[0]
+    assert "evaluated, not trained" in training and "from `org/base-model`" in training
+    assert "was trained with" not in text and "0 training steps" not in text and "evaluated without training" in text
+    assert "max_steps" not in training and "learning_rate" not in training and "`eval_data`" in training
+    assert "training_log.jsonl" not in training
+
+    (tmp_path / "eval_results.json").write_text(json.dumps(FLAT_EVAL))  # step 200: a training run
+    text = render_model_card(tmp_path).text
+    assert "This model was trained with" in text and "after 200 training steps" in text
+
+
+def test_code_file_list_matches_the_folder(shapes_model_folder):
+    text = render_model_card(shapes_model_folder, examples=[]).text
+    listed = re.search(r"\*\*Code in this repository:\*\* (.*?) \(loaded with", text).group(1).split(", ")
+    on_disk = sorted(p.name for p in shapes_model_folder.glob("*.py"))
+    assert listed == on_disk and {"modeling_unicl.py", "towers.py", "dual_encoder.py", "losses.py"} <= set(listed)
+    assert "`handler.py` + `requirements.txt` for Inference Endpoints" in text

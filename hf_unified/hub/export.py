@@ -1,0 +1,365 @@
+"""Native export: a UniCL or UniCLIP model whose inference graph is exactly transformers' `CLIPModel`, saved as a
+plain `CLIPModel` + `CLIPProcessor` folder that loads without `trust_remote_code` and without this package.
+
+    hf-unified-export-clip MODEL_FOLDER OUTPUT_DIR        # or: python -m hf_unified.hub.export ...
+
+Exactly representable means, at inference:
+
+- image tower `CLIPVisionModel` pooled by its own `pooler_output` (`vision_pooling="pooler"`), text tower
+  `CLIPTextModel` pooled at the first end-of-text token (`text_pooling="eos"`, with the `eos_token_id` the CLIP text
+  model pools at: not the legacy value 2, for which CLIP takes the largest token id instead);
+- linear projections without bias, and one temperature: `logits = exp(logit_scale) * cos`;
+- UniCLIP only: at the identity augmentation parameters the augmentation code is a constant vector `c`, added to the
+  pooled feature (`augmentation_fusion="add"`) or concatenated to it (`"concat"`). CLIPModel's image projection has
+  no bias, so the constant's projection must be zero within tolerance. The image-text logit is
+  `exp(logit_scale[image-text]) * (cos - logit_offset[image-text])`: the offset must be zero within tolerance too
+  (the image-image and text-text scales and offsets only matter in training).
+
+Everything else (Swin, ViT or BERT towers, mean or cls pooling, MS-CLIP's modality-shared stack, ...) is refused with
+`NotExportableError` naming every reason. An export is checked numerically before it is written: the image and text
+embeddings and the logits of the CLIPModel equal the source model's within `atol` (default 1e-5) on sample inputs,
+and the folder is written atomically (beside the target, then renamed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModel,
+    AutoProcessor,
+    CLIPConfig,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTextModel,
+    CLIPVisionModel,
+    PreTrainedModel,
+)
+
+import hf_unified  # noqa: F401  (registers the hf-unified classes with the Auto classes)
+from hf_unified.configuration_uniclip import DOMAIN_PAIRS
+
+from .folder import write_atomic
+from .model_card import EXPORT_INFO_FILE, render_card_files
+
+# Files of the source folder that describe the exported model too (same function, same numbers).
+CARRIED_FILES = ("eval_results.json", "training_args.json")
+EXPORTABLE_TYPES = ("unicl", "uniclip")
+# transformers' CLIPTextTransformer pools at `input_ids.argmax(-1)` when eos_token_id == 2 (configs from before
+# transformers PR #24773), not at the first end-of-text token.
+CLIP_LEGACY_EOS_TOKEN_ID = 2
+SAMPLE_TEXTS = ("a photo of a cat", "a diagram", "two dogs playing in the snow")
+
+
+class NotExportableError(ValueError):
+    """The model's inference graph is not exactly `CLIPModel`'s; the message lists every reason."""
+
+
+@dataclass
+class ExportResult:
+    """What `export_clip` wrote and how closely the export matches its source."""
+
+    output_dir: Path
+    source_model_type: str
+    max_abs_difference: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        diffs = ", ".join(f"{name} {value:.2e}" for name, value in self.max_abs_difference.items())
+        notes = "".join(f"\n- {note}" for note in self.notes)
+        return (
+            f"exported the {self.source_model_type} model to {self.output_dir} as CLIPModel "
+            f"(max |diff| against the source: {diffs}){notes}"
+        )
+
+
+def _reason_prefix(model: PreTrainedModel) -> str:
+    return f"{type(model).__name__} ({model.config.model_type})"
+
+
+def _projected_identity_code(model: PreTrainedModel) -> torch.Tensor:
+    """UniCLIP: what the augmentation code at the identity parameters adds to every projected image feature."""
+    config = model.config
+    weight = model.visual_projection.weight
+    identity = torch.tensor([config.identity_augmentation_params], dtype=weight.dtype, device=weight.device)
+    code = model.augmentation_encoder(identity)[0]
+    if config.augmentation_fusion == "add":
+        return model.visual_projection(code)
+    return code @ weight[:, config.vision_config.hidden_size :].T
+
+
+def _image_text_index(values: torch.Tensor) -> int:
+    """Index of the image-text entry of a per-domain-pair parameter (`[3]`), or 0 for one shared value."""
+    return DOMAIN_PAIRS.index("image-text") if values.numel() == len(DOMAIN_PAIRS) else 0
+
+
+def export_problems(model: PreTrainedModel, atol: float = 1e-5) -> list[str]:
+    """Every reason why `model`'s inference graph is not exactly `CLIPModel`'s (empty when it is)."""
+    config = model.config
+    name = _reason_prefix(model)
+    if config.model_type not in EXPORTABLE_TYPES:
+        if config.model_type == "msclip":
+            return [
+                f"{name}: MS-CLIP runs one modality-shared transformer stack for images and text (shared "
+                f"sub-layers {getattr(config, 'shared_sublayers', '?')} of layers "
+                f"{getattr(config, 'shared_layers', '?')}, its own stem and parallel branch); CLIPModel has two "
+                "independent towers, so no CLIPModel computes the same function"
+            ]
+        return [f"{name}: only {EXPORTABLE_TYPES} models can be exported, got model_type {config.model_type!r}"]
+    problems = []
+    for attribute, expected in (("vision_model", CLIPVisionModel), ("text_model", CLIPTextModel)):
+        tower = getattr(model, attribute)
+        if type(tower) is not expected:
+            problems.append(
+                f"{name}: the {attribute} is {type(tower).__name__} ({tower.config.model_type}); CLIPModel's is "
+                f"{expected.__name__}"
+            )
+    if config.vision_pooling != "pooler":
+        problems.append(
+            f"{name}: vision_pooling is {config.vision_pooling!r}; CLIPModel pools the image tower's pooler_output "
+            "(vision_pooling='pooler')"
+        )
+    if config.text_pooling != "eos":
+        problems.append(
+            f"{name}: text_pooling is {config.text_pooling!r}; CLIPModel pools the first end-of-text token "
+            "(text_pooling='eos')"
+        )
+    eos_token_id = getattr(config.text_config, "eos_token_id", None)
+    if eos_token_id is None or eos_token_id == CLIP_LEGACY_EOS_TOKEN_ID:
+        problems.append(
+            f"{name}: text_config.eos_token_id is {eos_token_id!r}; CLIPTextModel pools at the first end-of-text "
+            f"token only for a set id other than {CLIP_LEGACY_EOS_TOKEN_ID} (with {CLIP_LEGACY_EOS_TOKEN_ID} it takes "
+            "the largest token id)"
+        )
+    for attribute in ("visual_projection", "text_projection"):
+        if getattr(model, attribute).bias is not None:
+            problems.append(f"{name}: {attribute} has a bias; CLIPModel's projections have none")
+
+    logit_scale = model.logit_scale.detach().reshape(-1)
+    if logit_scale.numel() not in (1, len(DOMAIN_PAIRS)):
+        problems.append(f"{name}: logit_scale has {logit_scale.numel()} values; expected 1 or {len(DOMAIN_PAIRS)}")
+        return problems
+    scale = logit_scale[_image_text_index(logit_scale)].exp().item()
+    logit_offset = getattr(model, "logit_offset", None)
+    if logit_offset is not None:
+        offsets = logit_offset.detach().reshape(-1)
+        offset = offsets[_image_text_index(offsets)].item()
+        if abs(scale * offset) > atol:
+            problems.append(
+                f"{name}: the image-text logit offset is {offset:.6g}, so its logits are exp(logit_scale) * (cos - "
+                f"{offset:.6g}) and CLIPModel's exp(logit_scale) * cos differ from them by the constant "
+                f"{scale * offset:.6g} (more than atol={atol:g}); the zero-shot softmax scores would still be equal, "
+                "but logits_per_image would not"
+            )
+    if getattr(model, "augmentation_encoder", None) is not None:
+        with torch.no_grad():
+            constant = _projected_identity_code(model)
+        largest = constant.abs().max().item()
+        if largest > atol:
+            problems.append(
+                f"{name}: at the identity augmentation parameters the augmentation code adds the constant vector "
+                f"visual_projection(c) to every image feature (largest entry {largest:.6g} > atol={atol:g}, "
+                f"augmentation_fusion={config.augmentation_fusion!r}); CLIPModel's image projection has no bias, so "
+                "it is representable only when that projected constant is zero"
+            )
+    return problems
+
+
+def to_clip_model(model: PreTrainedModel, atol: float = 1e-5) -> CLIPModel:
+    """The `CLIPModel` that computes what `model` computes at inference.
+
+    Raises:
+        NotExportableError: `model`'s graph is not CLIPModel's (every reason is listed).
+    """
+    problems = export_problems(model, atol)
+    if problems:
+        raise NotExportableError("cannot export to a native CLIPModel:\n" + "\n".join(f"- {p}" for p in problems))
+    config = model.config
+    logit_scale = model.logit_scale.detach().reshape(-1)
+    scale = logit_scale[_image_text_index(logit_scale)].item()
+    clip_config = CLIPConfig(
+        text_config=config.text_config.to_dict(),
+        vision_config=config.vision_config.to_dict(),
+        projection_dim=config.projection_dim,
+        logit_scale_init_value=scale,
+    )
+    clip = CLIPModel(clip_config)
+    vision_width = config.vision_config.hidden_size
+    state = {f"vision_model.{k}": v for k, v in model.vision_model.state_dict().items()}
+    state |= {f"text_model.{k}": v for k, v in model.text_model.state_dict().items()}
+    # UniCLIP's "concat" projection also reads the augmentation code; its share of the weight is dropped (zero effect
+    # by the check above).
+    state["visual_projection.weight"] = model.visual_projection.weight.detach()[:, :vision_width]
+    state["text_projection.weight"] = model.text_projection.weight.detach()
+    state["logit_scale"] = torch.tensor(scale, dtype=clip.logit_scale.dtype)
+    clip.load_state_dict(state, strict=True)
+    return clip.to(model.dtype).eval()
+
+
+@torch.no_grad()
+def compare_outputs(source: PreTrainedModel, clip: CLIPModel, tokenizer) -> dict[str, float]:
+    """Largest absolute differences between the two models on sample images and texts (embeddings and logits)."""
+    size = source.config.vision_config.image_size
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(2, source.config.vision_config.num_channels, size, size, generator=generator)
+    text = tokenizer(list(SAMPLE_TEXTS), padding=True, return_tensors="pt")
+    inputs = {k: v for k, v in text.items() if k != "token_type_ids"}  # CLIP's text tower takes none
+    inputs["pixel_values"] = pixel_values.to(source.dtype)
+    expected, got = source.eval()(**inputs), clip(**inputs)
+    return {
+        name: (getattr(expected, name) - getattr(got, name)).abs().max().item()
+        for name in ("image_embeds", "text_embeds", "logits_per_image")
+    }
+
+
+def _load(model_folder_or_model, processor):
+    if isinstance(model_folder_or_model, PreTrainedModel):
+        if processor is None:
+            raise ValueError("export_clip got a model object: give its processor too (processor=...)")
+        return model_folder_or_model, processor, None
+    folder = Path(model_folder_or_model)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{folder} is not a saved model folder (no config.json): give a save_pretrained folder")
+    model = AutoModel.from_pretrained(folder).eval()
+    return model, processor or AutoProcessor.from_pretrained(folder), folder
+
+
+def export_clip(
+    model_folder_or_model,
+    output_dir: str | Path,
+    *,
+    processor=None,
+    atol: float = 1e-5,
+    overwrite: bool = False,
+    repo_id: str | None = None,
+    source_repo_id: str | None = None,
+) -> ExportResult:
+    """Exports a UniCL / UniCLIP model to a plain `CLIPModel` + `CLIPProcessor` folder with its model card.
+
+    Args:
+        model_folder_or_model: a saved hf-unified model folder (model + processor), or the model object.
+        output_dir: the folder to write (must not exist unless `overwrite`).
+        processor: the model's processor; read from the folder when a folder is given.
+        atol: tolerance of the representability checks and of the numerical comparison.
+        overwrite: replace an existing `output_dir`.
+        repo_id: Hub id of the export, used in its card's usage code (default: a placeholder that
+            `push_folder` fills in).
+        source_repo_id: Hub id of the hf-unified model it comes from (the card's `base_model`), if pushed.
+
+    Returns:
+        An `ExportResult` with the largest differences measured against the source.
+
+    Raises:
+        NotExportableError: the graph is not CLIPModel's, or the numerical check failed.
+        FileExistsError: `output_dir` exists and `overwrite` is False.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not overwrite:
+        raise FileExistsError(f"{output_dir} exists: choose a new folder or pass overwrite=True (--overwrite)")
+    model, processor, source_folder = _load(model_folder_or_model, processor)
+    clip = to_clip_model(model, atol)
+    differences = compare_outputs(model, clip, processor.tokenizer)
+    if max(differences.values()) > atol:
+        raise NotExportableError(
+            f"the exported CLIPModel differs from the source by more than atol={atol:g}: {differences}"
+        )
+    clip_processor = CLIPProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer)
+    notes = [
+        "texts must end with the end-of-text token, as the tokenizer's output does: CLIPModel pools there, the source "
+        "model falls back to the last attended token for rows without one"
+    ]
+    if model.logit_scale.numel() > 1:
+        notes.append("UniCLIP's image-image and text-text temperatures and offsets are training-only; not exported")
+    info = {
+        "exported_with": f"hf-unified {hf_unified.__version__}",
+        "source_model_type": model.config.model_type,
+        "source_architecture": type(model).__name__,
+        "source_repo_id": source_repo_id,
+        "atol": atol,
+        "max_abs_difference": differences,
+        "notes": notes,
+    }
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.export-"))
+    try:
+        clip.save_pretrained(staging)
+        clip_processor.save_pretrained(staging)
+        (staging / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        for name in CARRIED_FILES:
+            if source_folder is not None and (source_folder / name).is_file():
+                shutil.copy2(source_folder / name, staging / name)
+        for path, data in render_card_files(staging, repo_id=repo_id).items():
+            write_atomic(staging / path, data)
+        _replace_folder(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExportResult(output_dir, model.config.model_type, differences, notes)
+
+
+def _replace_folder(staging: Path, target: Path) -> None:
+    """Moves the finished `staging` folder to `target`; an old `target` is moved aside first and removed after."""
+    if not target.exists():
+        staging.rename(target)
+        return
+    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+    old.rmdir()
+    target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-unified-export-clip",
+        description="Export a UniCL / UniCLIP model whose graph is exactly CLIPModel's to a native CLIPModel folder "
+        "(no custom code; refused with the reason otherwise).",
+    )
+    parser.add_argument("model_folder", help="saved hf-unified model folder (model + processor)")
+    parser.add_argument("output_dir", help="folder to write the CLIPModel + CLIPProcessor to")
+    parser.add_argument("--atol", type=float, default=1e-5, help="tolerance of the checks (default 1e-5)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output_dir")
+    parser.add_argument("--repo_id", default=None, help="Hub id the export will be pushed to (for its card)")
+    parser.add_argument("--source_repo_id", default=None, help="Hub id of the source model (the card's base_model)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = export_clip(
+            args.model_folder,
+            args.output_dir,
+            atol=args.atol,
+            overwrite=args.overwrite,
+            repo_id=args.repo_id,
+            source_repo_id=args.source_repo_id,
+        )
+    except (NotExportableError, FileExistsError, ValueError, OSError) as error:
+        print(f"hf-unified-export-clip: {error}", file=sys.stderr)
+        return 1
+    print(result.summary())
+    return 0
+
+
+__all__ = [
+    "EXPORT_INFO_FILE",
+    "ExportResult",
+    "NotExportableError",
+    "compare_outputs",
+    "export_clip",
+    "export_problems",
+    "main",
+    "to_clip_model",
+]
+
+if __name__ == "__main__":
+    sys.exit(main())

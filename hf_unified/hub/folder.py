@@ -1,0 +1,111 @@
+"""What the Hub tools read from and write to a saved model folder: its config, its code files, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+_RELATIVE_IMPORT = re.compile(r"^\s*from\s+\.(\w+)\s+import", re.M)
+
+
+def read_json(path: Path, what: str) -> dict | None:
+    """The JSON object in `path`, or None when the file does not exist.
+
+    Raises:
+        ValueError: the file is not valid JSON or does not hold an object (the message names the file).
+    """
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} ({what}) is not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} ({what}) must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def auto_map_modules(auto_map: dict) -> set[str]:
+    """Module names (`modeling_unicl`) that `config.json`'s `auto_map` points at in this repository."""
+    modules = set()
+    for value in auto_map.values():
+        for entry in value if isinstance(value, (list, tuple)) else [value]:
+            if entry and "--" not in entry:  # "repo--module.Class" points at another repository
+                modules.add(entry.rsplit(".", 1)[0])
+    return modules
+
+
+# Every saved file whose `auto_map` names code of the repository (the model's, the processor's, the tokenizer's).
+AUTO_MAP_FILES = ("config.json", "processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+
+
+def folder_auto_map(folder: Path) -> dict:
+    """The `auto_map` entries of every config file of `folder` (`AUTO_MAP_FILES`), merged."""
+    merged: dict = {}
+    for name in AUTO_MAP_FILES:
+        config = read_json(folder / name, "saved config") or {}
+        merged |= {f"{name}:{key}": value for key, value in (config.get("auto_map") or {}).items()}
+    return merged
+
+
+def code_files(folder: Path, auto_map: dict | None = None) -> tuple[list[str], list[str]]:
+    """The `.py` files transformers loads for `auto_map` (default: `folder_auto_map(folder)`): the modules it names
+    and, recursively, their single-dot sibling imports (what `dynamic_module_utils.get_relative_imports` follows).
+
+    Returns:
+        `(present, missing)`: sorted file names found in `folder`, and those it lacks.
+    """
+    if auto_map is None:
+        auto_map = folder_auto_map(folder)
+    pending, seen, present, missing = auto_map_modules(auto_map), set(), [], []
+    while pending:
+        module = pending.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        path = folder / f"{module}.py"
+        if not path.is_file():
+            missing.append(path.name)
+            continue
+        present.append(path.name)
+        pending.update(_RELATIVE_IMPORT.findall(path.read_text()))
+    return sorted(present), sorted(missing)
+
+
+def is_custom_code(config: dict) -> bool:
+    """Whether a saved config needs the repository's own code (`trust_remote_code`), i.e. has an `auto_map`."""
+    return bool(config.get("auto_map"))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Writes `data` to `path` so that a reader sees the old file or the new one, never a partial one: the bytes go
+    to a temporary file beside it, are flushed to disk, and replace `path` with `os.replace`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # mkstemp creates the file 0600; give it the mode a plain open() would have (or the mode of the old file).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(handle, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~umask)
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+__all__ = [
+    "AUTO_MAP_FILES",
+    "auto_map_modules",
+    "code_files",
+    "folder_auto_map",
+    "is_custom_code",
+    "read_json",
+    "write_atomic",
+]
