@@ -213,6 +213,13 @@ class ContrastiveHeads:
             )
         if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): give at least one token per text")
+        max_positions = getattr(self.config.text_config, "max_position_embeddings", None)
+        if max_positions is not None and input_ids.shape[1] > max_positions:
+            raise ValueError(
+                f"input_ids has {input_ids.shape[1]} tokens per text, the text encoder takes at most {max_positions} "
+                "(config.text_config.max_position_embeddings): tokenize with truncation=True and max_length="
+                f"{max_positions}, or shorten the prompt template"
+            )
         vocab_size = getattr(self.config.text_config, "vocab_size", None)
         if vocab_size is not None:
             low, high = int(input_ids.min()), int(input_ids.max())

@@ -40,6 +40,14 @@ def _inputs(model, n=3):
             "texts \\[0\\] are empty",
         ),
         (lambda x: {**x, "input_ids": x["input_ids"].float()}, "integer tensor"),
+        (
+            lambda x: {
+                **x,
+                "input_ids": x["input_ids"].repeat(1, 6),
+                "attention_mask": x["attention_mask"].repeat(1, 6),
+            },
+            "takes at most 32",
+        ),
     ],
 )
 def test_bad_inputs_get_a_clear_value_error(model, change, message):

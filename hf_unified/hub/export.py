@@ -44,7 +44,7 @@ from transformers import (
 )
 
 import hf_unified  # noqa: F401  (registers the hf-unified classes with the Auto classes)
-from hf_unified.configuration_uniclip import DOMAIN_PAIRS
+from hf_unified.losses import DOMAIN_PAIRS
 
 from .folder import write_atomic
 from .model_card import EXPORT_INFO_FILE, render_card_files
