@@ -47,7 +47,7 @@ def test_layout_and_identity():
 
 def test_call_returns_views_and_params_in_documented_ranges():
     torch.manual_seed(0)
-    aug = MultiViewAugmentation(num_views=3, size=24)
+    aug = MultiViewAugmentation(num_views=3, size=24, preset="simclr")
     for seed in range(4):
         views, params = aug(_random_image(seed=seed))
         assert views.shape == (3, 3, 24, 24) and views.dtype == torch.float32
@@ -156,11 +156,28 @@ def test_input_kinds():
         ({"hue": 0.7}, "hue"),
         ({"image_mean": None}, "image_mean"),
         ({"size": (4, 4, 4)}, "size"),
+        ({"preset": "strong"}, "view preset must be one of"),
+        ({"crop_scale": (0.5, 1.0)}, "unknown augmentation field"),
     ],
 )
 def test_bad_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MultiViewAugmentation(**kwargs)
+
+
+def test_presets_and_overrides():
+    # "auto" follows the view size: mild views for small images, SimCLR-style ones for photos.
+    small, photos = MultiViewAugmentation(size=32), MultiViewAugmentation(size=224)
+    assert (small.preset, photos.preset) == ("small", "simclr")
+    assert small.recipe.scale == (0.85, 1.0) and small.recipe.jitter_p == small.recipe.grayscale_p == 0
+    assert photos.recipe.scale == (0.08, 1.0) and photos.recipe.jitter_p == 0.8
+    torch.manual_seed(0)
+    _, params = small(_random_image())
+    jitter_and_more = [SLOT[n] for n in ("brightness", "contrast", "saturation", "hue", "grayscale", "blur_sigma")]
+    assert params[:, jitter_and_more].tolist() == [[IDENTITY_PARAMS[i] for i in jitter_and_more]] * 2
+    # Fields given explicitly override the preset (what training YAMLs' augmentation_kwargs do).
+    custom = MultiViewAugmentation(size=32, preset="simclr", scale=(0.5, 1.0), flip_p=0.0)
+    assert custom.recipe.scale == (0.5, 1.0) and custom.recipe.flip_p == 0.0 and custom.recipe.jitter_p == 0.8
 
 
 def test_bad_params_shape_raises():

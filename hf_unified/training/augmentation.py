@@ -1,10 +1,7 @@
 """Multi-view image augmentation that reports what it did, for UniCLIP's augmentation-aware embedding.
 
 UniCLIP conditions each image view's embedding on the augmentation that produced the view, so the augmentation
-must hand back a parameter vector together with every view. This module samples the parameters itself (the crop
-box through `torchvision.transforms.v2.RandomResizedCrop.make_params`, the rest with `torch`'s global generator,
-so `torch.manual_seed` and DataLoader worker seeding make it reproducible) and applies them with
-`torchvision.transforms.v2.functional`.
+must hand back a parameter vector together with every view.
 
 Parameter vector layout (`AUGMENTATION_PARAM_NAMES`, `P = AUGMENTATION_PARAM_DIM = 11` floats):
 
@@ -22,25 +19,51 @@ Parameter vector layout (`AUGMENTATION_PARAM_NAMES`, `P = AUGMENTATION_PARAM_DIM
 | 9    | `grayscale`  | 1 if converted to (3-channel) grayscale, else 0                      | 0        |
 | 10   | `blur_sigma` | Gaussian blur standard deviation in pixels of the output (0 = none)  | 0        |
 
-When colour jitter is not applied to a view (probability `1 - jitter_p`) its slots hold the identity factors, so the
-vector always describes the view exactly. The jitter is applied in the fixed order brightness, contrast, saturation,
-hue (torchvision's `ColorJitter` shuffles the order, which the vector could not record).
+The crop box is relative to the original image, whatever resizing happened before the views were made. When colour
+jitter is not applied to a view (probability `1 - jitter_p`) its slots hold the identity factors, so the vector
+always describes the view exactly. The jitter is applied in the fixed order brightness, contrast, saturation, hue
+(torchvision's `ColorJitter` shuffles the order, which the vector could not record).
 
 The pipeline per view: random resized crop -> horizontal flip -> colour jitter -> grayscale -> Gaussian blur ->
-float in [0, 1] -> normalisation with `image_mean` / `image_std`. Defaults follow SimCLR-style views (the reading of
-UniCLIP in this package; the paper's exact recipe is unconfirmed) and CLIP's mean/std, the same as
-`UniCLIPProcessor`'s default image processor.
+float in [0, 1] -> normalisation with `image_mean` / `image_std`.
 
-Usage in a training data pipeline:
+How strong the views are is a `ViewRecipe`; `VIEW_PRESETS` names two, and `"auto"` picks one by the view size:
+
+- `"simclr"`: the SimCLR-style views this package used so far, meant for photos at about 224 px: crop area 0.08-1
+  (SimCLR), colour jitter with probability 0.8 and strengths 0.4 / 0.4 / 0.4 / 0.1, grayscale 0.2, Gaussian blur
+  with probability 0.5, sigma 0.1-2 px and a kernel of 10% of the side (MoCo v2's jitter and blur). UniCLIP's paper
+  does not give its recipe (see `shared/reference/uniclip.md` section 2); this is our reading.
+- `"small"`: for small images (digits, icons, 32-64 px thumbnails): crop area 0.85-1, no colour jitter, grayscale
+  or blur. On images this small a 0.08-area crop keeps a few pixels of the object and colour jitter of grey digits
+  only adds noise; a review of this package measured that such milder views (together with UniCLIP's similarity
+  offsets) lifted UniCLIP on 8x8 digits upscaled to 32 px from far below CLIP to above it. That is one measurement
+  on one data set at a short budget, not a general law: SimCLR trains CIFAR-10 (32 px) with strong crops for
+  hundreds of epochs.
+- `"auto"` (the default): `"small"` when the shorter side of the views is at most `AUTO_SMALL_MAX_SIDE` (64) px,
+  else `"simclr"`. The boundary is a judgement between the two measured regimes (32 px digits, 224 px photos).
+
+Both presets flip with probability 0.5; a trainer whose captions say "left" or "right" passes `flip_p=0`. Any
+recipe field given to an augmentation overrides its preset.
+
+Two implementations share the recipe and the sampler (`sample_view_params`), so their views follow one
+distribution and one parameter layout:
+
+- `MultiViewAugmentation` (here): one image at a time with `torchvision.transforms.v2.functional`; for users who
+  augment images themselves, and the reference the batched path is tested against;
+- `BatchMultiViewAugmentation` (`batch_augmentation.py`): a whole uint8 batch at once on the training device, what
+  the trainer uses (DataLoader workers then only decode).
+
+Usage:
 
 ```python
->>> aug = MultiViewAugmentation(num_views=2, size=224)
+>>> aug = MultiViewAugmentation(num_views=2, size=224)  # "auto" -> "simclr" at 224 px
 >>> views, params = aug(pil_image)  # [2, 3, 224, 224], [2, 11]
 ```
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -54,6 +77,11 @@ from ..configuration_uniclip import AUGMENTATION_PARAM_DIM, AUGMENTATION_PARAM_N
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+# "auto" picks the "small" preset for views whose shorter side is at most this many pixels.
+AUTO_SMALL_MAX_SIDE = 64
+# torchvision's RandomResizedCrop draws up to this many boxes before falling back to a centred crop.
+CROP_ATTEMPTS = 10
+
 
 def identity_params(batch_shape: Sequence[int] = (), dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """The identity parameter vector, broadcast to `[*batch_shape, P]`."""
@@ -61,9 +89,12 @@ def identity_params(batch_shape: Sequence[int] = (), dtype: torch.dtype = torch.
     return vector.expand(*batch_shape, AUGMENTATION_PARAM_DIM).clone()
 
 
-def _check_range(name: str, bounds: Sequence[float], low: float, high: float) -> tuple[float, float]:
+def _check_range(name: str, bounds, low: float, high: float) -> tuple[float, float]:
     if len(bounds) != 2 or not (low <= bounds[0] <= bounds[1] <= high):
-        raise ValueError(f"{name} must be (min, max) with {low} <= min <= max <= {high}, got {tuple(bounds)}")
+        raise ValueError(
+            f"{name} must be (min, max) with {low} <= min <= max <= {high}, got {tuple(bounds)}: give two numbers "
+            "in that range, smaller first"
+        )
     return float(bounds[0]), float(bounds[1])
 
 
@@ -73,22 +104,13 @@ def _check_probability(name: str, p: float) -> float:
     return float(p)
 
 
-def _uniform(low: float, high: float) -> float:
-    return torch.empty(1).uniform_(low, high).item()
-
-
-def _coin(p: float) -> bool:
-    return torch.rand(1).item() < p
-
-
-class MultiViewAugmentation:
-    """Makes `num_views` independently augmented views of one image and returns their parameter vectors.
+@dataclasses.dataclass(frozen=True)
+class ViewRecipe:
+    """The distribution of one augmented view; every field is checked when the recipe is made.
 
     Args:
-        num_views (`int`, defaults to 2): views per image (`UniCLIPConfig.num_views`).
-        size (`int` or `(height, width)`, defaults to 224): output size of every view.
         scale (`(float, float)`, defaults to `(0.08, 1.0)`): crop area range as a fraction of the image area.
-        ratio (`(float, float)`, defaults to `(3/4, 4/3)`): crop aspect-ratio range.
+        ratio (`(float, float)`, defaults to `(3/4, 4/3)`): crop aspect-ratio (width / height) range.
         flip_p (`float`, defaults to 0.5): probability of a horizontal flip.
         jitter_p (`float`, defaults to 0.8): probability of applying colour jitter.
         brightness, contrast, saturation (`float`, default 0.4, 0.4, 0.4): factors drawn from `[1 - x, 1 + x]`.
@@ -98,70 +120,224 @@ class MultiViewAugmentation:
         blur_sigma (`(float, float)`, defaults to `(0.1, 2.0)`): blur sigma range, in output pixels.
         blur_kernel_fraction (`float`, defaults to 0.1): kernel size as a fraction of the view side (SimCLR), made
             odd, at least 3.
-        image_mean, image_std (`3 floats`, default CLIP's): normalisation; `None` for both leaves values in [0, 1].
-        interpolation (`InterpolationMode`, defaults to bicubic): resampling of the crop.
 
-    Calling it on a PIL image, a `[C, H, W]` tensor (uint8 or float in [0, 1]) or a numpy `[H, W, C]` array returns
-    `(views [V, 3, H', W'] float32, params [V, P] float32)`. Grayscale or RGBA inputs are converted to RGB.
+    The defaults are the `"simclr"` preset.
+    """
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel_fraction: float = 0.1
+
+    def __post_init__(self):
+        checked = {
+            "scale": _check_range("scale", self.scale, 0.0, 1.0),
+            "ratio": _check_range("ratio", self.ratio, 1e-6, math.inf),
+            "blur_sigma": _check_range("blur_sigma", self.blur_sigma, 1e-6, math.inf),
+        }
+        if checked["scale"][1] <= 0:
+            raise ValueError(f"scale must allow a non-empty crop, got {tuple(self.scale)}: make its maximum above 0")
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p"):
+            checked[name] = _check_probability(name, getattr(self, name))
+        for name in ("brightness", "contrast", "saturation"):
+            strength = getattr(self, name)
+            if not 0.0 <= strength < 1.0:
+                raise ValueError(f"{name} strength must be in [0, 1) (factor range [1 - x, 1 + x]), got {strength}")
+            checked[name] = float(strength)
+        if not 0.0 <= self.hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
+        if not 0.0 <= self.blur_kernel_fraction <= 1.0:
+            raise ValueError(f"blur_kernel_fraction must be in [0, 1], got {self.blur_kernel_fraction}")
+        checked["hue"], checked["blur_kernel_fraction"] = float(self.hue), float(self.blur_kernel_fraction)
+        for name, value in checked.items():  # frozen: normalised once, here (tuples of floats, floats)
+            object.__setattr__(self, name, value)
+
+    def blur_kernel_size(self, size: Sequence[int]) -> int:
+        """The Gaussian kernel side for views of `size = (height, width)`: odd, at least 3."""
+        kernel = max(3, int(self.blur_kernel_fraction * min(size)))
+        return kernel if kernel % 2 == 1 else kernel + 1
+
+
+VIEW_PRESETS: dict[str, ViewRecipe] = {
+    "simclr": ViewRecipe(),
+    "small": ViewRecipe(scale=(0.85, 1.0), jitter_p=0.0, grayscale_p=0.0, blur_p=0.0),
+}
+RECIPE_FIELDS = tuple(field.name for field in dataclasses.fields(ViewRecipe))
+
+
+def resolve_view_preset(preset: str, size: Sequence[int]) -> str:
+    """The preset a name stands for at views of `size = (height, width)`: `"auto"` becomes `"small"` or
+    `"simclr"`, a preset name stays itself."""
+    choices = ("auto", *VIEW_PRESETS)
+    if preset not in choices:
+        raise ValueError(
+            f"view preset must be one of {choices}, got {preset!r}: pick one, or give the recipe fields "
+            f"({', '.join(RECIPE_FIELDS)}) on top of a preset"
+        )
+    if preset == "auto":
+        return "small" if min(size) <= AUTO_SMALL_MAX_SIDE else "simclr"
+    return preset
+
+
+def view_recipe(preset: str = "auto", size: int | Sequence[int] = 224, **overrides) -> ViewRecipe:
+    """The recipe of `preset` at views of `size`, with `overrides` (any `ViewRecipe` field) applied on top."""
+    unknown = sorted(set(overrides) - set(RECIPE_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown augmentation field(s) {unknown}: the fields are {list(RECIPE_FIELDS)}")
+    return dataclasses.replace(VIEW_PRESETS[resolve_view_preset(preset, size_pair(size))], **overrides)
+
+
+def size_pair(size: int | Sequence[int]) -> list[int]:
+    pair = [int(size), int(size)] if isinstance(size, int) else [int(s) for s in size]
+    if len(pair) != 2 or min(pair) < 1:
+        raise ValueError(f"size must be a positive int or (height, width), got {size}")
+    return pair
+
+
+def sample_crop_boxes(
+    image_sizes: torch.Tensor,
+    scale: Sequence[float],
+    ratio: Sequence[float],
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Random resized crop boxes, vectorised: `torchvision.transforms.v2.RandomResizedCrop.make_params`'s
+    distribution for many images at once.
+
+    Each row draws `CROP_ATTEMPTS` (area fraction, log aspect ratio) pairs and keeps the first box that fits the
+    image; a row where none fits takes torchvision's fallback, the largest centred box within the ratio range.
+
+    Args:
+        image_sizes (`torch.LongTensor` of shape `(num_boxes, 2)`): (height, width) of each image, in pixels.
+        scale, ratio: as in `ViewRecipe`.
+        generator: the random source (torch's global generator when `None`).
+
+    Returns:
+        `torch.LongTensor` of shape `(num_boxes, 4)`: (top, left, height, width) in pixels of the image.
+    """
+    sizes = image_sizes.to(torch.float64)
+    height, width = sizes[:, :1], sizes[:, 1:]
+    draws = (sizes.shape[0], CROP_ATTEMPTS)
+    target_area = height * width * torch.empty(draws, dtype=torch.float64).uniform_(*scale, generator=generator)
+    log_ratio = torch.empty(draws, dtype=torch.float64).uniform_(
+        math.log(ratio[0]), math.log(ratio[1]), generator=generator
+    )
+    aspect = log_ratio.exp()
+    box_w, box_h = (target_area * aspect).sqrt().round(), (target_area / aspect).sqrt().round()
+    fits = (box_w > 0) & (box_w <= width) & (box_h > 0) & (box_h <= height)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # the first attempt that fits
+    found = fits.any(dim=1)
+    box_w, box_h = box_w.gather(1, first)[:, 0], box_h.gather(1, first)[:, 0]
+    height, width = height[:, 0], width[:, 0]
+    # No attempt fitted: torchvision's central crop, as wide as the ratio range allows.
+    image_ratio = width / height
+    too_tall, too_wide = image_ratio < ratio[0], image_ratio > ratio[1]
+    fallback_w = torch.where(too_wide, (height * ratio[1]).round(), width)
+    fallback_h = torch.where(too_tall, (width / ratio[0]).round(), height)
+    box_w, box_h = torch.where(found, box_w, fallback_w), torch.where(found, box_h, fallback_h)
+    corner = torch.rand((sizes.shape[0], 2), dtype=torch.float64, generator=generator)
+    top = torch.where(found, (corner[:, 0] * (height - box_h + 1)).floor(), ((height - box_h) / 2).floor())
+    left = torch.where(found, (corner[:, 1] * (width - box_w + 1)).floor(), ((width - box_w) / 2).floor())
+    return torch.stack([top, left, box_h, box_w], dim=1).long()
+
+
+def sample_view_params(
+    recipe: ViewRecipe, image_sizes: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Draws one view's parameter vector per row of `image_sizes`, vectorised (the module docstring's layout).
+
+    Args:
+        recipe: the view distribution.
+        image_sizes (`torch.LongTensor` of shape `(num_views, 2)`): (height, width) of the original image of each
+            view, in pixels; the crop box is drawn in those pixels and recorded relative to them.
+        generator: the random source (torch's global generator when `None`, so `torch.manual_seed` and DataLoader
+            worker seeding make it reproducible).
+
+    Returns:
+        `torch.FloatTensor` of shape `(num_views, P)`.
+    """
+    image_sizes = torch.as_tensor(image_sizes).reshape(-1, 2).cpu()
+    boxes = sample_crop_boxes(image_sizes, recipe.scale, recipe.ratio, generator).to(torch.float64)
+    sizes = image_sizes.to(torch.float64)
+    params = identity_params((image_sizes.shape[0],), dtype=torch.float64)
+    params[:, 0], params[:, 1] = boxes[:, 1] / sizes[:, 1], boxes[:, 0] / sizes[:, 0]
+    params[:, 2], params[:, 3] = boxes[:, 3] / sizes[:, 1], boxes[:, 2] / sizes[:, 0]
+    draws = torch.rand((image_sizes.shape[0], 9), dtype=torch.float64, generator=generator)
+    params[:, 4] = (draws[:, 0] < recipe.flip_p).double()
+    jitter = draws[:, 1] < recipe.jitter_p
+    low = torch.tensor([1 - recipe.brightness, 1 - recipe.contrast, 1 - recipe.saturation, -recipe.hue])
+    high = torch.tensor([1 + recipe.brightness, 1 + recipe.contrast, 1 + recipe.saturation, recipe.hue])
+    factors = low + draws[:, 2:6] * (high - low)
+    params[:, 5:9] = torch.where(jitter[:, None], factors, params[:, 5:9])
+    params[:, 9] = (draws[:, 6] < recipe.grayscale_p).double()
+    sigma = recipe.blur_sigma[0] + draws[:, 8] * (recipe.blur_sigma[1] - recipe.blur_sigma[0])
+    params[:, 10] = torch.where(draws[:, 7] < recipe.blur_p, sigma, 0.0)
+    return params.float()
+
+
+class ViewAugmentation:
+    """What both multi-view augmentations share: the number and size of the views, their recipe, normalisation.
+
+    Args:
+        num_views (`int`, defaults to 2): views per image (`UniCLIPConfig.num_views`).
+        size (`int` or `(height, width)`, defaults to 224): output size of every view.
+        preset (`str`, defaults to `"auto"`): `"simclr"`, `"small"` or `"auto"` (module docstring).
+        image_mean, image_std (`3 floats`, default CLIP's): normalisation; `None` for both leaves values in [0, 1].
+        interpolation (`InterpolationMode`, defaults to bicubic): resampling of the crop (antialiased).
+        **recipe: any `ViewRecipe` field (`scale`, `ratio`, `flip_p`, `jitter_p`, `brightness`, `contrast`,
+            `saturation`, `hue`, `grayscale_p`, `blur_p`, `blur_sigma`, `blur_kernel_fraction`), overriding the
+            preset.
     """
 
     def __init__(
         self,
         num_views: int = 2,
         size: int | Sequence[int] = 224,
-        scale: Sequence[float] = (0.08, 1.0),
-        ratio: Sequence[float] = (3 / 4, 4 / 3),
-        flip_p: float = 0.5,
-        jitter_p: float = 0.8,
-        brightness: float = 0.4,
-        contrast: float = 0.4,
-        saturation: float = 0.4,
-        hue: float = 0.1,
-        grayscale_p: float = 0.2,
-        blur_p: float = 0.5,
-        blur_sigma: Sequence[float] = (0.1, 2.0),
-        blur_kernel_fraction: float = 0.1,
+        preset: str = "auto",
         image_mean: Sequence[float] | None = CLIP_MEAN,
         image_std: Sequence[float] | None = CLIP_STD,
         interpolation: v2.InterpolationMode = v2.InterpolationMode.BICUBIC,
+        **recipe,
     ):
         if num_views < 1:
             raise ValueError(f"num_views must be at least 1, got {num_views}")
         self.num_views = int(num_views)
-        self.size = [int(size), int(size)] if isinstance(size, int) else [int(s) for s in size]
-        if len(self.size) != 2 or min(self.size) < 1:
-            raise ValueError(f"size must be a positive int or (height, width), got {size}")
-        self.scale = _check_range("scale", scale, 0.0, 1.0)
-        if self.scale[1] <= 0:
-            raise ValueError(f"scale must allow a non-empty crop, got {tuple(scale)}")
-        self.ratio = _check_range("ratio", ratio, 1e-6, math.inf)
-        self.flip_p = _check_probability("flip_p", flip_p)
-        self.jitter_p = _check_probability("jitter_p", jitter_p)
-        for name, strength in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
-            if not 0.0 <= strength < 1.0:
-                raise ValueError(f"{name} strength must be in [0, 1) (factor range [1 - x, 1 + x]), got {strength}")
-        if not 0.0 <= hue <= 0.5:
-            raise ValueError(f"hue must be in [0, 0.5], got {hue}")
-        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
-        self.grayscale_p = _check_probability("grayscale_p", grayscale_p)
-        self.blur_p = _check_probability("blur_p", blur_p)
-        self.blur_sigma = _check_range("blur_sigma", blur_sigma, 1e-6, math.inf)
-        kernel = max(3, int(blur_kernel_fraction * min(self.size)))
-        self.blur_kernel_size = kernel if kernel % 2 == 1 else kernel + 1
+        self.size = size_pair(size)
+        self.preset = resolve_view_preset(preset, self.size)
+        self.recipe = view_recipe(self.preset, self.size, **recipe)
+        self.blur_kernel_size = self.recipe.blur_kernel_size(self.size)
         if (image_mean is None) != (image_std is None):
             raise ValueError("give both image_mean and image_std, or neither")
         self.image_mean = None if image_mean is None else [float(m) for m in image_mean]
         self.image_std = None if image_std is None else [float(s) for s in image_std]
         self.interpolation = interpolation
-        # Only its `make_params` is used: the crop box, sampled exactly as torchvision samples it.
-        self._crop = v2.RandomResizedCrop(self.size, scale=self.scale, ratio=self.ratio, antialias=True)
+
+    def _arguments(self) -> str:
+        return (
+            f"num_views={self.num_views}, size={self.size}, preset={self.preset!r}, recipe={self.recipe}, "
+            f"interpolation={self.interpolation.value}"
+        )
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(num_views={self.num_views}, size={self.size}, scale={self.scale}, "
-            f"ratio={self.ratio}, flip_p={self.flip_p}, jitter_p={self.jitter_p}, grayscale_p={self.grayscale_p}, "
-            f"blur_p={self.blur_p}, blur_sigma={self.blur_sigma})"
-        )
+        return f"{type(self).__name__}({self._arguments()})"
+
+
+class MultiViewAugmentation(ViewAugmentation):
+    """Makes `num_views` independently augmented views of one image and returns their parameter vectors, with
+    `torchvision.transforms.v2.functional`, one image at a time (arguments: `ViewAugmentation`).
+
+    Calling it on a PIL image, a `[C, H, W]` tensor (uint8 or float in [0, 1]) or a numpy `[H, W, C]` array returns
+    `(views [V, 3, H', W'] float32, params [V, P] float32)`. Grayscale or RGBA inputs are converted to RGB.
+    Parameters are drawn with torch's global generator, so `torch.manual_seed` and DataLoader worker seeding make
+    the views reproducible.
+    """
 
     @staticmethod
     def to_image_tensor(image) -> torch.Tensor:
@@ -187,19 +363,7 @@ class MultiViewAugmentation:
 
     def sample_params(self, height: int, width: int) -> torch.Tensor:
         """Draws one view's parameter vector `[P]` for an image of `height x width` pixels."""
-        box = self._crop.make_params([torch.empty(3, height, width)])
-        params = list(IDENTITY_PARAMS)
-        params[0:4] = [box["left"] / width, box["top"] / height, box["width"] / width, box["height"] / height]
-        params[4] = float(_coin(self.flip_p))
-        if _coin(self.jitter_p):
-            params[5] = _uniform(1 - self.brightness, 1 + self.brightness)
-            params[6] = _uniform(1 - self.contrast, 1 + self.contrast)
-            params[7] = _uniform(1 - self.saturation, 1 + self.saturation)
-            params[8] = _uniform(-self.hue, self.hue)
-        params[9] = float(_coin(self.grayscale_p))
-        if _coin(self.blur_p):
-            params[10] = _uniform(*self.blur_sigma)
-        return torch.tensor(params, dtype=torch.float32)
+        return sample_view_params(self.recipe, torch.tensor([[height, width]]))[0]
 
     def apply(self, image: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """Applies one parameter vector to a `[3, H, W]` float image in [0, 1]; returns the normalised view."""
@@ -239,8 +403,8 @@ class MultiViewAugmentation:
     def __call__(self, image) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns `(views [V, 3, H', W'], params [V, P])` for one image."""
         tensor = self.to_image_tensor(image)
-        height, width = tensor.shape[-2:]
-        params = torch.stack([self.sample_params(height, width) for _ in range(self.num_views)])
+        sizes = torch.tensor([list(tensor.shape[-2:])] * self.num_views)
+        params = sample_view_params(self.recipe, sizes)
         views = torch.stack([self.apply(tensor, p) for p in params])
         return views, params
 
@@ -248,9 +412,17 @@ class MultiViewAugmentation:
 __all__ = [
     "AUGMENTATION_PARAM_DIM",
     "AUGMENTATION_PARAM_NAMES",
+    "AUTO_SMALL_MAX_SIDE",
     "CLIP_MEAN",
     "CLIP_STD",
     "IDENTITY_PARAMS",
+    "VIEW_PRESETS",
     "MultiViewAugmentation",
+    "ViewAugmentation",
+    "ViewRecipe",
     "identity_params",
+    "resolve_view_preset",
+    "sample_crop_boxes",
+    "sample_view_params",
+    "view_recipe",
 ]
