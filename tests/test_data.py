@@ -15,6 +15,7 @@ from torchvision.transforms import v2
 
 from hf_unified.training import data as data_lib
 from hf_unified.training import synthetic_data
+from hf_unified.training.batch_augmentation import ImageCanvas
 from hf_unified.training.tokenization import train_caption_tokenizer
 
 TO_TENSOR = v2.Compose([v2.ToImage(), v2.Resize(16), v2.CenterCrop(16), v2.ToDtype(torch.float32, scale=True)])
@@ -64,6 +65,26 @@ def test_corrupt_and_incomplete_samples_are_skipped_and_counted(shard_with_bad_s
     assert batch["skipped"] == {"corrupt_image": 2, "missing_text": 1} and batch["damaged_shards"] == {}
     assert batch["pixel_values"].shape == (5, 3, 16, 16)
     assert batch["texts"] == ["a red square."] * 5
+
+
+def test_canvas_transform_gives_uint8_batches_with_their_seed_and_still_counts_damage(
+    shard_with_bad_samples, tokenizer
+):
+    # The batched-views mode: workers only decode to a uint8 canvas; damaged samples are skipped as before.
+    stream = data_lib.build_stream(
+        [data_lib.SourceSpec(str(shard_with_bad_samples))], seed=0, rank=0, world_size=1, shuffle_buffer_size=0
+    )
+    decode = data_lib.DecodeConfig(ImageCanvas(24), with_labels=False)
+    train = data_lib.TrainStream(stream, decode, tokenizer, 16, batch_size=8, seed=0, rank=0)
+    batch = next(iter(train))
+    assert batch["num_skipped"] == 3 and batch["skipped"] == {"corrupt_image": 2, "missing_text": 1}
+    assert "pixel_values" not in batch
+    assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (5, 3, 24, 24)
+    assert batch["image_sizes"].tolist() == [[16, 16]] * 5 and batch["resized_image_sizes"].tolist() == [[16, 16]] * 5
+    again = next(iter(data_lib.TrainStream(stream, decode, tokenizer, 16, batch_size=8, seed=0, rank=0)))
+    other = next(iter(data_lib.TrainStream(stream, decode, tokenizer, 16, batch_size=8, seed=1, rank=0)))
+    assert isinstance(batch["augmentation_seed"], int) and batch["augmentation_seed"] == again["augmentation_seed"]
+    assert other["augmentation_seed"] != batch["augmentation_seed"]
 
 
 def test_wrong_column_names_the_columns_it_has(shard_with_bad_samples):

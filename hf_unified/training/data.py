@@ -27,9 +27,15 @@ The interface for a trainer. Every collated batch (`collate`, from `TrainStream`
   of shape `(batch_size, num_views, num_params)`)), `labels` (`torch.LongTensor` of shape `(batch_size,)`, -1 for
   an image-text pair; when `with_labels`) and `texts` (`list[str]`): absent when every sample of the batch was
   skipped;
+- with `ImageCanvas` as the image transform (batched views), `images` (`torch.ByteTensor` of shape `(batch_size, 3,
+  canvas_height, canvas_width)`), `image_sizes` and `resized_image_sizes` (`torch.LongTensor` of shape
+  `(batch_size, 2)`: each image's original (height, width) and its size on the canvas) instead of `pixel_values`;
+  the training step turns them into `pixel_values` and `augmentation_params` with `BatchMultiViewAugmentation`
+  (absent too when every sample was skipped);
 - `num_skipped` (`int`), `skipped` (`dict[str, int]`: damage kind -> samples skipped), `num_mapped` (`int`: captions
   given a label by the `LabelVocabulary`) and `damaged_shards` (`dict[str, str]`: shard -> what broke it, for the
-  shards whose damage was met while building this batch).
+  shards whose damage was met while building this batch);
+- from `TrainStream`, `augmentation_seed` (`int`): the batch's seed, a function of `(seed, rank, batch index)`.
 
 The trainer sums them in a `DataHealth` (`update(batch)` for every batch, `check(max_skipped_fraction,
 min_samples)`, `state_dict()` in checkpoints, `merge` across ranks, `as_dict()` for logs); `eval_dataloader` keeps
@@ -43,7 +49,7 @@ import json
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -99,9 +105,19 @@ class LabelVocabulary:
 
 @dataclass
 class DecodeConfig:
-    """What a worker does to one raw example; picklable so DataLoader workers get a copy."""
+    """What a worker does to one raw example; picklable so DataLoader workers get a copy.
 
-    image_transform: Callable  # PIL image -> tensor, or -> (views, params) for multi-view augmentation
+    `image_transform` takes the decoded RGB PIL image and returns one of:
+
+    - a tensor: the sample's `pixel_values` (a single-view transform, or an evaluation processor);
+    - `(views, params)` when `multi_view` is set: `pixel_values` and `augmentation_params` of a per-image multi-view
+      augmentation (`augmentation.MultiViewAugmentation`);
+    - a mapping of batch fields, stacked as they are: `batch_augmentation.ImageCanvas` gives `images` (uint8),
+      `image_sizes` and `resized_image_sizes`, from which `BatchMultiViewAugmentation` makes the views on the
+      training device (the workers then only decode).
+    """
+
+    image_transform: Callable
     class_names: list[list[str]] | None = None
     templates: Sequence[str] = ("{}.",)
     label_vocabulary: LabelVocabulary | None = None
@@ -121,7 +137,7 @@ def decode_image(value) -> Image.Image:
     else:
         raise TypeError(f"unsupported image cell {type(value)}")
     image.load()  # truncated files fail here, not later in a transform
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def decode_example(example: dict, config: DecodeConfig, rng: random.Random) -> dict | Skipped:
@@ -153,6 +169,8 @@ def decode_example(example: dict, config: DecodeConfig, rng: random.Random) -> d
     item = {"text": text, "label": -1 if label is None else label, "mapped": mapped}
     if config.multi_view:
         item["pixel_values"], item["augmentation_params"] = transformed
+    elif isinstance(transformed, Mapping):
+        item.update(transformed)
     else:
         item["pixel_values"] = transformed
     return item
@@ -180,9 +198,9 @@ def collate(
         [item["text"] for item in good], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
     )
     batch["input_ids"], batch["attention_mask"] = text["input_ids"], text["attention_mask"]
-    batch["pixel_values"] = torch.stack([item["pixel_values"] for item in good])
-    if "augmentation_params" in good[0]:
-        batch["augmentation_params"] = torch.stack([item["augmentation_params"] for item in good])
+    for name, value in good[0].items():  # the image transform's tensors (`DecodeConfig`)
+        if isinstance(value, torch.Tensor):
+            batch[name] = torch.stack([item[name] for item in good])
     if with_labels:
         batch["labels"] = torch.tensor([item["label"] for item in good], dtype=torch.long)
     batch["texts"] = [item["text"] for item in good]
@@ -273,9 +291,13 @@ class TrainStream(torch.utils.data.IterableDataset):
                 samples += rows[-1]["damage"] not in SHARD_DAMAGE
             if batch_index >= start and (batch_index - start) % workers == worker:
                 rng = random.Random(f"{self.seed}-{self.rank}-{batch_index}")
-                torch.manual_seed(rng.getrandbits(63))  # augmentation draws from torch's global generator
+                augmentation_seed = rng.getrandbits(63)
+                torch.manual_seed(augmentation_seed)  # per-image augmentation draws from torch's global generator
                 items = [decode_example(row, self.decode, rng) for row in rows]
-                yield collate(items, self.tokenizer, self.max_length, self.decode.with_labels, self.damage_log)
+                batch = collate(items, self.tokenizer, self.max_length, self.decode.with_labels, self.damage_log)
+                # Batched augmentation in the training step seeds itself with this (`BatchMultiViewAugmentation`).
+                batch["augmentation_seed"] = augmentation_seed
+                yield batch
             batch_index += 1
 
 
