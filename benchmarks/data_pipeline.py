@@ -1,25 +1,35 @@
-"""Decoded and augmented images/s of the training data pipeline, by DataLoader worker count.
+"""Images/s of the training data pipeline, and of UniCLIP's multi-view augmentation alone, interleaved.
 
-The pipeline is the one `training/train.py` uses: local webdataset shards (the embedded synthetic "shapes" set,
-JPEG + caption + class id) streamed by `datasets.load_dataset("webdataset", streaming=True)`, shuffled with a
-buffer, then `hf_unified.training.data.TrainStream`
-decodes, augments, tokenises and collates batches in DataLoader workers.
+Two tables, each from interleaved rounds (every round runs every candidate once, in a rotated order; the tables give
+min / median / max over rounds, so a slow-down of the shared machine hits every candidate alike):
 
-Transforms:
+1. **pipeline**: the stream `training/train.py` reads. Local webdataset shards (the embedded synthetic "shapes"
+   set, JPEG + caption + class id) streamed by `datasets`, shuffled with a buffer; `TrainStream` decodes,
+   transforms, tokenises and collates batches in DataLoader workers. Transforms:
 
-- `crop-flip`: torchvision v2 RandomResizedCrop + horizontal flip + normalise (UniCL, CLIP, MS-CLIP training);
-- `multiview-2`: `hf_unified.training.augmentation.MultiViewAugmentation` with 2 views (crop, flip, colour jitter,
-  grayscale,
-  blur, each view with its parameter vector), what UniCLIP trains on.
+   - `crop-flip`: torchvision v2 RandomResizedCrop + flip + normalise per image (UniCL, CLIP, MS-CLIP training);
+   - `multiview-2`: `MultiViewAugmentation` with 2 views, per image in the workers (what UniCLIP trained on so
+     far: crop, flip, colour jitter, grayscale, blur, each view with its parameter vector);
+   - `batched-2`: the workers decode to a uint8 canvas (`ImageCanvas`) and `BatchMultiViewAugmentation` makes the
+     2 views of the whole batch in the main process on `--device`, as the trainer does in its step.
 
-The first batch (worker start-up, shard opening) is timed separately; images/s counts the following batches. With
-W workers each worker reads the whole stream and decodes every W-th batch (exact resumption), so "per worker"
-divides by W. On 2 cores more than 1-2 workers compete with each other and with the main process.
+   The multi-view rows run at each of `--view-presets` (`simclr`: the strong views, the default so far; `small`:
+   the mild views `auto` picks at 64 px and below).
+
+2. **views only**: the augmentation on batches already decoded in memory (`--views-sizes` pixels), no stream:
+   per-image `MultiViewAugmentation` against `BatchMultiViewAugmentation`, on the CPU and on `--device`.
+
+Figures: images/s of wall time (the first batch, worker start-up, is timed separately), and images per CPU second
+(pipeline table): the CPU time of this process and of its DataLoader workers (counted when they exit) over the
+loader's whole life, start-up and prefetched batches included, so it slightly under-states the workers' rate.
+With 0 workers and 1 torch thread, images/s is images/s per core. On 2 busy cores more than 1-2 workers compete
+with each other and with the main process.
 
 Usage:
 
-    python benchmarks/data_pipeline.py                       # 64 px shards, workers 0 1 2, prints a table
-    python benchmarks/data_pipeline.py --image-size 224      # bigger JPEGs (decode cost grows with pixels)
+    python benchmarks/data_pipeline.py                           # 64 px shards, workers 0 1 2, 3 rounds
+    python benchmarks/data_pipeline.py --image-size 224          # bigger JPEGs (decode cost grows with pixels)
+    python benchmarks/data_pipeline.py --device cuda --workers 0 1 2 4 8   # views on the GPU
     python benchmarks/data_pipeline.py --smoke
 """
 
@@ -27,22 +37,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
+import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import common  # noqa: F401  (puts the repository on sys.path)
+import numpy as np
 import torch
 from common import describe_machine, markdown_table
+from PIL import Image
 from torchvision.transforms import v2
 
 from hf_unified.training import data as data_lib
 from hf_unified.training import synthetic_data
-from hf_unified.training.augmentation import MultiViewAugmentation
+from hf_unified.training.augmentation import CLIP_MEAN, CLIP_STD, MultiViewAugmentation
+from hf_unified.training.batch_augmentation import BatchMultiViewAugmentation
 from hf_unified.training.tokenization import train_caption_tokenizer
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def crop_flip(size: int):
@@ -57,41 +70,213 @@ def crop_flip(size: int):
     )
 
 
-def build_loader(
-    shards: Path, transform_name: str, image_size: int, tokenizer, batch_size: int, workers: int, shuffle_buffer: int
-):
-    multi_view = transform_name.startswith("multiview")
-    transform = (
-        MultiViewAugmentation(num_views=int(transform_name.split("-")[1]), size=image_size)
-        if multi_view
-        else crop_flip(image_size)
-    )
-    classes = json.loads((shards / "classes.json").read_text())
-    spec = data_lib.SourceSpec(path=str(shards), image_column="jpg", text_column="txt", label_column="cls")
-    stream = data_lib.build_stream([spec], seed=0, rank=0, world_size=1, shuffle_buffer_size=shuffle_buffer)
-    decode = data_lib.DecodeConfig(
-        image_transform=transform, class_names=[[c] for c in classes], multi_view=multi_view
-    )
-    dataset = data_lib.TrainStream(stream, decode, tokenizer, max_length=32, batch_size=batch_size, seed=0, rank=0)
-    # batch_size=None: TrainStream already yields collated batches.
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=None, num_workers=workers, persistent_workers=False, prefetch_factor=2 if workers else None
-    )
+class Candidate:
+    """One pipeline row: a transform at a view preset, with a worker count."""
+
+    def __init__(self, transform: str, preset: str | None, workers: int, image_size: int, device: str):
+        self.transform, self.preset, self.workers = transform, preset, workers
+        self.views = None
+        if transform == "crop-flip":
+            self.image_transform, self.multi_view = crop_flip(image_size), False
+        elif transform.startswith("multiview-"):
+            num_views = int(transform.split("-")[1])
+            self.image_transform = MultiViewAugmentation(num_views=num_views, size=image_size, preset=preset)
+            self.multi_view = True
+        elif transform.startswith("batched-"):
+            num_views = int(transform.split("-")[1])
+            self.views = BatchMultiViewAugmentation(num_views=num_views, size=image_size, preset=preset)
+            self.image_transform, self.multi_view = self.views.canvas, False
+        else:
+            raise ValueError(f"unknown transform {transform!r}: crop-flip, multiview-N or batched-N")
+        self.device = torch.device(device)
+        self.label = transform if preset is None else f"{transform} ({preset})"
+        # Views are made in the main process, so it works too; per-image transforms run in the workers only.
+        self.processes = workers + (self.views is not None) if workers else 1
+
+    def loader(self, shards: Path, tokenizer, batch_size: int, shuffle_buffer: int):
+        classes = json.loads((shards / "classes.json").read_text())
+        spec = data_lib.SourceSpec(path=str(shards), image_column="jpg", text_column="txt", label_column="cls")
+        stream = data_lib.build_stream([spec], seed=0, rank=0, world_size=1, shuffle_buffer_size=shuffle_buffer)
+        decode = data_lib.DecodeConfig(
+            image_transform=self.image_transform, class_names=[[c] for c in classes], multi_view=self.multi_view
+        )
+        dataset = data_lib.TrainStream(stream, decode, tokenizer, max_length=32, batch_size=batch_size, seed=0, rank=0)
+        # batch_size=None: TrainStream already yields collated batches.
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=self.workers,
+            prefetch_factor=2 if self.workers else None,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def pixel_values(self, batch: dict) -> torch.Tensor:
+        """What the training step gets: the batch's own views, or the views made here on the device."""
+        if self.views is None:
+            return batch["pixel_values"].to(self.device, non_blocking=True)
+        return self.views(batch, device=self.device)["pixel_values"]
 
 
-def measure(loader, batches: int) -> dict:
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_pipeline(candidate: Candidate, loader, batches: int) -> dict:
+    cpu_start = _cpu_seconds()
     iterator = iter(loader)
     start = time.perf_counter()
-    first = next(iterator)
+    first = candidate.pixel_values(next(iterator))
+    _synchronize(candidate.device)
     startup = time.perf_counter() - start
     images = 0
     start = time.perf_counter()
     for _ in range(batches):
-        batch = next(iterator)
-        images += batch["pixel_values"].shape[0]
+        images += candidate.pixel_values(next(iterator)).shape[0]
+    _synchronize(candidate.device)
     seconds = time.perf_counter() - start
-    del iterator  # shuts the workers down
-    return {"startup_s": startup, "images_per_s": images / seconds, "shape": tuple(first["pixel_values"].shape)}
+    del iterator  # shuts the workers down (their CPU time is counted once they are joined)
+    cpu = _cpu_seconds() - cpu_start
+    return {
+        "startup_s": startup,
+        "images_per_s": images / seconds,
+        "images_per_cpu_s": (images + first.shape[0]) / max(cpu, 1e-9),
+        "shape": tuple(first.shape),
+    }
+
+
+def measure_views(augment, images: list, batch, device: torch.device, repeats: int) -> float:
+    """Images/s of one multi-view augmentation: per image (a `MultiViewAugmentation`) or batched."""
+    start = time.perf_counter()
+    for repeat in range(repeats):
+        if isinstance(augment, BatchMultiViewAugmentation):
+            augment({**batch, "augmentation_seed": repeat}, device=device)
+        else:
+            for image in images:
+                augment(image)
+    _synchronize(device)
+    return repeats * len(images) / (time.perf_counter() - start)
+
+
+def spread(values: list[float]) -> str:
+    """`median (min-max)` of per-round figures."""
+    return f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})"
+
+
+def interleaved(candidates: list, rounds: int, run) -> dict:
+    """Runs every candidate once per round, rotating the order; returns candidate index -> list of results."""
+    results = {index: [] for index in range(len(candidates))}
+    for round_index in range(rounds):
+        shift = round_index % len(candidates)
+        order = list(range(len(candidates)))[shift:] + list(range(len(candidates)))[:shift]
+        for index in order:
+            results[index].append(run(candidates[index]))
+        print(f"  round {round_index + 1}/{rounds} done", flush=True)
+    return results
+
+
+def pipeline_table(args, shards: Path, tokenizer) -> list[dict]:
+    candidates = []
+    for transform in args.transforms:
+        presets = [None] if transform == "crop-flip" else args.view_presets
+        for preset in presets:
+            for workers in args.workers:
+                candidates.append(Candidate(transform, preset, workers, args.image_size, args.device))
+
+    def run(candidate: Candidate) -> dict:
+        loader = candidate.loader(shards, tokenizer, args.batch_size, args.shuffle_buffer)
+        return measure_pipeline(candidate, loader, args.batches)
+
+    measured = interleaved(candidates, args.rounds, run)
+    results, rows = [], []
+    for index, candidate in enumerate(candidates):
+        runs = measured[index]
+        result = {
+            "transform": candidate.transform,
+            "preset": candidate.preset,
+            "workers": candidate.workers,
+            "processes": candidate.processes,
+            "images_per_s": statistics.median(r["images_per_s"] for r in runs),
+            "images_per_s_rounds": [r["images_per_s"] for r in runs],
+            "images_per_cpu_s": statistics.median(r["images_per_cpu_s"] for r in runs),
+            "startup_s": statistics.median(r["startup_s"] for r in runs),
+            "shape": runs[0]["shape"],
+        }
+        results.append(result)
+        rows.append(
+            [
+                candidate.label,
+                candidate.workers,
+                candidate.processes,
+                spread(result["images_per_s_rounds"]),
+                f"{result['images_per_s'] / candidate.processes:.0f}",
+                spread([r["images_per_cpu_s"] for r in runs]),
+                f"{result['startup_s']:.2f}",
+                "x".join(map(str, result["shape"])),
+            ]
+        )
+    print(
+        f"\n### pipeline: {args.image_size} px JPEG webdataset shards ({args.num_samples} samples, "
+        f"{args.num_shards} shards), batch {args.batch_size}, views on {args.device}, {args.rounds} interleaved "
+        f"rounds x {args.batches} timed batches; median (min-max) over rounds"
+    )
+    header = [
+        "transform",
+        "workers",
+        "processes",
+        "images/s",
+        "images/s per process",
+        "images per CPU s",
+        "first batch s",
+        "batch pixel_values",
+    ]
+    print(markdown_table(header, rows))
+    return results
+
+
+def views_table(args) -> list[dict]:
+    devices = ["cpu"] + ([args.device] if args.device != "cpu" else [])
+    candidates = []
+    for size in args.views_sizes:
+        rng = np.random.default_rng(size)
+        images = [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(64)]
+        for preset in args.view_presets:
+            per_image = MultiViewAugmentation(num_views=2, size=size, preset=preset)
+            candidates.append(("per image", "cpu", size, preset, per_image, images, None))
+            batched = BatchMultiViewAugmentation(num_views=2, size=size, preset=preset)
+            batch = batched.canvas.batch(images)
+            for device in devices:
+                candidates.append(("batched", device, size, preset, batched, images, batch))
+
+    def run(candidate) -> float:
+        _, device, _, _, augment, images, batch = candidate
+        device = torch.device(device)
+        repeats = 1 if batch is None else args.views_repeats
+        measure_views(augment, images[:2], batch and {k: v[:2] for k, v in batch.items()}, device, 1)  # warm-up
+        return measure_views(augment, images, batch, device, repeats)
+
+    measured = interleaved(candidates, args.rounds, run)
+    results, rows = [], []
+    for index, (kind, device, size, preset, *_) in enumerate(candidates):
+        reference = next(
+            i for i, c in enumerate(candidates) if c[0] == "per image" and c[2] == size and c[3] == preset
+        )
+        ratios = [b / a for a, b in zip(measured[reference], measured[index])]
+        results.append(
+            {"kind": kind, "device": device, "size": size, "preset": preset, "images_per_s": measured[index]}
+        )
+        rows.append([f"{size} px", preset, kind, device, spread(measured[index]), f"{statistics.median(ratios):.1f}x"])
+    print(
+        f"\n### views only: 2 views of 64 in-memory images per batch, 1 torch thread on the CPU; "
+        f"{args.rounds} interleaved rounds; median (min-max) over rounds"
+    )
+    print(markdown_table(["views", "preset", "augmentation", "device", "images/s", "vs per image"], rows))
+    return results
 
 
 def parse_args(argv=None):
@@ -105,10 +290,15 @@ def parse_args(argv=None):
     parser.add_argument("--num-samples", type=int, default=2048)
     parser.add_argument("--num-shards", type=int, default=4)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--transforms", nargs="+", default=["crop-flip", "multiview-2"])
+    parser.add_argument("--transforms", nargs="+", default=["crop-flip", "multiview-2", "batched-2"])
+    parser.add_argument("--view-presets", nargs="+", default=["simclr", "small"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=20, help="timed batches after the first")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--shuffle-buffer", type=int, default=256)
+    parser.add_argument("--device", default="cpu", help="where batched views are made (cpu, cuda)")
+    parser.add_argument("--views-sizes", type=int, nargs="*", default=[64, 224], help="views-only table sizes")
+    parser.add_argument("--views-repeats", type=int, default=3, help="batches per batched views-only measurement")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads in the main process (workers always use 1)"
     )
@@ -117,13 +307,14 @@ def parse_args(argv=None):
     if args.smoke:
         args.image_size, args.num_samples, args.num_shards = 32, 64, 2
         args.workers, args.batch_size, args.batches, args.shuffle_buffer = [0], 8, 2, 16
+        args.rounds, args.view_presets, args.views_sizes, args.views_repeats = 1, ["simclr"], [16], 1
     return args
 
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"machine: {describe_machine()}")
+    print(f"machine: {describe_machine()}" + (f" | {describe_machine(args.device)}" if args.device != "cpu" else ""))
     root = Path(args.data_dir or Path(tempfile.gettempdir()) / "hf_unified_bench")
     shards = root / f"shapes-{args.image_size}px-{args.num_samples}"
     start = time.perf_counter()
@@ -132,44 +323,13 @@ def main(argv=None) -> list[dict]:
     )
     print(f"shards: {shards} (ready in {time.perf_counter() - start:.1f} s)")
     captions = [
-        synthetic_data.caption(
-            synthetic_data.sample_attributes(__import__("random").Random(i), "train"), __import__("random").Random(i)
-        )
+        synthetic_data.caption(synthetic_data.sample_attributes(random.Random(i), "train"), random.Random(i))
         for i in range(200)
     ]
     tokenizer = train_caption_tokenizer(captions, vocab_size=300, model_max_length=32)
-
-    results = []
-    for transform_name in args.transforms:
-        for workers in args.workers:
-            loader = build_loader(
-                shards, transform_name, args.image_size, tokenizer, args.batch_size, workers, args.shuffle_buffer
-            )
-            result = measure(loader, args.batches)
-            result.update(transform=transform_name, workers=workers)
-            results.append(result)
-            print(f"  {transform_name} workers={workers}: {result['images_per_s']:.0f} images/s", flush=True)
-
-    rows = [
-        [
-            r["transform"],
-            r["workers"],
-            f"{r['images_per_s']:.0f}",
-            f"{r['images_per_s'] / max(1, r['workers']):.0f}",
-            f"{r['startup_s']:.2f}",
-            "x".join(map(str, r["shape"])),
-        ]
-        for r in results
-    ]
-    print(
-        f"\n### data pipeline: {args.image_size} px JPEG webdataset shards ({args.num_samples} samples, "
-        f"{args.num_shards} shards), batch {args.batch_size}, {args.batches} timed batches"
-    )
-    print(
-        markdown_table(
-            ["transform", "workers", "images/s", "images/s per worker", "first batch s", "batch pixel_values"], rows
-        )
-    )
+    results = pipeline_table(args, shards, tokenizer)
+    if args.views_sizes:
+        views_table(args)
     return results
 
 
