@@ -249,6 +249,8 @@ def test_bad_batches_say_how_to_build_them():
     augment = BatchMultiViewAugmentation(size=16)
     with pytest.raises(KeyError, match=r"DecodeConfig\(image_transform=views.canvas\)"):
         augment({"pixel_values": torch.rand(2, 3, 16, 16)})
+    with pytest.raises(ValueError, match="lost every sample to damaged data"):
+        augment({"num_skipped": 4, "skipped": {"corrupt_image": 4}, "augmentation_seed": 1})
     batch = augment.canvas.batch(_random_images(SIZES[:2]))
     with pytest.raises(ValueError, match="images must be a uint8 tensor"):
         augment({**batch, "images": batch["images"].float()})

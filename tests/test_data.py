@@ -74,7 +74,7 @@ def test_canvas_transform_gives_uint8_batches_with_their_seed_and_still_counts_d
     stream = data_lib.build_stream(
         [data_lib.SourceSpec(str(shard_with_bad_samples))], seed=0, rank=0, world_size=1, shuffle_buffer_size=0
     )
-    decode = data_lib.DecodeConfig(ImageCanvas(24), with_labels=False)
+    decode = data_lib.DecodeConfig(ImageCanvas(24), with_labels=False, multi_view=True)  # a method with views
     train = data_lib.TrainStream(stream, decode, tokenizer, 16, batch_size=8, seed=0, rank=0)
     batch = next(iter(train))
     assert batch["num_skipped"] == 3 and batch["skipped"] == {"corrupt_image": 2, "missing_text": 1}

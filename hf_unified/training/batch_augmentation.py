@@ -419,6 +419,12 @@ class BatchMultiViewAugmentation(ViewAugmentation):
             from torch's global generator.
         """
         missing = [name for name in CANVAS_FIELDS if name not in batch]
+        if missing and batch.get("num_skipped") and "input_ids" not in batch:
+            raise ValueError(
+                f"this batch lost every sample to damaged data ({batch['num_skipped']} skipped: "
+                f"{batch.get('skipped')}) and has no images: pass over it, as the trainer does with batches without "
+                "input_ids"
+            )
         if missing:
             raise KeyError(
                 f"the batch has no {missing} (it has {sorted(batch)}): batched views need the DataLoader to decode "

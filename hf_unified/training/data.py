@@ -112,9 +112,9 @@ class DecodeConfig:
     - a tensor: the sample's `pixel_values` (a single-view transform, or an evaluation processor);
     - `(views, params)` when `multi_view` is set: `pixel_values` and `augmentation_params` of a per-image multi-view
       augmentation (`augmentation.MultiViewAugmentation`);
-    - a mapping of batch fields, stacked as they are: `batch_augmentation.ImageCanvas` gives `images` (uint8),
-      `image_sizes` and `resized_image_sizes`, from which `BatchMultiViewAugmentation` makes the views on the
-      training device (the workers then only decode).
+    - a mapping of batch fields, stacked as they are (whatever `multi_view` says): `batch_augmentation.ImageCanvas`
+      gives `images` (uint8), `image_sizes` and `resized_image_sizes`, from which `BatchMultiViewAugmentation`
+      makes the views on the training device (the workers then only decode).
     """
 
     image_transform: Callable
@@ -167,10 +167,10 @@ def decode_example(example: dict, config: DecodeConfig, rng: random.Random) -> d
         text = rng.choice(list(config.templates)).format(rng.choice(config.class_names[label]))
     transformed = config.image_transform(image)
     item = {"text": text, "label": -1 if label is None else label, "mapped": mapped}
-    if config.multi_view:
-        item["pixel_values"], item["augmentation_params"] = transformed
-    elif isinstance(transformed, Mapping):
+    if isinstance(transformed, Mapping):  # whatever `multi_view` says: the canvas of batched views
         item.update(transformed)
+    elif config.multi_view:
+        item["pixel_values"], item["augmentation_params"] = transformed
     else:
         item["pixel_values"] = transformed
     return item
