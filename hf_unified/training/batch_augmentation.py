@@ -31,10 +31,10 @@ them is known from the parameters, which are sampled on the CPU, so selecting th
 (rendering never waits for the GPU). On a CPU the batch is rendered in chunks of images whose temporaries stay in
 the cache (`CPU_CHUNK_PIXELS`).
 
-Cost (benchmarks/README.md): on one CPU core at 64 px the views are about 4x faster than `MultiViewAugmentation`
-with the `"simclr"` preset and 3.5x with `"small"`. The crop is a dense matrix product, so its cost grows with the
-cube of the side: at 224 px with `"small"` views (crop only) a CPU core makes them about as fast as the per-image
-path, while a GPU makes them at a small fraction of a training step's time.
+Cost (benchmarks/README.md): on one CPU core the views are about 4x faster than `MultiViewAugmentation` at 64 px
+and 5x at 224 px with the `"simclr"` preset, 5x at 64 px with `"small"`. The crop is a dense matrix product, so its
+cost grows with the cube of the side: at 224 px with `"small"` views (crop only) a CPU core makes them about as fast
+as the per-image path, while a GPU makes them at a small fraction of a training step's time.
 
 Determinism: the parameters come from a CPU `torch.Generator` seeded with the batch's `augmentation_seed`, which
 `data.TrainStream` derives from `(seed, rank, batch index)`. The same batch therefore gets the same views on any
