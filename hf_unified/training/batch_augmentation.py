@@ -34,7 +34,8 @@ the cache (`CPU_CHUNK_PIXELS`).
 Cost (benchmarks/README.md): on one CPU core the views are about 4x faster than `MultiViewAugmentation` at 64 px
 and 5x at 224 px with the `"simclr"` preset, 5x at 64 px with `"small"`. The crop is a dense matrix product, so its
 cost grows with the cube of the side: at 224 px with `"small"` views (crop only) a CPU core makes them about as fast
-as the per-image path, while a GPU makes them at a small fraction of a training step's time.
+as the per-image path. On a GPU the products are small by its standards (about 70 GFLOP for 256 images of two
+224 px views; an estimate, not yet measured).
 
 Determinism: the parameters come from a CPU `torch.Generator` seeded with the batch's `augmentation_seed`, which
 `data.TrainStream` derives from `(seed, rank, batch index)`. The same batch therefore gets the same views on any
