@@ -20,7 +20,7 @@ IMAGE_SIZE, VOCAB, BOS, EOS, SEQUENCE = 32, 600, 598, 599, 8
 KINDS = ("unicl", "uniclip", "msclip", "msclip-shared")
 MSCLIP_TINY = dict(
     vocab_size=VOCAB,
-    max_position_embeddings=16,
+    max_position_embeddings=32,
     hidden_size=32,
     intermediate_size=64,
     num_hidden_layers=3,
@@ -58,7 +58,7 @@ def _clip_towers(dropout: float) -> dict:
             intermediate_size=64,
             num_hidden_layers=2,
             num_attention_heads=4,
-            max_position_embeddings=16,
+            max_position_embeddings=32,
             bos_token_id=BOS,
             eos_token_id=EOS,
             pad_token_id=EOS,
@@ -93,7 +93,7 @@ def build_model(kind: str, dropout: float = 0.0, seed: int = 0, clip_towers: boo
             intermediate_size=64,
             num_hidden_layers=2,
             num_attention_heads=4,
-            max_position_embeddings=16,
+            max_position_embeddings=32,
             hidden_dropout_prob=dropout,
             attention_probs_dropout_prob=dropout,
         )

@@ -366,10 +366,10 @@ def read_sharded_state(folder: Path, model: nn.Module, optimizer: torch.optim.Op
     folder = Path(folder)
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     layout, tensor_path = _read_layout(folder, rank, world_size)
-    if (optimizer is not None) != (layout["optimizer"] is not None):
-        raise ValueError(
-            f"{folder}: optimizer state saved: {layout['optimizer'] is not None}, asked for: {optimizer is not None}"
-        )
+    if optimizer is None and layout["optimizer"] is not None:
+        raise ValueError(f"{folder} holds optimizer state: pass the optimizer to resume it")
+    if optimizer is not None and layout["optimizer"] is None:
+        raise ValueError(f"{folder} holds no optimizer state (it was written without an optimizer)")
     current_model, current_optimizer = get_state_dict(model, optimizers=[] if optimizer is None else optimizer)
     shapes = layout["global_shapes"]
 
