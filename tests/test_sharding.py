@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,6 +22,7 @@ from hf_unified.training import sharding
 from hf_unified.training.grad_cache import FullBatchStep
 from hf_unified.training.sharding import gradient_sync
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 WORLD_SIZE, STEPS, RESUME_AT, MICRO_BATCH_SIZE = 2, 10, 5, 4
 # (model, accumulation): every model in plain steps, and with full_batch accumulation over 2 micro-batches.
 RUNS = [("unicl", 1), ("uniclip", 1), ("msclip", 1), ("unicl", 2), ("uniclip", 2), ("msclip", 2)]
@@ -61,13 +63,12 @@ def adamw(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.1)
 
 
-def eval_batches(config, tokenizer, rank: int) -> list[dict]:
-    """Two `data.collate`-style evaluation batches per rank (the same count on every rank: a sharded model runs
-    collectives in each forward)."""
+def eval_batches(config, tokenizer, rank: int, count: int = 2) -> list[dict]:
+    """`count` `data.collate`-style evaluation batches of rank `rank`."""
     generator = torch.Generator().manual_seed(77 + rank)
     names = ["red", "green", "blue"]
     batches = []
-    for _ in range(2):
+    for _ in range(count):
         labels = torch.randint(0, 3, (4,), generator=generator)
         texts = [f"a photo of a {names[i]} square." for i in labels.tolist()]
         text = tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
@@ -78,6 +79,7 @@ def eval_batches(config, tokenizer, rank: int) -> list[dict]:
 
 def _worker(rank: int, folder: str) -> None:
     import torch.distributed as dist
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule
 
@@ -107,6 +109,10 @@ def _worker(rank: int, folder: str) -> None:
             sharding.shard_model(fsdp, mesh)
             blocks = [m for m in fsdp.modules() if isinstance(m, block_classes)]
             assert blocks and all(isinstance(m, FSDPModule) for m in blocks)  # MS-CLIP: a shared block is one unit
+            # What accelerate.prepare does with it on GPUs (fsdp.yaml: NO_WRAP): nothing; the model stays as sharded.
+            plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="NO_WRAP")
+            plugin.set_auto_wrap_policy(fsdp)
+            assert fsdp2_prepare_model(SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin)), fsdp) is fsdp
             fsdp_optimizer = adamw(fsdp)
             fsdp_losses = train(fsdp, fsdp_optimizer, accelerator, config, accumulation, rank, steps[:RESUME_AT])
             checkpoint = f"{folder}/{name}-checkpoint"
@@ -131,6 +137,8 @@ def _worker(rank: int, folder: str) -> None:
 
             full = sharding.full_state_dict(fsdp)
             ddp_state = accelerator.unwrap_model(ddp).state_dict()
+            for model in (ddp, fsdp):  # evaluation reads BatchNorm statistics: every rank gets rank 0's
+                sharding.synchronize_buffers(model)
             evaluation = {
                 engine: evaluate_model(
                     model,
@@ -141,6 +149,23 @@ def _worker(rank: int, folder: str) -> None:
                     accelerator,
                 )
                 for engine, model in (("ddp", accelerator.unwrap_model(ddp)), ("fsdp", fsdp))
+            }
+            # Uneven shares (rank 0 has one batch more): the sharded model runs in lockstep, repeating a batch.
+            uneven = eval_batches(config, tokenizer, rank, count=3 if rank == 0 else 2)
+            fsdp.eval(), ddp.eval()
+            features = []
+            with torch.no_grad():
+                for batch, real in sharding.lockstep(uneven, "cpu"):
+                    output = fsdp.get_image_features(pixel_values=batch["pixel_values"]).pooler_output
+                    if real:  # a repeated batch's output is discarded
+                        features.append(output)
+                expected = [
+                    accelerator.unwrap_model(ddp).get_image_features(pixel_values=b["pixel_values"]) for b in uneven
+                ]
+            fsdp.train(), ddp.train()
+            lockstep = {
+                "batches": len(features),
+                "max_difference": max((f - e.pooler_output).abs().max().item() for f, e in zip(features, expected)),
             }
             if rank == 0:
                 fsdp.save_pretrained(f"{folder}/{name}-saved", state_dict=full)
@@ -154,6 +179,10 @@ def _worker(rank: int, folder: str) -> None:
                     "resumed_state_equal": resumed_matches,
                     "evaluation": evaluation,
                 }
+            lockstep_results = [None] * WORLD_SIZE
+            dist.all_gather_object(lockstep_results, lockstep)
+            if rank == 0:
+                results[name]["lockstep"] = lockstep_results
             dist.barrier()
         if rank == 0:
             with open(f"{folder}/results.json", "w") as handle:
@@ -241,11 +270,26 @@ def test_zero_dimensional_parameters_are_named():
         sharding.check_shardable(ScalarTemperature())
 
 
-def test_unknown_block_classes_are_named():
-    model = build_model("msclip-shared")
-    assert sharding.block_classes(model)
-    model._no_split_modules = ["MSCLIPEncoderLayer", "NoSuchLayer"]
-    with pytest.raises(ValueError, match=r"names \['NoSuchLayer'\], which no submodule is"):
+@pytest.mark.parametrize(
+    "name, blocks",
+    [
+        # Swin + CLIP text: the text tower's class also lists CLIPVisionEmbeddings, which this model does not hold.
+        ("unicl-base", {"SwinStage", "CLIPEncoderLayer", "CLIPTextEmbeddings"}),
+        ("uniclip-base", {"CLIPEncoderLayer", "CLIPTextEmbeddings", "CLIPVisionEmbeddings"}),
+        ("msclip-base", {"MSCLIPEncoderLayer", "MSCLIPTextEmbeddings", "MSCLIPVisionEmbeddings"}),
+    ],
+)
+def test_base_configs_shard_by_the_block_classes_they_hold(name, blocks):
+    import yaml
+    from transformers import AutoConfig, AutoModel
+
+    values = yaml.safe_load((REPO_ROOT / "training" / "configs" / f"{name}.yaml").read_text())
+    with torch.device("meta"):
+        model = AutoModel.from_config(AutoConfig.for_model(values["model_type"], **values["model_config"]))
+    assert {cls.__name__ for cls in sharding.block_classes(model)} == blocks
+    sharding.check_shardable(model)  # no 0-D parameters
+    model._no_split_modules = ["NoSuchLayer"]
+    with pytest.raises(ValueError, match=r"\(\['NoSuchLayer'\]\) names no class of its submodules"):
         sharding.block_classes(model)
 
 
@@ -280,3 +324,11 @@ def test_sharded_state_round_trip_in_one_process(tmp_path):
         sharding.read_sharded_state(tmp_path, other, adamw(other))
     with pytest.raises(ValueError, match="holds optimizer state: pass the optimizer"):
         sharding.read_sharded_state(tmp_path, target)
+
+
+@pytest.mark.parametrize("kind, accumulation", RUNS)
+def test_uneven_evaluation_shares_run_in_lockstep(two_process_run, kind, accumulation):
+    _, results = two_process_run
+    ranks = results[f"{kind}-k{accumulation}"]["lockstep"]
+    assert [rank["batches"] for rank in ranks] == [3, 2]
+    assert all(rank["max_difference"] < 1e-5 for rank in ranks), ranks

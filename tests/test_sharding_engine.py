@@ -34,7 +34,7 @@ def test_accelerate_configs_parse(name, engine, processes, machines):
     assert (config.distributed_type, config.num_processes, config.num_machines) == (engine, processes, machines)
     if engine == DistributedType.FSDP:
         assert config.fsdp_config["fsdp_version"] == 2
-        assert config.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+        assert config.fsdp_config["fsdp_auto_wrap_policy"] == "NO_WRAP"
         assert config.fsdp_config["fsdp_activation_checkpointing"] is False
     if engine == DistributedType.DEEPSPEED:
         assert config.deepspeed_config["zero_stage"] == int(name[-6])
@@ -95,11 +95,14 @@ def fake_accelerator(kind: DistributedType, **state) -> SimpleNamespace:
     )
 
 
-def test_fsdp_version_1_and_accelerate_activation_checkpointing_are_refused():
+def test_fsdp_version_1_auto_wrap_and_accelerate_activation_checkpointing_are_refused():
     environ = {"ACCELERATE_USE_FSDP": "true"}
     version_1 = fake_accelerator(DistributedType.FSDP, fsdp_plugin=FullyShardedDataParallelPlugin(fsdp_version=1))
     with pytest.raises(sharding.EngineError, match="FSDP version 1 is not supported: set `fsdp_version: 2`"):
         sharding.check_engine(version_1, environ=environ)
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap")
+    with pytest.raises(sharding.EngineError, match="set `fsdp_auto_wrap_policy: NO_WRAP`"):
+        sharding.check_engine(fake_accelerator(DistributedType.FSDP, fsdp_plugin=plugin), environ=environ)
     plugin = FullyShardedDataParallelPlugin(fsdp_version=2, activation_checkpointing=True)
     with pytest.raises(sharding.EngineError, match="pass --gradient_checkpointing instead"):
         sharding.check_engine(fake_accelerator(DistributedType.FSDP, fsdp_plugin=plugin), environ=environ)

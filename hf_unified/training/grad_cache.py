@@ -2,7 +2,9 @@
 
 A contrastive loss does not split over micro-batches: each sample's negatives are the whole batch. Plain
 accumulation (`micro_batch`) therefore trains a `k x per_device x world` batch as `k` losses of `per_device x world`
-samples each. `full_batch` trains it as one loss over all of them, in the memory of one micro-batch:
+samples each. `full_batch` trains it as one loss over all of them, with the towers' activations of one micro-batch
+in memory at a time (the loss itself holds this rank's `k x per_device` rows against all `k x per_device x world`
+columns, as one batch of that size would):
 
 1. **Cache.** Every micro-batch goes through the model without gradient; its embeddings are kept and the random
    state the forward pass starts from (CPU and accelerator generators: dropout, drop-path) is recorded.
@@ -15,9 +17,9 @@ samples each. `full_batch` trains it as one loss over all of them, in the memory
 Random state and (for BatchNorm) running statistics are put back to what one pass over the micro-batches leaves,
 so the step equals, to rounding, the one loss computed over the graphs of `k` forward passes kept in memory; for
 models whose layers do not mix samples (every model here except MS-CLIP's BatchNorm stem and branch), that is
-one forward pass over the whole batch. Compared with open_clip's `--accum-freq` (which evaluates the loss `k`
-times, once per re-run micro-batch, and does not restore the random state), the loss is computed once and dropout
-is exact.
+one forward pass over the whole batch. open_clip's `--accum-freq` evaluates and back-propagates the whole loss once
+per re-run micro-batch (`k` times: the temperature receives `k` times its gradient) and does not restore the random
+state; here the loss is computed once and dropout is exact (`benchmarks/large_batch.py` measures both).
 
 The temperatures (`logit_scale`, `logit_offset`) are used by the loss, outside the towers' forward, so their
 gradient arrives in step 2, not in the synchronised backward of step 3. Each engine gets it reduced across ranks
@@ -121,7 +123,7 @@ def _concat(tensors: list[torch.Tensor | None], name: str) -> torch.Tensor | Non
 
 class FullBatchStep:
     """`gradient_accumulation_mode: full_batch`: one contrastive loss over the whole `k x per_device x world` batch
-    of an optimizer step, in the memory of one micro-batch (see the module docstring for the three passes).
+    of an optimizer step, one micro-batch's activations at a time (see the module docstring for the three passes).
 
     Called as `step(model, micro_batches, accelerator) -> loss` like every step strategy: `micro_batches` are the
     `gradient_accumulation_steps` model-input dicts of this rank (on the device; `labels` included with

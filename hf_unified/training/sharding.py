@@ -15,7 +15,9 @@ FSDP2 preparation is not used because it fails on these models (measured, accele
 UniCLIP), and it wraps the input embedding in its own unit after the block class containing it
 (`MSCLIPTextEmbeddings`, `BertEmbeddings`) already manages it, which FSDP2 rejects. [`register_forward_methods`]
 makes `get_image_features`, `get_text_features` (zero-shot evaluation) and `contrastive_loss` (exact large-batch
-accumulation) FSDP forward methods, so that they see unsharded parameters.
+accumulation) FSDP forward methods, so that they see unsharded parameters. Evaluating a sharded model: every rank
+must run it equally often ([`lockstep`]: ranks' shares of an evaluation set differ by up to a batch) and with the
+same buffers ([`synchronize_buffers`]: BatchNorm statistics differ between ranks after training, under DDP too).
 
 **Sharded state.** Every rank writes its own shards of the model and optimizer state with safetensors, and their
 layout as JSON ([`write_sharded_state`], [`read_sharded_state`]); nothing is pickled (torch's distributed checkpoint
@@ -27,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -36,6 +39,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 FORWARD_METHODS = ("get_image_features", "get_text_features", "contrastive_loss")
+_END = object()
 SHARDED_FORMAT = "hf-unified-sharded-state"
 SHARDED_FORMAT_VERSION = 1
 _REGISTERED = "_hf_unified_fsdp_forward_methods"
@@ -89,7 +93,8 @@ def check_engine(accelerator, gradient_accumulation_mode: str = "micro_batch", e
 
     Refused: an FSDP or DeepSpeed launch that accelerate did not set up (no GPU: it falls back to DDP silently);
     FSDP version 1 (flat parameters: the temperatures and the `get_*_features` calls of evaluation cannot be
-    served outside `forward`); accelerate's FSDP activation checkpointing (it would wrap blocks after
+    served outside `forward`); an accelerate auto-wrap policy ([`shard_model`] wraps); accelerate's FSDP activation
+    checkpointing (it would wrap blocks after
     [`shard_model`] sharded them: use `--gradient_checkpointing`); DeepSpeed with `full_batch` accumulation
     (DeepSpeed counts backward passes as its own accumulation steps and ZeRO-3 partitions the temperatures outside
     `forward`).
@@ -114,6 +119,13 @@ def check_engine(accelerator, gradient_accumulation_mode: str = "micro_batch", e
                 f"FSDP version {plugin.fsdp_version} is not supported: set `fsdp_version: 2` in the fsdp_config of "
                 "the accelerate configuration (see training/accelerate/fsdp.yaml); FSDP1's flat parameters cannot "
                 "serve the temperatures and get_*_features outside forward"
+            )
+        if plugin.auto_wrap_policy is not None:
+            raise EngineError(
+                "set `fsdp_auto_wrap_policy: NO_WRAP` in the fsdp_config (see training/accelerate/fsdp.yaml): the "
+                "trainer shards one unit per block class itself (sharding.shard_model), and accelerate's auto-wrap "
+                "cannot find these models' block classes (it looks for every class `_no_split_modules` lists, and "
+                "for the unprefixed names of blocks already sharded)"
             )
         if plugin.activation_checkpointing:
             raise EngineError(
@@ -174,17 +186,67 @@ def register_forward_methods(model: nn.Module) -> None:
     setattr(model, _REGISTERED, True)
 
 
+def synchronize_buffers(model: nn.Module) -> None:
+    """Gives every rank rank 0's buffers (BatchNorm running statistics). A collective; a no-op in one process.
+
+    Ranks end a training step with different running statistics: FSDP never synchronises buffers, and DDP
+    broadcasts rank 0's at the start of each forward pass, after which every rank's BatchNorm updates them with its
+    own batch. A model in training mode never reads them, evaluation does (MS-CLIP's BatchNorm): call this before
+    evaluating, so that every rank evaluates the model that is saved (rank 0's buffers, `full_state_dict`).
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    with torch.no_grad():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def lockstep(batches: Iterable, device: torch.device | str) -> Iterator[tuple[object, bool]]:
+    """Yields `(batch, True)` for each of this rank's batches, then `(its last batch, False)` until every rank has
+    run out. A sharded model runs collectives in each forward pass, so every rank must call it equally often
+    (evaluation: ranks' shares of an evaluation set differ by up to one batch); the outputs of the repeated
+    batches are to be discarded. One process: every batch, once.
+
+    Raises `ValueError` on a rank that has no batch at all while others have some (it has nothing to repeat).
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        yield from ((batch, True) for batch in batches)
+        return
+    iterator, last, exhausted = iter(batches), None, False
+    while True:
+        batch = None if exhausted else next(iterator, _END)
+        exhausted = exhausted or batch is _END
+        running = torch.tensor([0 if exhausted else 1], device=device)
+        dist.all_reduce(running)
+        if running.item() == 0:
+            return
+        if not exhausted:
+            last = batch
+            yield batch, True
+        elif last is None:
+            raise ValueError(
+                f"rank {dist.get_rank()} has no batch while other ranks still run the sharded model: give every rank "
+                "at least one batch"
+            )
+        else:
+            yield last, False
+
+
 def block_classes(model: nn.Module) -> set[type]:
-    """The classes named in `model._no_split_modules`; raises `ValueError` for a name no submodule has."""
-    names = list(getattr(model, "_no_split_modules", None) or [])
-    present = {type(module).__name__: type(module) for module in model.modules()}
-    missing = [name for name in names if name not in present]
-    if missing:
+    """The classes of `model`'s submodules that `model._no_split_modules` names.
+
+    transformers gathers `_no_split_modules` from the towers' class attributes, which list every block class a tower
+    class may hold (`CLIPTextModel` names `CLIPVisionEmbeddings`), so names no submodule has are passed over; a model
+    in which none of them is present raises `ValueError` (it would be one unit, gathered whole).
+    """
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    classes = {type(module) for module in model.modules() if type(module).__name__ in names}
+    if not classes:
         raise ValueError(
-            f"{type(model).__name__}._no_split_modules names {missing}, which no submodule is; the block classes "
-            f"present include {sorted(present)[:12]}"
+            f"{type(model).__name__}._no_split_modules ({sorted(names)}) names no class of its submodules: FSDP "
+            "would gather the whole model at once; name the transformer block classes there"
         )
-    return {present[name] for name in names}
+    return classes
 
 
 def check_shardable(model: nn.Module) -> None:
@@ -443,10 +505,12 @@ __all__ = [
     "full_state_dict",
     "gradient_sync",
     "is_fsdp2",
+    "lockstep",
     "read_sharded_state",
     "register_forward_methods",
     "requested_engine",
     "shard_model",
+    "synchronize_buffers",
     "sharded_state_files",
     "write_sharded_state",
 ]
