@@ -12,101 +12,43 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from transformers import BertConfig, CLIPTextConfig, CLIPVisionConfig, SwinConfig
+from tiny_models import BOS, EOS, IMAGE_SIZE, tiny_config, tiny_text, tiny_vision
 
-from hf_unified import MSCLIPConfig, MSCLIPModel, UniCLConfig, UniCLIPConfig, UniCLIPModel, UniCLModel
+from hf_unified import MSCLIPModel, UniCLIPModel, UniCLModel
 
-IMAGE_SIZE, VOCAB, BOS, EOS, SEQUENCE = 32, 600, 598, 599, 8
+SEQUENCE = 8
 KINDS = ("unicl", "uniclip", "msclip", "msclip-shared")
-MSCLIP_TINY = dict(
-    vocab_size=VOCAB,
-    max_position_embeddings=32,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=3,
-    vision_num_attention_heads=2,
-    text_num_attention_heads=4,
-    image_size=IMAGE_SIZE,
-    patch_size=8,
-    projection_dim=16,
-    stem_channels=[4, 8, 16],
-    stem_strides=[2, 2],
-    parallel_channels=[4, 8],
-    parallel_strides=[2, 2],
-    parallel_t2b_kernels=[4, 2],
-    parallel_lateral_layers=[1, 2],
-    bos_token_id=BOS,
-    eos_token_id=EOS,
-    pad_token_id=0,
-)
 
 
-def _clip_towers(dropout: float) -> dict:
-    return dict(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=IMAGE_SIZE,
-            patch_size=8,
-            attention_dropout=dropout,
-        ),
-        text_config=CLIPTextConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=32,
-            bos_token_id=BOS,
-            eos_token_id=EOS,
-            pad_token_id=EOS,
-            attention_dropout=dropout,
-        ),
-    )
+def _with_dropout(config, rate: float) -> None:
+    """Sets every dropout and drop-path rate a tower's `config` has to `rate`."""
+    for name in ("attention_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
+        if hasattr(config, name):
+            setattr(config, name, rate)
 
 
 def build_model(kind: str, dropout: float = 0.0, seed: int = 0, clip_towers: bool = False) -> torch.nn.Module:
-    """A tiny model of `kind` (one of `KINDS`) in training mode; `dropout` also sets Swin's drop-path rate.
+    """The shared tiny model of `kind` (one of `KINDS`, `tiny_models`) in training mode, with `dropout` as every
+    dropout and drop-path rate.
 
-    `clip_towers`: UniCL with CLIP towers instead of Swin + BERT (cheaper, for multi-step runs).
+    UniCL runs a Swin image tower (drop-path) and a BERT text tower (hidden dropout), or with `clip_towers` the
+    CLIP towers of the other kinds (BERT's pooler is unused, which DDP refuses).
     """
-    torch.manual_seed(seed)
-    if kind == "unicl" and clip_towers:
-        model = UniCLModel(UniCLConfig(**_clip_towers(dropout), projection_dim=16))
-    elif kind == "unicl":
-        vision = SwinConfig(
-            image_size=IMAGE_SIZE,
-            patch_size=4,
-            embed_dim=8,
-            depths=[1, 2],
-            num_heads=[2, 2],
-            window_size=4,
-            drop_path_rate=dropout,
-            hidden_dropout_prob=dropout,
-            attention_probs_dropout_prob=dropout,
-        )
-        text = BertConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=32,
-            hidden_dropout_prob=dropout,
-            attention_probs_dropout_prob=dropout,
-        )
-        config = UniCLConfig(vision_config=vision, text_config=text, text_pooling="cls", projection_dim=16)
-        model = UniCLModel(config)
-    elif kind == "uniclip":
-        model = UniCLIPModel(UniCLIPConfig(**_clip_towers(dropout), projection_dim=16, augmentation_hidden_size=8))
-    elif kind in ("msclip", "msclip-shared"):
-        preset = "ms-clip-s" if kind == "msclip" else "shared"
-        model = MSCLIPModel(MSCLIPConfig.from_preset(preset, **MSCLIP_TINY, attention_dropout=dropout))
-    else:
+    if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    return model.train()
+    if kind.startswith("msclip"):
+        preset = "ms-clip-s" if kind == "msclip" else "shared"
+        config = tiny_config("msclip", preset=preset, attention_dropout=dropout)
+    else:
+        towers = {}
+        if kind == "unicl" and not clip_towers:
+            towers = dict(vision_config=tiny_vision("swin"), text_config=tiny_text("bert"), text_pooling="cls")
+        config = tiny_config(kind, **towers)
+        _with_dropout(config.vision_config, dropout)
+        _with_dropout(config.text_config, dropout)
+    torch.manual_seed(seed)
+    model_class = {"unicl": UniCLModel, "uniclip": UniCLIPModel}.get(kind, MSCLIPModel)
+    return model_class(config).train()
 
 
 def micro_batches(config, count: int, size: int, seed: int = 0, dtype=torch.float32) -> list[dict]:

@@ -2,23 +2,9 @@
 say what the full runs show (equal losses and gradients, memory by micro-batch, sharded state smaller by W)."""
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """The scripts call torch.set_num_threads; leave the rest of the session as it was."""
-    import torch
-
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+from test_benchmarks_smoke import _restore_torch_threads  # noqa: F401  (autouse; also puts benchmarks/ on sys.path)
 
 
 def test_large_batch_smoke_full_batch_is_one_batch_in_less_memory():
