@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from accelerate import Accelerator
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
@@ -133,3 +134,8 @@ def test_fsdp_kwargs_follow_the_plugin():
     assert kwargs["reshard_after_forward"] is False
     assert kwargs["mp_policy"] is policy
     assert type(kwargs["offload_policy"]) is OffloadPolicy  # the base class: no offloading
+
+
+def test_models_are_sharded_only_for_an_fsdp2_engine():
+    model = torch.nn.Linear(2, 2)
+    assert sharding.shard_for_engine(model, Accelerator(cpu=True)) is model

@@ -304,6 +304,14 @@ def shard_model(model: nn.Module, mesh=None, **kwargs) -> nn.Module:
     return model
 
 
+def shard_for_engine(model: nn.Module, accelerator) -> nn.Module:
+    """What the trainer calls before `accelerator.prepare`: [`shard_model`] with the launch's FSDP settings when
+    accelerate runs FSDP2 (which then leaves the sharded model as it is), else `model` unchanged."""
+    if not getattr(accelerator, "is_fsdp2", False):
+        return model
+    return shard_model(model, **fsdp_kwargs(accelerator))
+
+
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole model's state on the CPU of rank 0 (`{}` on other ranks), for `save_pretrained(state_dict=...)`.
     A collective: every rank calls it. Plain models return their own `state_dict()`."""
@@ -509,6 +517,7 @@ __all__ = [
     "read_sharded_state",
     "register_forward_methods",
     "requested_engine",
+    "shard_for_engine",
     "shard_model",
     "synchronize_buffers",
     "sharded_state_files",
