@@ -60,16 +60,17 @@ MSCLIPOutput = ContrastiveOutput
 
 
 class MSCLIPLayerNorm(nn.LayerNorm):
-    """LayerNorm computed in float32 whatever the input dtype (the official TF-style LayerNorm, eps inside the
-    sqrt)."""
+    """LayerNorm computed in at least float32 whatever the input dtype (the official TF-style LayerNorm, eps inside
+    the sqrt); float64 stays float64."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         dtype = hidden_states.dtype
+        compute = torch.promote_types(dtype, torch.float32)
         output = nn.functional.layer_norm(
-            hidden_states.float(),
+            hidden_states.to(compute),
             self.normalized_shape,
-            self.weight.float() if self.weight is not None else None,
-            self.bias.float() if self.bias is not None else None,
+            self.weight.to(compute) if self.weight is not None else None,
+            self.bias.to(compute) if self.bias is not None else None,
             self.eps,
         )
         return output.to(dtype)
