@@ -582,18 +582,24 @@ class TowerEncoders:
     def _build_encoders(self, config, modalities: tuple[str, ...]) -> dict[str, int]:
         widths = {}
         if VISION in modalities:
-            self.vision_model = build_tower(config.vision_config)
+            self.vision_model = build_tower(config.vision_config, uses_pooler=config.vision_pooling == "pooler")
             # Keep one config object per tower so that attention-implementation switches reach the tower.
             config.vision_config = self.vision_model.config
             widths[VISION] = config.vision_config.hidden_size
         if TEXT in modalities:
-            self.text_model = build_tower(config.text_config)
+            self.text_model = build_tower(config.text_config, uses_pooler=False)  # text pools from tokens
             config.text_config = self.text_model.config
             widths[TEXT] = config.text_config.hidden_size
         self._no_split_modules = sorted(
             {name for tower in self._towers() for name in (getattr(tower, "_no_split_modules", None) or [])}
         )
         return widths
+
+    def post_init(self):
+        super().post_init()
+        # transformers merges the tower classes' lists: keep the block classes this model really contains.
+        present = {type(module).__name__ for module in self.modules()}
+        self._no_split_modules = sorted(name for name in self._no_split_modules if name in present)
 
     def _towers(self) -> list[PreTrainedModel]:
         return [tower for tower in (getattr(self, "vision_model", None), getattr(self, "text_model", None)) if tower]

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig, PreTrainedModel
 
+from .towers import tower_kwargs
+
 # How each tower type is pooled when `from_vision_text_pretrained` is not told (`vision_pooling` / `text_pooling`):
 # the representation the backbone was trained to produce. Unlisted vision towers use their `pooler_output`
 # (Swin, ConvNeXt, DINOv2, ... normed average or CLS), unlisted text towers the mean over tokens (BERT-style
@@ -35,7 +37,7 @@ def default_pooling(role: str, model_type: str) -> str:
     return TEXT_POOLING_BY_MODEL_TYPE.get(model_type, "mean")
 
 
-def load_pretrained_tower(name_or_path: str, role: str, **kwargs) -> PreTrainedModel:
+def load_pretrained_tower(name_or_path: str, role: str, uses_pooler: bool = True, **kwargs) -> PreTrainedModel:
     """The `role` (`"vision"` / `"text"`) tower of a checkpoint: the whole model of a single-tower checkpoint, the
     matching sub-model of a two-tower one (a CLIP folder gives its `CLIPVisionModel` / `CLIPTextModel`).
 
@@ -51,7 +53,14 @@ def load_pretrained_tower(name_or_path: str, role: str, **kwargs) -> PreTrainedM
         raise ValueError(
             f"{name_or_path}: transformers has no model class for a {role} tower of type {tower_config.model_type!r}"
         ) from None
-    return tower_class.from_pretrained(name_or_path, config=tower_config, **kwargs)
+    return tower_class.from_pretrained(
+        name_or_path, config=tower_config, **tower_kwargs(tower_config, uses_pooler), **kwargs
+    )
+
+
+def _tower_model_type(name_or_path: str, role: str, loading_kwargs: dict) -> str:
+    config = AutoConfig.from_pretrained(name_or_path, **loading_kwargs)
+    return (getattr(config, f"{role}_config", None) or config).model_type
 
 
 class PretrainedTowersMixin:
@@ -76,10 +85,13 @@ class PretrainedTowersMixin:
         text_name_or_path)`.
         """
         loading_kwargs = loading_kwargs or {}
-        vision = load_pretrained_tower(vision_name_or_path, "vision", **loading_kwargs)
-        text = load_pretrained_tower(text_name_or_path, "text", **loading_kwargs)
-        kwargs.setdefault("vision_pooling", default_pooling("vision", vision.config.model_type))
-        kwargs.setdefault("text_pooling", default_pooling("text", text.config.model_type))
+        vision_type = _tower_model_type(vision_name_or_path, "vision", loading_kwargs)
+        text_type = _tower_model_type(text_name_or_path, "text", loading_kwargs)
+        kwargs.setdefault("vision_pooling", default_pooling("vision", vision_type))
+        kwargs.setdefault("text_pooling", default_pooling("text", text_type))
+        uses_pooler = kwargs["vision_pooling"] == "pooler"
+        vision = load_pretrained_tower(vision_name_or_path, "vision", uses_pooler=uses_pooler, **loading_kwargs)
+        text = load_pretrained_tower(text_name_or_path, "text", uses_pooler=False, **loading_kwargs)
         model = cls(cls.config_class(vision_config=vision.config, text_config=text.config, **kwargs))
         model.vision_model.load_state_dict(vision.state_dict())
         model.text_model.load_state_dict(text.state_dict())

@@ -57,9 +57,25 @@ def check_dual_encoder_fields(config: PreTrainedConfig) -> None:
         raise ValueError(f"projection_dim must be positive, got {config.projection_dim}")
 
 
-def build_tower(config: PreTrainedConfig) -> PreTrainedModel:
-    """Builds a randomly initialised tower with ``AutoModel.from_config`` (the model's own class and init)."""
-    return AutoModel.from_config(config)
+def tower_kwargs(config: PreTrainedConfig, uses_pooler: bool) -> dict:
+    """Constructor arguments of the tower class for `config`: no pooling layer when the dual encoder does not read
+    `pooler_output` (BERT's and ViT's dense + tanh poolers would be parameters without gradient, which
+    DistributedDataParallel refuses, and weights that do nothing)."""
+    import inspect
+
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    tower_class = MODEL_MAPPING.get(type(config), None)
+    if tower_class is not None and not uses_pooler:
+        if "add_pooling_layer" in inspect.signature(tower_class.__init__).parameters:
+            return {"add_pooling_layer": False}
+    return {}
+
+
+def build_tower(config: PreTrainedConfig, uses_pooler: bool = True) -> PreTrainedModel:
+    """Builds a randomly initialised tower with ``AutoModel.from_config`` (the model's own class and init);
+    `uses_pooler=False` leaves out a pooling layer nobody reads ([`tower_kwargs`])."""
+    return AutoModel.from_config(config, **tower_kwargs(config, uses_pooler))
 
 
 def eos_positions(

@@ -62,3 +62,39 @@ def test_center_crop_image_processor_resizes_crops_and_normalises_exactly():
     expected = torch.tensor([(0.2 - 0.5) / 0.5, (0.2 - 0.25) / 0.25, 0.2])
     torch.testing.assert_close(pixels[0, :, 4, 4], expected, rtol=0, atol=1e-5)
     assert processor.size == {"shortest_edge": 10} and processor.crop_size == {"height": 8, "width": 8}
+
+
+def test_towers_leave_out_pooling_layers_nobody_reads(tmp_path):
+    from tiny_models import tiny_config, tiny_text, tiny_vision
+    from transformers import AutoModel
+
+    from hf_unified import UniCLConfig, UniCLModel
+
+    model = UniCLModel(
+        UniCLConfig(
+            vision_config=tiny_vision("vit"),
+            text_config=tiny_text("bert"),
+            vision_pooling="cls",
+            text_pooling="cls",
+            projection_dim=16,
+        )
+    )
+    names = [name for name, _ in model.named_parameters()]
+    assert not any(".pooler." in name for name in names), [n for n in names if "pooler" in n]
+    # ... so every parameter gets a gradient (what DDP requires), and a pooler-reading ViT keeps its pooler.
+    loss = model(**{**_batch(), "return_loss": True}).loss
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with_pooler = UniCLModel(tiny_config("unicl", vision_config=tiny_vision("vit"), vision_pooling="pooler"))
+    assert any(".pooler." in name for name, _ in with_pooler.named_parameters())
+    with_pooler.save_pretrained(tmp_path)  # a folder with pooler weights still loads into a cls-pooling model
+    loaded = AutoModel.from_pretrained(tmp_path, vision_pooling="cls")
+    assert not any(".pooler." in name for name, _ in loaded.named_parameters())
+
+
+def _batch():
+    from tiny_models import batch
+
+    inputs = batch(3)
+    inputs["input_ids"] = inputs["input_ids"].clamp(max=590)
+    return inputs
