@@ -14,6 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from hf_unified.training import synthetic_data
+from hf_unified.training.arguments import TrainArguments
+from hf_unified.training.methods import config_class
+from hf_unified.training.optim import parameter_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("train_script", ROOT / "training" / "train.py")
@@ -116,15 +119,19 @@ def test_unicl_end_to_end_and_cli_overrides(tmp_path, shapes, monkeypatch):
     from transformers import AutoModel, AutoProcessor
 
     import hf_unified  # noqa: F401  (registers the Auto classes)
-    from hf_unified import hub
+    from hf_unified.hub import push
 
-    pushed = []
+    pushed, checked = [], []
 
     def fake_push(folder, repo_id, private=False):  # the real upload is tested by the Hub engineer's suite
         pushed.append((Path(folder), repo_id, private, sorted(p.name for p in Path(folder).iterdir())))
         return type("Result", (), {"files": ["config.json"], "repo_url": f"https://hub.test/{repo_id}"})()
 
-    monkeypatch.setattr(hub, "push_folder", fake_push)
+    def fake_check(repo_id, token=None):  # before training: nothing of the run exists yet
+        checked.append((repo_id, (tmp_path / "run" / "training_log.jsonl").exists()))
+
+    monkeypatch.setattr(push, "push_folder", fake_push)
+    monkeypatch.setattr(push, "check_can_push", fake_check, raising=False)
     config = write_config(tmp_path, shapes)
     out = tmp_path / "run"
     result = train_script.main(
@@ -140,6 +147,7 @@ def test_unicl_end_to_end_and_cli_overrides(tmp_path, shapes, monkeypatch):
             "me/unicl-test",
         ]
     )
+    assert checked == [("me/unicl-test", False)]
     assert pushed and pushed[0][:3] == (out, "me/unicl-test", False)
     assert {"README.md", "model.safetensors", "eval_results.json", "config.json"} <= set(pushed[0][3])
     # --max_steps and --output_dir beat the YAML's 50 steps and output folder.
@@ -260,7 +268,8 @@ def test_parameter_groups_exclude_norms_biases_embeddings_temperatures(tmp_path,
     model = UniCLModel(
         UniCLConfig(projection_dim=16, vision_config=TINY_VISION, text_config={**TINY_TEXT, "vocab_size": 50})
     )
-    decay, plain = train_script.parameter_groups(model, 0.1)
+    groups = parameter_groups(model, TrainArguments(weight_decay=0.1))
+    decay, plain = sorted(groups, key=lambda group: -group["weight_decay"])
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
     assert "logit_scale" not in decayed
@@ -277,7 +286,6 @@ def test_shipped_configs_parse_and_build_their_model_config(name):
         ["--config", str(ROOT / "training" / "configs" / f"{name}.yaml"), "--max_steps", "7"]
     )
     assert train_args.max_steps == 7 and model_args.model_type == name.split("-")[0]
-    config_class = train_script._load(train_script.METHODS[model_args.model_type][0])
-    config = config_class(**model_args.model_config)
+    config = config_class(model_args.model_type)(**model_args.model_config)
     assert config.model_type == model_args.model_type
     assert len(data_args.train_data) >= 1
