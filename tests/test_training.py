@@ -12,107 +12,33 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_helpers import (  # tests/ is on sys.path
+    ROOT,
+    TINY_TEXT,
+    TINY_VISION,
+    free_port,
+    losses,
+    make_shapes,
+    reset_accelerate_state,
+    train_script,
+    write_config,
+)
 
-from hf_unified.training import synthetic_data
 from hf_unified.training.arguments import TrainArguments
 from hf_unified.training.methods import config_class
 from hf_unified.training.optim import parameter_groups
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("train_script", ROOT / "training" / "train.py")
-train_script = importlib.util.module_from_spec(spec)
-sys.modules["train_script"] = train_script  # dataclasses resolve annotations through sys.modules
-spec.loader.exec_module(train_script)
-
-TINY_VISION = {
-    "model_type": "clip_vision_model",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "patch_size": 8,
-}
-TINY_TEXT = {
-    "model_type": "clip_text_model",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-}
-
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
-    # 3 shards: not a multiple of 2, so split_dataset_by_node strides examples and 2 ranks share every batch.
-    return synthetic_data.generate(
-        tmp_path_factory.mktemp("shapes"), num_train=96, num_eval=40, num_train_shards=3, image_size=32
-    )
+    return make_shapes(tmp_path_factory.mktemp("shapes"))
 
 
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
-def write_config(path: Path, shapes: Path, model_type: str = "unicl", **overrides) -> Path:
-    model_config = {"projection_dim": 16, "vision_config": TINY_VISION, "text_config": TINY_TEXT}
-    config = {
-        "model_type": model_type,
-        "model_config": model_config,
-        "tokenizer_vocab_size": 300,
-        "max_text_length": 16,
-        "train_data": [f"{shapes}/train-*.tar", f"{shapes}/train-*.tar"],
-        "label_column": ["cls", "none"],
-        "text_column": ["none", "txt"],
-        "train_probabilities": [0.5, 0.5],
-        "eval_data": f"{shapes}/eval-*.tar",
-        "class_names_file": f"{shapes}/classes.json",
-        "templates": "shapes",
-        "image_size": 32,
-        "resize_ratio": 1.0,
-        "shuffle_buffer_size": 16,
-        "num_workers": 0,
-        "per_device_train_batch_size": 8,
-        "per_device_eval_batch_size": 20,
-        "max_steps": 50,  # the tests override it on the command line
-        "output_dir": str(path / "from-config"),
-        "learning_rate": 1e-3,
-        "warmup_steps": 1,
-        "logging_steps": 1,
-        "disable_tqdm": True,
-        "embedded_data_dir": str(shapes),
-    }
-    if model_type != "unicl":
-        config.update(
-            train_data=[f"{shapes}/train-*.tar"], label_column=["none"], text_column=["txt"], train_probabilities=None
-        )
-    if model_type == "uniclip":
-        model_config["augmentation_hidden_size"] = 16
-        config["augmentation_kwargs"] = {"scale": [0.5, 1.0], "blur_p": 0.0}
-    config.update(overrides)
-    file = path / f"{model_type}.yaml"
-    import yaml
-
-    file.write_text(yaml.safe_dump(config))
-    return file
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def losses(output_dir: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (output_dir / "training_log.jsonl").read_text().splitlines()]
+    reset_accelerate_state()
 
 
 def test_unicl_end_to_end_and_cli_overrides(tmp_path, shapes, monkeypatch):

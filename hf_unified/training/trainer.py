@@ -226,7 +226,6 @@ class Trainer:
         self.data.stream.load_state_dict(state.rank_state["stream"])
         self.counters.load_state_dict(state.rank_state["counters"])
         self.nonfinite_steps = int(state.trainer_state.get("nonfinite_steps", 0))
-        self.log.truncate_after(state.step)
         acc.print(f"resumed from {folder} at step {state.step}")
         return state.step
 
@@ -413,6 +412,7 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         self.unwrapped = acc.unwrap_model(self.model, keep_torch_compile=False)
         start = self._resume()
+        self.log.truncate_after(start)  # a resumed run logs the steps after its checkpoint again; a new run all
         if args.report_to:
             config = {k: v for k, v in self.run_arguments.items() if isinstance(v, (int, float, str, bool))}
             acc.init_trackers(args.project_name, config=config)
