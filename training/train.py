@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer also runs in DataLoader workers
     from hf_unified.training.factory import build_trainer  # torch, accelerate, datasets and the models
+    from hf_unified.training.logs import quiet_progress_bars
 
+    if train_args.disable_tqdm or not sys.stderr.isatty():  # a log file: plain lines only
+        quiet_progress_bars()
     return build_trainer(model_args, data_args, train_args).train()
 
 

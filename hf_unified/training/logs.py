@@ -52,6 +52,18 @@ def finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def quiet_progress_bars() -> None:
+    """Turns off the libraries' own bars (transformers' "Writing model shards", datasets', the Hub's): off a
+    terminal every refresh of theirs would be one more line in the log."""
+    import datasets
+    import huggingface_hub
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
+
+
 class Progress:
     """A tqdm bar on a terminal, else one line per logged step (main process only)."""
 
@@ -79,4 +91,4 @@ class Progress:
             self.bar.close()
 
 
-__all__ = ["LOG_NAME", "Progress", "TrainingLog", "finite_or_none"]
+__all__ = ["LOG_NAME", "Progress", "TrainingLog", "finite_or_none", "quiet_progress_bars"]
