@@ -134,6 +134,14 @@ def _pretrained_constructor(model_type: str, name: str):
     return constructor
 
 
+def check_starting_point(model_args: ModelArguments) -> None:
+    """Fails early when the model class lacks the constructor a pretrained start needs."""
+    if model_args.init_from_clip:
+        _pretrained_constructor(model_args.model_type, "from_clip")
+    if model_args.vision_model_name_or_path:
+        _pretrained_constructor(model_args.model_type, "from_vision_text_pretrained")
+
+
 def build_model(model_args: ModelArguments, tokenizer, image_size: int) -> torch.nn.Module:
     """The model from the starting point the arguments name (see the module docstring)."""
     if model_args.model_name_or_path:
@@ -249,6 +257,7 @@ def build_evaluation(spec, processor, class_names, templates, data_args, train_a
 
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_args: TrainArguments) -> Trainer:
     """Everything `training/train.py` runs, from its three argument dataclasses."""
+    check_starting_point(model_args)
     accelerator = build_accelerator(train_args)
     set_seed(train_args.seed)
     output_dir = Path(train_args.output_dir)
@@ -332,6 +341,7 @@ __all__ = [
     "build_processor",
     "build_tokenizer",
     "build_trainer",
+    "check_starting_point",
     "ensure_embedded_data",
     "eval_source",
     "load_templates",

@@ -392,9 +392,9 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------------
     # The run
 
-    def train(self) -> dict:
-        """Trains to `max_steps` (or `stop_at_step`), evaluates, saves; returns the evaluation results, the data
-        counters (summed over ranks) and the output folder."""
+    def _setup(self) -> int:
+        """Output folder, engine, preflight checks, fine-tuning controls, optimizer and schedule, resume, trackers;
+        returns the step to continue after."""
         args, acc = self.args, self.accelerator
         if acc.is_main_process:
             recover_folder(self.output_dir)  # a save interrupted by a kill: keep the previous output
@@ -403,7 +403,6 @@ class Trainer:
         check_engine(acc)
         acc.print(f"engine: {describe_engine(acc)}")
         self._preflight()
-
         roles = self._setup_parameters()
         if args.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
@@ -416,31 +415,39 @@ class Trainer:
         if args.report_to:
             config = {k: v for k, v in self.run_arguments.items() if isinstance(v, (int, float, str, bool))}
             acc.init_trackers(args.project_name, config=config)
+        return start
 
-        last = min(args.max_steps, args.stop_at_step or args.max_steps)
+    def _optimizer_step(self, step: int) -> tuple[torch.Tensor, object, bool]:
+        """One optimizer step; returns its loss, gradient norm and whether it was applied (both finite)."""
+        args, acc = self.args, self.accelerator
+        micro_batches = [self._next_inputs() for _ in range(args.gradient_accumulation_steps)]
+        loss = self.step_strategy(self.model, micro_batches, acc)
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm or math.inf)
+        applied = self._all_finite(loss, grad_norm)
+        if applied:
+            self.optimizer.step()
+            self._nonfinite_in_a_row = 0
+        else:
+            self._skip_step(step, loss, grad_norm)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()  # the schedule follows the step count, applied or skipped
+        clamp_logit_scale(self.unwrapped, args.max_logit_scale)
+        return loss, grad_norm, applied
+
+    def _run_steps(self, start: int, last: int) -> None:
+        args = self.args
         loader = torch.utils.data.DataLoader(self.data.stream, batch_size=None, num_workers=self.data.num_workers)
         self._batches = iter(loader)
         bar = False if args.disable_tqdm else None  # None: a bar only on a terminal
-        progress = Progress(args.max_steps, start, self.unwrapped.config.model_type, acc.is_main_process, bar=bar)
+        model_type = self.unwrapped.config.model_type
+        progress = Progress(args.max_steps, start, model_type, self.accelerator.is_main_process, bar=bar)
         self._window_start, self._window_samples = time.perf_counter(), 0
         self._train_mode()
         try:
             for step in range(start + 1, last + 1):
-                micro_batches = [self._next_inputs() for _ in range(args.gradient_accumulation_steps)]
-                loss = self.step_strategy(self.model, micro_batches, acc)
-                grad_norm = acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm or math.inf)
-                finite = self._all_finite(loss, grad_norm)
-                if finite:
-                    self.optimizer.step()
-                    self._nonfinite_in_a_row = 0
-                else:
-                    self._skip_step(step, loss, grad_norm)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scheduler.step()
-                clamp_logit_scale(self.unwrapped, args.max_logit_scale)
-
+                loss, grad_norm, applied = self._optimizer_step(step)
                 record = None
-                if finite and (step % args.logging_steps == 0 or step in (args.max_steps, start + 1)):
+                if applied and (step % args.logging_steps == 0 or step in (args.max_steps, start + 1)):
                     record = self._log_step(step, loss, grad_norm)
                 progress.update(step, record)
                 if args.save_steps and step % args.save_steps == 0 and step < args.max_steps:
@@ -451,22 +458,17 @@ class Trainer:
             progress.close()
             del self._batches, loader  # stops the workers
 
-        if (args.save_steps and last > start) or last < args.max_steps:
-            self.save_checkpoint(last)
-        totals = self._data_totals().as_dict()
-        if last < args.max_steps:
-            acc.print(f"stopped at step {last} of {args.max_steps}; resume with --resume_from_checkpoint latest")
-            acc.end_training()
-            return {"eval_results": {}, "counters": totals, "output_dir": str(self.output_dir)}
-
+    def _finish(self, totals: dict) -> dict:
+        """Final evaluation, atomic save, Hub push and CLIP export; returns the evaluation results."""
+        acc = self.accelerator
         acc.print(f"training samples skipped as corrupt or incomplete: {totals['samples_skipped']}")
         if totals["captions_mapped_to_labels"]:
             acc.print(f"captions mapped to a class label: {totals['captions_mapped_to_labels']}")
         if self.nonfinite_steps:
             acc.print(f"steps skipped for a non-finite loss or gradient: {self.nonfinite_steps}")
-        eval_results = self.evaluate(args.max_steps) if self.data.evaluation else {}
+        eval_results = self.evaluate(self.args.max_steps) if self.data.evaluation else {}
         payload = {
-            "step": args.max_steps,
+            "step": self.args.max_steps,
             "train_samples_skipped": totals["samples_skipped"],
             "train_data": totals,
             "nonfinite_steps_skipped": self.nonfinite_steps,
@@ -482,7 +484,26 @@ class Trainer:
         if acc.is_main_process:
             self._publish()
         acc.wait_for_everyone()
-        acc.end_training()  # last: it also ends the process group
+        return eval_results
+
+    def train(self) -> dict:
+        """Trains to `max_steps` (or `stop_at_step`, checkpointed), evaluates, saves; returns the evaluation
+        results, the data counters (summed over ranks) and the output folder."""
+        args = self.args
+        start = self._setup()
+        last = min(args.max_steps, args.stop_at_step or args.max_steps)
+        self._run_steps(start, last)
+        if (args.save_steps and last > start) or last < args.max_steps:
+            self.save_checkpoint(last)
+        totals = self._data_totals().as_dict()
+        if last < args.max_steps:
+            self.accelerator.print(
+                f"stopped at step {last} of {args.max_steps}; resume with --resume_from_checkpoint latest"
+            )
+            eval_results = {}
+        else:
+            eval_results = self._finish(totals)
+        self.accelerator.end_training()  # last: it also ends the process group
         return {"eval_results": eval_results, "counters": totals, "output_dir": str(self.output_dir)}
 
 
