@@ -18,8 +18,6 @@ from training_helpers import (  # tests/ is on sys.path
     TINY_VISION,
     free_port,
     losses,
-    make_shapes,
-    reset_accelerate_state,
     train_script,
     write_config,
 )
@@ -28,17 +26,8 @@ from hf_unified.training.arguments import TrainArguments
 from hf_unified.training.methods import config_class
 from hf_unified.training.optim import parameter_groups
 
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    return make_shapes(tmp_path_factory.mktemp("shapes"))
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    reset_accelerate_state()
-    yield
-    reset_accelerate_state()
+pytest_plugins = ("training_fixtures",)  # shapes, fresh_accelerate_state
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def test_unicl_end_to_end_and_cli_overrides(tmp_path, shapes, monkeypatch):

@@ -22,8 +22,6 @@ from training_helpers import (
     ROOT,
     TINY_TEXT,
     TINY_VISION,
-    make_shapes,
-    reset_accelerate_state,
     train_script,
     write_config,
 )
@@ -32,12 +30,8 @@ from hf_unified.training import checkpoint as checkpoints
 from hf_unified.training.arguments import TrainArguments
 from hf_unified.training.optim import build_optimizer, build_scheduler
 
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    reset_accelerate_state()
-    yield
-    reset_accelerate_state()
+pytest_plugins = ("training_fixtures",)  # shapes, fresh_accelerate_state
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 class Payload:
@@ -172,9 +166,8 @@ def test_a_foreign_file_in_a_checkpoint_is_refused_unread(tiny_run, tmp_path, ex
     assert not marker.exists()
 
 
-def test_resume_refuses_a_payload_checkpoint_with_one_line(tmp_path):
+def test_resume_refuses_a_payload_checkpoint_with_one_line(tmp_path, shapes):
     """End to end, as a user runs it: the run stops with one line on stderr; no payload runs, no step trains."""
-    shapes = make_shapes(tmp_path / "shapes")
     config = write_config(tmp_path, shapes, do_eval=False)
     out = tmp_path / "run"
     train_script.main(["--config", str(config), "--max_steps", "3", "--stop_at_step", "2", "--output_dir", str(out)])

@@ -14,25 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from training_helpers import ROOT, make_shapes, reset_accelerate_state, train_script, write_config
+from training_helpers import ROOT, train_script, write_config
 
 from hf_unified.training import checkpoint as checkpoints
 from hf_unified.training.factory import build_trainer
 from hf_unified.training.trainer import DataQualityError, NonFiniteLossError
 
+pytest_plugins = ("training_fixtures",)  # shapes, fresh_accelerate_state
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
+
+
 TRAIN = str(ROOT / "training" / "train.py")
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    return make_shapes(tmp_path_factory.mktemp("shapes"))
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    reset_accelerate_state()
-    yield
-    reset_accelerate_state()
 
 
 def log_records(output_dir: Path) -> list[dict]:

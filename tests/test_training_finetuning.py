@@ -3,8 +3,6 @@ the learning rate of its depth, and the roles come out right for two towers and 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import yaml
@@ -12,8 +10,6 @@ from training_helpers import (
     ROOT,
     TINY_TEXT,
     TINY_VISION,
-    make_shapes,
-    reset_accelerate_state,
     train_script,
     write_config,
 )
@@ -23,17 +19,8 @@ from hf_unified.training.factory import build_trainer
 from hf_unified.training.finetuning import example_inputs, freeze_parameters, trace_parameter_roles
 from hf_unified.training.optim import parameter_groups
 
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    return make_shapes(tmp_path_factory.mktemp("shapes"))
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    reset_accelerate_state()
-    yield
-    reset_accelerate_state()
+pytest_plugins = ("training_fixtures",)  # shapes, fresh_accelerate_state
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 @pytest.fixture(scope="module")

@@ -7,21 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from training_helpers import make_shapes, reset_accelerate_state, train_script, write_config
+from training_helpers import train_script, write_config
 
 from hf_unified.training.tokenization import train_caption_tokenizer
 
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    return make_shapes(tmp_path_factory.mktemp("shapes"))
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    reset_accelerate_state()
-    yield
-    reset_accelerate_state()
+pytest_plugins = ("training_fixtures",)  # shapes, fresh_accelerate_state
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 @pytest.fixture(scope="module")

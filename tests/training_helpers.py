@@ -1,4 +1,9 @@
-"""Shared pieces of the trainer tests: the tiny shapes data, tiny tower configs, a YAML writer, train.py itself."""
+"""Shared pieces of the trainer tests: the tiny shapes data, tiny tower configs, a YAML writer, train.py itself.
+
+The fixtures are in `training_fixtures.py`: test modules load them with `pytest_plugins = ("training_fixtures",)`
+and reset accelerate's process state around each test with
+`pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")`.
+"""
 
 from __future__ import annotations
 

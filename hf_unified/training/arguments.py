@@ -30,6 +30,18 @@ class ConfigError(ValueError):
     """A setting is wrong; the message names it, where it came from, and what is expected."""
 
 
+def _mapping(name: str, value) -> dict:
+    """A mapping option: a YAML mapping, or a JSON object on the command line."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{name} must be a JSON object on the command line: {error}") from None
+    if not isinstance(value or {}, dict):
+        raise ConfigError(f"{name} must be a mapping, got {type(value).__name__}")
+    return dict(value or {})
+
+
 @dataclass
 class ModelArguments:
     model_type: str = field(
@@ -61,14 +73,7 @@ class ModelArguments:
     max_text_length: int = field(default=32, metadata={"help": "tokens per caption (truncation)"})
 
     def __post_init__(self):
-        if isinstance(self.model_config, str):
-            try:
-                self.model_config = json.loads(self.model_config)
-            except json.JSONDecodeError as error:
-                raise ConfigError(f"model_config must be a JSON object on the command line: {error}") from None
-        if not isinstance(self.model_config or {}, dict):
-            raise ConfigError(f"model_config must be a mapping, got {type(self.model_config).__name__}")
-        self.model_config = dict(self.model_config or {})
+        self.model_config = _mapping("model_config", self.model_config)
         if bool(self.vision_model_name_or_path) != bool(self.text_model_name_or_path):
             raise ConfigError("give vision_model_name_or_path and text_model_name_or_path together")
         starts = [
@@ -151,12 +156,7 @@ class DataArguments:
     embedded_data_dir: str = field(default="data/shapes", metadata={"help": "generated here when a source uses it"})
 
     def __post_init__(self):
-        if isinstance(self.augmentation_kwargs, str):
-            try:
-                self.augmentation_kwargs = json.loads(self.augmentation_kwargs)
-            except json.JSONDecodeError as error:
-                raise ConfigError(f"augmentation_kwargs must be a JSON object: {error}") from None
-        self.augmentation_kwargs = dict(self.augmentation_kwargs or {})
+        self.augmentation_kwargs = _mapping("augmentation_kwargs", self.augmentation_kwargs)
         if not self.train_data:
             raise ConfigError("train_data is empty: give at least one source")
         if not 0.0 <= self.max_skipped_fraction <= 1.0:
