@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from training_helpers import ROOT, train_script, write_config
+from training_helpers import ROOT, TINY_TEXT, TINY_VISION, train_script, write_config
 
 from hf_unified.training import checkpoint as checkpoints
 from hf_unified.training.factory import build_trainer
@@ -25,6 +25,7 @@ pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 TRAIN = str(ROOT / "training" / "train.py")
+MODEL_CONFIG = {"projection_dim": 16, "vision_config": TINY_VISION, "text_config": TINY_TEXT}
 
 
 def log_records(output_dir: Path) -> list[dict]:
@@ -185,9 +186,12 @@ def test_a_kill_during_the_final_save_leaves_the_previous_output_intact(tmp_path
     out = tmp_path / "run"
     train_script.main(["--config", str(config), "--max_steps", "2", "--output_dir", str(out)])
     previous = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != "training_log.jsonl"}
-    assert "model.safetensors" in previous and "config.json" in previous
+    assert {"model.safetensors", "config.json", "eval_results.json", "README.md"} <= set(previous)
 
-    # A second run whose process is killed (SIGKILL: no cleanup runs) right after the new weights were written.
+    # A second run of another model (every file differs) whose process is killed (SIGKILL: no cleanup runs) after
+    # its weights and config were written, before the rest of the save.
+    (tmp_path / "other").mkdir()
+    other = write_config(tmp_path / "other", shapes, do_eval=False, model_config={**MODEL_CONFIG, "projection_dim": 8})
     wrapper = tmp_path / "killed_during_save.py"
     wrapper.write_text(
         "import os, runpy, signal, sys\n"
@@ -200,18 +204,19 @@ def test_a_kill_during_the_final_save_leaves_the_previous_output_intact(tmp_path
         f"sys.argv = [{TRAIN!r}] + sys.argv[1:]\n"
         f"runpy.run_path({TRAIN!r}, run_name='__main__')\n"
     )
-    flags = ["--config", str(config), "--max_steps", "2", "--output_dir", str(out), "--learning_rate", "0.01"]
+    flags = ["--config", str(other), "--max_steps", "2", "--output_dir", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     killed = subprocess.run([sys.executable, str(wrapper), *flags], env=env, capture_output=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
-    assert (tmp_path / ".run.staging" / "model.safetensors").exists()  # the new weights were on their way
+    staged = tmp_path / ".run.staging"
+    assert (staged / "model.safetensors").exists() and (staged / "config.json").read_bytes() != previous["config.json"]
     for name, content in previous.items():
         assert (out / name).read_bytes() == content, name
-    AutoModel.from_pretrained(out)  # the previous model still loads
+    assert AutoModel.from_pretrained(out).config.projection_dim == 16  # the previous model still loads
 
     train_script.main(flags)  # the next run clears the leftover and publishes its own model
-    assert not (tmp_path / ".run.staging").exists() and not (tmp_path / ".run.previous").exists()
-    assert (out / "model.safetensors").read_bytes() != previous["model.safetensors"]
+    assert not staged.exists() and not (tmp_path / ".run.previous").exists()
+    assert AutoModel.from_pretrained(out).config.projection_dim == 8
     assert (out / "tokenizer" / "tokenizer.json").exists()  # the run's other files are carried over
 
 

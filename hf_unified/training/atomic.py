@@ -81,21 +81,22 @@ def replace_folder(target: Path, write: Callable[[Path], None], keep: Callable[[
 
     Args:
         write: fills the (empty) staging folder with the new files.
-        keep: selects the entries of the current `target` to carry over unchanged (hard links where the file
-            system allows, else copies); `write` must not write to these names.
+        keep: selects the entries of the current `target` to carry over unchanged when the new version has no entry
+            of that name (hard links where the file system allows, else copies: the new files are written first,
+            so nothing ever writes through a link into the current version).
     """
     target = Path(target)
     staging = staging_path(target)
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
+    write(staging)
     for entry in sorted(target.iterdir()) if target.exists() else ():
-        if keep(entry):
+        if keep(entry) and not (staging / entry.name).exists():
             if entry.is_dir():
                 shutil.copytree(entry, staging / entry.name, copy_function=_link_or_copy)
             else:
                 _link_or_copy(str(entry), str(staging / entry.name))
-    write(staging)
     commit_folder(staging, target)
 
 

@@ -246,9 +246,9 @@ class Trainer:
         values = [loss.detach().float().reshape(1)]
         if torch.is_tensor(grad_norm):
             values.append(grad_norm.detach().float().reshape(1).to(loss.device))
-        finite = torch.cat(values).isfinite().all().reshape(1)
+        finite = torch.cat(values).isfinite().all().reshape(1).int()
         if self.accelerator.num_processes > 1:  # every rank takes the same decision
-            finite = self.accelerator.gather(finite).all()
+            finite = self.accelerator.gather(finite).min()
         return bool(finite)
 
     def _skip_step(self, step: int, loss: torch.Tensor, grad_norm) -> None:
