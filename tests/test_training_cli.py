@@ -118,3 +118,10 @@ def test_shipped_accelerate_configs_load(name, engine):
         assert config.deepspeed_config["zero_stage"] == int(name[-1])
     if name == "multi-node":
         assert config.num_machines == 2 and config.main_process_ip
+
+
+def test_every_accumulation_mode_the_parser_accepts_has_a_strategy():
+    from hf_unified.training.arguments import GRADIENT_ACCUMULATION_MODES
+    from hf_unified.training.steps import STEP_STRATEGIES
+
+    assert set(GRADIENT_ACCUMULATION_MODES) == set(STEP_STRATEGIES)
