@@ -33,8 +33,8 @@ def _load_arguments_module():
     model (seconds): a bad flag or YAML value must fail at once. The module needs only yaml and transformers'
     argument parser; it is registered under its own name, so later imports of it return this same module."""
     name = "hf_unified.training.arguments"
-    if name in sys.modules:
-        return sys.modules[name]
+    if "hf_unified" in sys.modules:  # imported already (tests, a notebook): nothing to save
+        return importlib.import_module(name)
     package = importlib.util.find_spec("hf_unified")  # finds the package without importing it
     path = Path(package.submodule_search_locations[0]) / "training" / "arguments.py"
     spec = importlib.util.spec_from_file_location(name, path)
