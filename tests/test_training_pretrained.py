@@ -78,7 +78,7 @@ def test_init_from_clip_calls_the_model_class_constructor(tmp_path, shapes, towe
 def test_a_class_without_the_constructor_gets_a_clear_error(tmp_path, shapes, monkeypatch):
     from hf_unified import UniCLIPModel
 
-    monkeypatch.delattr(UniCLIPModel, "from_vision_text_pretrained", raising=False)
+    monkeypatch.setattr(UniCLIPModel, "from_vision_text_pretrained", None, raising=False)  # as if it had none
     config = write_config(tmp_path, shapes, "uniclip", do_eval=False)
     flags = ["--vision_model_name_or_path", "v", "--text_model_name_or_path", "t"]
     with pytest.raises(ValueError, match=r"UniCLIPModel \(model_type 'uniclip'\) has no from_vision_text_pretrained"):
