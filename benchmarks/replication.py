@@ -124,17 +124,26 @@ def digits_data(num_eval: int, image_size: int, seed: int = 0) -> dict:
 
 
 def as_dataset(split: dict, label_items: bool):
-    """A `datasets.Dataset` in the pipeline's standard columns (`image` as PNG bytes, `text`, `label`). With
-    `label_items`, the even rows are image-label data (no text: the pipeline builds a prompt from the class name)
-    and the odd rows image-text data (no label)."""
-    from datasets import Dataset, Features, Image, Value
+    """A `datasets.Dataset` of the pipeline's raw rows (`sources.RAW_FEATURES`: the image as PNG bytes, `text`,
+    `label`, where it came from). With `label_items`, the even rows are image-label data (no text: the pipeline
+    builds a prompt from the class name) and the odd rows image-text data (no label)."""
+    from datasets import Dataset
 
-    count = len(split["images"])
-    text = [None if label_items and i % 2 == 0 else split["captions"][i] for i in range(count)]
-    label = [split["labels"][i] if not label_items or i % 2 == 0 else None for i in range(count)]
-    features = Features({"image": Image(), "text": Value("string"), "label": Value("int64")})
-    dataset = Dataset.from_dict({"image": split["images"], "text": text, "label": label}, features=features)
-    return dataset.cast_column("image", Image(decode=False))  # bytes, decoded by the pipeline like shards are
+    from hf_unified.training.sources import RAW_FEATURES
+
+    rows = {name: [] for name in RAW_FEATURES}
+    for index, (image, caption, label) in enumerate(zip(split["images"], split["captions"], split["labels"])):
+        png = io.BytesIO()
+        image.save(png, format="PNG")
+        labelled = label_items and index % 2 == 0
+        rows["image"].append({"bytes": png.getvalue(), "path": None})
+        rows["text"].append(None if labelled else caption)
+        rows["label"].append(label if labelled or not label_items else None)
+        rows["key"].append(str(index))
+        rows["shard"].append("memory")
+        rows["damage"].append(None)
+        rows["detail"].append(None)
+    return Dataset.from_dict(rows, features=RAW_FEATURES)
 
 
 # ----------------------------------------------------------------------------------------------------------------

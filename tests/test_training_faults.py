@@ -3,12 +3,10 @@ a Hub target that cannot be pushed to, a log read by a cluster, an engine that d
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -17,8 +15,10 @@ from safetensors.torch import load_file
 from training_helpers import ROOT, TINY_TEXT, TINY_VISION, train_script, write_config
 
 from hf_unified.training import checkpoint as checkpoints
+from hf_unified.training import synthetic_data
+from hf_unified.training.data_health import DataError
 from hf_unified.training.factory import build_trainer
-from hf_unified.training.trainer import DataQualityError, NonFiniteLossError
+from hf_unified.training.trainer import NonFiniteLossError
 
 pytest_plugins = ("training_fixtures",)  # shapes, fresh_accelerate_state
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -82,7 +82,7 @@ def test_a_nan_batch_is_skipped_counted_and_logged(tmp_path, shapes):
     for name in final:
         assert torch.equal(final[name], after_step_2[name]), name
         assert torch.isfinite(final[name]).all(), name
-    assert result["counters"]["samples_seen"] == 24
+    assert result["counters"]["samples_seen"] == 24 and result["counters"]["samples_skipped"] == 0
 
 
 def test_consecutive_nan_steps_stop_the_run_with_the_last_checkpoint_intact(tmp_path, shapes):
@@ -104,63 +104,45 @@ def test_consecutive_nan_steps_stop_the_run_with_the_last_checkpoint_intact(tmp_
     assert all(torch.equal(good[name], latest[name]) for name in good)  # steps 3 and 4 changed nothing
 
 
-def _corrupt(shard: Path, keys: set[str]) -> None:
-    """Rewrites a webdataset shard with the JPEG bytes of `keys` replaced by garbage."""
-    with tarfile.open(shard) as tar:
-        members = [(member, tar.extractfile(member).read()) for member in tar.getmembers()]
-    with tarfile.open(shard, "w") as tar:
-        for member, payload in members:
-            if member.name.endswith(".jpg") and member.name.split(".")[0] in keys:
-                payload = b"\xff\xd8 not a jpeg at all"
-            member.size = len(payload)
-            tar.addfile(member, io.BytesIO(payload))
-
-
-def _damaged_copy(shapes: Path, folder: Path, corrupt: dict[int, int]) -> Path:
-    """A copy of the shapes data with `corrupt[shard]` undecodable images in the first keys of each shard."""
-    import shutil
-
-    shutil.copytree(shapes, folder)
-    for shard, count in corrupt.items():
-        path = folder / f"train-{shard:05d}.tar"
-        with tarfile.open(path) as tar:
-            keys = sorted({member.name.split(".")[0] for member in tar.getmembers()})[:count]
-        _corrupt(path, set(keys))
-    return folder
-
-
-def _single_source(tmp_path, data: Path, **overrides) -> Path:
-    return write_config(
+def _damaged_source(tmp_path, shapes, **overrides) -> tuple[Path, object]:
+    """A config training on `synthetic_data.write_damaged_shards`: every kind of damage, 24 samples a pass."""
+    damaged = synthetic_data.write_damaged_shards(tmp_path / "damaged")
+    config = write_config(
         tmp_path,
-        data,
-        train_data=[f"{data}/train-*.tar"],
-        label_column=["none"],
+        shapes,
+        train_data=[f"{tmp_path / 'damaged'}/damaged-*.tar"],
+        label_column=["cls"],
         text_column=["txt"],
         train_probabilities=None,
         shuffle_buffer_size=0,
         num_workers=0,
         **overrides,
     )
+    return config, damaged
 
 
 def test_a_run_over_damaged_shards_finishes_and_reports_the_counts(tmp_path, shapes):
-    data = _damaged_copy(shapes, tmp_path / "damaged", {0: 3, 2: 2})
-    config = _single_source(tmp_path, data, do_eval=True)
+    config, damaged = _damaged_source(tmp_path, shapes, do_eval=True, max_skipped_fraction=0.5)
     out = tmp_path / "run"
-    # 12 steps of 8 read the 96 samples once each (no shuffle): exactly the 5 damaged ones are skipped.
-    result = train_script.main(["--config", str(config), "--max_steps", "12", "--output_dir", str(out)])
-    assert result["counters"]["samples_skipped"] == 5 and result["counters"]["samples_seen"] == 91
-    assert log_records(out)[-1]["samples_skipped"] == 5
+    # 3 steps of 8 samples read the 24 samples of the shards once each (no shuffle).
+    result = train_script.main(["--config", str(config), "--max_steps", "3", "--output_dir", str(out)])
+    counts = result["counters"]
+    assert counts["skipped"] == damaged.skipped and counts["samples_used"] == len(damaged.good_texts)
+    assert set(counts["damaged_shards"]) == set(damaged.damaged_shards)
+    assert all(counts["damaged_shards"][path].startswith(kind) for path, kind in damaged.damaged_shards.items())
+    last = log_records(out)[-1]
+    assert last["skipped"] == damaged.skipped and last["damaged_shards"] == 2
+    assert last["samples_skipped"] == sum(damaged.skipped.values()) == 10
     eval_results = json.loads((out / "eval_results.json").read_text())
-    assert eval_results["train_samples_skipped"] == 5 and eval_results["train_data"]["samples_seen"] == 91
+    assert eval_results["train_samples_skipped"] == 10 and eval_results["train_data"]["skipped"] == damaged.skipped
+    assert set(eval_results["train_data"]["damaged_shards"]) == set(damaged.damaged_shards)
     assert "zero_shot_top1_accuracy" in eval_results
 
 
 def test_a_mostly_damaged_dataset_stops_early_with_a_clear_error(tmp_path, shapes):
-    data = _damaged_copy(shapes, tmp_path / "damaged", {0: 20, 1: 20, 2: 20})
-    config = _single_source(tmp_path, data, do_eval=False, skipped_check_after=8)
+    config, _ = _damaged_source(tmp_path, shapes, do_eval=False, skipped_check_after=8)  # default limit: 10%
     out = tmp_path / "run"
-    with pytest.raises(DataQualityError, match=r"skipped as damaged or incomplete .* > max_skipped_fraction 10%"):
+    with pytest.raises(DataError, match=r"of the training samples were skipped as damaged, more than max_skipped"):
         train_script.main(["--config", str(config), "--max_steps", "12", "--output_dir", str(out)])
     assert not (out / "model.safetensors").exists()
 

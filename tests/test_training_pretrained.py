@@ -43,6 +43,7 @@ def test_training_from_two_pretrained_towers(tmp_path, shapes, towers):
     processor = AutoProcessor.from_pretrained(out)
     assert type(processor.image_processor).__name__.startswith("ViTImageProcessor")  # the tower's own
     assert processor.tokenizer.get_vocab() == AutoTokenizer.from_pretrained(bert).get_vocab()  # the tower's own
+    assert processor.tokenizer.model_max_length == 32  # truncates at the text tower's positions
     assert type(AutoModel.from_pretrained(out)).__name__ == "UniCLModel"
 
 
@@ -90,3 +91,26 @@ def test_starting_points_are_exclusive():
         train_script.parse_arguments(["--init_from_clip", "a", "--model_name_or_path", "b"])
     with pytest.raises(ValueError, match="together"):
         train_script.parse_arguments(["--vision_model_name_or_path", "a"])
+
+
+def test_export_clip_writes_a_transformers_clip_folder(tmp_path, shapes, tiny_clip_tokenizer):
+    from transformers import CLIPModel
+
+    tokenizer = tmp_path / "tokenizer"
+    tiny_clip_tokenizer.save_pretrained(tokenizer)  # end-of-text 599: CLIPTextModel pools where the model does
+    # 32 text positions: the export's own check tokenizes its sample texts without truncation (up to 18 tokens).
+    config = write_config(tmp_path, shapes, do_eval=False, max_text_length=32)
+    out, export = tmp_path / "run", tmp_path / "clip"
+    flags = ["--tokenizer_name_or_path", str(tokenizer), "--export_clip", str(export)]
+    train_script.main(["--config", str(config), "--max_steps", "1", "--output_dir", str(out), *flags])
+    assert type(CLIPModel.from_pretrained(export)).__name__ == "CLIPModel"
+
+
+def test_export_clip_of_a_model_that_cannot_be_one_fails_before_training(tmp_path, shapes):
+    config = write_config(tmp_path, shapes, do_eval=False)  # its caption tokenizer ends texts with id 2
+    out = tmp_path / "run"
+    with pytest.raises(
+        ValueError, match=r"--export_clip: this model cannot be exported as a CLIPModel: .*eos_token_id"
+    ):
+        train_script.main(["--config", str(config), "--output_dir", str(out), "--export_clip", str(tmp_path / "clip")])
+    assert not (out / "training_log.jsonl").exists()

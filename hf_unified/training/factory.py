@@ -114,9 +114,7 @@ def build_tokenizer(model_args, specs, seed: int, class_names, templates, output
     folder = Path(output_dir) / "tokenizer"
     with accelerator.main_process_first():
         if accelerator.is_main_process and not (folder / "tokenizer.json").exists():
-            # The tokenizer pre-pass; data.py's damage-tolerant text iterator replaces this once it lands.
-            stream = data_lib.build_stream(specs, seed, rank=0, world_size=1, shuffle_buffer_size=0)
-            texts = [ex["text"] for ex in stream.take(model_args.tokenizer_train_samples) if ex["text"]]
+            texts = list(data_lib.iter_texts(specs, model_args.tokenizer_train_samples, seed))
             if class_names:
                 texts += [t.format(name) for names in class_names for name in names for t in templates]
             tokenizer = train_caption_tokenizer(
@@ -238,13 +236,23 @@ def take_samples(loader, limit: int):
         yield batch
 
 
-def build_evaluation(spec, processor, class_names, templates, data_args, train_args, model_args, accelerator):
+def fit_text_length(model, tokenizer, max_text_length: int) -> int:
+    """Makes the tokenizer (saved with the model) truncate at the text tower's positions, and returns the training
+    truncation: `max_text_length`, or fewer tokens if the tower has fewer positions."""
+    positions = getattr(getattr(model.config, "text_config", None), "max_position_embeddings", None)
+    if positions is None:
+        return max_text_length
+    tokenizer.model_max_length = positions
+    return min(max_text_length, positions)
+
+
+def build_evaluation(spec, processor, class_names, templates, text_length, data_args, train_args, accelerator):
     def loader():
         batches = data_lib.eval_dataloader(
             spec,
             data_lib.DecodeConfig(ProcessorTransform(processor.image_processor), class_names, templates),
             processor.tokenizer,
-            model_args.max_text_length,
+            text_length,
             train_args.per_device_eval_batch_size,
             accelerator.process_index,
             accelerator.num_processes,
@@ -289,6 +297,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_ar
     )
     model = build_model(model_args, tokenizer, data_args.image_size)
     model_args.model_type = model.config.model_type  # a loaded model decides the method
+    text_length = fit_text_length(model, tokenizer, model_args.max_text_length)
     processor = build_processor(model, tokenizer, model_args, data_args)
     image_size = processor_image_size(processor.image_processor)
     if image_size != data_args.image_size:
@@ -305,7 +314,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_ar
         stream,
         decode,
         tokenizer,
-        model_args.max_text_length,
+        text_length,
         train_args.per_device_train_batch_size,
         train_args.seed,
         accelerator.process_index,
@@ -313,7 +322,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_ar
     evaluation = None
     if spec is not None:
         evaluation = build_evaluation(
-            spec, processor, class_names, eval_templates, data_args, train_args, model_args, accelerator
+            spec, processor, class_names, eval_templates, text_length, data_args, train_args, accelerator
         )
     data = TrainingData(
         train_stream,
@@ -343,6 +352,7 @@ __all__ = [
     "build_trainer",
     "check_starting_point",
     "ensure_embedded_data",
+    "fit_text_length",
     "eval_source",
     "load_templates",
     "processor_image_size",

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, gather_object
 
 from . import checkpoint as checkpoints
 from .atomic import recover_folder, replace_folder
+from .data_health import DataHealth
 from .engine import build_accelerator, check_engine, describe_engine
 from .evaluation import evaluate_model
 from .finetuning import describe_roles, example_inputs, freeze_parameters, frozen_subtrees, trace_parameter_roles
@@ -40,10 +41,6 @@ from .steps import StepStrategy, build_step
 
 class NonFiniteLossError(RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss or gradient norm."""
-
-
-class DataQualityError(ValueError):
-    """Too large a share of the training samples was skipped as damaged."""
 
 
 @dataclass
@@ -83,42 +80,6 @@ class TrainingData:
     skipped_check_after: int = 1000
 
 
-class DataCounters:
-    """Samples seen, skipped and mapped to a label on this rank.
-
-    The one place where `data.DataHealth` (skips by kind, damaged shards) plugs in once it lands: it has the same
-    `update` / `as_dict` / `state_dict` / `load_state_dict` / `check` methods.
-    """
-
-    KEYS = ("samples_seen", "samples_skipped", "captions_mapped_to_labels")
-
-    def __init__(self, counts: dict | None = None):
-        self.counts = {key: int((counts or {}).get(key, 0)) for key in self.KEYS}
-
-    def update(self, batch: dict) -> None:
-        self.counts["samples_seen"] += len(batch.get("input_ids", ()))
-        self.counts["samples_skipped"] += int(batch.get("num_skipped", 0))
-        self.counts["captions_mapped_to_labels"] += int(batch.get("num_mapped", 0))
-
-    def as_dict(self) -> dict:
-        return dict(self.counts)
-
-    def state_dict(self) -> dict:
-        return dict(self.counts)
-
-    def load_state_dict(self, state: dict) -> None:
-        self.counts = {key: int(state.get(key, 0)) for key in self.KEYS}
-
-    def check(self, max_skipped_fraction: float, min_samples: int) -> None:
-        read = self.counts["samples_seen"] + self.counts["samples_skipped"]
-        if read >= min_samples and read and self.counts["samples_skipped"] / read > max_skipped_fraction:
-            raise DataQualityError(
-                f"{self.counts['samples_skipped']} of {read} training samples read so far were skipped as damaged or "
-                f"incomplete ({self.counts['samples_skipped'] / read:.0%} > max_skipped_fraction "
-                f"{max_skipped_fraction:.0%}): check train_data and its columns, or raise --max_skipped_fraction"
-            )
-
-
 class Trainer:
     """Trains a dual encoder (see the module docstring).
 
@@ -151,7 +112,7 @@ class Trainer:
         self.run_arguments = dict(run_arguments or {})
         self.base_model = base_model
         self.output_dir = Path(args.output_dir)
-        self.counters = DataCounters()
+        self.health = DataHealth("training")  # this rank's samples used and skipped (by kind), damaged shards
         self.nonfinite_steps = 0
         self._nonfinite_in_a_row = 0
         self._frozen_modules: list[torch.nn.Module] = []
@@ -169,27 +130,24 @@ class Trainer:
             raise ValueError(message[0])
 
     def _preflight(self) -> None:
-        """What can fail after training is checked before it: the Hub target and the CLIP export."""
+        """What would fail after training is checked before it: the Hub target (token, offline mode, repo id) and
+        whether the model can be exported as a `CLIPModel`."""
         args = self.args
 
         def check() -> str | None:
             if args.push_to_hub:
-                from ..hub import push
+                from ..hub.push import check_can_push
 
-                check_can_push = getattr(push, "check_can_push", None)
-                if check_can_push is None:
-                    return "--push_to_hub needs hf_unified.hub.push.check_can_push, which this checkout lacks"
                 try:
                     check_can_push(args.hub_model_id)
                 except Exception as error:  # noqa: BLE001 - any refusal becomes the run's one-line error
                     return f"--push_to_hub {args.hub_model_id}: {error}"
             if args.export_clip:
-                try:
-                    from ..hub.export import export_clip  # noqa: F401
-                except ImportError as error:
-                    return (
-                        f"--export_clip needs hf_unified.hub.export.export_clip, which this checkout lacks ({error})"
-                    )
+                from ..hub.export import export_problems
+
+                problems = export_problems(self.model)
+                if problems:
+                    return f"--export_clip: this model cannot be exported as a CLIPModel: {'; '.join(problems)}"
             return None
 
         self._on_main_then_everywhere(check)
@@ -224,7 +182,7 @@ class Trainer:
             state, accelerator=acc, model=self.unwrapped, optimizer=self.optimizer, scheduler=self.scheduler
         )
         self.data.stream.load_state_dict(state.rank_state["stream"])
-        self.counters.load_state_dict(state.rank_state["counters"])
+        self.health.load_state_dict(state.rank_state["data_health"])
         self.nonfinite_steps = int(state.trainer_state.get("nonfinite_steps", 0))
         acc.print(f"resumed from {folder} at step {state.step}")
         return state.step
@@ -237,7 +195,7 @@ class Trainer:
         while True:
             batch = next(self._batches)
             self.data.stream.batches_consumed += 1
-            self.counters.update(batch)
+            self.health.update(batch)
             if "pixel_values" in batch:
                 self._window_samples += batch["pixel_values"].shape[0]
                 return model_inputs(batch, self.accelerator.device)
@@ -280,12 +238,11 @@ class Trainer:
                 + "Check the data for NaN/inf images, lower the learning rate, or use bf16 instead of fp16."
             )
 
-    def _data_totals(self) -> DataCounters:
-        counts = self.counters.as_dict()
-        if self.accelerator.num_processes > 1:
-            values = torch.tensor([counts[k] for k in DataCounters.KEYS], device=self.accelerator.device)
-            counts = dict(zip(DataCounters.KEYS, self.accelerator.reduce(values, "sum").tolist()))
-        return DataCounters(counts)
+    def _data_totals(self) -> DataHealth:
+        """The data counts summed over the ranks (collective)."""
+        if self.accelerator.num_processes == 1:
+            return self.health
+        return DataHealth.merge(gather_object([self.health.state_dict()]))
 
     def _temperature(self) -> float | None:
         """The mean learnt logit scale `exp(logit_scale)` (UniCLIP has one per domain pair)."""
@@ -304,12 +261,17 @@ class Trainer:
             "logit_scale": self._temperature(),
             "samples_per_second": acc.reduce(samples, "sum").item()
             / max(time.perf_counter() - self._window_start, 1e-9),
-            "samples_skipped": totals.counts["samples_skipped"],
-            "captions_mapped_to_labels": totals.counts["captions_mapped_to_labels"],
+            "samples_skipped": totals.samples_skipped,
+            "captions_mapped_to_labels": totals.captions_mapped_to_labels,
         }
+        if totals.skipped:
+            record["skipped"] = dict(sorted(totals.skipped.items()))
+        if totals.damaged_shards:
+            record["damaged_shards"] = len(totals.damaged_shards)
         if self.nonfinite_steps:
             record["nonfinite_steps"] = self.nonfinite_steps
-        acc.log({f"train/{k}": v for k, v in record.items() if k != "step" and v is not None}, step=step)
+        numbers = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+        acc.log({f"train/{k}": v for k, v in numbers.items()}, step=step)
         self.log.append(record)
         self._window_start, self._window_samples = time.perf_counter(), 0
         totals.check(self.data.max_skipped_fraction, self.data.skipped_check_after)
@@ -337,7 +299,7 @@ class Trainer:
         return results
 
     def save_checkpoint(self, step: int) -> Path:
-        rank_state = {"stream": self.data.stream.state_dict(), "counters": self.counters.state_dict()}
+        rank_state = {"stream": self.data.stream.state_dict(), "data_health": self.health.state_dict()}
         return checkpoints.write_checkpoint(
             self.output_dir,
             step,
@@ -386,7 +348,7 @@ class Trainer:
         if args.export_clip:
             from ..hub.export import export_clip
 
-            export_clip(self.output_dir, args.export_clip)
+            export_clip(self.output_dir, args.export_clip, overwrite=True)  # like the output folder, replaced
             self.accelerator.print(f"exported a transformers CLIPModel folder to {args.export_clip}")
 
     # ------------------------------------------------------------------------------------------------------------
@@ -458,19 +420,19 @@ class Trainer:
             progress.close()
             del self._batches, loader  # stops the workers
 
-    def _finish(self, totals: dict) -> dict:
+    def _finish(self, totals: DataHealth) -> dict:
         """Final evaluation, atomic save, Hub push and CLIP export; returns the evaluation results."""
         acc = self.accelerator
-        acc.print(f"training samples skipped as corrupt or incomplete: {totals['samples_skipped']}")
-        if totals["captions_mapped_to_labels"]:
-            acc.print(f"captions mapped to a class label: {totals['captions_mapped_to_labels']}")
+        acc.print(totals.summary())
+        if totals.captions_mapped_to_labels:
+            acc.print(f"captions mapped to a class label: {totals.captions_mapped_to_labels}")
         if self.nonfinite_steps:
             acc.print(f"steps skipped for a non-finite loss or gradient: {self.nonfinite_steps}")
         eval_results = self.evaluate(self.args.max_steps) if self.data.evaluation else {}
         payload = {
             "step": self.args.max_steps,
-            "train_samples_skipped": totals["samples_skipped"],
-            "train_data": totals,
+            "train_samples_skipped": totals.samples_skipped,
+            "train_data": totals.as_dict(),
             "nonfinite_steps_skipped": self.nonfinite_steps,
             **eval_results,
         }
@@ -495,7 +457,7 @@ class Trainer:
         self._run_steps(start, last)
         if (args.save_steps and last > start) or last < args.max_steps:
             self.save_checkpoint(last)
-        totals = self._data_totals().as_dict()
+        totals = self._data_totals()
         if last < args.max_steps:
             self.accelerator.print(
                 f"stopped at step {last} of {args.max_steps}; resume with --resume_from_checkpoint latest"
@@ -504,7 +466,7 @@ class Trainer:
         else:
             eval_results = self._finish(totals)
         self.accelerator.end_training()  # last: it also ends the process group
-        return {"eval_results": eval_results, "counters": totals, "output_dir": str(self.output_dir)}
+        return {"eval_results": eval_results, "counters": totals.as_dict(), "output_dir": str(self.output_dir)}
 
 
-__all__ = ["DataCounters", "DataQualityError", "EvaluationData", "NonFiniteLossError", "Trainer", "TrainingData"]
+__all__ = ["EvaluationData", "NonFiniteLossError", "Trainer", "TrainingData"]
