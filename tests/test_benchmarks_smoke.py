@@ -97,13 +97,21 @@ def test_replication_smoke_trains_and_evaluates_each_method():
     assert results["uniclip"][0]["gflops_per_step"] > results["unicl"][0]["gflops_per_step"]
 
 
-def test_augmented_views_parameters_describe_the_crop():
+def test_replication_views_come_from_the_shipped_augmentation():
+    """No second augmentation: UniCLIP's views are `MultiViewAugmentation` with the settings the docstring states,
+    and their parameter vectors describe the crops."""
     import replication
     import torch
 
-    images = torch.rand(5, 3, 16, 16)
-    views, params = replication.augmented_views(images, 2, torch.Generator().manual_seed(0))
+    from hf_unified.training.augmentation import MultiViewAugmentation
+
+    augmentation = MultiViewAugmentation(num_views=2, size=16, **replication.VIEW_AUGMENTATION)
+    torch.manual_seed(0)
+    pairs = [augmentation(torch.rand(3, 64, 64)) for _ in range(5)]
+    views, params = torch.stack([v for v, _ in pairs]), torch.stack([p for _, p in pairs])
     assert views.shape == (5, 2, 3, 16, 16) and params.shape == (5, 2, 11)
     left, top, width, height = params[..., 0], params[..., 1], params[..., 2], params[..., 3]
-    assert torch.all(width * height >= 0.5 - 1e-6) and torch.all(width <= 1) and torch.all(height <= 1)
+    # Crop boxes are whole pixels of the 64 px image: the area fraction is 0.5-1 up to that rounding.
+    assert torch.all(width * height >= 0.5 - 2 / 64) and torch.all(width <= 1) and torch.all(height <= 1)
     assert torch.all(left + width <= 1 + 1e-6) and torch.all(top + height <= 1 + 1e-6)
+    assert torch.all(params[..., 4] == 0) and torch.all(params[..., 10] == 0)  # no flips, no blur

@@ -12,119 +12,41 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_helpers import (  # tests/ is on sys.path
+    ROOT,
+    TINY_TEXT,
+    TINY_VISION,
+    free_port,
+    losses,
+    train_script,
+    write_config,
+)
 
-from hf_unified.training import synthetic_data
+from hf_unified.training.arguments import TrainArguments
+from hf_unified.training.methods import config_class
+from hf_unified.training.optim import parameter_groups
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("train_script", ROOT / "training" / "train.py")
-train_script = importlib.util.module_from_spec(spec)
-sys.modules["train_script"] = train_script  # dataclasses resolve annotations through sys.modules
-spec.loader.exec_module(train_script)
-
-TINY_VISION = {
-    "model_type": "clip_vision_model",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "patch_size": 8,
-}
-TINY_TEXT = {
-    "model_type": "clip_text_model",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-}
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    # 3 shards: not a multiple of 2, so split_dataset_by_node strides examples and 2 ranks share every batch.
-    return synthetic_data.generate(
-        tmp_path_factory.mktemp("shapes"), num_train=96, num_eval=40, num_train_shards=3, image_size=32
-    )
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
-def write_config(path: Path, shapes: Path, model_type: str = "unicl", **overrides) -> Path:
-    model_config = {"projection_dim": 16, "vision_config": TINY_VISION, "text_config": TINY_TEXT}
-    config = {
-        "model_type": model_type,
-        "model_config": model_config,
-        "tokenizer_vocab_size": 300,
-        "max_text_length": 16,
-        "train_data": [f"{shapes}/train-*.tar", f"{shapes}/train-*.tar"],
-        "label_column": ["cls", "none"],
-        "text_column": ["none", "txt"],
-        "train_probabilities": [0.5, 0.5],
-        "eval_data": f"{shapes}/eval-*.tar",
-        "class_names_file": f"{shapes}/classes.json",
-        "templates": "shapes",
-        "image_size": 32,
-        "resize_ratio": 1.0,
-        "shuffle_buffer_size": 16,
-        "num_workers": 0,
-        "per_device_train_batch_size": 8,
-        "per_device_eval_batch_size": 20,
-        "max_steps": 50,  # the tests override it on the command line
-        "output_dir": str(path / "from-config"),
-        "learning_rate": 1e-3,
-        "warmup_steps": 1,
-        "logging_steps": 1,
-        "disable_tqdm": True,
-        "embedded_data_dir": str(shapes),
-    }
-    if model_type != "unicl":
-        config.update(
-            train_data=[f"{shapes}/train-*.tar"], label_column=["none"], text_column=["txt"], train_probabilities=None
-        )
-    if model_type == "uniclip":
-        model_config["augmentation_hidden_size"] = 16
-        config["augmentation_kwargs"] = {"scale": [0.5, 1.0], "blur_p": 0.0}
-    config.update(overrides)
-    file = path / f"{model_type}.yaml"
-    import yaml
-
-    file.write_text(yaml.safe_dump(config))
-    return file
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def losses(output_dir: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (output_dir / "training_log.jsonl").read_text().splitlines()]
+pytest_plugins = ("training_fixtures",)  # shapes, fresh_accelerate_state
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def test_unicl_end_to_end_and_cli_overrides(tmp_path, shapes, monkeypatch):
     from transformers import AutoModel, AutoProcessor
 
     import hf_unified  # noqa: F401  (registers the Auto classes)
-    from hf_unified import hub
+    from hf_unified.hub import push
 
-    pushed = []
+    pushed, checked = [], []
 
     def fake_push(folder, repo_id, private=False):  # the real upload is tested by the Hub engineer's suite
         pushed.append((Path(folder), repo_id, private, sorted(p.name for p in Path(folder).iterdir())))
         return type("Result", (), {"files": ["config.json"], "repo_url": f"https://hub.test/{repo_id}"})()
 
-    monkeypatch.setattr(hub, "push_folder", fake_push)
+    def fake_check(repo_id, token=None):  # before training: nothing of the run exists yet
+        checked.append((repo_id, (tmp_path / "run" / "training_log.jsonl").exists()))
+
+    monkeypatch.setattr(push, "push_folder", fake_push)
+    monkeypatch.setattr(push, "check_can_push", fake_check, raising=False)
     config = write_config(tmp_path, shapes)
     out = tmp_path / "run"
     result = train_script.main(
@@ -140,6 +62,7 @@ def test_unicl_end_to_end_and_cli_overrides(tmp_path, shapes, monkeypatch):
             "me/unicl-test",
         ]
     )
+    assert checked == [("me/unicl-test", False)]
     assert pushed and pushed[0][:3] == (out, "me/unicl-test", False)
     assert {"README.md", "model.safetensors", "eval_results.json", "config.json"} <= set(pushed[0][3])
     # --max_steps and --output_dir beat the YAML's 50 steps and output folder.
@@ -260,7 +183,8 @@ def test_parameter_groups_exclude_norms_biases_embeddings_temperatures(tmp_path,
     model = UniCLModel(
         UniCLConfig(projection_dim=16, vision_config=TINY_VISION, text_config={**TINY_TEXT, "vocab_size": 50})
     )
-    decay, plain = train_script.parameter_groups(model, 0.1)
+    groups = parameter_groups(model, TrainArguments(weight_decay=0.1))
+    decay, plain = sorted(groups, key=lambda group: -group["weight_decay"])
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
     assert "logit_scale" not in decayed
@@ -277,7 +201,6 @@ def test_shipped_configs_parse_and_build_their_model_config(name):
         ["--config", str(ROOT / "training" / "configs" / f"{name}.yaml"), "--max_steps", "7"]
     )
     assert train_args.max_steps == 7 and model_args.model_type == name.split("-")[0]
-    config_class = train_script._load(train_script.METHODS[model_args.model_type][0])
-    config = config_class(**model_args.model_config)
+    config = config_class(model_args.model_type)(**model_args.model_config)
     assert config.model_type == model_args.model_type
     assert len(data_args.train_data) >= 1

@@ -1,0 +1,463 @@
+"""The trainer's settings: three dataclasses read from a YAML file and the command line.
+
+`--config file.yaml` gives values for any field below; flags given on the command line override them. Every YAML
+value is checked against its field's type here, so a mistake names the file and the key (not the flag it became),
+and a per-source list that no longer matches `train_data` says which lists disagree and where each came from.
+
+This module imports only the standard library, PyYAML and transformers' `HfArgumentParser` (no torch, no models):
+`training/train.py` loads it before anything heavy, so a typo in a flag ends in well under two seconds.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+from transformers.hf_argparser import HfArgumentParser
+
+# Options of `DataArguments` that take one value for every training source or one value per source.
+PER_SOURCE_FIELDS = ("train_format", "image_column", "text_column", "label_column", "train_probabilities")
+GRADIENT_ACCUMULATION_MODES = ("micro_batch",)
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message names it, where it came from, and what is expected."""
+
+
+def _mapping(name: str, value) -> dict:
+    """A mapping option: a YAML mapping, or a JSON object on the command line."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{name} must be a JSON object on the command line: {error}") from None
+    if not isinstance(value or {}, dict):
+        raise ConfigError(f"{name} must be a mapping, got {type(value).__name__}")
+    return dict(value or {})
+
+
+@dataclass
+class ModelArguments:
+    model_type: str = field(
+        default="unicl", metadata={"help": "registered model type (unicl | uniclip | msclip): the model and objective"}
+    )
+    model_config: dict | str | None = field(
+        default=None, metadata={"help": "config kwargs of the method (YAML mapping, or JSON on the command line)"}
+    )
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "continue from a saved hf-unified model folder or Hub id"}
+    )
+    init_from_clip: str | None = field(
+        default=None,
+        metadata={"help": "start from a transformers CLIPModel folder or Hub id (model_class.from_clip)"},
+    )
+    vision_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "start from a pretrained vision tower (with text_model_name_or_path; fresh projections)"},
+    )
+    text_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "start from a pretrained text tower (with vision_model_name_or_path)"}
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "tokenizer folder or Hub id; default: the starting checkpoint's, else a BPE trained here"},
+    )
+    tokenizer_vocab_size: int = field(default=512, metadata={"help": "size of the trained caption tokenizer"})
+    tokenizer_train_samples: int = field(default=2000, metadata={"help": "training texts used to fit it"})
+    max_text_length: int = field(default=32, metadata={"help": "tokens per caption (truncation)"})
+
+    def __post_init__(self):
+        self.model_config = _mapping("model_config", self.model_config)
+        if bool(self.vision_model_name_or_path) != bool(self.text_model_name_or_path):
+            raise ConfigError("give vision_model_name_or_path and text_model_name_or_path together")
+        starts = [
+            name
+            for name in ("model_name_or_path", "init_from_clip", "vision_model_name_or_path")
+            if getattr(self, name)
+        ]
+        if len(starts) > 1:
+            raise ConfigError(f"choose one starting point, got {starts}")
+
+    @property
+    def pretrained_start(self) -> str | None:
+        """The checkpoint this run starts from (for the model card's `base_model`), if it is a single one."""
+        return self.model_name_or_path or self.init_from_clip
+
+
+@dataclass
+class DataArguments:
+    train_data: list[str] = field(
+        default_factory=lambda: ["data/shapes/train-*.tar"],
+        metadata={"help": "sources: .tar shards (dir/glob), .parquet files, an imagefolder dir, or a Hub id"},
+    )
+    train_format: list[str] | None = field(
+        default=None, metadata={"help": "per source: webdataset|parquet|imagefolder|hub"}
+    )
+    train_split: str = field(default="train", metadata={"help": "split of Hub/imagefolder training sources"})
+    image_column: list[str] = field(default_factory=lambda: ["jpg"], metadata={"help": "per source (or one for all)"})
+    text_column: list[str] = field(default_factory=lambda: ["txt"], metadata={"help": "per source; 'none' = no text"})
+    label_column: list[str] = field(
+        default_factory=lambda: ["none"], metadata={"help": "per source; 'none' = no label"}
+    )
+    train_probabilities: list[float] | None = field(default=None, metadata={"help": "mixing weights of the sources"})
+    eval_data: str | None = field(default="data/shapes/eval-*.tar", metadata={"help": "evaluation source; '' = none"})
+    eval_format: str | None = None
+    eval_split: str = "validation"
+    eval_image_column: str = "jpg"
+    eval_text_column: str = field(default="txt", metadata={"help": "'none' = zero-shot only (no retrieval)"})
+    eval_label_column: str = field(default="cls", metadata={"help": "'none' = retrieval only"})
+    eval_max_samples: int | None = field(default=None, metadata={"help": "cap the evaluation set (per rank)"})
+    class_names_file: str | None = field(
+        default="data/shapes/classes.json",
+        metadata={
+            "help": "JSON list (entries may be synonym lists) or text file (one class a line, synonyms by commas)"
+        },
+    )
+    templates: str = field(
+        default="unicl", metadata={"help": "prompts for labelled training data: unicl|openai|shapes|name|<file.json>"}
+    )
+    eval_templates: str | None = field(default=None, metadata={"help": "zero-shot prompts; default: templates"})
+    map_captions_to_labels: bool = field(
+        default=False,
+        metadata={"help": "captions naming exactly one class (names+synonyms, whole words) take its label"},
+    )
+    label_vocabulary_file: str | None = field(
+        default=None, metadata={"help": "names+synonyms; default class_names_file"}
+    )
+    shuffle_buffer_size: int = 1000
+    num_workers: int = field(default=2, metadata={"help": "DataLoader workers decoding and augmenting"})
+    max_skipped_fraction: float = field(
+        default=0.1,
+        metadata={"help": "stop when more than this share of the samples read were skipped as damaged (1 = never)"},
+    )
+    skipped_check_after: int = field(
+        default=1000, metadata={"help": "samples read (over all ranks) before max_skipped_fraction applies"}
+    )
+    image_size: int = field(
+        default=224, metadata={"help": "training crop of a model built here (a pretrained start uses its processor's)"}
+    )
+    resize_ratio: float = field(
+        default=256 / 224, metadata={"help": "evaluation resize = image_size * ratio, then centre crop"}
+    )
+    crop_scale_min: float = field(
+        default=0.5,
+        metadata={"help": "random-resized-crop area range [min, 1] (single view); 1 = resize + centre crop"},
+    )
+    horizontal_flip: bool = field(default=False, metadata={"help": "off by default: captions may say left/right"})
+    augmentation_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "MultiViewAugmentation kwargs (methods that train on views)"}
+    )
+    embedded_data_dir: str = field(default="data/shapes", metadata={"help": "generated here when a source uses it"})
+
+    def __post_init__(self):
+        self.augmentation_kwargs = _mapping("augmentation_kwargs", self.augmentation_kwargs)
+        if not self.train_data:
+            raise ConfigError("train_data is empty: give at least one source")
+        if not 0.0 <= self.max_skipped_fraction <= 1.0:
+            raise ConfigError(f"max_skipped_fraction must be in [0, 1], got {self.max_skipped_fraction}")
+
+
+@dataclass
+class TrainArguments:
+    output_dir: str = "outputs/run"
+    per_device_train_batch_size: int = 64
+    per_device_eval_batch_size: int = 128
+    max_steps: int = 1000
+    stop_at_step: int = field(
+        default=0,
+        metadata={
+            "help": "end this run after this step, checkpointed, without changing the schedule "
+            "(time-limited jobs; resume later with --resume_from_checkpoint latest)"
+        },
+    )
+    learning_rate: float = field(default=5e-4, metadata={"help": "peak learning rate (of the towers, see below)"})
+    lr_scheduler_type: str = field(
+        default="cosine", metadata={"help": "a transformers scheduler: cosine, linear, constant_with_warmup, ..."}
+    )
+    warmup_steps: int = 100
+    weight_decay: float = field(
+        default=0.1, metadata={"help": "AdamW decay of the weight matrices (none on norms, biases, embeddings)"}
+    )
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    adam_epsilon: float = 1e-6
+    optimizer_implementation: str = field(
+        default="default",
+        metadata={
+            "help": "AdamW kernel: default (torch picks), foreach or fused",
+            "choices": ["default", "foreach", "fused"],
+        },
+    )
+    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm; 0 = no clipping"})
+    max_consecutive_nonfinite_steps: int = field(
+        default=5,
+        metadata={"help": "stop after this many steps in a row with a non-finite loss or gradient (each is skipped)"},
+    )
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    gradient_accumulation_mode: str = field(
+        default="micro_batch",
+        metadata={
+            "help": "micro_batch: each micro-batch's loss sees only its own negatives",
+            "choices": list(GRADIENT_ACCUMULATION_MODES),
+        },
+    )
+    # Fine-tuning controls (issue 15): which parameters train, and at which learning rate.
+    freeze_vision_tower: bool = field(
+        default=False, metadata={"help": "freeze the image tower's embeddings and blocks (its head still trains)"}
+    )
+    freeze_text_tower: bool = field(
+        default=False, metadata={"help": "freeze the text tower's embeddings and blocks (its head still trains)"}
+    )
+    lock_image_tower: bool = field(
+        default=False,
+        metadata={"help": "LiT: freeze everything the image features depend on, projection included, in eval mode"},
+    )
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "learning rate of the heads (final norms, projections, temperatures); default learning_rate"
+        },
+    )
+    layerwise_lr_decay: float = field(
+        default=1.0,
+        metadata={"help": "tower block i of L trains at learning_rate * decay^(L - i), embeddings at decay^(L + 1)"},
+    )
+    mixed_precision: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (bf16 on GPU, fp32 on CPU) | no | bf16 | fp16",
+            "choices": ["auto", "no", "bf16", "fp16"],
+        },
+    )
+    gradient_checkpointing: bool = False
+    use_cpu: bool = field(default=False, metadata={"help": "train on the CPU even when a GPU is present"})
+    torch_compile: bool = False
+    max_logit_scale: float = field(default=100.0, metadata={"help": "clamp exp(logit_scale) after each step; 0 = off"})
+    seed: int = 0
+    logging_steps: int = field(
+        default=10, metadata={"help": "a log record (and, off a terminal, a line) every N steps"}
+    )
+    eval_steps: int = field(default=0, metadata={"help": "evaluate every N steps (0 = only at the end)"})
+    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = never)"})
+    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept (0 = all)"})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder or 'latest'"})
+    do_eval: bool = True
+    report_to: list[str] | None = field(
+        default=None, metadata={"help": "accelerate trackers: tensorboard, trackio, ..."}
+    )
+    project_name: str = "hf-unified"
+    push_to_hub: bool = field(default=False, metadata={"help": "upload the final folder (checked before training)"})
+    hub_model_id: str | None = None
+    hub_private: bool = False
+    export_clip: str | None = field(
+        default=None, metadata={"help": "also write the final model as a transformers CLIPModel folder here"}
+    )
+    disable_tqdm: bool = field(default=False, metadata={"help": "log lines instead of a bar even on a terminal"})
+
+    def __post_init__(self):
+        if self.push_to_hub and not self.hub_model_id:
+            raise ConfigError("--push_to_hub needs --hub_model_id ORG/NAME")
+        for name in ("max_steps", "logging_steps", "gradient_accumulation_steps", "max_consecutive_nonfinite_steps"):
+            minimum = 0 if name == "max_steps" else 1
+            if getattr(self, name) < minimum:
+                raise ConfigError(f"{name} must be at least {minimum}, got {getattr(self, name)}")
+        if not 0.0 < self.layerwise_lr_decay <= 1.0:
+            raise ConfigError(f"layerwise_lr_decay must be in (0, 1], got {self.layerwise_lr_decay}")
+
+    @property
+    def needs_parameter_roles(self) -> bool:
+        """Whether a fine-tuning control needs to know which tower and depth each parameter has."""
+        return (
+            self.freeze_vision_tower
+            or self.freeze_text_tower
+            or self.lock_image_tower
+            or self.head_learning_rate is not None
+            or self.layerwise_lr_decay != 1.0
+        )
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments)
+
+
+def build_parser() -> HfArgumentParser:
+    parser = HfArgumentParser(
+        ARGUMENT_CLASSES, allow_abbrev=False, usage="%(prog)s --config FILE.yaml [--OPTION VALUE ...]  (all: --help)"
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        help="YAML file holding values for any option below; options given on the command line override it",
+    )
+    return parser
+
+
+def _allows_none(annotation) -> bool:
+    return type(None) in typing.get_args(annotation)
+
+
+def _describe(annotation) -> str:
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    options = [option for option in options or (annotation,) if option is not type(None)]
+    words = []
+    for option in options:
+        if typing.get_origin(option) is list:
+            words.append(f"a list of {typing.get_args(option)[0].__name__} (or one value)")
+        elif option is dict:
+            words.append("a mapping")
+        elif option is str:
+            words.append("a string")
+        else:
+            words.append(f"{'an' if option is int else 'a'} {option.__name__}")
+    return " or ".join(words) + (" or null" if _allows_none(annotation) else "")
+
+
+def _convert(value, option) -> tuple[bool, object]:
+    """(accepted, converted) for one non-None type option."""
+    if typing.get_origin(option) is list:
+        item_type = typing.get_args(option)[0]
+        converted = [_convert(item, item_type) for item in (value if isinstance(value, list) else [value])]
+        return all(ok for ok, _ in converted), [item for _, item in converted]
+    if option is bool:
+        return isinstance(value, bool), value
+    if option is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if option is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str):  # PyYAML reads "1e-3" (no dot) as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return False, value
+    if option in (str, dict):
+        return isinstance(value, option), value
+    return True, value
+
+
+def check_config_value(source: str, key: str, value, annotation, choices=None):
+    """Returns `value` converted to the field's type, or raises `ConfigError` naming `source` and `key`."""
+    if value is None and _allows_none(annotation):
+        return None
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    for option in [o for o in options or (annotation,) if o is not type(None)]:
+        accepted, converted = _convert(value, option)
+        if accepted:
+            if choices is not None and converted not in choices:
+                raise ConfigError(f"{source}: {key} must be one of {list(choices)}, got {converted!r}")
+            return converted
+    raise ConfigError(f"{source}: {key} must be {_describe(annotation)}, got {value!r} ({type(value).__name__})")
+
+
+def load_config_file(path: str) -> dict:
+    """The YAML file's values, each checked against its field; unknown keys and wrong types are a `ConfigError`."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: must hold a mapping of option: value, got {type(values).__name__}")
+    known = {f.name: (cls, f) for cls in ARGUMENT_CLASSES for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        hints = [
+            f"{key} (did you mean {close[0]}?)"
+            for key in unknown
+            if (close := difflib.get_close_matches(key, known, 1))
+        ]
+        raise ConfigError(f"{path}: unknown keys {unknown}" + (f"; {', '.join(hints)}" if hints else ""))
+    checked = {}
+    for key, value in values.items():
+        cls, spec = known[key]
+        annotation = typing.get_type_hints(cls)[key]
+        checked[key] = check_config_value(path, key, value, annotation, spec.metadata.get("choices"))
+    return checked
+
+
+def _command_line_keys(argv: list[str]) -> set[str]:
+    return {token[2:].split("=", 1)[0].replace("-", "_") for token in argv if token.startswith("--")}
+
+
+def check_per_source_lengths(data_args: DataArguments, origins: dict[str, str]) -> None:
+    """Every per-source option has one value or one value per `train_data` source; otherwise say which lists
+    disagree and where each one was set."""
+    count = len(data_args.train_data)
+    wrong = [
+        name
+        for name in PER_SOURCE_FIELDS
+        if getattr(data_args, name) is not None and len(getattr(data_args, name)) not in (1, count)
+    ]
+    if not wrong:
+        return
+    where = lambda name: origins.get(name, "default")  # noqa: E731
+    listed = ", ".join(f"{name} has {len(getattr(data_args, name))} values ({where(name)})" for name in wrong)
+    example = " ".join(f"--{name} ..." for name in wrong)
+    raise ConfigError(
+        f"train_data has {count} source{'s' * (count != 1)} ({where('train_data')}) but {listed}: per-source "
+        f"options take one value for all sources or one per source, in the order of train_data; give them together "
+        f"with train_data, e.g. {example}"
+    )
+
+
+def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainArguments]:
+    """`--config file.yaml` gives the values, other flags override them.
+
+    Raises:
+        ConfigError: a YAML key is unknown or has the wrong type, a value is out of range, or the per-source lists do
+            not match `train_data`. (Unknown flags and command-line type errors exit through argparse, status 2.)
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    config_path = parser.parse_known_args(argv)[0].config
+    origins = {}
+    if config_path is not None:
+        values = load_config_file(config_path)
+        parser.set_defaults(**values)
+        origins.update(dict.fromkeys(values, config_path))
+    origins.update(dict.fromkeys(_command_line_keys(argv), "command line"))
+    *arguments, remaining = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True, look_for_args_file=False
+    )
+    if remaining:
+        flags = [token.split("=", 1)[0] for token in remaining if token.startswith("-")]
+        options = [option for action in parser._actions for option in action.option_strings]
+        hints = [
+            f"{flag} (did you mean {close[0]}?)"
+            for flag in flags
+            if (close := difflib.get_close_matches(flag, options, 1))
+        ]
+        parser.error(f"unrecognized arguments: {' '.join(remaining)}" + (f"; {', '.join(hints)}" if hints else ""))
+    model_args, data_args, train_args = arguments[:3]
+    check_per_source_lengths(data_args, origins)
+    return model_args, data_args, train_args
+
+
+def flat_arguments(*arguments) -> dict:
+    """All fields of the given dataclasses in one dict (for `training_args.json`, trackers and the model card)."""
+    return {f.name: getattr(args, f.name) for args in arguments for f in fields(args)}
+
+
+__all__ = [
+    "ARGUMENT_CLASSES",
+    "ConfigError",
+    "DataArguments",
+    "GRADIENT_ACCUMULATION_MODES",
+    "ModelArguments",
+    "PER_SOURCE_FIELDS",
+    "TrainArguments",
+    "build_parser",
+    "check_config_value",
+    "check_per_source_lengths",
+    "flat_arguments",
+    "load_config_file",
+    "parse_arguments",
+]

@@ -1,0 +1,352 @@
+"""Resumable training state as JSON and safetensors only: nothing in a checkpoint is ever unpickled.
+
+A checkpoint folder `checkpoint-<step>/` holds exactly these files (anything else makes resuming refuse):
+
+    trainer_state.json                the step, the world size, the run's counters, this list of files
+    model.safetensors                 the model's weights
+    optimizer.safetensors             the optimizer's tensors (`state.<parameter index>.<name>`)
+    optimizer.json                    its parameter groups and non-tensor state
+    scheduler.json                    the learning-rate scheduler's `state_dict`
+    scaler.json                       the fp16 gradient scaler's state (fp16 runs only)
+    rng_state_rank<r>.safetensors     rank r's torch (CPU and CUDA) generator states
+    rng_state_rank<r>.json            rank r's Python and NumPy generator states
+    data_state_rank<r>.json           rank r's data-stream position and data counters
+
+Writing goes to a temporary folder beside the checkpoint and ends with one rename (`atomic.commit_folder`).
+Reading parses every file first (JSON with `json`, safetensors headers with `safetensors`) and applies nothing
+until all of them are valid, so a damaged or foreign checkpoint is refused with one line and the run's state is
+untouched. accelerate's `save_state` / `load_state` are not used: they pickle the registered scheduler
+(`custom_checkpoint_0.pkl`) and the random states, and unpickle them on resume.
+
+Model and optimizer are saved from the main process (they are replicated in single-process and DDP training).
+Sharded (FSDP, DeepSpeed) state needs its own writer and is refused here with a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate.utils import DistributedType
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from .atomic import commit_folder, staging_path
+
+FORMAT = "hf-unified-trainer-checkpoint"
+FORMAT_VERSION = 1
+TRAINER_STATE = "trainer_state.json"
+SHARED_FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json")
+RANK_FILES = ("rng_state_rank{rank}.safetensors", "rng_state_rank{rank}.json", "data_state_rank{rank}.json")
+SCALER_FILE = "scaler.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder cannot be resumed from; the one-line message says which file and why."""
+
+
+def checkpoint_files(world_size: int, with_scaler: bool) -> list[str]:
+    names = [TRAINER_STATE, *SHARED_FILES, *([SCALER_FILE] if with_scaler else [])]
+    return names + [pattern.format(rank=rank) for rank in range(world_size) for pattern in RANK_FILES]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# State <-> files
+
+
+def _write_json(path: Path, value) -> None:
+    try:
+        text = json.dumps(value, indent=1, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"cannot write {path.name}: the state is not plain JSON ({error})") from None
+    path.write_text(text, encoding="utf-8")
+
+
+def optimizer_files(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """`optimizer.state_dict()` -> (tensors for safetensors, the rest as JSON)."""
+    tensors, other = {}, {}
+    for index, values in state_dict["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                other.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "state": other}
+
+
+def optimizer_state_dict(tensors: dict[str, torch.Tensor], meta: dict, current_groups: list[dict]) -> dict:
+    """The inverse of `optimizer_files`; list values become tuples where the current groups hold tuples (betas)."""
+    state: dict[int, dict] = {}
+    for key, tensor in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = tensor
+    for index, values in meta["state"].items():
+        state.setdefault(int(index), {}).update(values)
+    groups = []
+    for saved, current in zip(meta["param_groups"], current_groups):
+        groups.append(
+            {k: tuple(v) if isinstance(current.get(k), tuple) and isinstance(v, list) else v for k, v in saved.items()}
+        )
+    return {"state": state, "param_groups": groups}
+
+
+def rng_files() -> tuple[dict[str, torch.Tensor], dict]:
+    """This process's generator states: torch (CPU, every initialised CUDA device), Python, NumPy."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors.update({f"cuda.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
+    version, internal, gauss = random.getstate()
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
+    return tensors, {"python": [version, list(internal), gauss], "numpy": numpy_state}
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[f"cuda.{i}"] for i in range(len(tensors) - 1)]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = dict(meta["numpy"])
+    numpy_state["state"] = {**numpy_state["state"], "key": np.asarray(numpy_state["state"]["key"], dtype=np.uint32)}
+    np.random.set_state(numpy_state)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _check_replicated(accelerator) -> None:
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise CheckpointError(
+            f"checkpoints of {accelerator.distributed_type.value} (sharded) training are not supported by this "
+            "writer yet: train without --save_steps, or with DDP"
+        )
+
+
+def write_checkpoint(
+    output_dir: Path,
+    step: int,
+    *,
+    accelerator,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    trainer_state: dict,
+    rank_state: dict,
+    keep: int = 0,
+) -> Path:
+    """Writes `output_dir/checkpoint-<step>` atomically (every rank writes its own files; collective).
+
+    Args:
+        model: the unwrapped model.
+        trainer_state: JSON-able run state shared by the ranks (counters, ...), written by the main process.
+        rank_state: JSON-able state of this rank (data-stream position, data counters).
+        keep: checkpoints to keep, the newest (0 = all).
+    """
+    _check_replicated(accelerator)
+    final = Path(output_dir) / f"checkpoint-{step}"
+    temporary = staging_path(final)
+    if accelerator.is_main_process:
+        if temporary.exists():
+            shutil.rmtree(temporary)
+        temporary.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    rank = accelerator.process_index
+    tensors, meta = rng_files()
+    save_file(tensors, temporary / f"rng_state_rank{rank}.safetensors")
+    _write_json(temporary / f"rng_state_rank{rank}.json", meta)
+    _write_json(temporary / f"data_state_rank{rank}.json", rank_state)
+    if accelerator.is_main_process:
+        save_model(model, str(temporary / "model.safetensors"), metadata={"format": "pt"})
+        tensors, meta = optimizer_files(optimizer.state_dict())
+        save_file(tensors, temporary / "optimizer.safetensors")
+        _write_json(temporary / "optimizer.json", meta)
+        _write_json(temporary / "scheduler.json", scheduler.state_dict())
+        if accelerator.scaler is not None:
+            _write_json(temporary / SCALER_FILE, accelerator.scaler.state_dict())
+        files = checkpoint_files(accelerator.num_processes, accelerator.scaler is not None)
+        header = {"format": FORMAT, "version": FORMAT_VERSION, "step": step}
+        _write_json(
+            temporary / TRAINER_STATE,
+            {**header, "world_size": accelerator.num_processes, "files": files, **trainer_state},
+        )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        commit_folder(temporary, final)
+        if keep > 0:
+            for old in list_checkpoints(output_dir)[:-keep]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """`checkpoint-<step>` folders of `output_dir`, oldest first."""
+    found = [
+        (int(path.name.split("-", 1)[1]), path)
+        for path in Path(output_dir).glob("checkpoint-*")
+        if path.is_dir() and path.name.split("-", 1)[1].isdigit()
+    ]
+    return [path for _, path in sorted(found)]
+
+
+def find_checkpoint(output_dir: Path, spec: str) -> Path | None:
+    """A checkpoint folder, or with `spec="latest"` the newest one of `output_dir` (None if there is none)."""
+    if spec != "latest":
+        path = Path(spec)
+        if not path.is_dir():
+            raise CheckpointError(f"resume_from_checkpoint: {spec} is not a checkpoint folder")
+        return path
+    checkpoints = list_checkpoints(output_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def _read_json(folder: Path, name: str) -> dict:
+    path = folder / name
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"cannot resume from {folder}: {name} is not a JSON file ({error})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"cannot resume from {folder}: {name} must hold a JSON object")
+    return value
+
+
+def _safetensors_keys(folder: Path, name: str) -> list[str]:
+    try:
+        with safe_open(str(folder / name), framework="pt") as handle:
+            return list(handle.keys())
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"cannot resume from {folder}: {name} is not a safetensors file ({error})") from None
+
+
+def _load_tensors(folder: Path, name: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(folder / name))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"cannot resume from {folder}: {name} is not a safetensors file ({error})") from None
+
+
+@dataclass
+class Checkpoint:
+    """A validated checkpoint: every file parsed, nothing applied yet (`restore` does)."""
+
+    folder: Path
+    step: int
+    trainer_state: dict
+    rank_state: dict
+    optimizer_tensors: dict[str, torch.Tensor]
+    optimizer_meta: dict
+    scheduler_state: dict
+    scaler_state: dict | None
+    rng_tensors: dict[str, torch.Tensor]
+    rng_meta: dict
+
+
+def read_checkpoint(folder: Path, rank: int, world_size: int) -> Checkpoint:
+    """Parses and checks every file of `folder` for this rank; raises `CheckpointError` (one line) on anything
+    that is not what this trainer writes."""
+    folder = Path(folder)
+    if not (folder / TRAINER_STATE).is_file():
+        raise CheckpointError(
+            f"cannot resume from {folder}: it has no {TRAINER_STATE} (not a checkpoint of this trainer)"
+        )
+    state = _read_json(folder, TRAINER_STATE)
+    if state.get("format") != FORMAT or state.get("version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"cannot resume from {folder}: {TRAINER_STATE} is not a {FORMAT} version {FORMAT_VERSION} state"
+        )
+    if state.get("world_size") != world_size:
+        raise CheckpointError(
+            f"cannot resume from {folder}: it was written by {state.get('world_size')} processes, this run has "
+            f"{world_size} (resume with the number of processes it was saved with)"
+        )
+    expected = checkpoint_files(world_size, with_scaler=(folder / SCALER_FILE).exists())
+    present = sorted(path.name for path in folder.iterdir())
+    foreign = sorted(set(present) - set(expected))
+    if foreign:
+        raise CheckpointError(
+            f"cannot resume from {folder}: it holds {foreign}, which this trainer never writes (its checkpoints are "
+            "JSON and safetensors files only, never unpickled); remove them or resume from another checkpoint"
+        )
+    missing = sorted(set(expected) - set(present))
+    if missing or sorted(state.get("files", [])) != sorted(expected):
+        raise CheckpointError(
+            f"cannot resume from {folder}: incomplete checkpoint (missing {missing or state.get('files')})"
+        )
+    for name in expected:
+        if name.endswith(".json") and name != TRAINER_STATE:
+            _read_json(folder, name)
+    _safetensors_keys(folder, "model.safetensors")
+    scaler = _read_json(folder, SCALER_FILE) if (folder / SCALER_FILE).exists() else None
+    checkpoint = Checkpoint(
+        folder=folder,
+        step=int(state["step"]),
+        trainer_state=state,
+        rank_state=_read_json(folder, f"data_state_rank{rank}.json"),
+        optimizer_tensors=_load_tensors(folder, "optimizer.safetensors"),
+        optimizer_meta=_read_json(folder, "optimizer.json"),
+        scheduler_state=_read_json(folder, "scheduler.json"),
+        scaler_state=scaler,
+        rng_tensors=_load_tensors(folder, f"rng_state_rank{rank}.safetensors"),
+        rng_meta=_read_json(folder, f"rng_state_rank{rank}.json"),
+    )
+    for key, needed in (("param_groups", checkpoint.optimizer_meta), ("python", checkpoint.rng_meta)):
+        if key not in needed:
+            raise CheckpointError(f"cannot resume from {folder}: a state file lacks {key!r}")
+    return checkpoint
+
+
+def restore(checkpoint: Checkpoint, *, accelerator, model: torch.nn.Module, optimizer, scheduler) -> None:
+    """Applies a `read_checkpoint` result: weights, optimizer, schedule, gradient scaler and generator states.
+
+    Args:
+        model: the unwrapped model.
+    """
+    _check_replicated(accelerator)
+    folder = checkpoint.folder
+    saved_sizes = [len(group["params"]) for group in checkpoint.optimizer_meta["param_groups"]]
+    current_sizes = [len(group["params"]) for group in optimizer.param_groups]
+    if saved_sizes != current_sizes:
+        raise CheckpointError(
+            f"cannot resume from {folder}: its optimizer has parameter groups of sizes {saved_sizes}, this run's "
+            f"{current_sizes} (resume with the same model and fine-tuning settings)"
+        )
+    try:
+        load_model(model, str(folder / "model.safetensors"), strict=True, device=str(accelerator.device))
+    except (RuntimeError, SafetensorError) as error:
+        reason = " ".join(str(error).split())[:300]
+        raise CheckpointError(
+            f"cannot resume from {folder}: model.safetensors does not fit this model ({reason})"
+        ) from None
+    optimizer.load_state_dict(
+        optimizer_state_dict(checkpoint.optimizer_tensors, checkpoint.optimizer_meta, optimizer.param_groups)
+    )
+    scheduler.load_state_dict(checkpoint.scheduler_state)
+    if checkpoint.scaler_state is not None and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(checkpoint.scaler_state)
+    set_rng_state(checkpoint.rng_tensors, checkpoint.rng_meta)
+
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "FORMAT",
+    "checkpoint_files",
+    "find_checkpoint",
+    "list_checkpoints",
+    "read_checkpoint",
+    "restore",
+    "write_checkpoint",
+]

@@ -1,0 +1,362 @@
+"""From the three argument dataclasses to a ready `Trainer`: tokenizer, model, processor, transforms and streams.
+
+`build_trainer(model_args, data_args, train_args)` is what `training/train.py` runs. A model starts from one of:
+its config (`model_type` + `model_config`, fitted to the tokenizer and the image size), a saved hf-unified folder
+(`model_name_or_path`), a transformers CLIP checkpoint (`init_from_clip`, through the model class's `from_clip`), or
+two pretrained towers (`vision_model_name_or_path` + `text_model_name_or_path`, through
+`from_vision_text_pretrained`). A pretrained start brings its own tokenizer and image processor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+from torchvision.transforms import v2
+from transformers import AutoImageProcessor, AutoModel, AutoProcessor, AutoTokenizer
+
+from .. import prompts
+from . import data as data_lib
+from . import synthetic_data
+from .arguments import DataArguments, ModelArguments, TrainArguments, flat_arguments
+from .engine import build_accelerator
+from .methods import config_class, model_class, num_views, processor_class, trains_with_labels, trains_with_views
+from .trainer import EvaluationData, Trainer, TrainingData
+
+TEMPLATE_SETS = {
+    "unicl": prompts.UNICL_TEMPLATES,
+    "openai": prompts.OPENAI_IMAGENET_TEMPLATES,
+    "shapes": synthetic_data.SHAPES_TEMPLATES,
+    "name": ("{}",),
+}
+
+
+def load_templates(spec: str) -> tuple[str, ...]:
+    """A named template set (`TEMPLATE_SETS`) or a JSON file holding a list of `"...{}..."` strings."""
+    if spec in TEMPLATE_SETS:
+        return tuple(TEMPLATE_SETS[spec])
+    if os.path.isfile(spec):
+        templates = json.loads(Path(spec).read_text())
+        if templates and all(isinstance(t, str) and "{}" in t for t in templates):
+            return tuple(templates)
+    raise ValueError(
+        f"templates must be one of {sorted(TEMPLATE_SETS)} or a JSON list of '{{}}' strings, got {spec!r}"
+    )
+
+
+def _none_if_empty(value):
+    return None if isinstance(value, str) and value.lower() in ("", "none", "null") else value
+
+
+def train_sources(args: DataArguments) -> list[data_lib.SourceSpec]:
+    """One `SourceSpec` per `train_data` entry (per-source lists of one value apply to every source; their lengths
+    were checked when the arguments were parsed)."""
+    count = len(args.train_data)
+
+    def per_source(values, default=None) -> list:
+        values = list(values) if values else [default]
+        return [_none_if_empty(v) for v in (values * count if len(values) == 1 else values)]
+
+    formats, images, texts = per_source(args.train_format), per_source(args.image_column), per_source(args.text_column)
+    labels, weights = per_source(args.label_column), per_source(args.train_probabilities, 1.0)
+    return [
+        data_lib.SourceSpec(path, images[i], texts[i], labels[i], float(weights[i]), formats[i], args.train_split)
+        for i, path in enumerate(args.train_data)
+    ]
+
+
+def eval_source(args: DataArguments) -> data_lib.SourceSpec | None:
+    if not args.eval_data:
+        return None
+    return data_lib.SourceSpec(
+        args.eval_data,
+        args.eval_image_column,
+        _none_if_empty(args.eval_text_column),
+        _none_if_empty(args.eval_label_column),
+        1.0,
+        args.eval_format,
+        args.eval_split,
+    )
+
+
+def ensure_embedded_data(args: DataArguments, accelerator) -> None:
+    """Generates the shapes data when a source points into `embedded_data_dir` and it is not there yet."""
+    paths = list(args.train_data) + [args.eval_data or "", args.class_names_file or ""]
+    root = os.path.normpath(args.embedded_data_dir)
+    if any(os.path.normpath(p).startswith(root) for p in paths if p):
+        with accelerator.main_process_first():
+            if accelerator.is_main_process and not (Path(root) / "info.json").exists():
+                accelerator.print(f"generating the embedded shapes dataset in {root} ...")
+                synthetic_data.ensure_dataset(root)
+
+
+def pretrained_text_source(model_args: ModelArguments) -> str | None:
+    """Where a pretrained start keeps its tokenizer."""
+    return (
+        model_args.tokenizer_name_or_path
+        or model_args.model_name_or_path
+        or model_args.init_from_clip
+        or model_args.text_model_name_or_path
+    )
+
+
+def build_tokenizer(model_args, specs, seed: int, class_names, templates, output_dir: Path, accelerator):
+    """The pretrained start's tokenizer, or a caption BPE trained on the training texts (once, in
+    `output_dir/tokenizer`, on the whole unsplit stream so that every world size trains the same one)."""
+    source = pretrained_text_source(model_args)
+    if source:
+        return AutoTokenizer.from_pretrained(source)
+    from .tokenization import train_caption_tokenizer
+
+    folder = Path(output_dir) / "tokenizer"
+    with accelerator.main_process_first():
+        if accelerator.is_main_process and not (folder / "tokenizer.json").exists():
+            texts = list(data_lib.iter_texts(specs, model_args.tokenizer_train_samples, seed))
+            if class_names:
+                texts += [t.format(name) for names in class_names for name in names for t in templates]
+            tokenizer = train_caption_tokenizer(
+                texts, vocab_size=model_args.tokenizer_vocab_size, model_max_length=model_args.max_text_length
+            )
+            tokenizer.save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def _pretrained_constructor(model_type: str, name: str):
+    cls = model_class(model_type)
+    constructor = getattr(cls, name, None)
+    if constructor is None:
+        raise ValueError(f"{cls.__name__} (model_type {model_type!r}) has no {name}() in this checkout")
+    return constructor
+
+
+def check_starting_point(model_args: ModelArguments) -> None:
+    """Fails early when the model class lacks the constructor a pretrained start needs."""
+    if model_args.init_from_clip:
+        _pretrained_constructor(model_args.model_type, "from_clip")
+    if model_args.vision_model_name_or_path:
+        _pretrained_constructor(model_args.model_type, "from_vision_text_pretrained")
+
+
+def build_model(model_args: ModelArguments, tokenizer, image_size: int) -> torch.nn.Module:
+    """The model from the starting point the arguments name (see the module docstring)."""
+    if model_args.model_name_or_path:
+        return AutoModel.from_pretrained(model_args.model_name_or_path)
+    if model_args.init_from_clip:
+        return _pretrained_constructor(model_args.model_type, "from_clip")(
+            model_args.init_from_clip, **model_args.model_config
+        )
+    if model_args.vision_model_name_or_path:
+        return _pretrained_constructor(model_args.model_type, "from_vision_text_pretrained")(
+            model_args.vision_model_name_or_path, model_args.text_model_name_or_path, **model_args.model_config
+        )
+    kwargs = json.loads(json.dumps(model_args.model_config))  # a deep copy
+    # Fit the text tower to the tokenizer and the image tower to the image size, unless the YAML says otherwise.
+    # Dual encoders hold them in text_config / vision_config; MS-CLIP's single stack holds them at the top level.
+    text = kwargs.get("text_config") if "text_config" in kwargs else kwargs
+    vision = kwargs.get("vision_config") if "vision_config" in kwargs else kwargs
+    if isinstance(text, dict):
+        text.setdefault("vocab_size", len(tokenizer))
+        text.setdefault("max_position_embeddings", model_args.max_text_length)
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if getattr(tokenizer, name, None) is not None:
+                text.setdefault(name, getattr(tokenizer, name))
+    if isinstance(vision, dict):
+        vision.setdefault("image_size", image_size)
+    return AutoModel.from_config(config_class(model_args.model_type)(**kwargs))
+
+
+def build_processor(model, tokenizer, model_args: ModelArguments, data_args: DataArguments):
+    """A saved model keeps its processor; a pretrained start uses its checkpoint's image processor; a model built
+    here gets its method's evaluation preprocessing at `image_size` (resize by `resize_ratio`, centre crop)."""
+    if model_args.model_name_or_path:
+        return AutoProcessor.from_pretrained(model_args.model_name_or_path)
+    cls = processor_class(model.config)
+    image_source = model_args.init_from_clip or model_args.vision_model_name_or_path
+    if image_source:
+        return cls(image_processor=AutoImageProcessor.from_pretrained(image_source), tokenizer=tokenizer)
+    size = data_args.image_size
+    image_processor = cls.default_image_processor(size)
+    image_processor.size = {"shortest_edge": max(size, round(size * data_args.resize_ratio))}
+    image_processor.crop_size = {"height": size, "width": size}
+    return cls(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def processor_image_size(image_processor) -> int:
+    """The side of the images the processor prepares (its crop, else its resize)."""
+    size = (
+        image_processor.crop_size if getattr(image_processor, "do_center_crop", False) else None
+    ) or image_processor.size
+    return int(size.get("height") or size.get("shortest_edge"))
+
+
+class ProcessorTransform:
+    """Evaluation images go through the saved processor's own preprocessing (what inference will use)."""
+
+    def __init__(self, image_processor):
+        self.image_processor = image_processor
+
+    def __call__(self, image):
+        return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
+def train_transform(config, data_args: DataArguments, image_processor, image_size: int):
+    """The training augmentation: the method's views with their parameters when its config trains on views,
+    otherwise a random resized crop (or resize + centre crop) and an optional flip; the processor's mean/std."""
+    mean, std = list(image_processor.image_mean), list(image_processor.image_std)
+    if trains_with_views(config):
+        from .augmentation import MultiViewAugmentation
+
+        kwargs = {
+            "num_views": num_views(config),
+            "size": image_size,
+            "image_mean": mean,
+            "image_std": std,
+            "flip_p": 0.5 if data_args.horizontal_flip else 0.0,
+        }
+        return MultiViewAugmentation(**{**kwargs, **data_args.augmentation_kwargs})
+    if data_args.crop_scale_min >= 1.0:
+        steps = [v2.ToImage(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+    else:
+        steps = [v2.ToImage(), v2.RandomResizedCrop(image_size, scale=(data_args.crop_scale_min, 1.0), antialias=True)]
+    if data_args.horizontal_flip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+def take_samples(loader, limit: int):
+    """Stops an evaluation loader after about `limit` examples on this rank."""
+    seen = 0
+    for batch in loader:
+        if seen >= limit:
+            break
+        seen += len(batch.get("input_ids", ())) + batch["num_skipped"]
+        yield batch
+
+
+def fit_text_length(model, tokenizer, max_text_length: int) -> int:
+    """Makes the tokenizer (saved with the model) truncate at the text tower's positions, and returns the training
+    truncation: `max_text_length`, or fewer tokens if the tower has fewer positions."""
+    positions = getattr(getattr(model.config, "text_config", None), "max_position_embeddings", None)
+    if positions is None:
+        return max_text_length
+    tokenizer.model_max_length = positions
+    return min(max_text_length, positions)
+
+
+def build_evaluation(spec, processor, class_names, templates, text_length, data_args, train_args, accelerator):
+    def loader():
+        batches = data_lib.eval_dataloader(
+            spec,
+            data_lib.DecodeConfig(ProcessorTransform(processor.image_processor), class_names, templates),
+            processor.tokenizer,
+            text_length,
+            train_args.per_device_eval_batch_size,
+            accelerator.process_index,
+            accelerator.num_processes,
+            data_args.num_workers,
+        )
+        return take_samples(batches, data_args.eval_max_samples) if data_args.eval_max_samples else batches
+
+    return EvaluationData(loader, class_names, templates, retrieval=spec.text_column is not None)
+
+
+def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_args: TrainArguments) -> Trainer:
+    """Everything `training/train.py` runs, from its three argument dataclasses."""
+    check_starting_point(model_args)
+    accelerator = build_accelerator(train_args)
+    set_seed(train_args.seed)
+    output_dir = Path(train_args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ensure_embedded_data(data_args, accelerator)
+
+    # Data first: a wrong column or path fails here, before anything is built or trained.
+    specs = train_sources(data_args)
+    stream = data_lib.build_stream(
+        specs, train_args.seed, accelerator.process_index, accelerator.num_processes, data_args.shuffle_buffer_size
+    )
+    spec = eval_source(data_args) if train_args.do_eval else None
+    if spec is not None:
+        data_lib.open_source(spec)
+    class_names = data_lib.load_class_names(data_args.class_names_file)
+    templates = load_templates(data_args.templates)
+    eval_templates = load_templates(data_args.eval_templates or data_args.templates)
+    if any(s.text_column is None for s in specs) and not class_names:
+        raise ValueError("a source without text_column needs class_names_file to build its prompts")
+    vocabulary = None
+    if data_args.map_captions_to_labels:
+        names = data_lib.load_class_names(data_args.label_vocabulary_file) or class_names
+        if not names:
+            raise ValueError("map_captions_to_labels needs label_vocabulary_file or class_names_file")
+        vocabulary = data_lib.LabelVocabulary(names)
+
+    tokenizer = build_tokenizer(
+        model_args, specs, train_args.seed, class_names, templates + eval_templates, output_dir, accelerator
+    )
+    model = build_model(model_args, tokenizer, data_args.image_size)
+    model_args.model_type = model.config.model_type  # a loaded model decides the method
+    text_length = fit_text_length(model, tokenizer, model_args.max_text_length)
+    processor = build_processor(model, tokenizer, model_args, data_args)
+    image_size = processor_image_size(processor.image_processor)
+    if image_size != data_args.image_size:
+        accelerator.print(f"training at {image_size} pixels, the size of the starting model's processor")
+    decode = data_lib.DecodeConfig(
+        image_transform=train_transform(model.config, data_args, processor.image_processor, image_size),
+        class_names=class_names,
+        templates=templates,
+        label_vocabulary=vocabulary,
+        with_labels=trains_with_labels(model.config),
+        multi_view=trains_with_views(model.config),
+    )
+    train_stream = data_lib.TrainStream(
+        stream,
+        decode,
+        tokenizer,
+        text_length,
+        train_args.per_device_train_batch_size,
+        train_args.seed,
+        accelerator.process_index,
+    )
+    evaluation = None
+    if spec is not None:
+        evaluation = build_evaluation(
+            spec, processor, class_names, eval_templates, text_length, data_args, train_args, accelerator
+        )
+    data = TrainingData(
+        train_stream,
+        num_workers=data_args.num_workers,
+        evaluation=evaluation,
+        max_skipped_fraction=data_args.max_skipped_fraction,
+        skipped_check_after=data_args.skipped_check_after,
+    )
+    return Trainer(
+        model,
+        processor,
+        train_args,
+        data,
+        accelerator=accelerator,
+        run_arguments=flat_arguments(model_args, data_args, train_args),
+        base_model=model_args.pretrained_start,
+    )
+
+
+__all__ = [
+    "ProcessorTransform",
+    "TEMPLATE_SETS",
+    "build_evaluation",
+    "build_model",
+    "build_processor",
+    "build_tokenizer",
+    "build_trainer",
+    "check_starting_point",
+    "ensure_embedded_data",
+    "fit_text_length",
+    "eval_source",
+    "load_templates",
+    "processor_image_size",
+    "take_samples",
+    "train_sources",
+    "train_transform",
+]

@@ -1,0 +1,115 @@
+"""AdamW parameter groups and the learning-rate schedule.
+
+Weight decay applies to weight matrices only: not to norms, biases, embedding tables or temperatures (as in CLIP
+and open_clip). With the fine-tuning controls each group also carries its learning rate: the towers train at
+`learning_rate`, scaled by `layerwise_lr_decay ** (L + 1 - depth)` for a parameter at `depth` of a tower of `L`
+blocks (BEiT's layer-wise decay: the heads at full rate, the embeddings at `decay ** (L + 1)`), and the heads (see
+`finetuning.ParameterRole.is_head`) at `head_learning_rate`. Every group records its `lr_scale` (its learning rate
+over `learning_rate`), so the logged rate is the schedule's base value whatever the groups.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from transformers import get_scheduler
+
+from .finetuning import ParameterRole
+
+_NO_DECAY_MODULES = (torch.nn.LayerNorm, torch.nn.Embedding, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm)
+_NO_DECAY_NAMES = re.compile(r"(logit_scale|logit_offset|logit_bias|temperature|position_embedding|class_embedding)")
+
+
+def no_weight_decay_names(model: torch.nn.Module) -> set[str]:
+    """Parameters without weight decay: 0/1-d tensors, norms, embedding tables and temperatures."""
+    names = set()
+    for module_name, module in model.named_modules():
+        if isinstance(module, _NO_DECAY_MODULES) or "norm" in type(module).__name__.lower():
+            names.update(f"{module_name}.{n}" if module_name else n for n, _ in module.named_parameters(recurse=False))
+    for name, parameter in model.named_parameters():
+        owner = name.split(".")[-2] if "." in name else name
+        if parameter.ndim < 2 or "embed" in owner or _NO_DECAY_NAMES.search(name):
+            names.add(name)
+    return names
+
+
+def learning_rate_scale(role: ParameterRole | None, args) -> float:
+    """A parameter's learning rate over `args.learning_rate` (see the module docstring)."""
+    if role is None:
+        return 1.0
+    if role.is_head:
+        return 1.0 if args.head_learning_rate is None else args.head_learning_rate / args.learning_rate
+    return args.layerwise_lr_decay ** (role.num_blocks + 1 - role.depth)
+
+
+def parameter_groups(model: torch.nn.Module, args, roles: dict[str, ParameterRole] | None = None) -> list[dict]:
+    """AdamW groups of the trainable parameters, one per (learning rate, weight decay), in parameter order.
+
+    Args:
+        args: `TrainArguments` (`learning_rate`, `weight_decay`, `head_learning_rate`, `layerwise_lr_decay`).
+        roles: `finetuning.trace_parameter_roles(...)`; None gives every parameter `learning_rate`.
+    """
+    no_decay = no_weight_decay_names(model)
+    groups: dict[tuple[float, float], dict] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        scale = learning_rate_scale(None if roles is None else roles[name], args)
+        decay = 0.0 if name in no_decay else args.weight_decay
+        group = groups.setdefault(
+            (scale, decay),
+            {"params": [], "weight_decay": decay, "lr": args.learning_rate * scale, "lr_scale": scale},
+        )
+        group["params"].append(parameter)
+    if not groups:
+        raise ValueError("no parameter is trainable: check freeze_vision_tower / freeze_text_tower / lock_image_tower")
+    return list(groups.values())
+
+
+def build_optimizer(model: torch.nn.Module, args, roles: dict[str, ParameterRole] | None = None):
+    implementation = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+    return torch.optim.AdamW(
+        parameter_groups(model, args, roles),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        **implementation[args.optimizer_implementation],
+    )
+
+
+def build_scheduler(optimizer, args):
+    """transformers' `get_scheduler` (warmup + `lr_scheduler_type`), stepped once per optimizer step by the trainer
+    (not by accelerate, which would step it once per process)."""
+    return get_scheduler(
+        args.lr_scheduler_type, optimizer, num_warmup_steps=args.warmup_steps, num_training_steps=args.max_steps
+    )
+
+
+def base_learning_rate(optimizer) -> float:
+    """The schedule's current value of `learning_rate` (a group's rate over its `lr_scale`)."""
+    group = optimizer.param_groups[0]
+    return group["lr"] / group.get("lr_scale", 1.0)
+
+
+def clamp_logit_scale(model: torch.nn.Module, maximum: float) -> None:
+    """CLIP's clamp of every learnt log temperature (`logit_scale`, any shape) to `ln(maximum)` after each step."""
+    if maximum <= 0:
+        return
+    bound = math.log(maximum)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.split(".")[-1] == "logit_scale":
+                parameter.clamp_(max=bound)
+
+
+__all__ = [
+    "base_learning_rate",
+    "build_optimizer",
+    "build_scheduler",
+    "clamp_logit_scale",
+    "learning_rate_scale",
+    "no_weight_decay_names",
+    "parameter_groups",
+]

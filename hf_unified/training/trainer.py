@@ -1,0 +1,472 @@
+"""The `Trainer`: one training loop for every method, on any data that comes as a resumable batch stream.
+
+    trainer = Trainer(model, processor, train_args, TrainingData(stream, evaluation=...))
+    result = trainer.train()   # {"eval_results": {...}, "counters": {...}, "output_dir": "..."}
+
+Per optimizer step: `gradient_accumulation_steps` micro-batches go through the step strategy (`steps.py`), the
+gradient is clipped, the step is applied unless its loss or gradient norm is not finite (then it is skipped,
+counted, logged; `max_consecutive_nonfinite_steps` in a row stop the run with the last checkpoint intact), the
+schedule advances and the temperatures are clamped. Around the loop: fine-tuning controls (`finetuning.py`),
+AdamW groups (`optim.py`), checkpoints and exact resume without pickle (`checkpoint.py`), evaluation
+(`hf_unified.training.evaluation`), the log (`logs.py`), and at the end an atomic save of the model, processor,
+`eval_results.json` and model card into `output_dir`, then the optional Hub push and CLIP export.
+
+`training/train.py` builds a `Trainer` from its command line (`factory.build_trainer`); `benchmarks/replication.py`
+builds one on in-memory data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate.utils import broadcast_object_list, gather_object
+
+from . import checkpoint as checkpoints
+from .atomic import recover_folder, replace_folder
+from .data_health import DataHealth
+from .engine import build_accelerator, check_engine, describe_engine
+from .evaluation import evaluate_model
+from .finetuning import describe_roles, example_inputs, freeze_parameters, frozen_subtrees, trace_parameter_roles
+from .logs import LOG_NAME, Progress, TrainingLog, finite_or_none
+from .methods import model_inputs
+from .optim import base_learning_rate, build_optimizer, build_scheduler, clamp_logit_scale
+from .steps import StepStrategy, build_step
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient norm."""
+
+
+@dataclass
+class EvaluationData:
+    """What `Trainer.evaluate` runs on.
+
+    Args:
+        loader: returns a fresh pass over this rank's evaluation batches (`data.collate` outputs).
+        class_names: per class its names (the first one builds the prompts), or None for retrieval only.
+        templates: zero-shot prompt templates.
+        retrieval: also compute image-text retrieval (needs real captions).
+    """
+
+    loader: Callable[[], Iterable[dict]]
+    class_names: list[list[str]] | None
+    templates: Sequence[str]
+    retrieval: bool = True
+
+
+@dataclass
+class TrainingData:
+    """The training side of a run.
+
+    Args:
+        stream: this rank's endless batch stream (`data.TrainStream`: `state_dict`, `load_state_dict`,
+            `batches_consumed`).
+        num_workers: DataLoader workers decoding it.
+        evaluation: evaluation data, or None.
+        max_skipped_fraction: stop when a larger share of the samples read was skipped as damaged.
+        skipped_check_after: samples read over all ranks before that check applies.
+    """
+
+    stream: torch.utils.data.IterableDataset
+    num_workers: int = 0
+    evaluation: EvaluationData | None = None
+    max_skipped_fraction: float = 1.0
+    skipped_check_after: int = 1000
+
+
+class Trainer:
+    """Trains a dual encoder (see the module docstring).
+
+    Args:
+        model: any model of the package (`model(**inputs, return_loss=True).loss`), not yet prepared.
+        processor: its processor (saved with the model; its tokenizer builds the zero-shot classifier).
+        args: `TrainArguments`.
+        data: `TrainingData`.
+        accelerator: an `Accelerator` to share between trainers (default: one built from `args`).
+        step: the gradient-accumulation strategy (default: `args.gradient_accumulation_mode`).
+        run_arguments: every setting of the run, written to `training_args.json` and the model card.
+        base_model: the checkpoint the run started from, for the card's `base_model`.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        processor,
+        args,
+        data: TrainingData,
+        *,
+        accelerator=None,
+        step: StepStrategy | None = None,
+        run_arguments: dict | None = None,
+        base_model: str | None = None,
+    ):
+        self.model, self.processor, self.args, self.data = model, processor, args, data
+        self.accelerator = accelerator or build_accelerator(args)
+        self.step_strategy = step or build_step(args.gradient_accumulation_mode)
+        self.run_arguments = dict(run_arguments or {})
+        self.base_model = base_model
+        self.output_dir = Path(args.output_dir)
+        self.health = DataHealth("training")  # this rank's samples used and skipped (by kind), damaged shards
+        self.nonfinite_steps = 0
+        self._nonfinite_in_a_row = 0
+        self._frozen_modules: list[torch.nn.Module] = []
+        self.log = TrainingLog(self.output_dir, self.accelerator.is_main_process)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Setup
+
+    def _on_main_then_everywhere(self, check: Callable[[], str | None]) -> None:
+        """Runs `check` on the main process; the problem it reports stops every rank (no rank waits alone)."""
+        message = [check() if self.accelerator.is_main_process else None]
+        if self.accelerator.num_processes > 1:
+            message = broadcast_object_list(message)
+        if message[0]:
+            raise ValueError(message[0])
+
+    def _preflight(self) -> None:
+        """What would fail after training is checked before it: the Hub target (token, offline mode, repo id) and
+        whether the model can be exported as a `CLIPModel`."""
+        args = self.args
+
+        def check() -> str | None:
+            if args.push_to_hub:
+                from ..hub.push import check_can_push
+
+                try:
+                    check_can_push(args.hub_model_id)
+                except Exception as error:  # noqa: BLE001 - any refusal becomes the run's one-line error
+                    return f"--push_to_hub {args.hub_model_id}: {error}"
+            if args.export_clip:
+                from ..hub.export import export_problems
+
+                problems = export_problems(self.model)
+                if problems:
+                    return f"--export_clip: this model cannot be exported as a CLIPModel: {'; '.join(problems)}"
+            return None
+
+        self._on_main_then_everywhere(check)
+
+    def _setup_parameters(self) -> dict | None:
+        """Applies the fine-tuning controls; returns the parameter roles when a control needs them."""
+        if not self.args.needs_parameter_roles:
+            return None
+        roles = trace_parameter_roles(self.model, example_inputs(self.processor))
+        frozen = freeze_parameters(self.model, roles, self.args)
+        self._frozen_modules = frozen_subtrees(self.model)
+        self.accelerator.print(describe_roles(roles, frozen))
+        return roles
+
+    def _train_mode(self) -> None:
+        self.model.train()
+        for module in self._frozen_modules:
+            module.eval()
+
+    def _resume(self) -> int:
+        """Restores a checkpoint when asked; returns the step to continue after."""
+        spec = self.args.resume_from_checkpoint
+        if not spec:
+            return 0
+        folder = checkpoints.find_checkpoint(self.output_dir, spec)
+        if folder is None:
+            self.accelerator.print(f"no checkpoint in {self.output_dir}: starting from scratch")
+            return 0
+        acc = self.accelerator
+        state = checkpoints.read_checkpoint(folder, acc.process_index, acc.num_processes)
+        checkpoints.restore(
+            state, accelerator=acc, model=self.unwrapped, optimizer=self.optimizer, scheduler=self.scheduler
+        )
+        self.data.stream.load_state_dict(state.rank_state["stream"])
+        self.health.load_state_dict(state.rank_state["data_health"])
+        self.nonfinite_steps = int(state.trainer_state.get("nonfinite_steps", 0))
+        acc.print(f"resumed from {folder} at step {state.step}")
+        return state.step
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Steps
+
+    def _next_inputs(self) -> dict:
+        """The next batch's model inputs; a batch that lost every sample to damage is passed over (counted)."""
+        while True:
+            batch = next(self._batches)
+            self.data.stream.batches_consumed += 1
+            self.health.update(batch)
+            if "pixel_values" in batch:
+                self._window_samples += batch["pixel_values"].shape[0]
+                return model_inputs(batch, self.accelerator.device)
+
+    def _all_finite(self, loss: torch.Tensor, grad_norm) -> bool:
+        values = [loss.detach().float().reshape(1)]
+        if torch.is_tensor(grad_norm):
+            values.append(grad_norm.detach().float().reshape(1).to(loss.device))
+        finite = torch.cat(values).isfinite().all().reshape(1).int()
+        if self.accelerator.num_processes > 1:  # every rank takes the same decision
+            finite = self.accelerator.gather(finite).min()
+        return bool(finite)
+
+    def _skip_step(self, step: int, loss: torch.Tensor, grad_norm) -> None:
+        acc = self.accelerator
+        self.nonfinite_steps += 1
+        self._nonfinite_in_a_row += 1
+        if acc.scaler is not None:  # fp16: the scaler saw the unscaled gradients and backs off its scale
+            acc.scaler.update()
+        norm = float(grad_norm) if torch.is_tensor(grad_norm) else float("nan")
+        self.log.append(
+            {
+                "step": step,
+                "loss": finite_or_none(float(loss)),
+                "grad_norm": finite_or_none(norm),
+                "skipped": "non-finite loss or gradient norm",
+                "nonfinite_steps": self.nonfinite_steps,
+            }
+        )
+        acc.print(
+            f"step {step}: non-finite loss ({float(loss)}) or gradient norm ({norm}): update skipped "
+            f"({self._nonfinite_in_a_row} in a row, {self.nonfinite_steps} in all)"
+        )
+        if self._nonfinite_in_a_row >= self.args.max_consecutive_nonfinite_steps:
+            last = checkpoints.list_checkpoints(self.output_dir)
+            raise NonFiniteLossError(
+                f"{self._nonfinite_in_a_row} steps in a row, up to step {step}, had a non-finite loss or gradient "
+                f"norm: stopping (max_consecutive_nonfinite_steps {self.args.max_consecutive_nonfinite_steps}). "
+                + (f"The last checkpoint, {last[-1]}, is intact. " if last else "No checkpoint was written. ")
+                + "Check the data for NaN/inf images, lower the learning rate, or use bf16 instead of fp16."
+            )
+
+    def _data_totals(self) -> DataHealth:
+        """The data counts summed over the ranks (collective)."""
+        if self.accelerator.num_processes == 1:
+            return self.health
+        return DataHealth.merge(gather_object([self.health.state_dict()]))
+
+    def _temperature(self) -> float | None:
+        """The mean learnt logit scale `exp(logit_scale)` (UniCLIP has one per domain pair)."""
+        logit_scale = getattr(self.unwrapped, "logit_scale", None)
+        return None if logit_scale is None else float(logit_scale.detach().float().exp().mean())
+
+    def _log_step(self, step: int, loss: torch.Tensor, grad_norm) -> dict:
+        acc = self.accelerator
+        samples = torch.tensor(self._window_samples, device=acc.device)
+        totals = self._data_totals()
+        record = {
+            "step": step,
+            "loss": acc.reduce(loss.reshape(1), reduction="mean").item(),
+            "lr": base_learning_rate(self.optimizer),
+            "grad_norm": float(grad_norm) if torch.is_tensor(grad_norm) else None,
+            "logit_scale": self._temperature(),
+            "samples_per_second": acc.reduce(samples, "sum").item()
+            / max(time.perf_counter() - self._window_start, 1e-9),
+            "samples_skipped": totals.samples_skipped,
+            "captions_mapped_to_labels": totals.captions_mapped_to_labels,
+        }
+        if totals.skipped:
+            record["skipped"] = dict(sorted(totals.skipped.items()))
+        if totals.damaged_shards:
+            record["damaged_shards"] = len(totals.damaged_shards)
+        if self.nonfinite_steps:
+            record["nonfinite_steps"] = self.nonfinite_steps
+        numbers = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+        acc.log({f"train/{k}": v for k, v in numbers.items()}, step=step)
+        self.log.append(record)
+        self._window_start, self._window_samples = time.perf_counter(), 0
+        totals.check(self.data.max_skipped_fraction, self.data.skipped_check_after)
+        return record
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Evaluation and saving
+
+    def evaluate(self, step: int) -> dict:
+        """Zero-shot and retrieval metrics over the whole evaluation set (all ranks take part)."""
+        evaluation = self.data.evaluation
+        results = evaluate_model(
+            self.unwrapped,
+            evaluation.loader(),
+            self.processor.tokenizer,
+            evaluation.class_names,
+            evaluation.templates,
+            self.accelerator,
+            retrieval=evaluation.retrieval,
+        )
+        self._train_mode()
+        self.accelerator.log({f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))}, step=step)
+        summary = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in results.items())
+        self.accelerator.print(f"[eval step {step}] {summary}")
+        return results
+
+    def save_checkpoint(self, step: int) -> Path:
+        rank_state = {"stream": self.data.stream.state_dict(), "data_health": self.health.state_dict()}
+        return checkpoints.write_checkpoint(
+            self.output_dir,
+            step,
+            accelerator=self.accelerator,
+            model=self.unwrapped,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            trainer_state={"nonfinite_steps": self.nonfinite_steps},
+            rank_state=rank_state,
+            keep=self.args.save_total_limit,
+        )
+
+    def _write_final(self, folder: Path, eval_results: dict) -> None:
+        self.accelerator.unwrap_model(self.model, keep_torch_compile=False).save_pretrained(folder)
+        self.processor.save_pretrained(folder)
+        (folder / "eval_results.json").write_text(json.dumps(eval_results, indent=2))
+        (folder / "training_args.json").write_text(json.dumps(self.run_arguments, indent=2, default=str))
+        try:
+            from ..hub.model_card import write_model_card
+        except ImportError:
+            self.accelerator.print("hf_unified.hub.model_card is not available: no model card written")
+            return
+        write_model_card(
+            folder, eval_results=eval_results, training_args=self.run_arguments, base_model=self.base_model
+        )
+
+    def save_final(self, eval_results: dict) -> None:
+        """Writes the model folder beside `output_dir` and swaps it in (`atomic.replace_folder`): a kill at any
+        moment leaves the previous output whole. Checkpoints, the log and other entries are carried over; weight
+        files of an earlier save are not (a stale one could be loaded instead of the new weights)."""
+        if self.accelerator.is_main_process:
+            replace_folder(
+                self.output_dir,
+                lambda folder: self._write_final(folder, eval_results),
+                keep=lambda entry: entry.is_dir() or not entry.name.endswith((".safetensors", ".bin", ".index.json")),
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _publish(self) -> None:
+        args = self.args
+        if args.push_to_hub:
+            from ..hub import push
+
+            result = push.push_folder(self.output_dir, args.hub_model_id, private=args.hub_private)
+            self.accelerator.print(f"pushed {len(result.files)} files to {result.repo_url}")
+        if args.export_clip:
+            from ..hub.export import export_clip
+
+            export_clip(self.output_dir, args.export_clip, overwrite=True)  # like the output folder, replaced
+            self.accelerator.print(f"exported a transformers CLIPModel folder to {args.export_clip}")
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The run
+
+    def _setup(self) -> int:
+        """Output folder, engine, preflight checks, fine-tuning controls, optimizer and schedule, resume, trackers;
+        returns the step to continue after."""
+        args, acc = self.args, self.accelerator
+        if acc.is_main_process:
+            recover_folder(self.output_dir)  # a save interrupted by a kill: keep the previous output
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        check_engine(acc)
+        acc.print(f"engine: {describe_engine(acc)}")
+        self._preflight()
+        roles = self._setup_parameters()
+        if args.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.optimizer = build_optimizer(self.model, args, roles)
+        self.scheduler = build_scheduler(self.optimizer, args)
+        self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        self.unwrapped = acc.unwrap_model(self.model, keep_torch_compile=False)
+        start = self._resume()
+        self.log.truncate_after(start)  # a resumed run logs the steps after its checkpoint again; a new run all
+        if args.report_to:
+            config = {k: v for k, v in self.run_arguments.items() if isinstance(v, (int, float, str, bool))}
+            acc.init_trackers(args.project_name, config=config)
+        return start
+
+    def _optimizer_step(self, step: int) -> tuple[torch.Tensor, object, bool]:
+        """One optimizer step; returns its loss, gradient norm and whether it was applied (both finite)."""
+        args, acc = self.args, self.accelerator
+        micro_batches = [self._next_inputs() for _ in range(args.gradient_accumulation_steps)]
+        loss = self.step_strategy(self.model, micro_batches, acc)
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm or math.inf)
+        applied = self._all_finite(loss, grad_norm)
+        if applied:
+            self.optimizer.step()
+            self._nonfinite_in_a_row = 0
+        else:
+            self._skip_step(step, loss, grad_norm)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()  # the schedule follows the step count, applied or skipped
+        clamp_logit_scale(self.unwrapped, args.max_logit_scale)
+        return loss, grad_norm, applied
+
+    def _run_steps(self, start: int, last: int) -> None:
+        args = self.args
+        loader = torch.utils.data.DataLoader(self.data.stream, batch_size=None, num_workers=self.data.num_workers)
+        self._batches = iter(loader)
+        bar = False if args.disable_tqdm else None  # None: a bar only on a terminal
+        model_type = self.unwrapped.config.model_type
+        progress = Progress(args.max_steps, start, model_type, self.accelerator.is_main_process, bar=bar)
+        self._window_start, self._window_samples = time.perf_counter(), 0
+        self._train_mode()
+        try:
+            for step in range(start + 1, last + 1):
+                loss, grad_norm, applied = self._optimizer_step(step)
+                record = None
+                if applied and (step % args.logging_steps == 0 or step in (args.max_steps, start + 1)):
+                    record = self._log_step(step, loss, grad_norm)
+                progress.update(step, record)
+                if args.save_steps and step % args.save_steps == 0 and step < args.max_steps:
+                    self.save_checkpoint(step)
+                if self.data.evaluation and args.eval_steps and step % args.eval_steps == 0 and step < args.max_steps:
+                    self.evaluate(step)
+        finally:
+            progress.close()
+            del self._batches, loader  # stops the workers
+
+    def _finish(self, totals: DataHealth) -> dict:
+        """Final evaluation, atomic save, Hub push and CLIP export; returns the evaluation results."""
+        acc = self.accelerator
+        acc.print(totals.summary())
+        if totals.captions_mapped_to_labels:
+            acc.print(f"captions mapped to a class label: {totals.captions_mapped_to_labels}")
+        if self.nonfinite_steps:
+            acc.print(f"steps skipped for a non-finite loss or gradient: {self.nonfinite_steps}")
+        eval_results = self.evaluate(self.args.max_steps) if self.data.evaluation else {}
+        payload = {
+            "step": self.args.max_steps,
+            "train_samples_skipped": totals.samples_skipped,
+            "train_data": totals.as_dict(),
+            "nonfinite_steps_skipped": self.nonfinite_steps,
+            **eval_results,
+        }
+        self.save_final(payload)
+        if "zero_shot_top1_accuracy" in eval_results:
+            acc.print(
+                f"zero-shot top-1 accuracy: {100 * eval_results['zero_shot_top1_accuracy']:.1f}% "
+                f"(chance {100 * eval_results['zero_shot_chance']:.1f}%) on {eval_results['num_examples']} images"
+            )
+        acc.print(f"model, processor and eval_results.json saved to {self.output_dir} ({LOG_NAME}: the log)")
+        if acc.is_main_process:
+            self._publish()
+        acc.wait_for_everyone()
+        return eval_results
+
+    def train(self) -> dict:
+        """Trains to `max_steps` (or `stop_at_step`, checkpointed), evaluates, saves; returns the evaluation
+        results, the data counters (summed over ranks) and the output folder."""
+        args = self.args
+        start = self._setup()
+        last = min(args.max_steps, args.stop_at_step or args.max_steps)
+        self._run_steps(start, last)
+        if (args.save_steps and last > start) or last < args.max_steps:
+            self.save_checkpoint(last)
+        totals = self._data_totals()
+        if last < args.max_steps:
+            self.accelerator.print(
+                f"stopped at step {last} of {args.max_steps}; resume with --resume_from_checkpoint latest"
+            )
+            eval_results = {}
+        else:
+            eval_results = self._finish(totals)
+        self.accelerator.end_training()  # last: it also ends the process group
+        return {"eval_results": eval_results, "counters": totals.as_dict(), "output_dir": str(self.output_dir)}
+
+
+__all__ = ["EvaluationData", "NonFiniteLossError", "Trainer", "TrainingData"]
