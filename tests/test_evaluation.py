@@ -75,6 +75,9 @@ def _gather_worker(rank, world_size, port, result_file):
     rows = SIMILARITY[:3] if rank == 0 else SIMILARITY[3:]  # uneven: 3 and 1 rows
     gathered = gather_rows(accelerator, rows)
     np.savez(result_file, gathered=gathered.numpy(), processes=np.array(accelerator.num_processes))
+    # Leave together: a rank whose peer has already gone aborts in gloo's teardown (seen under load).
+    accelerator.wait_for_everyone()
+    torch.distributed.destroy_process_group()
 
 
 def test_uneven_rank_rows_gather_in_rank_order(run_gloo_workers):

@@ -177,6 +177,7 @@ def _worker(rank: int, world_size: int, port: int, result_file: str, splits: lis
                 grad = torch.zeros_like(leaf) if leaf.grad is None else leaf.grad / world_size
                 results[f"{name}/grad{index}"] = grad.numpy()
         np.savez(result_file, **results)
+        dist.barrier()  # leave together: gloo aborts a rank whose peer is already gone
     finally:
         dist.destroy_process_group()
 

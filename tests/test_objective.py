@@ -149,6 +149,7 @@ def _distributed_worker(rank, world_size, port, result_file, splits):
             out[f"{name}/image_grad"] = (local[0].grad / world_size).numpy()
             out[f"{name}/text_grad"] = (local[1].grad / world_size).numpy()
         np.savez(result_file, **out)
+        dist.barrier()  # leave together: gloo aborts a rank whose peer is already gone
     finally:
         dist.destroy_process_group()
 
