@@ -82,9 +82,15 @@ def test_every_view_equals_the_per_image_path_from_its_parameters(interpolation)
 def test_crop_box_and_flip_match_pil(interpolation):
     size = (30, 44)  # (height, width)
     augment = BatchMultiViewAugmentation(
-        num_views=4, size=size, preset="small", scale=(0.1, 1.0), canvas_size=64, image_mean=None, image_std=None,
+        num_views=4,
+        size=size,
+        preset="small",
+        scale=(0.1, 1.0),
+        canvas_size=64,
+        image_mean=None,
+        image_std=None,
         interpolation=interpolation,
-    )  # fmt: skip
+    )
     # Smooth images away from black and white: PIL rounds and clips to 8 bits between its two resampling passes,
     # which noise that makes the cubic filter overshoot would turn into large differences.
     coarse = _random_images([(5, 7)] * len(SIZES), seed=4)

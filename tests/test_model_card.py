@@ -74,10 +74,7 @@ TRAINING_ARGS = {
 
 def saved_config(method: str, folder):
     module_name, class_name, build = CONFIGS[method]
-    try:
-        module = importlib.import_module(f"hf_unified.{module_name}")
-    except ModuleNotFoundError:
-        pytest.skip(f"hf_unified.{module_name} does not exist yet")
+    module = importlib.import_module(f"hf_unified.{module_name}")
     config = build(getattr(module, class_name))
     config.save_pretrained(folder)
     return config
