@@ -58,7 +58,7 @@ def _max_diff(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return (actual - expected).abs().max().item()
 
 
-def test_fixtures_present():
+def test_fixtures_present(shared_dir):
     assert len(UNICL_FIXTURES) >= 2, f"expected unicl-tiny-a and -b under {FIXTURES}"
 
 
