@@ -20,7 +20,6 @@ from training_helpers import (  # tests/ is on sys.path
 )
 
 from hf_unified.training.arguments import TrainArguments
-from hf_unified.training.methods import config_class
 from hf_unified.training.optim import parameter_groups
 
 pytest_plugins = ("training_fixtures",)  # shapes, fresh_accelerate_state
@@ -166,16 +165,3 @@ def test_parameter_groups_exclude_norms_biases_embeddings_temperatures(tmp_path,
     assert len(similarity) == 1 and [names[id(p)] for p in similarity[0]["params"]] == ["logit_scale"]
     assert similarity[0]["weight_decay"] == 0.0 and similarity[0]["lr"] == pytest.approx(4 * decay["lr"])
     assert sum(len(group["params"]) for group in groups) == len(list(model.parameters()))
-
-
-@pytest.mark.parametrize(
-    "name", ["unicl-tiny", "uniclip-tiny", "msclip-tiny", "unicl-base", "uniclip-base", "msclip-base"]
-)
-def test_shipped_configs_parse_and_build_their_model_config(name):
-    model_args, data_args, train_args = train_script.parse_arguments(
-        ["--config", str(ROOT / "training" / "configs" / f"{name}.yaml"), "--max_steps", "7"]
-    )
-    assert train_args.max_steps == 7 and model_args.model_type == name.split("-")[0]
-    config = config_class(model_args.model_type)(**model_args.model_config)
-    assert config.model_type == model_args.model_type
-    assert len(data_args.train_data) >= 1

@@ -29,7 +29,7 @@ from .. import prompts
 from . import data as data_lib
 from . import synthetic_data
 from .arguments import DataArguments, ModelArguments, TrainArguments, flat_arguments
-from .augmentation import MultiViewAugmentation, view_recipe
+from .augmentation import RECIPE_FIELDS, MultiViewAugmentation, view_recipe
 from .batch_augmentation import BatchMultiViewAugmentation
 from .engine import build_accelerator
 from .methods import config_class, model_class, num_views, processor_class, trains_with_labels, trains_with_views
@@ -228,12 +228,18 @@ class TrainAugmentation:
 def check_view_arguments(data_args: DataArguments) -> None:
     """Fails at once on a view recipe that cannot be built (an unknown or out-of-range `augmentation_kwargs`
     field), before anything is built or trained."""
+    overrides = data_args.augmentation_kwargs
+    unknown = sorted(set(overrides) - set(RECIPE_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"augmentation_kwargs: unknown view recipe field(s) {unknown}; the fields are {list(RECIPE_FIELDS)} (the "
+            "view size is image_size, the number of views the model's num_views, the preset view_preset)"
+        )
     try:
-        view_recipe(data_args.view_preset, data_args.image_size, **data_args.augmentation_kwargs)
+        view_recipe(data_args.view_preset, data_args.image_size, **overrides)
     except (TypeError, ValueError) as error:
         raise ValueError(
-            f"augmentation_kwargs {data_args.augmentation_kwargs} on view_preset {data_args.view_preset!r}: {error} "
-            "(the view size is image_size, the number of views the model's num_views)"
+            f"augmentation_kwargs {overrides} on view_preset {data_args.view_preset!r}: {error}"
         ) from None
 
 
