@@ -8,7 +8,8 @@ which negatives each sample is contrasted with:
 
 - `micro_batch` ([`MicroBatchStep`]): each micro-batch's loss sees the negatives of its own micro-batch;
 - `full_batch` (`grad_cache.FullBatchStep`): one loss over the whole `k x per_device x world` batch, exactly, in
-  one micro-batch's activation memory. With one micro-batch per step the two are the same step.
+  one micro-batch's activation memory. With one micro-batch per step both compute the same step (`full_batch`
+  then runs the forward pass twice).
 
 Both work with any engine the trainer runs (single process, DDP, FSDP2): gradient synchronisation is switched off
 through `sharding.gradient_sync`, which knows each engine's mechanism.
