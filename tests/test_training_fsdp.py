@@ -84,7 +84,8 @@ def test_fsdp_final_save_is_the_whole_model(runs):
     torch.testing.assert_close(embeds[0], embeds[1], rtol=0, atol=1e-4)
     results = [json.loads((folder / "eval_results.json").read_text()) for folder in (fsdp, ddp)]
     assert results[0]["num_examples"] == results[1]["num_examples"] == 40  # both ranks' shares, in lockstep
-    assert results[0]["zero_shot_top1_accuracy"] == pytest.approx(results[1]["zero_shot_top1_accuracy"])
+    # The same classifier up to rounding: at most one near-tie of the 40 images may fall the other way.
+    assert results[0]["zero_shot_top1_accuracy"] == pytest.approx(results[1]["zero_shot_top1_accuracy"], abs=0.026)
 
 
 def test_an_fsdp_launch_accelerate_cannot_honour_is_refused_before_training(tmp_path, shapes, monkeypatch):
