@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,18 +12,18 @@ from training_helpers import (  # tests/ is on sys.path
     ROOT,
     TINY_TEXT,
     TINY_VISION,
-    free_port,
+    launch_two_processes,
     losses,
     train_script,
     write_config,
 )
 
 from hf_unified.training.arguments import TrainArguments
-from hf_unified.training.methods import config_class
 from hf_unified.training.optim import parameter_groups
 
 pytest_plugins = ("training_fixtures",)  # shapes, fresh_accelerate_state
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
+TRAIN = ROOT / "training" / "train.py"
 
 
 def test_unicl_end_to_end_and_cli_overrides(tmp_path, shapes, monkeypatch):
@@ -123,36 +120,9 @@ def test_two_processes_match_one_process(tmp_path, shapes):
     # Same global batch (8 = 1 x 8 = 2 x 4), deterministic preprocessing: the loss curves must agree.
     config = write_config(tmp_path, shapes, crop_scale_min=1.0, templates="name", do_eval=False)
     one, two = tmp_path / "one", tmp_path / "two"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    common = [str(ROOT / "training" / "train.py"), "--config", str(config), "--max_steps", "3"]
-    train_script.main(common[1:] + ["--output_dir", str(one)])
-    # `--multi_gpu` selects accelerate's torchrun launcher; train.py asks for the CPU (no GPU here), so the two
-    # processes train as MULTI_CPU over gloo. (`--cpu` alone would start one process.)
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-    ]
-    completed = subprocess.run(
-        launch + common + ["--output_dir", str(two), "--per_device_train_batch_size", "4"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    common = ["--config", str(config), "--max_steps", "3"]
+    train_script.main(common + ["--output_dir", str(one)])
+    launch_two_processes(TRAIN, *common, "--output_dir", str(two), "--per_device_train_batch_size", "4")
     assert losses(two) == pytest.approx(losses(one), rel=1e-4)
     expected, distributed = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
     for name in expected:
@@ -179,24 +149,15 @@ def test_parameter_groups_exclude_norms_biases_embeddings_temperatures(tmp_path,
     model = UniCLModel(
         UniCLConfig(projection_dim=16, vision_config=TINY_VISION, text_config={**TINY_TEXT, "vocab_size": 50})
     )
-    groups = parameter_groups(model, TrainArguments(weight_decay=0.1))
-    decay, plain = sorted(groups, key=lambda group: -group["weight_decay"])
+    groups = parameter_groups(model, TrainArguments(weight_decay=0.1, similarity_learning_rate_multiplier=4.0))
+    similarity = [group for group in groups if group["similarity"]]
+    decay, plain = sorted((g for g in groups if not g["similarity"]), key=lambda group: -group["weight_decay"])
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
     assert "logit_scale" not in decayed
     assert not any("norm" in n or n.endswith("bias") or "embedding" in n for n in decayed)
     assert "visual_projection.weight" in decayed and any("q_proj.weight" in n for n in decayed)
-    assert len(decay["params"]) + len(plain["params"]) == len(list(model.parameters()))
-
-
-@pytest.mark.parametrize(
-    "name", ["unicl-tiny", "uniclip-tiny", "msclip-tiny", "unicl-base", "uniclip-base", "msclip-base"]
-)
-def test_shipped_configs_parse_and_build_their_model_config(name):
-    model_args, data_args, train_args = train_script.parse_arguments(
-        ["--config", str(ROOT / "training" / "configs" / f"{name}.yaml"), "--max_steps", "7"]
-    )
-    assert train_args.max_steps == 7 and model_args.model_type == name.split("-")[0]
-    config = config_class(model_args.model_type)(**model_args.model_config)
-    assert config.model_type == model_args.model_type
-    assert len(data_args.train_data) >= 1
+    # The temperature: its own group, no decay, at the multiplier times the others' rate.
+    assert len(similarity) == 1 and [names[id(p)] for p in similarity[0]["params"]] == ["logit_scale"]
+    assert similarity[0]["weight_decay"] == 0.0 and similarity[0]["lr"] == pytest.approx(4 * decay["lr"])
+    assert sum(len(group["params"]) for group in groups) == len(list(model.parameters()))

@@ -232,15 +232,3 @@ def test_progress_is_one_line_per_logged_step_off_a_terminal(capsys):
         "step 3/4 | loss 2.2500 | lr 5.000e-04",
     ]
     assert captured.err == ""  # no bar refreshes in the log
-
-
-def test_an_engine_that_did_not_come_up_is_refused(monkeypatch):
-    from accelerate import Accelerator
-
-    from hf_unified.training.engine import check_engine, describe_engine
-
-    accelerator = Accelerator(cpu=True)
-    assert describe_engine(accelerator) == "single process (cpu)"
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(ValueError, match=r"asks for FSDP .* but accelerate set up single process \(cpu\)"):
-        check_engine(accelerator)

@@ -107,10 +107,19 @@ def test_export_clip_writes_a_transformers_clip_folder(tmp_path, shapes, tiny_cl
 
 
 def test_export_clip_of_a_model_that_cannot_be_one_fails_before_training(tmp_path, shapes):
-    config = write_config(tmp_path, shapes, do_eval=False)  # its caption tokenizer ends texts with id 2
+    from training_helpers import TINY_TEXT, TINY_VISION
+
+    # Mean-pooled texts: no CLIPModel computes that.
+    model_config = {
+        "projection_dim": 16,
+        "vision_config": TINY_VISION,
+        "text_config": TINY_TEXT,
+        "text_pooling": "mean",
+    }
+    config = write_config(tmp_path, shapes, do_eval=False, model_config=model_config)
     out = tmp_path / "run"
     with pytest.raises(
-        ValueError, match=r"--export_clip: this model cannot be exported as a CLIPModel: .*eos_token_id"
+        ValueError, match=r"--export_clip: this model cannot be exported as a CLIPModel: .*text_pooling is 'mean'"
     ):
         train_script.main(["--config", str(config), "--output_dir", str(out), "--export_clip", str(tmp_path / "clip")])
     assert not (out / "training_log.jsonl").exists()

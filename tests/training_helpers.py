@@ -102,5 +102,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def launch_two_processes(script: Path, *args: str, timeout: float = 600) -> None:
+    """Runs `script` (train.py or a test runner) in two CPU processes over gloo, as users launch train.py:
+    `--multi_gpu` selects accelerate's torchrun launcher, and train.py asks for the CPU (no GPU here), so the two
+    processes train as MULTI_CPU. (`--cpu` alone would start one process.) Raises with the end of its output when
+    it fails."""
+    import os
+    import subprocess
+
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--main_process_port", str(free_port())]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    completed = subprocess.run(
+        [*launch, str(script), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if completed.returncode != 0:
+        raise AssertionError(f"{script.name} {' '.join(args)} failed:\n{completed.stderr[-4000:]}")
+
+
+def log_records(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "training_log.jsonl").read_text().splitlines()]
+
+
 def losses(output_dir: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (output_dir / "training_log.jsonl").read_text().splitlines()]
+    return [record["loss"] for record in log_records(output_dir)]

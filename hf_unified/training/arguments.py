@@ -23,7 +23,12 @@ from transformers.hf_argparser import HfArgumentParser
 
 # Options of `DataArguments` that take one value for every training source or one value per source.
 PER_SOURCE_FIELDS = ("train_format", "image_column", "text_column", "label_column", "train_probabilities")
-GRADIENT_ACCUMULATION_MODES = ("micro_batch",)
+# `steps.STEP_STRATEGIES` holds a strategy for each (tests/test_training_cli.py checks they agree).
+GRADIENT_ACCUMULATION_MODES = ("micro_batch", "full_batch")
+# `augmentation.VIEW_PRESETS` plus "auto" (this module imports no torch, so the names are listed here too).
+VIEW_PRESET_CHOICES = ("auto", "simclr", "small")
+ADAM_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for-loop")
+CALIBRATION_CHOICES = ("auto", "true", "false")
 
 
 class ConfigError(ValueError):
@@ -89,6 +94,11 @@ class ModelArguments:
         """The checkpoint this run starts from (for the model card's `base_model`), if it is a single one."""
         return self.model_name_or_path or self.init_from_clip
 
+    @property
+    def starts_pretrained(self) -> bool:
+        """Whether the model starts from pretrained weights (a saved model, a CLIP checkpoint or two towers)."""
+        return bool(self.model_name_or_path or self.init_from_clip or self.vision_model_name_or_path)
+
 
 @dataclass
 class DataArguments:
@@ -150,8 +160,28 @@ class DataArguments:
         metadata={"help": "random-resized-crop area range [min, 1] (single view); 1 = resize + centre crop"},
     )
     horizontal_flip: bool = field(default=False, metadata={"help": "off by default: captions may say left/right"})
+    # Methods that train on views (UniCLIP): how strong they are and where they are made.
+    view_preset: str = field(
+        default="auto",
+        metadata={
+            "help": "view recipe: simclr (photos), small (up to 64 px: mild crops, no colour jitter), auto (by size)",
+            "choices": list(VIEW_PRESET_CHOICES),
+        },
+    )
     augmentation_kwargs: dict | str | None = field(
-        default=None, metadata={"help": "MultiViewAugmentation kwargs (methods that train on views)"}
+        default=None,
+        metadata={"help": "view recipe fields overriding the preset (scale, jitter_p, grayscale_p, blur_p, ...)"},
+    )
+    views_on_device: bool = field(
+        default=True,
+        metadata={
+            "help": "workers only decode (to a uint8 canvas); the views are made in the training step on its device "
+            "(BatchMultiViewAugmentation). false: per-image views in the workers (MultiViewAugmentation)"
+        },
+    )
+    view_canvas_size: int | None = field(
+        default=None,
+        metadata={"help": "side of the canvas workers decode to (views_on_device); default: the view size"},
     )
     embedded_data_dir: str = field(default="data/shapes", metadata={"help": "generated here when a source uses it"})
 
@@ -161,6 +191,10 @@ class DataArguments:
             raise ConfigError("train_data is empty: give at least one source")
         if not 0.0 <= self.max_skipped_fraction <= 1.0:
             raise ConfigError(f"max_skipped_fraction must be in [0, 1], got {self.max_skipped_fraction}")
+        if self.view_canvas_size is not None and self.view_canvas_size < 1:
+            raise ConfigError(
+                f"view_canvas_size must be a positive number of pixels or null, got {self.view_canvas_size}"
+            )
 
 
 @dataclass
@@ -187,11 +221,27 @@ class TrainArguments:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.98
     adam_epsilon: float = 1e-6
-    optimizer_implementation: str = field(
-        default="default",
+    adam_implementation: str = field(
+        default="auto",
         metadata={
-            "help": "AdamW kernel: default (torch picks), foreach or fused",
-            "choices": ["default", "foreach", "fused"],
+            "help": "AdamW kernel: auto (fused on CUDA, foreach elsewhere), fused, foreach or for-loop",
+            "choices": list(ADAM_IMPLEMENTATIONS),
+        },
+    )
+    similarity_learning_rate_multiplier: float = field(
+        default=10.0,
+        metadata={
+            "help": "the similarity parameters (logit_scale, logit_offset: their own AdamW group) train at this "
+            "multiple of the rate they would have otherwise"
+        },
+    )
+    calibrate_logit_offsets: str = field(
+        default="auto",
+        metadata={
+            "help": "set each domain pair's logit offset to the mean cosine of different items on the first batch: "
+            "auto = for a model with domain_similarity that starts from scratch (not on resume, not from a "
+            "pretrained start); true = whatever the start (not on resume); false = never",
+            "choices": list(CALIBRATION_CHOICES),
         },
     )
     max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm; 0 = no clipping"})
@@ -203,7 +253,8 @@ class TrainArguments:
     gradient_accumulation_mode: str = field(
         default="micro_batch",
         metadata={
-            "help": "micro_batch: each micro-batch's loss sees only its own negatives",
+            "help": "full_batch: one loss over the whole accumulated batch, exact (GradCache: embeddings cached, "
+            "then each micro-batch re-run); micro_batch: each micro-batch's loss sees only its own negatives",
             "choices": list(GRADIENT_ACCUMULATION_MODES),
         },
     )
@@ -267,6 +318,11 @@ class TrainArguments:
             minimum = 0 if name == "max_steps" else 1
             if getattr(self, name) < minimum:
                 raise ConfigError(f"{name} must be at least {minimum}, got {getattr(self, name)}")
+        if self.similarity_learning_rate_multiplier <= 0:
+            raise ConfigError(
+                f"similarity_learning_rate_multiplier must be positive, got {self.similarity_learning_rate_multiplier}"
+                " (to keep the temperatures fixed, freeze them in the model instead)"
+            )
         if not 0.0 < self.layerwise_lr_decay <= 1.0:
             raise ConfigError(f"layerwise_lr_decay must be in (0, 1], got {self.layerwise_lr_decay}")
 
@@ -447,13 +503,16 @@ def flat_arguments(*arguments) -> dict:
 
 
 __all__ = [
+    "ADAM_IMPLEMENTATIONS",
     "ARGUMENT_CLASSES",
+    "CALIBRATION_CHOICES",
     "ConfigError",
     "DataArguments",
     "GRADIENT_ACCUMULATION_MODES",
     "ModelArguments",
     "PER_SOURCE_FIELDS",
     "TrainArguments",
+    "VIEW_PRESET_CHOICES",
     "build_parser",
     "check_config_value",
     "check_per_source_lengths",

@@ -18,8 +18,12 @@ until all of them are valid, so a damaged or foreign checkpoint is refused with 
 untouched. accelerate's `save_state` / `load_state` are not used: they pickle the registered scheduler
 (`custom_checkpoint_0.pkl`) and the random states, and unpickle them on resume.
 
-Model and optimizer are saved from the main process (they are replicated in single-process and DDP training).
-Sharded (FSDP, DeepSpeed) state needs its own writer and is refused here with a clear error.
+Model and optimizer are saved from the main process when they are replicated (single process, DDP). A model
+sharded with FSDP2 has no whole copy anywhere: every rank writes its own shards of the model and optimizer instead
+of `model.safetensors` / `optimizer.*` (`sharding.write_sharded_state`: safetensors + a JSON layout per rank,
+`sharded_state_rank<r>-of-<n>.{safetensors,json}`), and resuming reads them back into the same sharding
+(`sharding.read_sharded_state`). `trainer_state.json` records which of the two a checkpoint holds; resuming with
+the other engine is refused. DeepSpeed state is refused here with a clear error.
 """
 
 from __future__ import annotations
@@ -36,12 +40,14 @@ from accelerate.utils import DistributedType
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from . import sharding
 from .atomic import commit_folder, staging_path
 
 FORMAT = "hf-unified-trainer-checkpoint"
 FORMAT_VERSION = 1
 TRAINER_STATE = "trainer_state.json"
-SHARED_FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json")
+SCHEDULER_FILE = "scheduler.json"
+REPLICATED_FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.json")
 RANK_FILES = ("rng_state_rank{rank}.safetensors", "rng_state_rank{rank}.json", "data_state_rank{rank}.json")
 SCALER_FILE = "scaler.json"
 
@@ -50,9 +56,19 @@ class CheckpointError(ValueError):
     """A checkpoint folder cannot be resumed from; the one-line message says which file and why."""
 
 
-def checkpoint_files(world_size: int, with_scaler: bool) -> list[str]:
-    names = [TRAINER_STATE, *SHARED_FILES, *([SCALER_FILE] if with_scaler else [])]
-    return names + [pattern.format(rank=rank) for rank in range(world_size) for pattern in RANK_FILES]
+def checkpoint_files(world_size: int, with_scaler: bool, sharded: bool = False) -> list[str]:
+    """Every file of a checkpoint of `world_size` processes: model and optimizer as one copy, or (`sharded`) as
+    each rank's shards."""
+    names = [TRAINER_STATE, SCHEDULER_FILE, *([SCALER_FILE] if with_scaler else [])]
+    names += [] if sharded else list(REPLICATED_FILES)
+    for rank in range(world_size):
+        names += [pattern.format(rank=rank) for pattern in RANK_FILES]
+        names += list(sharding.sharded_state_files(rank, world_size)) if sharded else []
+    return names
+
+
+def _engine_name(sharded: bool) -> str:
+    return "a sharded (FSDP2) run" if sharded else "a replicated (single-process or DDP) run"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -122,12 +138,18 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 # Writing
 
 
-def _check_replicated(accelerator) -> None:
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+def _check_engine(accelerator) -> None:
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise CheckpointError(
-            f"checkpoints of {accelerator.distributed_type.value} (sharded) training are not supported by this "
-            "writer yet: train without --save_steps, or with DDP"
+            "checkpoints of DeepSpeed training are not supported by this writer: train without --save_steps, or "
+            "shard with FSDP2 (training/accelerate/fsdp.yaml), whose checkpoints it writes"
         )
+
+
+def _torch_optimizer(optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside accelerate's `AcceleratedOptimizer` (torch's distributed state-dict helpers
+    step and inspect it directly)."""
+    return getattr(optimizer, "optimizer", optimizer)
 
 
 def write_checkpoint(
@@ -145,12 +167,13 @@ def write_checkpoint(
     """Writes `output_dir/checkpoint-<step>` atomically (every rank writes its own files; collective).
 
     Args:
-        model: the unwrapped model.
+        model: the unwrapped model (an FSDP2 model writes its shards from every rank).
         trainer_state: JSON-able run state shared by the ranks (counters, ...), written by the main process.
         rank_state: JSON-able state of this rank (data-stream position, data counters).
         keep: checkpoints to keep, the newest (0 = all).
     """
-    _check_replicated(accelerator)
+    _check_engine(accelerator)
+    sharded = sharding.is_fsdp2(model)
     final = Path(output_dir) / f"checkpoint-{step}"
     temporary = staging_path(final)
     if accelerator.is_main_process:
@@ -163,19 +186,22 @@ def write_checkpoint(
     save_file(tensors, temporary / f"rng_state_rank{rank}.safetensors")
     _write_json(temporary / f"rng_state_rank{rank}.json", meta)
     _write_json(temporary / f"data_state_rank{rank}.json", rank_state)
+    if sharded:  # a collective: every rank writes its own shards
+        sharding.write_sharded_state(temporary, model, _torch_optimizer(optimizer))
     if accelerator.is_main_process:
-        save_model(model, str(temporary / "model.safetensors"), metadata={"format": "pt"})
-        tensors, meta = optimizer_files(optimizer.state_dict())
-        save_file(tensors, temporary / "optimizer.safetensors")
-        _write_json(temporary / "optimizer.json", meta)
-        _write_json(temporary / "scheduler.json", scheduler.state_dict())
+        if not sharded:
+            save_model(model, str(temporary / "model.safetensors"), metadata={"format": "pt"})
+            tensors, meta = optimizer_files(optimizer.state_dict())
+            save_file(tensors, temporary / "optimizer.safetensors")
+            _write_json(temporary / "optimizer.json", meta)
+        _write_json(temporary / SCHEDULER_FILE, scheduler.state_dict())
         if accelerator.scaler is not None:
             _write_json(temporary / SCALER_FILE, accelerator.scaler.state_dict())
-        files = checkpoint_files(accelerator.num_processes, accelerator.scaler is not None)
+        files = checkpoint_files(accelerator.num_processes, accelerator.scaler is not None, sharded)
         header = {"format": FORMAT, "version": FORMAT_VERSION, "step": step}
         _write_json(
             temporary / TRAINER_STATE,
-            {**header, "world_size": accelerator.num_processes, "files": files, **trainer_state},
+            {**header, "world_size": accelerator.num_processes, "sharded": sharded, "files": files, **trainer_state},
         )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -240,23 +266,27 @@ def _load_tensors(folder: Path, name: str) -> dict[str, torch.Tensor]:
 
 @dataclass
 class Checkpoint:
-    """A validated checkpoint: every file parsed, nothing applied yet (`restore` does)."""
+    """A validated checkpoint: every file parsed, nothing applied yet (`restore` does). A sharded one's model and
+    optimizer state (`optimizer_tensors` / `optimizer_meta` are None) is read and checked against the model by
+    `restore`, before anything is applied."""
 
     folder: Path
     step: int
     trainer_state: dict
     rank_state: dict
-    optimizer_tensors: dict[str, torch.Tensor]
-    optimizer_meta: dict
+    sharded: bool
+    optimizer_tensors: dict[str, torch.Tensor] | None
+    optimizer_meta: dict | None
     scheduler_state: dict
     scaler_state: dict | None
     rng_tensors: dict[str, torch.Tensor]
     rng_meta: dict
 
 
-def read_checkpoint(folder: Path, rank: int, world_size: int) -> Checkpoint:
-    """Parses and checks every file of `folder` for this rank; raises `CheckpointError` (one line) on anything
-    that is not what this trainer writes."""
+def read_checkpoint(folder: Path, rank: int, world_size: int, sharded: bool = False) -> Checkpoint:
+    """Parses and checks every file of `folder` for this rank of a run of `world_size` processes whose model is
+    `sharded` (FSDP2) or not; raises `CheckpointError` (one line) on anything that is not what this trainer
+    writes for such a run."""
     folder = Path(folder)
     if not (folder / TRAINER_STATE).is_file():
         raise CheckpointError(
@@ -272,7 +302,12 @@ def read_checkpoint(folder: Path, rank: int, world_size: int) -> Checkpoint:
             f"cannot resume from {folder}: it was written by {state.get('world_size')} processes, this run has "
             f"{world_size} (resume with the number of processes it was saved with)"
         )
-    expected = checkpoint_files(world_size, with_scaler=(folder / SCALER_FILE).exists())
+    if bool(state.get("sharded", False)) != sharded:
+        raise CheckpointError(
+            f"cannot resume from {folder}: it was written by {_engine_name(bool(state.get('sharded')))}, this run is "
+            f"{_engine_name(sharded)} (resume with the engine it was saved with)"
+        )
+    expected = checkpoint_files(world_size, with_scaler=(folder / SCALER_FILE).exists(), sharded=sharded)
     present = sorted(path.name for path in folder.iterdir())
     foreign = sorted(set(present) - set(expected))
     if foreign:
@@ -288,22 +323,24 @@ def read_checkpoint(folder: Path, rank: int, world_size: int) -> Checkpoint:
     for name in expected:
         if name.endswith(".json") and name != TRAINER_STATE:
             _read_json(folder, name)
-    _safetensors_keys(folder, "model.safetensors")
+    model_file = sharding.sharded_state_files(rank, world_size)[0] if sharded else "model.safetensors"
+    _safetensors_keys(folder, model_file)
     scaler = _read_json(folder, SCALER_FILE) if (folder / SCALER_FILE).exists() else None
     checkpoint = Checkpoint(
         folder=folder,
         step=int(state["step"]),
         trainer_state=state,
         rank_state=_read_json(folder, f"data_state_rank{rank}.json"),
-        optimizer_tensors=_load_tensors(folder, "optimizer.safetensors"),
-        optimizer_meta=_read_json(folder, "optimizer.json"),
-        scheduler_state=_read_json(folder, "scheduler.json"),
+        sharded=sharded,
+        optimizer_tensors=None if sharded else _load_tensors(folder, "optimizer.safetensors"),
+        optimizer_meta=None if sharded else _read_json(folder, "optimizer.json"),
+        scheduler_state=_read_json(folder, SCHEDULER_FILE),
         scaler_state=scaler,
         rng_tensors=_load_tensors(folder, f"rng_state_rank{rank}.safetensors"),
         rng_meta=_read_json(folder, f"rng_state_rank{rank}.json"),
     )
     for key, needed in (("param_groups", checkpoint.optimizer_meta), ("python", checkpoint.rng_meta)):
-        if key not in needed:
+        if needed is not None and key not in needed:
             raise CheckpointError(f"cannot resume from {folder}: a state file lacks {key!r}")
     return checkpoint
 
@@ -314,7 +351,18 @@ def restore(checkpoint: Checkpoint, *, accelerator, model: torch.nn.Module, opti
     Args:
         model: the unwrapped model.
     """
-    _check_replicated(accelerator)
+    _check_engine(accelerator)
+    if checkpoint.sharded:
+        _restore_shards(checkpoint.folder, model, optimizer)
+    else:
+        _restore_replicated(checkpoint, accelerator.device, model, optimizer)
+    scheduler.load_state_dict(checkpoint.scheduler_state)
+    if checkpoint.scaler_state is not None and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(checkpoint.scaler_state)
+    set_rng_state(checkpoint.rng_tensors, checkpoint.rng_meta)
+
+
+def _restore_replicated(checkpoint: Checkpoint, device, model: torch.nn.Module, optimizer) -> None:
     folder = checkpoint.folder
     saved_sizes = [len(group["params"]) for group in checkpoint.optimizer_meta["param_groups"]]
     current_sizes = [len(group["params"]) for group in optimizer.param_groups]
@@ -324,7 +372,7 @@ def restore(checkpoint: Checkpoint, *, accelerator, model: torch.nn.Module, opti
             f"{current_sizes} (resume with the same model and fine-tuning settings)"
         )
     try:
-        load_model(model, str(folder / "model.safetensors"), strict=True, device=str(accelerator.device))
+        load_model(model, str(folder / "model.safetensors"), strict=True, device=str(device))
     except (RuntimeError, SafetensorError) as error:
         reason = " ".join(str(error).split())[:300]
         raise CheckpointError(
@@ -333,10 +381,14 @@ def restore(checkpoint: Checkpoint, *, accelerator, model: torch.nn.Module, opti
     optimizer.load_state_dict(
         optimizer_state_dict(checkpoint.optimizer_tensors, checkpoint.optimizer_meta, optimizer.param_groups)
     )
-    scheduler.load_state_dict(checkpoint.scheduler_state)
-    if checkpoint.scaler_state is not None and accelerator.scaler is not None:
-        accelerator.scaler.load_state_dict(checkpoint.scaler_state)
-    set_rng_state(checkpoint.rng_tensors, checkpoint.rng_meta)
+
+
+def _restore_shards(folder: Path, model: torch.nn.Module, optimizer) -> None:
+    """This rank's shards, checked against the model and optimizer before they are applied (a collective)."""
+    try:
+        sharding.read_sharded_state(folder, model, _torch_optimizer(optimizer))
+    except ValueError as error:
+        raise CheckpointError(f"cannot resume from {folder}: {error}") from None
 
 
 __all__ = [

@@ -9,6 +9,12 @@ the full set, so a 1-process and an N-process run report the same numbers.
 - Retrieval: recall@{1,5,10} image->text and text->image. Items whose captions are identical are interchangeable
   (generated or templated captions repeat), so a retrieved caption counts as correct when its text equals the
   query image's caption, and for text->image any image whose caption equals the query counts.
+
+Across processes every rank first takes rank 0's buffers (`sharding.synchronize_buffers`: BatchNorm statistics
+drift apart between ranks in training), so every rank evaluates the model that is saved. A model sharded with FSDP2
+runs collectives in each forward pass, so every rank must call it equally often: ranks then run their shares of the
+evaluation set in lockstep (`sharding.lockstep`), a rank that has run out repeating its last batch, whose outputs
+are discarded.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..prompts import build_zero_shot_classifier
+from .sharding import is_fsdp2, lockstep, synchronize_buffers
 
 
 class TopKAccuracy(evaluate.Metric):
@@ -94,17 +101,26 @@ def retrieval_recall(
 @torch.no_grad()
 def embed_dataset(model, dataloader, accelerator=None) -> dict:
     """Normalised image and text embeddings, labels and captions of this rank's evaluation batches, gathered
-    from every rank. Batches are `data.collate` outputs."""
-    device = next(model.parameters()).device
+    from every rank (in lockstep, see the module docstring). Batches are `data.collate` outputs."""
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
     images, texts_embeds, labels, texts, skipped = [], [], [], [], 0
-    for batch in dataloader:
-        skipped += batch["num_skipped"]
-        if "pixel_values" not in batch:
-            continue
+
+    def usable_batches():
+        nonlocal skipped
+        for batch in dataloader:
+            skipped += batch["num_skipped"]
+            if "pixel_values" in batch:  # not a batch whose every sample was damaged
+                yield batch
+
+    batches = usable_batches()
+    # Only a sharded model needs the lockstep: a replicated one runs no collective, and may have ranks without data.
+    for batch, real in lockstep(batches, device) if is_fsdp2(model) else ((batch, True) for batch in batches):
         image = model.get_image_features(pixel_values=batch["pixel_values"].to(device)).pooler_output
         text = model.get_text_features(
             input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
         ).pooler_output
+        if not real:  # a repeated batch keeps a sharded model's collectives in step; its outputs are not data
+            continue
         images.append(F.normalize(image.float(), dim=-1))
         texts_embeds.append(F.normalize(text.float(), dim=-1))
         labels.append(batch["labels"].to(device))
@@ -136,13 +152,15 @@ def evaluate_model(
     """Zero-shot top-1/top-5 (when class names and labels exist) and retrieval R@1/5/10 on the whole eval set.
 
     Args:
-        model: the unwrapped model (`get_image_features` / `get_text_features`).
+        model: the unwrapped model (`get_image_features` / `get_text_features`), sharded or not; every rank calls
+            this (buffers are synchronised from rank 0 first).
         class_names: per class a list of names; the first name is used for the prompts.
         retrieval: compute retrieval recall (needs real captions: off for label-only evaluation sets, whose
             texts are class prompts).
     """
     was_training = model.training
     model.eval()
+    synchronize_buffers(model)
     data = embed_dataset(model, dataloader, accelerator)
     results = {"num_examples": len(data["texts"]), "num_skipped": data["num_skipped"]}
     if results["num_examples"] == 0:

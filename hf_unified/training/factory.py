@@ -5,12 +5,19 @@ its config (`model_type` + `model_config`, fitted to the tokenizer and the image
 (`model_name_or_path`), a transformers CLIP checkpoint (`init_from_clip`, through the model class's `from_clip`), or
 two pretrained towers (`vision_model_name_or_path` + `text_model_name_or_path`, through
 `from_vision_text_pretrained`). A pretrained start brings its own tokenizer and image processor.
+
+The training augmentation (`train_augmentation`) is read from the model's config: a method that trains on views
+(UniCLIP) gets `view_preset` views (`augmentation_kwargs` override the preset's fields), made by default on the
+training device from uint8 canvases the DataLoader workers decode (`views_on_device`), or per image in the workers;
+the other methods a random resized crop.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,6 +29,8 @@ from .. import prompts
 from . import data as data_lib
 from . import synthetic_data
 from .arguments import DataArguments, ModelArguments, TrainArguments, flat_arguments
+from .augmentation import RECIPE_FIELDS, MultiViewAugmentation, view_recipe
+from .batch_augmentation import BatchMultiViewAugmentation
 from .engine import build_accelerator
 from .methods import config_class, model_class, num_views, processor_class, trains_with_labels, trains_with_views
 from .trainer import EvaluationData, Trainer, TrainingData
@@ -202,28 +211,62 @@ class ProcessorTransform:
         return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
 
 
-def train_transform(config, data_args: DataArguments, image_processor, image_size: int):
-    """The training augmentation: the method's views with their parameters when its config trains on views,
-    otherwise a random resized crop (or resize + centre crop) and an optional flip; the processor's mean/std."""
+@dataclass
+class TrainAugmentation:
+    """The training augmentation of a run, in its two places.
+
+    Args:
+        image_transform: what the DataLoader workers run on each decoded image (`data.DecodeConfig`'s).
+        views: for views made on the training device, what the step runs on each batch of canvases
+            (`TrainingData.views`); None when the workers make the whole input.
+    """
+
+    image_transform: Callable
+    views: BatchMultiViewAugmentation | None = None
+
+
+def check_view_arguments(data_args: DataArguments) -> None:
+    """Fails at once on a view recipe that cannot be built (an unknown or out-of-range `augmentation_kwargs`
+    field), before anything is built or trained."""
+    overrides = data_args.augmentation_kwargs
+    unknown = sorted(set(overrides) - set(RECIPE_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"augmentation_kwargs: unknown view recipe field(s) {unknown}; the fields are {list(RECIPE_FIELDS)} (the "
+            "view size is image_size, the number of views the model's num_views, the preset view_preset)"
+        )
+    try:
+        view_recipe(data_args.view_preset, data_args.image_size, **overrides)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"augmentation_kwargs {overrides} on view_preset {data_args.view_preset!r}: {error}"
+        ) from None
+
+
+def train_augmentation(config, data_args: DataArguments, image_processor, image_size: int) -> TrainAugmentation:
+    """The training augmentation (see the module docstring); normalised with the processor's mean and std.
+
+    Views: `view_preset` at `image_size` with `augmentation_kwargs` on top, flipped only with `horizontal_flip`
+    (captions may say left or right); made by `BatchMultiViewAugmentation` on the device from canvases of
+    `view_canvas_size` (`views_on_device`), else by `MultiViewAugmentation` in the workers. Other methods: a random
+    resized crop of area `crop_scale_min`-1 (1: resize and centre crop) and the optional flip.
+    """
     mean, std = list(image_processor.image_mean), list(image_processor.image_std)
     if trains_with_views(config):
-        from .augmentation import MultiViewAugmentation
-
-        kwargs = {
-            "num_views": num_views(config),
-            "size": image_size,
-            "image_mean": mean,
-            "image_std": std,
-            "flip_p": 0.5 if data_args.horizontal_flip else 0.0,
-        }
-        return MultiViewAugmentation(**{**kwargs, **data_args.augmentation_kwargs})
+        recipe = {"flip_p": 0.5 if data_args.horizontal_flip else 0.0, **data_args.augmentation_kwargs}
+        kwargs = dict(num_views=num_views(config), size=image_size, preset=data_args.view_preset, **recipe)
+        kwargs.update(image_mean=mean, image_std=std)
+        if data_args.views_on_device:
+            views = BatchMultiViewAugmentation(canvas_size=data_args.view_canvas_size, **kwargs)
+            return TrainAugmentation(views.canvas, views)
+        return TrainAugmentation(MultiViewAugmentation(**kwargs))
     if data_args.crop_scale_min >= 1.0:
         steps = [v2.ToImage(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
     else:
         steps = [v2.ToImage(), v2.RandomResizedCrop(image_size, scale=(data_args.crop_scale_min, 1.0), antialias=True)]
     if data_args.horizontal_flip:
         steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+    return TrainAugmentation(v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]))
 
 
 def take_samples(loader, limit: int):
@@ -266,6 +309,7 @@ def build_evaluation(spec, processor, class_names, templates, text_length, data_
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_args: TrainArguments) -> Trainer:
     """Everything `training/train.py` runs, from its three argument dataclasses."""
     check_starting_point(model_args)
+    check_view_arguments(data_args)
     accelerator = build_accelerator(train_args)
     set_seed(train_args.seed)
     output_dir = Path(train_args.output_dir)
@@ -302,8 +346,9 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_ar
     image_size = processor_image_size(processor.image_processor)
     if image_size != data_args.image_size:
         accelerator.print(f"training at {image_size} pixels, the size of the starting model's processor")
+    augmentation = train_augmentation(model.config, data_args, processor.image_processor, image_size)
     decode = data_lib.DecodeConfig(
-        image_transform=train_transform(model.config, data_args, processor.image_processor, image_size),
+        image_transform=augmentation.image_transform,
         class_names=class_names,
         templates=templates,
         label_vocabulary=vocabulary,
@@ -330,6 +375,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_ar
         evaluation=evaluation,
         max_skipped_fraction=data_args.max_skipped_fraction,
         skipped_check_after=data_args.skipped_check_after,
+        views=augmentation.views,
     )
     return Trainer(
         model,
@@ -339,24 +385,27 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_ar
         accelerator=accelerator,
         run_arguments=flat_arguments(model_args, data_args, train_args),
         base_model=model_args.pretrained_start,
+        pretrained=model_args.starts_pretrained,
     )
 
 
 __all__ = [
     "ProcessorTransform",
     "TEMPLATE_SETS",
+    "TrainAugmentation",
     "build_evaluation",
     "build_model",
     "build_processor",
     "build_tokenizer",
     "build_trainer",
     "check_starting_point",
+    "check_view_arguments",
     "ensure_embedded_data",
     "fit_text_length",
     "eval_source",
     "load_templates",
     "processor_image_size",
     "take_samples",
+    "train_augmentation",
     "train_sources",
-    "train_transform",
 ]

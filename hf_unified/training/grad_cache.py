@@ -38,6 +38,8 @@ exactly once through its own mechanism:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +75,19 @@ class RandomState:
     @staticmethod
     def _index(device: torch.device) -> tuple:
         return () if device.type == "mps" else (device,)  # MPS has one device and no index argument
+
+
+@contextlib.contextmanager
+def restored_buffers(module: nn.Module) -> Iterator[None]:
+    """Puts `module`'s buffers (BatchNorm running statistics) back as they were when the block ends: for forward
+    passes that look ahead and must leave the model as it was."""
+    saved = [(buffer, buffer.detach().clone()) for buffer in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
 
 
 @dataclass
@@ -151,14 +166,10 @@ class FullBatchStep:
 
         # 1. Cache: embeddings and random state of every micro-batch; whatever the look-ahead changes in the buffers
         # (BatchNorm running statistics) is put back, so that step 3 updates them as often as one pass would.
-        buffers = [(buffer, buffer.clone()) for buffer in unwrapped.buffers()]
         cache = []
-        with torch.no_grad(), gradient_sync(model, accelerator, enabled=False):
+        with restored_buffers(unwrapped), torch.no_grad(), gradient_sync(model, accelerator, enabled=False):
             for micro_batch in micro_batches:
                 cache.append(self._embed(model, micro_batch, config, accelerator.device))
-        for buffer, saved in buffers:
-            buffer.copy_(saved)
-        del buffers
         after_step = RandomState.capture(accelerator.device)
 
         # 2. The loss over the whole batch, back-propagated as far as the embeddings (and into the temperatures).
@@ -210,4 +221,4 @@ class FullBatchStep:
         )
 
 
-__all__ = ["CachedMicroBatch", "FullBatchStep", "RandomState"]
+__all__ = ["CachedMicroBatch", "FullBatchStep", "RandomState", "restored_buffers"]

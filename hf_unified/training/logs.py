@@ -42,6 +42,8 @@ class TrainingLog:
 
 
 def _format(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_format(item) for item in value) + "]"
     if isinstance(value, float):
         return f"{value:.3e}" if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e4) else f"{value:.4f}"
     return str(value)

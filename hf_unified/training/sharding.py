@@ -88,8 +88,14 @@ def describe_engine(accelerator) -> str:
     return f"{name}{processes}{nodes} ({backend}{accelerator.device}){precision}"
 
 
-def check_engine(accelerator, gradient_accumulation_mode: str = "micro_batch", environ: dict | None = None) -> str:
+def check_engine(
+    accelerator, gradient_accumulation_mode: str = "micro_batch", environ: dict | None = None, model=None
+) -> str:
     """Returns [`describe_engine`], or raises [`EngineError`] when the run would not be what was asked for.
+
+    A `model` already sharded with FSDP2 by its caller (its own device mesh; the CPU tests' gloo mesh) under an
+    accelerate state that is not FSDP is described as such: `FSDP2 over 2 shards (sharded by the caller), DDP, ...`
+    ([`prepare_for_engine`] keeps its sharding).
 
     Refused: an FSDP or DeepSpeed launch that accelerate did not set up (no GPU: it falls back to DDP silently);
     FSDP version 1 (flat parameters: the temperatures and the `get_*_features` calls of evaluation cannot be
@@ -138,7 +144,54 @@ def check_engine(accelerator, gradient_accumulation_mode: str = "micro_batch", e
             "own accumulation steps, and ZeRO-3 partitions the temperatures outside forward): use micro_batch, or "
             "shard with FSDP (training/accelerate/fsdp.yaml), which runs full_batch"
         )
+    if model is not None and is_fsdp2(model) and actual != DistributedType.FSDP:
+        if actual == DistributedType.DEEPSPEED:
+            raise EngineError(
+                "the model is sharded with FSDP2 but the launch configuration runs DeepSpeed: launch with "
+                "training/accelerate/fsdp.yaml (or a DDP configuration) instead"
+            )
+        shards = dist.get_world_size() if dist.is_initialized() else 1
+        description = f"FSDP2 over {shards} shards (sharded by the caller), {description}"
     return description
+
+
+def full_tensor(value: torch.Tensor) -> torch.Tensor:
+    """The whole value of a `DTensor` (a sharded parameter, a gradient norm of sharded gradients; a collective), or
+    `value` itself."""
+    from torch.distributed.tensor import DTensor
+
+    return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+@contextlib.contextmanager
+def replicated_writes(model: nn.Module) -> Iterator[None]:
+    """Lets plain tensors be written into the sharded parameters of an FSDP2 `model` (`parameter.copy_(value)`):
+    in the block a plain tensor counts as a replicated `DTensor`, so every rank keeps its own shard of the value
+    (torch's `implicit_replication`). Nothing changes for other models.
+
+    Every unit is resharded first: after a forward pass without backward FSDP keeps the root's parameters gathered,
+    and a value written into the gathered copy would be dropped at the next reshard.
+    """
+    if not is_fsdp2(model):
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor.experimental import implicit_replication
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+    with implicit_replication():
+        yield
+
+
+def prepare_for_engine(accelerator, model: nn.Module, optimizer: torch.optim.Optimizer):
+    """`accelerator.prepare(model, optimizer)`, except for a model its caller sharded with FSDP2 under an accelerate
+    state that is not FSDP2 (a gloo CPU mesh; a mesh of one's own): accelerate would wrap it in DDP, which refuses
+    its `DTensor` parameters, so it stays as sharded and only the optimizer is prepared. Returns both."""
+    if is_fsdp2(model) and not getattr(accelerator, "is_fsdp2", False):
+        return model, accelerator.prepare(optimizer)
+    return accelerator.prepare(model, optimizer)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -320,6 +373,25 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def unsharded_model(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """A plain instance of `model`'s own class holding `state_dict` (the [`full_state_dict`] of rank 0), for
+    `save_pretrained`; `model` itself when it is not sharded.
+
+    Saving the FSDP2 module would record FSDP's generated class (`FSDP<Name>`, a subclass of the model's class and
+    of `FSDPModule`) and copy torch's FSDP sources into the folder as the model's custom code. The copy is built on
+    the meta device and takes the tensors of `state_dict` (no second copy of the weights).
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if not is_fsdp2(model):
+        return model
+    own_class = next(cls for cls in type(model).__mro__ if not issubclass(cls, FSDPModule))
+    with torch.device("meta"):
+        plain = own_class(model.config)
+    plain.load_state_dict(state_dict, assign=True)
+    return plain.train(model.training)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -511,15 +583,19 @@ __all__ = [
     "describe_engine",
     "fsdp_kwargs",
     "full_state_dict",
+    "full_tensor",
     "gradient_sync",
     "is_fsdp2",
     "lockstep",
+    "prepare_for_engine",
     "read_sharded_state",
     "register_forward_methods",
+    "replicated_writes",
     "requested_engine",
     "shard_for_engine",
     "shard_model",
     "synchronize_buffers",
     "sharded_state_files",
+    "unsharded_model",
     "write_sharded_state",
 ]

@@ -83,11 +83,15 @@ def train_caption_tokenizer(
     """A small lower-casing byte-level BPE tokenizer trained with `tokenizers` on your own captions.
 
     For training from scratch where no pretrained tokenizer can be downloaded. Texts are wrapped as
-    `<|startoftext|> ... <|endoftext|>`, padded with `<|pad|>`; pool text towers at `eos_token_id`.
+    `<|startoftext|> ... <|endoftext|>`, padded with `<|pad|>`; pool text towers at `eos_token_id`. The special
+    tokens take ids 0-3 with `<|endoftext|>` = 3: not 2, the id for which transformers' `CLIPTextModel` keeps the
+    legacy pooling at the largest token id, so a model trained with this tokenizer can be exported as a CLIPModel.
     """
+    import sys
+
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-    specials = ["<|pad|>", "<|startoftext|>", "<|endoftext|>", "<|unk|>"]
+    specials = ["<|pad|>", "<|startoftext|>", "<|unk|>", "<|endoftext|>"]
     tokenizer = Tokenizer(models.BPE(unk_token="<|unk|>"))
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
@@ -97,6 +101,7 @@ def train_caption_tokenizer(
         min_frequency=min_frequency,
         special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=sys.stderr.isatty(),  # off a terminal its bar refreshes would fill the log
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     bos, eos = tokenizer.token_to_id("<|startoftext|>"), tokenizer.token_to_id("<|endoftext|>")

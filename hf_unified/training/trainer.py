@@ -3,13 +3,18 @@
     trainer = Trainer(model, processor, train_args, TrainingData(stream, evaluation=...))
     result = trainer.train()   # {"eval_results": {...}, "counters": {...}, "output_dir": "..."}
 
-Per optimizer step: `gradient_accumulation_steps` micro-batches go through the step strategy (`steps.py`), the
-gradient is clipped, the step is applied unless its loss or gradient norm is not finite (then it is skipped,
-counted, logged; `max_consecutive_nonfinite_steps` in a row stop the run with the last checkpoint intact), the
-schedule advances and the temperatures are clamped. Around the loop: fine-tuning controls (`finetuning.py`),
-AdamW groups (`optim.py`), checkpoints and exact resume without pickle (`checkpoint.py`), evaluation
-(`hf_unified.training.evaluation`), the log (`logs.py`), and at the end an atomic save of the model, processor,
-`eval_results.json` and model card into `output_dir`, then the optional Hub push and CLIP export.
+Per optimizer step: `gradient_accumulation_steps` micro-batches are taken from the stream (for a method that trains
+on views made on the device, `TrainingData.views` renders each micro-batch's views there first), go through the
+step strategy (`steps.py`: `micro_batch` or the exact `full_batch`), the gradient is clipped, the step is applied
+unless its loss or gradient norm is not finite (then it is skipped, counted, logged;
+`max_consecutive_nonfinite_steps` in a row stop the run with the last checkpoint intact), the schedule advances
+and the temperatures are clamped. A model with UniCLIP's domain-dependent similarity that starts from scratch has
+its logit offsets calibrated on the first batch (`calibrate_logit_offsets`). Around the loop: the engine check
+and FSDP2 sharding (`sharding.py`), fine-tuning controls (`finetuning.py`), AdamW groups (`optim.py`), checkpoints
+and exact resume without pickle (`checkpoint.py`, sharded per rank under FSDP2), evaluation
+(`hf_unified.training.evaluation`), the log (`logs.py`), and at the end an atomic save of the model (gathered from
+its shards), processor, `eval_results.json` and model card into `output_dir`, then the optional Hub push and CLIP
+export.
 
 `training/train.py` builds a `Trainer` from its command line (`factory.build_trainer`); `benchmarks/replication.py`
 builds one on in-memory data.
@@ -27,12 +32,15 @@ from pathlib import Path
 import torch
 from accelerate.utils import broadcast_object_list, gather_object
 
+from ..losses import DOMAIN_PAIRS
 from . import checkpoint as checkpoints
+from . import sharding
 from .atomic import recover_folder, replace_folder
 from .data_health import DataHealth
-from .engine import build_accelerator, check_engine, describe_engine
+from .engine import build_accelerator
 from .evaluation import evaluate_model
 from .finetuning import describe_roles, example_inputs, freeze_parameters, frozen_subtrees, trace_parameter_roles
+from .grad_cache import RandomState, restored_buffers
 from .logs import LOG_NAME, Progress, TrainingLog, finite_or_none
 from .methods import model_inputs
 from .optim import base_learning_rate, build_optimizer, build_scheduler, clamp_logit_scale
@@ -71,6 +79,9 @@ class TrainingData:
         evaluation: evaluation data, or None.
         max_skipped_fraction: stop when a larger share of the samples read was skipped as damaged.
         skipped_check_after: samples read over all ranks before that check applies.
+        views: for a stream whose workers decode to uint8 canvases (`batch_augmentation.ImageCanvas`): the
+            `BatchMultiViewAugmentation` that makes each batch's views and their parameter vectors on the training
+            device, seeded by the batch's `augmentation_seed` (so a resumed run makes the same views).
     """
 
     stream: torch.utils.data.IterableDataset
@@ -78,13 +89,16 @@ class TrainingData:
     evaluation: EvaluationData | None = None
     max_skipped_fraction: float = 1.0
     skipped_check_after: int = 1000
+    views: Callable[..., dict] | None = None
 
 
 class Trainer:
     """Trains a dual encoder (see the module docstring).
 
     Args:
-        model: any model of the package (`model(**inputs, return_loss=True).loss`), not yet prepared.
+        model: any model of the package (`model(**inputs, return_loss=True).loss`), not yet prepared. The trainer
+            shards it when accelerate runs FSDP2; a model already sharded with `sharding.shard_model` (a device mesh
+            of one's own, or a gloo CPU mesh) is trained as it is sharded.
         processor: its processor (saved with the model; its tokenizer builds the zero-shot classifier).
         args: `TrainArguments`.
         data: `TrainingData`.
@@ -92,6 +106,8 @@ class Trainer:
         step: the gradient-accumulation strategy (default: `args.gradient_accumulation_mode`).
         run_arguments: every setting of the run, written to `training_args.json` and the model card.
         base_model: the checkpoint the run started from, for the card's `base_model`.
+        pretrained: the model starts from pretrained weights (a saved model, a CLIP checkpoint, pretrained towers):
+            `calibrate_logit_offsets: auto` then keeps its offsets.
     """
 
     def __init__(
@@ -105,12 +121,16 @@ class Trainer:
         step: StepStrategy | None = None,
         run_arguments: dict | None = None,
         base_model: str | None = None,
+        pretrained: bool = False,
     ):
         self.model, self.processor, self.args, self.data = model, processor, args, data
         self.accelerator = accelerator or build_accelerator(args)
         self.step_strategy = step or build_step(args.gradient_accumulation_mode)
         self.run_arguments = dict(run_arguments or {})
         self.base_model = base_model
+        self.pretrained = pretrained
+        self._calibrate_on_first_step = False
+        self._first_step_notes: dict = {}  # added to the first logged step's record (the calibrated offsets)
         self.output_dir = Path(args.output_dir)
         self.health = DataHealth("training")  # this rank's samples used and skipped (by kind), damaged shards
         self.nonfinite_steps = 0
@@ -177,7 +197,7 @@ class Trainer:
             self.accelerator.print(f"no checkpoint in {self.output_dir}: starting from scratch")
             return 0
         acc = self.accelerator
-        state = checkpoints.read_checkpoint(folder, acc.process_index, acc.num_processes)
+        state = checkpoints.read_checkpoint(folder, acc.process_index, acc.num_processes, self.sharded)
         checkpoints.restore(
             state, accelerator=acc, model=self.unwrapped, optimizer=self.optimizer, scheduler=self.scheduler
         )
@@ -191,14 +211,58 @@ class Trainer:
     # Steps
 
     def _next_inputs(self) -> dict:
-        """The next batch's model inputs; a batch that lost every sample to damage is passed over (counted)."""
+        """The next batch's model inputs on the device, views made there when `TrainingData.views` makes them; a
+        batch that lost every sample to damage is passed over (counted)."""
+        device = self.accelerator.device
         while True:
             batch = next(self._batches)
             self.data.stream.batches_consumed += 1
             self.health.update(batch)
-            if "pixel_values" in batch:
-                self._window_samples += batch["pixel_values"].shape[0]
-                return model_inputs(batch, self.accelerator.device)
+            if "input_ids" not in batch:  # every sample of the batch was skipped
+                continue
+            self._window_samples += batch["input_ids"].shape[0]
+            inputs = model_inputs(batch, device)
+            if self.data.views is not None:
+                inputs.update(self.data.views(batch, device=device))
+            if "pixel_values" not in inputs:
+                raise ValueError(
+                    f"the training batches hold no pixel_values (they hold {sorted(batch)}): a stream whose workers "
+                    "decode to uint8 canvases needs TrainingData(views=BatchMultiViewAugmentation(...)) to make "
+                    "its views in the step"
+                )
+            return inputs
+
+    def _calibration_due(self, start: int) -> bool:
+        """Whether `calibrate_logit_offsets` applies to this run (see `TrainArguments`); a setting the model cannot
+        honour is refused before training."""
+        setting = self.args.calibrate_logit_offsets
+        has_offsets = getattr(self.unwrapped, "logit_offset", None) is not None
+        if setting == "true" and not has_offsets:
+            raise ValueError(
+                f"calibrate_logit_offsets: true needs a model with per-domain-pair logit offsets "
+                f"(domain_similarity=True); this {type(self.unwrapped).__name__} has none: use auto or false"
+            )
+        if start > 0 or setting == "false" or not has_offsets:
+            return False  # a resumed run has its offsets from the checkpoint
+        return setting == "true" or not self.pretrained
+
+    def _calibrate_logit_offsets(self, inputs: dict) -> None:
+        """Sets each domain pair's offset to the mean cosine of different items of this (first) micro-batch, over
+        all ranks (`calibrate_logit_offsets` of the model). The look-ahead forward pass leaves no trace: the random
+        state and the buffers are put back, so the run trains as it would have from these offsets."""
+        acc = self.accelerator
+        random_state = RandomState.capture(acc.device)
+        with torch.no_grad(), restored_buffers(self.unwrapped):
+            outputs = self.model(**{name: value for name, value in inputs.items() if name != "labels"})
+        random_state.restore()
+        with sharding.replicated_writes(self.unwrapped):
+            values = self.unwrapped.calibrate_logit_offsets(outputs.image_view_embeds, outputs.text_embeds)
+        calibrated = {pair: round(value, 6) for pair, value in zip(DOMAIN_PAIRS, values)}
+        self._first_step_notes["calibrated_logit_offsets"] = calibrated
+        acc.print(
+            "logit offsets calibrated on the first batch (mean cosine of different items): "
+            + ", ".join(f"{pair} {value:.4f}" for pair, value in calibrated.items())
+        )
 
     def _all_finite(self, loss: torch.Tensor, grad_norm) -> bool:
         values = [loss.detach().float().reshape(1)]
@@ -244,10 +308,17 @@ class Trainer:
             return self.health
         return DataHealth.merge(gather_object([self.health.state_dict()]))
 
-    def _temperature(self) -> float | None:
-        """The mean learnt logit scale `exp(logit_scale)` (UniCLIP has one per domain pair)."""
+    def _similarity_values(self) -> dict:
+        """The mean learnt logit scale `exp(logit_scale)` (UniCLIP has one per domain pair) and, with a
+        domain-dependent similarity, the three offsets (collectives for a sharded model)."""
+        values = {}
         logit_scale = getattr(self.unwrapped, "logit_scale", None)
-        return None if logit_scale is None else float(logit_scale.detach().float().exp().mean())
+        if logit_scale is not None:
+            values["logit_scale"] = float(sharding.full_tensor(logit_scale.detach()).float().exp().mean())
+        logit_offset = getattr(self.unwrapped, "logit_offset", None)
+        if logit_offset is not None:
+            values["logit_offset"] = [round(v, 6) for v in sharding.full_tensor(logit_offset.detach()).tolist()]
+        return values
 
     def _log_step(self, step: int, loss: torch.Tensor, grad_norm) -> dict:
         acc = self.accelerator
@@ -258,12 +329,14 @@ class Trainer:
             "loss": acc.reduce(loss.reshape(1), reduction="mean").item(),
             "lr": base_learning_rate(self.optimizer),
             "grad_norm": float(grad_norm) if torch.is_tensor(grad_norm) else None,
-            "logit_scale": self._temperature(),
+            **self._similarity_values(),
             "samples_per_second": acc.reduce(samples, "sum").item()
             / max(time.perf_counter() - self._window_start, 1e-9),
             "samples_skipped": totals.samples_skipped,
             "captions_mapped_to_labels": totals.captions_mapped_to_labels,
         }
+        record.update(self._first_step_notes)
+        self._first_step_notes = {}
         if totals.skipped:
             record["skipped"] = dict(sorted(totals.skipped.items()))
         if totals.damaged_shards:
@@ -312,8 +385,8 @@ class Trainer:
             keep=self.args.save_total_limit,
         )
 
-    def _write_final(self, folder: Path, eval_results: dict) -> None:
-        self.accelerator.unwrap_model(self.model, keep_torch_compile=False).save_pretrained(folder)
+    def _write_final(self, folder: Path, eval_results: dict, state_dict: dict) -> None:
+        sharding.unsharded_model(self.unwrapped, state_dict).save_pretrained(folder, state_dict=state_dict)
         self.processor.save_pretrained(folder)
         (folder / "eval_results.json").write_text(json.dumps(eval_results, indent=2))
         (folder / "training_args.json").write_text(json.dumps(self.run_arguments, indent=2, default=str))
@@ -329,11 +402,13 @@ class Trainer:
     def save_final(self, eval_results: dict) -> None:
         """Writes the model folder beside `output_dir` and swaps it in (`atomic.replace_folder`): a kill at any
         moment leaves the previous output whole. Checkpoints, the log and other entries are carried over; weight
-        files of an earlier save are not (a stale one could be loaded instead of the new weights)."""
+        files of an earlier save are not (a stale one could be loaded instead of the new weights). A sharded model
+        is gathered whole on the main process first (every rank takes part)."""
+        state_dict = sharding.full_state_dict(self.unwrapped)
         if self.accelerator.is_main_process:
             replace_folder(
                 self.output_dir,
-                lambda folder: self._write_final(folder, eval_results),
+                lambda folder: self._write_final(folder, eval_results, state_dict),
                 keep=lambda entry: entry.is_dir() or not entry.name.endswith((".safetensors", ".bin", ".index.json")),
             )
         self.accelerator.wait_for_everyone()
@@ -362,17 +437,21 @@ class Trainer:
             recover_folder(self.output_dir)  # a save interrupted by a kill: keep the previous output
             self.output_dir.mkdir(parents=True, exist_ok=True)
         acc.wait_for_everyone()
-        check_engine(acc)
-        acc.print(f"engine: {describe_engine(acc)}")
+        acc.print(f"engine: {sharding.check_engine(acc, args.gradient_accumulation_mode, model=self.model)}")
         self._preflight()
         roles = self._setup_parameters()
         if args.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
-        self.optimizer = build_optimizer(self.model, args, roles)
+        self.model = sharding.shard_for_engine(self.model, acc)  # FSDP2: before the optimizer sees the parameters
+        self.sharded = sharding.is_fsdp2(self.model)
+        self.optimizer = build_optimizer(self.model, args, roles, device=acc.device)
         self.scheduler = build_scheduler(self.optimizer, args)
-        self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        self.model, self.optimizer = sharding.prepare_for_engine(acc, self.model, self.optimizer)
         self.unwrapped = acc.unwrap_model(self.model, keep_torch_compile=False)
+        if self.data.views is not None:
+            acc.print(f"views made on {acc.device}: {self.data.views}")
         start = self._resume()
+        self._calibrate_on_first_step = self._calibration_due(start)
         self.log.truncate_after(start)  # a resumed run logs the steps after its checkpoint again; a new run all
         if args.report_to:
             config = {k: v for k, v in self.run_arguments.items() if isinstance(v, (int, float, str, bool))}
@@ -383,8 +462,13 @@ class Trainer:
         """One optimizer step; returns its loss, gradient norm and whether it was applied (both finite)."""
         args, acc = self.args, self.accelerator
         micro_batches = [self._next_inputs() for _ in range(args.gradient_accumulation_steps)]
+        if self._calibrate_on_first_step:
+            self._calibrate_logit_offsets(micro_batches[0])
+            self._calibrate_on_first_step = False
         loss = self.step_strategy(self.model, micro_batches, acc)
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm or math.inf)
+        if torch.is_tensor(grad_norm):
+            grad_norm = sharding.full_tensor(grad_norm)  # of sharded gradients: a DTensor
         applied = self._all_finite(loss, grad_norm)
         if applied:
             self.optimizer.step()
