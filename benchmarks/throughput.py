@@ -2,15 +2,19 @@
 
 Every candidate is built at identical widths (default: ViT 192 wide / 4 layers / patch 16 at 64 px, text 128 wide /
 4 layers, 32 tokens, vocabulary 49408, 128-d embeddings, QuickGELU everywhere) and measured interleaved in one
-process: each round runs every candidate once in a rotated order, and a candidate's figure is the median over
-rounds. Ratios are taken against transformers' `CLIPModel` (SDPA) within each round, then the median is reported,
-so a slow-down of the shared machine during one round hits every candidate alike.
+process: each round runs every candidate once in a rotated order. Rates are given as min / median / max over
+rounds; ratios are taken against transformers' `CLIPModel` (SDPA) within each round, then their median (min-max) is
+reported, so a slow-down of the shared machine during one round hits every candidate alike. On CPU the clock is
+this process's CPU time (`time.process_time`, 1 torch thread by default), which other jobs on shared cores do not
+inflate the way they inflate wall time; on CUDA it is the wall clock after synchronising.
 
 Measured:
 
 - training step: forward, contrastive loss, backward and `torch.optim.AdamW.step` (samples/s, one sample = one
   image-text pair; UniCLIP encodes `num_views` augmented views per image, as it trains);
-- inference: image embeddings under `torch.inference_mode` (images/s).
+- inference: image embeddings under `torch.inference_mode` (images/s);
+- FLOPs of both (`torch.utils.flop_counter`: matmuls, convolutions, attention), the speed ratio they predict against
+  `CLIPModel` and the share of that prediction the measurement reaches ("measured / predicted").
 
 Groups:
 
@@ -21,13 +25,13 @@ Groups:
 
 Usage:
 
-    python benchmarks/throughput.py                      # CPU, 2 threads, both groups, prints markdown tables
+    python benchmarks/throughput.py                      # CPU, 1 thread, both groups, prints markdown tables
     python benchmarks/throughput.py --smoke              # seconds: tiny sizes, 1 round (CI)
     python benchmarks/throughput.py --device cuda --image-size 224 --patch-size 32 --vision-width 768 \
         --vision-layers 12 --text-width 512 --text-layers 12 --batch-size 256 --compile   # ViT-B/32, bf16, MFU
 
-On CUDA the step runs under bf16 autocast, optionally `torch.compile`d, and the model FLOPs utilisation is
-`FLOPs per step (torch.utils.flop_counter) * steps/s / --peak-tflops`.
+On CUDA the step runs under bf16 autocast with fused AdamW, optionally `torch.compile`d (FLOPs are counted on the
+eager step), and the model FLOPs utilisation is `FLOPs per step * steps/s / --peak-tflops`.
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import common  # noqa: F401  (puts the repository on sys.path)
 import torch
@@ -68,13 +74,14 @@ class Sizes:
 
 @dataclass
 class Candidate:
-    """One model under test: `train_step()` runs one optimiser step, `infer()` one batch of image embeddings."""
+    """One model under test: `train_step()` runs one optimizer step, `infer()` one batch of image embeddings."""
 
     name: str
     model: torch.nn.Module
     train_step: Callable[[], None]
     infer: Callable[[], None]
     samples_per_step: int
+    eager_step: Callable[[], None]  # `train_step` without torch.compile (FLOPs are counted on it)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -101,10 +108,9 @@ def make_batch(sizes: Sizes, device: str, seed: int = 0) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _clip_text_config(sizes: Sizes, **extra):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
+def clip_text_kwargs(sizes: Sizes) -> dict:
+    """`CLIPTextConfig` fields of the text tower at `sizes` (QuickGELU, heads of 64 channels)."""
+    return dict(
         vocab_size=sizes.vocab_size,
         hidden_size=sizes.text_width,
         intermediate_size=4 * sizes.text_width,
@@ -112,17 +118,12 @@ def _clip_text_config(sizes: Sizes, **extra):
         num_attention_heads=sizes.heads(sizes.text_width),
         max_position_embeddings=sizes.text_len,
         hidden_act="quick_gelu",
-        bos_token_id=min(49406, sizes.vocab_size - 2),
-        eos_token_id=min(EOS_TOKEN_ID, sizes.vocab_size - 1),
-        pad_token_id=0,
-        **extra,
     )
 
 
-def _clip_vision_config(sizes: Sizes, **extra):
-    from transformers import CLIPVisionConfig
-
-    return CLIPVisionConfig(
+def clip_vision_kwargs(sizes: Sizes) -> dict:
+    """`CLIPVisionConfig` fields of the image tower at `sizes`."""
+    return dict(
         hidden_size=sizes.vision_width,
         intermediate_size=4 * sizes.vision_width,
         num_hidden_layers=sizes.vision_layers,
@@ -130,8 +131,47 @@ def _clip_vision_config(sizes: Sizes, **extra):
         image_size=sizes.image_size,
         patch_size=sizes.patch_size,
         hidden_act="quick_gelu",
-        **extra,
     )
+
+
+def open_clip_model_config(sizes: Sizes) -> dict:
+    """open_clip's model config (the JSON of `open_clip/model_configs/`) of the same towers: one source of the
+    identical dims for `build_open_clip` here and for open_clip's own trainer in `end_to_end.py`."""
+    return {
+        "embed_dim": sizes.projection_dim,
+        "quick_gelu": True,
+        "vision_cfg": {
+            "image_size": sizes.image_size,
+            "layers": sizes.vision_layers,
+            "width": sizes.vision_width,
+            "head_width": sizes.vision_width // sizes.heads(sizes.vision_width),
+            "patch_size": sizes.patch_size,
+        },
+        "text_cfg": {
+            "context_length": sizes.text_len,
+            "vocab_size": sizes.vocab_size,
+            "width": sizes.text_width,
+            "heads": sizes.heads(sizes.text_width),
+            "layers": sizes.text_layers,
+        },
+    }
+
+
+def _clip_text_config(sizes: Sizes):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        **clip_text_kwargs(sizes),
+        bos_token_id=min(49406, sizes.vocab_size - 2),
+        eos_token_id=min(EOS_TOKEN_ID, sizes.vocab_size - 1),
+        pad_token_id=0,
+    )
+
+
+def _clip_vision_config(sizes: Sizes):
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(**clip_vision_kwargs(sizes))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -166,23 +206,12 @@ def build_open_clip(sizes: Sizes):
     from open_clip.loss import ClipLoss
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
+    config = open_clip_model_config(sizes)
     model = open_clip.model.CLIP(
-        embed_dim=sizes.projection_dim,
-        vision_cfg=CLIPVisionCfg(
-            layers=sizes.vision_layers,
-            width=sizes.vision_width,
-            head_width=sizes.vision_width // sizes.heads(sizes.vision_width),
-            patch_size=sizes.patch_size,
-            image_size=sizes.image_size,
-        ),
-        text_cfg=CLIPTextCfg(
-            context_length=sizes.text_len,
-            vocab_size=sizes.vocab_size,
-            width=sizes.text_width,
-            heads=sizes.heads(sizes.text_width),
-            layers=sizes.text_layers,
-        ),
-        quick_gelu=True,
+        embed_dim=config["embed_dim"],
+        vision_cfg=CLIPVisionCfg(**config["vision_cfg"]),
+        text_cfg=CLIPTextCfg(**config["text_cfg"]),
+        quick_gelu=config["quick_gelu"],
     )
     criterion = ClipLoss()
 
@@ -276,8 +305,8 @@ def build_msclip(sizes: Sizes, preset: str):
         bos_token_id=min(49406, sizes.vocab_size - 2),
     )
     if preset == "ms-clip-s":
-        # The released layout scaled down: a conv stem whose total stride is the patch size, and a parallel CNN
-        # branch of stride-2 stages whose adapters feed vision blocks 1, 2, ... (one per block at most).
+        # The released layout at these sizes (exactly the released one at ViT-B/32): a conv stem whose total stride is
+        # the patch size, and a parallel CNN branch of stride-2 stages with one adapter per stage.
         stem_stages = int(math.log2(sizes.patch_size)) - 1
         overrides["stem_strides"] = [2] * stem_stages
         overrides["stem_channels"] = [max(8, width >> (stem_stages - i)) for i in range(stem_stages)] + [width]
@@ -287,7 +316,8 @@ def build_msclip(sizes: Sizes, preset: str):
         overrides["parallel_strides"] = [2] * branch
         overrides["parallel_channels"] = [max(8, width >> (branch - 1 - i)) for i in range(branch)]
         overrides["parallel_t2b_kernels"] = [first_size // grid >> i for i in range(branch)]
-        overrides["parallel_lateral_layers"] = list(range(1, branch + 1))
+        # Adapters spread evenly over the blocks: vision blocks 2, 4, ..., 10 of 12 as released, 1, 2, 3 of 4.
+        overrides["parallel_lateral_layers"] = [(k + 1) * sizes.vision_layers // (branch + 1) for k in range(branch)]
         if branch < 1:
             raise ValueError("the MS-CLIP-S layout needs at least 2 vision layers (one for the parallel branch)")
     config = configuration.MSCLIPConfig.from_preset(preset, **overrides)
@@ -316,18 +346,20 @@ def _image_output(output) -> torch.Tensor:
 def make_candidate(name: str, built, batch: dict, device: str, args) -> Candidate:
     model, loss_fn, image_fn = built
     model.to(device).train()
-    # torch's default AdamW (foreach) unless --fused-adamw; the fused kernel also exists on CPU (torch >= 2.4).
+    # torch's default AdamW kernel unless --fused-adamw (the fused kernel exists on CPU too); fused on CUDA.
     fused = True if args.fused_adamw or device.startswith("cuda") else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=fused)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
-    compute_loss = torch.compile(loss_fn) if args.compile else loss_fn
 
-    def train_step() -> None:
-        with autocast:
-            loss = compute_loss(model, batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def step_with(compute_loss) -> Callable[[], None]:
+        def train_step() -> None:
+            with autocast:
+                loss = compute_loss(model, batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return train_step
 
     def infer() -> None:
         model.eval()
@@ -335,7 +367,9 @@ def make_candidate(name: str, built, batch: dict, device: str, args) -> Candidat
             F.normalize(_image_output(image_fn(model, batch["pixel_values"])), dim=-1)
         model.train()
 
-    return Candidate(name, model, train_step, infer, batch["pixel_values"].shape[0])
+    eager_step = step_with(loss_fn)
+    train_step = step_with(torch.compile(loss_fn, backend=args.compile_backend)) if args.compile else eager_step
+    return Candidate(name, model, train_step, infer, batch["pixel_values"].shape[0], eager_step)
 
 
 def candidates_for(group: str, sizes: Sizes) -> list[tuple[str, Callable]]:
@@ -362,24 +396,24 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn: Callable[[], None], steps: int, device: str) -> float:
-    """Seconds per call over `steps` calls."""
+def timed(fn: Callable[[], None], steps: int, device: str, clock: Callable[[], float]) -> float:
+    """Seconds per call over `steps` calls, read on `clock` (wall or this process's CPU time)."""
     synchronize(device)
-    start = time.perf_counter()
+    start = clock()
     for _ in range(steps):
         fn()
     synchronize(device)
-    return (time.perf_counter() - start) / steps
+    return (clock() - start) / steps
 
 
-def flops_per_step(candidate: Candidate) -> float:
-    """FLOPs of one training step (forward + backward) counted by torch's FlopCounterMode (matmuls, convolutions
-    and attention; element-wise work is not counted, as in the usual MFU definition)."""
+def count_flops(fn: Callable[[], None]) -> float:
+    """FLOPs of one call counted by torch's FlopCounterMode (matmuls, convolutions and attention; element-wise work
+    is not counted, as in the usual MFU definition). Run eagerly: compiled graphs bypass the counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with counter:
-        candidate.train_step()
+        fn()
     return float(counter.get_total_flops())
 
 
@@ -397,19 +431,20 @@ def run_group(group: str, sizes: Sizes, args) -> list[dict]:
             print(f"[skip] {name}: not available in this tree ({type(error).__name__}: {error})")
     if not candidates:
         return []
+    flops = {c.name: (count_flops(c.eager_step), count_flops(c.infer)) for c in candidates}
     for candidate in candidates:  # warm-up: allocator, oneDNN/cuDNN plans, compilation
         for _ in range(args.warmup):
             candidate.train_step()
             candidate.infer()
-    flops = {c.name: flops_per_step(c) for c in candidates} if args.mfu else {}
 
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     train_times: dict[str, list[float]] = {c.name: [] for c in candidates}
     infer_times: dict[str, list[float]] = {c.name: [] for c in candidates}
     for round_index in range(args.rounds):
         shift = round_index % len(candidates)
         for candidate in candidates[shift:] + candidates[:shift]:  # rotate so no model always runs first
-            train_times[candidate.name].append(timed(candidate.train_step, args.steps, device))
-            infer_times[candidate.name].append(timed(candidate.infer, args.steps, device))
+            train_times[candidate.name].append(timed(candidate.train_step, args.steps, device, clock))
+            infer_times[candidate.name].append(timed(candidate.infer, args.steps, device, clock))
         print(
             f"  [{group}] round {round_index + 1}/{args.rounds}: "
             + ", ".join(f"{c.name} {c.samples_per_step / train_times[c.name][-1]:.0f}/s" for c in candidates),
@@ -420,53 +455,87 @@ def run_group(group: str, sizes: Sizes, args) -> list[dict]:
     results = []
     for candidate in candidates:
         name = candidate.name
-        train_ratios = [ref / own for ref, own in zip(train_times[reference], train_times[name])]
-        infer_ratios = [ref / own for ref, own in zip(infer_times[reference], infer_times[name])]
-        row = {
-            "name": name,
-            "params_m": sum(p.numel() for p in candidate.model.parameters()) / 1e6,
-            "train_samples_per_s": candidate.samples_per_step / median(train_times[name]),
-            "train_ratio": median(train_ratios),
-            "infer_images_per_s": candidate.samples_per_step / median(infer_times[name]),
-            "infer_ratio": median(infer_ratios),
-        }
-        if flops:
-            achieved = flops[name] / median(train_times[name])
+        row = {"name": name, "params_m": sum(p.numel() for p in candidate.model.parameters()) / 1e6}
+        for kind, times, flop_index in (("train", train_times, 0), ("infer", infer_times, 1)):
+            rates = [candidate.samples_per_step / t for t in times[name]]
+            ratios = [ref / own for ref, own in zip(times[reference], times[name])]
+            row[kind] = {
+                "rates": rates,
+                "ratios": ratios,
+                "ratio": median(ratios),
+                "gflops": flops[name][flop_index] / 1e9,
+                # The speed ratio the FLOPs alone predict, and how much of it the measurement reaches.
+                "flops_predicted": flops[reference][flop_index] / flops[name][flop_index],
+            }
+            row[kind]["of_predicted"] = row[kind]["ratio"] / row[kind]["flops_predicted"]
+        # Backwards-compatible summary fields (medians).
+        row["train_samples_per_s"] = median(row["train"]["rates"])
+        row["train_ratio"] = row["train"]["ratio"]
+        row["infer_images_per_s"] = median(row["infer"]["rates"])
+        row["infer_ratio"] = row["infer"]["ratio"]
+        if device.startswith("cuda"):
+            achieved = flops[name][0] / median(train_times[name])
             row["tflops"] = achieved / 1e12
             row["mfu"] = achieved / (args.peak_tflops * 1e12) if args.peak_tflops else float("nan")
         results.append(row)
     return results
 
 
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.1f} / {median(values):.1f} / {max(values):.1f}"
+
+
 def print_results(group: str, sizes: Sizes, results: list[dict], args) -> None:
-    header = ["model", "params (M)", "train samples/s", "train vs CLIPModel", "infer images/s", "infer vs CLIPModel"]
-    rows = [
-        [
-            r["name"],
-            f"{r['params_m']:.2f}",
-            f"{r['train_samples_per_s']:.1f}",
-            f"{r['train_ratio']:.2f}x",
-            f"{r['infer_images_per_s']:.1f}",
-            f"{r['infer_ratio']:.2f}x",
-        ]
-        for r in results
-    ]
-    if args.mfu:
-        header += ["TFLOP/s", "MFU"]
-        for row, r in zip(rows, results):
-            row += [f"{r['tflops']:.2f}", f"{100 * r['mfu']:.1f}%"]
+    unit = "per CPU-s" if args.clock == "cpu" else "per s"
+    compiled = ", torch.compile" if args.compile else ""
     print(
-        f"\n### {group}: ViT {sizes.vision_width}w/{sizes.vision_layers}L patch {sizes.patch_size} at "
+        f"\n**{group}: ViT {sizes.vision_width}w/{sizes.vision_layers}L patch {sizes.patch_size} at "
         f"{sizes.image_size}px, text {sizes.text_width}w/{sizes.text_layers}L x {sizes.text_len} tokens, "
-        f"batch {sizes.batch_size}, {args.rounds} interleaved rounds x {args.steps} steps (median)"
+        f"batch {sizes.batch_size}, {args.device}{compiled}, {args.rounds} interleaved rounds x {args.steps} steps, "
+        f"rates {unit}; min / median / max over rounds, ratios: median (min-max) of per-round ratios**\n"
     )
-    print(markdown_table(header, rows))
+    for kind, what in (("train", "training samples"), ("infer", "inference images")):
+        header = [
+            "model",
+            "params (M)",
+            "GFLOP/step" if kind == "train" else "GFLOP/batch",
+            f"{what} {unit}",
+            "vs CLIPModel",
+            "FLOPs predict",
+            "measured / predicted",
+        ]
+        rows = []
+        for r in results:
+            k = r[kind]
+            rows.append(
+                [
+                    r["name"],
+                    f"{r['params_m']:.2f}",
+                    f"{k['gflops']:.2f}",
+                    _spread(k["rates"]),
+                    f"{k['ratio']:.2f}x ({min(k['ratios']):.2f}-{max(k['ratios']):.2f})",
+                    f"{k['flops_predicted']:.2f}x",
+                    f"{100 * k['of_predicted']:.0f}%",
+                ]
+            )
+        if kind == "train" and args.device.startswith("cuda"):
+            header += ["TFLOP/s", "MFU"]
+            for row, r in zip(rows, results):
+                row += [f"{r['tflops']:.1f}", f"{100 * r['mfu']:.1f}%"]
+        print(markdown_table(header, rows) + "\n")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on CPU")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads on CPU")
+    parser.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default=None,
+        help="time steps on this process's CPU time (default on CPU: other jobs on shared cores do not inflate it) "
+        "or on the wall clock (default on CUDA, after synchronising)",
+    )
     parser.add_argument("--groups", nargs="+", default=["towers", "equal-width"], choices=["towers", "equal-width"])
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--patch-size", type=int, default=16)
@@ -484,7 +553,9 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True) for every candidate")
     parser.add_argument("--compile", action="store_true", help="torch.compile the forward + loss")
-    parser.add_argument("--mfu", action="store_true", help="count FLOPs (default on CUDA)")
+    parser.add_argument(
+        "--compile-backend", default="inductor", help="torch.compile backend (aot_eager: graph capture only, fast)"
+    )
     parser.add_argument(
         "--peak-tflops", type=float, default=None, help="peak dense bf16 TFLOP/s of the device for MFU (H100 SXM: 989)"
     )
@@ -494,15 +565,17 @@ def parse_args(argv=None):
         default=None,
         help="only candidates whose name contains one of these words (CLIPModel is always run)",
     )
+    parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks that everything runs")
     args = parser.parse_args(argv)
+    if args.clock is None:
+        args.clock = "wall" if args.device.startswith("cuda") else "cpu"
     if args.smoke:
         args.image_size, args.patch_size, args.vision_width, args.vision_layers = 32, 16, 64, 2
         args.text_width, args.text_layers, args.text_len, args.vocab_size = 64, 1, 8, 1000
         args.equal_width, args.projection_dim, args.batch_size = 64, 32, 4
         args.rounds, args.steps, args.warmup = 1, 1, 1
     if args.device.startswith("cuda"):
-        args.mfu = True
         if args.peak_tflops is None and torch.cuda.is_available():
             name = torch.cuda.get_device_name()
             args.peak_tflops = 989.0 if "H100" in name or "H200" in name else 312.0 if "A100" in name else None
@@ -541,6 +614,8 @@ def main(argv=None) -> dict[str, list[dict]]:
         results = run_group(group, sizes, args)
         print_results(group, sizes, results, args)
         all_results[group] = results
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": describe_machine(args.device), **all_results}, indent=2))
     return all_results
 
 

@@ -1,0 +1,209 @@
+"""The GPU run: ViT-B/32 training samples/s and MFU in bf16 (SDPA; eager and `torch.compile`) of UniCL, UniCLIP and
+MS-CLIP-S against transformers' `CLIPModel` and open_clip, the data pipeline's images/s per core, and the DataLoader
+workers one GPU needs. Written for one H100/H200-class GPU; NOT yet run on one (no GPU was lent to this work).
+
+Sections (each writes `<section>.json` into `--out`; `--report` reads whatever is there and writes `summary.md`):
+
+- `throughput`: `throughput.py` on the device, eager, at ViT-B/32 dims (224 px, patch 32, ViT 768 x 12, text
+  512 x 12 x 77 tokens, 512-d, batch 256): CLIPModel, open_clip, UniCL (CLIP towers), UniCLIP (2 views), and at
+  equal widths (768 / 768, MS-CLIP's shared width) CLIPModel and the released MS-CLIP-S layout;
+- `compile`: the same under `torch.compile` (FLOPs counted on the eager step);
+- `data`: `data_pipeline.py` on 224 px JPEG shards: the single-view pipeline (UniCL / CLIP / MS-CLIP) and UniCLIP's
+  batched views made on the device, by worker count;
+- `end-to-end` (not in the default list; minutes): `end_to_end.py --device cuda` at the same dims.
+
+The report gives, per model, samples/s and MFU eager and compiled, the ratio to CLIPModel at the same widths and to
+open_clip, and the workers needed: the model's samples/s over the pipeline's images per CPU-second with no worker
+(what one worker core decodes and augments), rounded up; plus the smallest measured worker count that kept up.
+
+    bash benchmarks/gpu.sh                        # every default section, then the report, into $OUT
+    python benchmarks/gpu.py --sections throughput --out results/
+    python benchmarks/gpu.py --report --out results/
+    python benchmarks/gpu.py --smoke --out /tmp/gpu-smoke      # every section on CPU at tiny sizes (the tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import common  # noqa: F401  (puts the repository on sys.path)
+from common import describe_machine, markdown_table
+
+SECTIONS = ("throughput", "compile", "data", "end-to-end")
+DEFAULT_SECTIONS = ("throughput", "compile", "data")
+# Candidates of throughput.py run here, per group (its --models filter; CLIPModel is always run).
+MODELS = {"towers": ("open_clip", "(CLIP loss)", "2 views"), "equal-width": ("MS-CLIP-S",)}
+# What feeds each model: UniCLIP's workers only decode to a canvas, its views are made on the device.
+PIPELINE_OF = {"UniCLIP": "batched-2"}
+SINGLE_VIEW_PIPELINE = "crop-flip"
+
+
+def vit_b32(args) -> list[str]:
+    """throughput.py / end_to_end.py size flags (ViT-B/32; tiny under --smoke)."""
+    if args.smoke:
+        return ["--image-size", "32", "--patch-size", "16", "--vision-width", "64", "--vision-layers", "2",
+                "--text-width", "64", "--text-layers", "1", "--text-len", "8", "--projection-dim", "32"]  # fmt: skip
+    return ["--image-size", "224", "--patch-size", "32", "--vision-width", "768", "--vision-layers", "12",
+            "--text-width", "512", "--text-layers", "12", "--text-len", "77", "--projection-dim", "512"]  # fmt: skip
+
+
+def run_throughput(args, compiled: bool) -> dict:
+    import throughput
+
+    argv = vit_b32(args) + ["--device", args.device]
+    if args.smoke:
+        argv += ["--equal-width", "64", "--vocab-size", "1000", "--batch-size", "4", "--rounds", "1", "--steps", "1"]
+        argv += ["--warmup", "1"] + (["--compile-backend", "aot_eager"] if compiled else [])
+    else:
+        argv += ["--equal-width", "768", "--batch-size", str(args.batch_size), "--rounds", "3", "--steps", "10"]
+        argv += ["--warmup", "3"]
+    if args.peak_tflops:
+        argv += ["--peak-tflops", str(args.peak_tflops)]
+    argv += ["--compile"] if compiled else []
+    results = {"machine": describe_machine(args.device)}
+    for group, models in MODELS.items():
+        results.update(throughput.main(argv + ["--groups", group, "--models", *models]))
+    return results
+
+
+def run_data(args) -> dict:
+    import data_pipeline
+
+    argv = ["--device", args.device, "--transforms", SINGLE_VIEW_PIPELINE, PIPELINE_OF["UniCLIP"]]
+    argv += ["--view-presets", "simclr", "--data-dir", str(Path(args.out) / "shards")]
+    if args.smoke:
+        argv += ["--smoke"]
+    else:
+        argv += ["--image-size", "224", "--num-samples", "2048", "--num-shards", "8", "--batch-size", "256"]
+        argv += ["--batches", "8", "--rounds", "2", "--views-sizes", "224", "--workers", *map(str, args.workers)]
+    return {"pipeline": data_pipeline.main(argv)}
+
+
+def run_end_to_end(args) -> dict:
+    import end_to_end
+
+    argv = ["--device", args.device, "--work-dir", str(Path(args.out) / "end_to_end")]
+    if args.smoke:
+        argv += ["--smoke"]
+    else:
+        argv += vit_b32(args) + ["--batch-size", str(args.batch_size), "--workers", str(max(args.workers))]
+        argv += ["--threads", "4", "--rounds", "2", "--steps", "60", "--warmup-steps", "20"]
+    outcome = end_to_end.main(argv)
+    return {"results": outcome["results"], "params": outcome["params"], "loads": outcome["loads"]}
+
+
+RUNNERS = {
+    "throughput": lambda args: run_throughput(args, compiled=False),
+    "compile": lambda args: run_throughput(args, compiled=True),
+    "data": run_data,
+    "end-to-end": run_end_to_end,
+}
+
+
+EQUAL_WIDTH = " @ equal width"
+CLIP_REFERENCE = "transformers CLIPModel (sdpa)"
+
+
+def _rows(section: dict | None) -> dict[str, dict]:
+    """Model name -> throughput row, over both groups (the equal-width group's names get `EQUAL_WIDTH`)."""
+    rows = {}
+    for group, results in (section or {}).items():
+        if group in ("towers", "equal-width"):
+            for row in results:
+                rows[row["name"] + (EQUAL_WIDTH if group == "equal-width" else "")] = row
+    return rows
+
+
+def workers_needed(samples_per_s: float, pipeline: list[dict], transform: str) -> tuple[str, str]:
+    """(estimate from the per-core rate, smallest measured worker count whose images/s kept up)."""
+    runs = [r for r in pipeline if r["transform"] == transform]
+    per_core = next((r["images_per_cpu_s"] for r in runs if r["workers"] == 0), None)
+    estimate = f"{math.ceil(samples_per_s / per_core)}" if per_core else "-"
+    enough = sorted(r["workers"] for r in runs if r["workers"] and r["images_per_s"] >= samples_per_s)
+    measured = str(enough[0]) if enough else f"> {max((r['workers'] for r in runs), default=0)}"
+    return estimate, measured
+
+
+def report(out: Path) -> str:
+    """`summary.md` from the section files present in `out`."""
+    loaded = {
+        name: json.loads((out / f"{name}.json").read_text()) for name in SECTIONS if (out / f"{name}.json").exists()
+    }
+    eager, compiled = _rows(loaded.get("throughput")), _rows(loaded.get("compile"))
+    pipeline = (loaded.get("data") or {}).get("pipeline", [])
+    machine = (loaded.get("throughput") or loaded.get("compile") or {}).get("machine", "unknown machine")
+    header = [
+        "model",
+        "eager samples/s",
+        "eager MFU",
+        "compiled samples/s",
+        "compiled MFU",
+        "vs CLIPModel (eager / compiled)",
+        "vs open_clip (eager / compiled)",
+        "data workers needed (per-core estimate / measured)",
+    ]
+    rows = []
+    for name in eager or compiled:
+        figures = []
+        for table in (eager, compiled):
+            row = table.get(name)
+            mfu = f"{100 * row['mfu']:.1f}%" if row and "mfu" in row else "-"
+            figures += [f"{row['train_samples_per_s']:.0f}" if row else "-", mfu]
+        ratios = []
+        for reference in (CLIP_REFERENCE + (EQUAL_WIDTH if name.endswith(EQUAL_WIDTH) else ""), "open_clip CLIP"):
+            pair = []
+            for table in (eager, compiled):
+                row, ref = table.get(name), table.get(reference)
+                pair.append(f"{row['train_samples_per_s'] / ref['train_samples_per_s']:.2f}x" if row and ref else "-")
+            ratios.append(" / ".join(pair))
+        best = max((t[name]["train_samples_per_s"] for t in (eager, compiled) if name in t), default=0.0)
+        transform = next((p for model, p in PIPELINE_OF.items() if name.startswith(model)), SINGLE_VIEW_PIPELINE)
+        needed = " / ".join(workers_needed(best, pipeline, transform)) if pipeline else "-"
+        rows.append([name, *figures, *ratios, needed])
+    lines = [f"machine: {machine}", "", markdown_table(header, rows) if rows else "(no throughput section yet)"]
+    if pipeline:
+        pipe_rows = [
+            [r["transform"], r["workers"], f"{r['images_per_s']:.0f}", f"{r['images_per_cpu_s']:.0f}"]
+            for r in pipeline
+        ]
+        lines += ["", markdown_table(["pipeline", "workers", "images/s", "images per CPU-s"], pipe_rows)]
+    text = "\n".join(lines) + "\n"
+    (out / "summary.md").write_text(text)
+    return text
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sections", nargs="+", default=list(DEFAULT_SECTIONS), choices=SECTIONS)
+    parser.add_argument("--out", default="benchmarks/results", help="folder for the section files and summary.md")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4, 8, 12])
+    parser.add_argument("--peak-tflops", type=float, default=None, help="default: from the device name (H100/H200)")
+    parser.add_argument("--report", action="store_true", help="only write summary.md from the section files")
+    parser.add_argument("--smoke", action="store_true", help="every code path on the CPU at tiny sizes")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.device = "cpu"
+    return args
+
+
+def main(argv=None) -> str:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.report:
+        print(f"machine: {describe_machine(args.device)}", flush=True)
+        for section in args.sections:
+            result = RUNNERS[section](args)
+            (out / f"{section}.json").write_text(json.dumps(result, indent=2, default=str))
+    text = report(out)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
