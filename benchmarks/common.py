@@ -328,8 +328,9 @@ ARCHITECTURES = ("towers", "ms-clip-s", "msclip-shared", "msclip-separate")
 
 
 def msclip_s_layout(width: int, layers: int, image_size: int, patch_size: int) -> dict:
-    """The released MS-CLIP-S layout scaled down: a conv stem whose total stride is the patch size, and a parallel
-    CNN branch of stride-2 stages whose adapters feed vision blocks 1, 2, ... (one per block at most)."""
+    """The released MS-CLIP-S layout at these sizes (exactly the released one at ViT-B/32: 12 layers, patch 32): a
+    conv stem whose total stride is the patch size, and a parallel CNN branch of stride-2 stages (at most one per
+    vision block) whose adapters are spread evenly over the vision blocks."""
     stem_stages = int(math.log2(patch_size)) - 1
     branch = min(layers - 1, stem_stages + 1)
     if branch < 1:
@@ -342,7 +343,7 @@ def msclip_s_layout(width: int, layers: int, image_size: int, patch_size: int) -
         "parallel_strides": [2] * branch,
         "parallel_channels": [max(8, width >> (branch - 1 - i)) for i in range(branch)],
         "parallel_t2b_kernels": [first_size // grid >> i for i in range(branch)],
-        "parallel_lateral_layers": list(range(1, branch + 1)),
+        "parallel_lateral_layers": [(k + 1) * layers // (branch + 1) for k in range(branch)],
     }
 
 
@@ -424,7 +425,7 @@ def parameter_count(model) -> int:
 
 
 def matched_width(architecture: str, target: int, tokenizer, sizes: Sizes) -> int:
-    """The width (a multiple of 8 whose heads divide it) at which `architecture` has the parameter count closest
+    """The width (a multiple of 4 that its heads divide) at which `architecture` has the parameter count closest
     to `target`; the other sizes stay."""
     import torch
 
@@ -435,7 +436,7 @@ def matched_width(architecture: str, target: int, tokenizer, sizes: Sizes) -> in
         with torch.device("meta"):  # the count without the allocation
             return parameter_count(model_class(config)(config))
 
-    widths = [w for w in range(8, 4 * sizes.width + 1, 8) if w % max(1, w // 32) == 0]
+    widths = [w for w in range(8, 4 * sizes.width + 1, 4) if w % max(1, w // 32) == 0]
     return min(widths, key=lambda width: abs(count(width) - target))
 
 
@@ -451,8 +452,8 @@ class RunSettings:
         steps: optimizer steps (the cosine schedule's length).
         eval_steps: evaluate every this many steps too (0: only at the end).
         crop_scale_min: random-resized-crop area range `[min, 1]` of the single-view methods (`DataArguments`).
-        augmentation_kwargs: recipe fields for the methods that train on views (`DataArguments`); empty: the
-            shipped defaults.
+        data_overrides: any other `DataArguments` fields (the view recipe of the methods that train on views:
+            `view_preset`, `augmentation_kwargs`; empty: the shipped defaults).
         train_overrides: any other `TrainArguments` fields.
         label_items: UniCL's mix (even items image-label, odd items image-text); False: image-text pairs only.
     """
@@ -464,7 +465,7 @@ class RunSettings:
     weight_decay: float = 0.1
     eval_steps: int = 0
     crop_scale_min: float = 1.0
-    augmentation_kwargs: dict = dataclasses.field(default_factory=dict)
+    data_overrides: dict = dataclasses.field(default_factory=dict)
     train_overrides: dict = dataclasses.field(default_factory=dict)
     label_items: bool = True
     num_workers: int = 0
@@ -584,8 +585,8 @@ def run_arguments(settings: RunSettings, image_size: int, seed: int, output_dir:
         image_size=image_size,
         resize_ratio=1.0,  # evaluation images as they are: no border cut off 32-pixel images
         crop_scale_min=settings.crop_scale_min,
-        augmentation_kwargs=dict(settings.augmentation_kwargs),
         num_workers=settings.num_workers,
+        **settings.data_overrides,
     )
     fields = dict(
         output_dir=output_dir,

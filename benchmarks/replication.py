@@ -118,7 +118,7 @@ def main(argv=None) -> dict:
         batch_size=args.batch_size,
         learning_rate=args.lr,
         crop_scale_min=1.0,  # single-view methods train on the images as they are
-        augmentation_kwargs=dict(VIEW_AUGMENTATION),
+        data_overrides={"augmentation_kwargs": dict(VIEW_AUGMENTATION)},
         num_workers=args.num_workers,
     )
     # One accelerator (accelerate's process state) for every run; each run writes into its own temporary folder.
