@@ -40,7 +40,6 @@ import argparse
 import contextlib
 import importlib
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ from pathlib import Path
 import common  # noqa: F401  (puts the repository on sys.path)
 import torch
 import torch.nn.functional as F
-from common import describe_machine, markdown_table, median
+from common import describe_machine, markdown_table, median, msclip_s_layout
 
 EOS_TOKEN_ID = 49407
 CLIP_REFERENCE = "transformers CLIPModel (sdpa)"  # the denominator of every ratio, always measured
@@ -305,21 +304,7 @@ def build_msclip(sizes: Sizes, preset: str):
         bos_token_id=min(49406, sizes.vocab_size - 2),
     )
     if preset == "ms-clip-s":
-        # The released layout at these sizes (exactly the released one at ViT-B/32): a conv stem whose total stride is
-        # the patch size, and a parallel CNN branch of stride-2 stages with one adapter per stage.
-        stem_stages = int(math.log2(sizes.patch_size)) - 1
-        overrides["stem_strides"] = [2] * stem_stages
-        overrides["stem_channels"] = [max(8, width >> (stem_stages - i)) for i in range(stem_stages)] + [width]
-        branch = min(sizes.vision_layers - 1, stem_stages + 1)
-        first_size = sizes.image_size // 2  # after branch stage 0
-        grid = sizes.image_size // sizes.patch_size
-        overrides["parallel_strides"] = [2] * branch
-        overrides["parallel_channels"] = [max(8, width >> (branch - 1 - i)) for i in range(branch)]
-        overrides["parallel_t2b_kernels"] = [first_size // grid >> i for i in range(branch)]
-        # Adapters spread evenly over the blocks: vision blocks 2, 4, ..., 10 of 12 as released, 1, 2, 3 of 4.
-        overrides["parallel_lateral_layers"] = [(k + 1) * sizes.vision_layers // (branch + 1) for k in range(branch)]
-        if branch < 1:
-            raise ValueError("the MS-CLIP-S layout needs at least 2 vision layers (one for the parallel branch)")
+        overrides.update(msclip_s_layout(width, sizes.vision_layers, sizes.image_size, sizes.patch_size))
     config = configuration.MSCLIPConfig.from_preset(preset, **overrides)
     model = modeling.MSCLIPModel(config)
     model.set_attn_implementation("sdpa")
