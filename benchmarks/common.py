@@ -7,7 +7,7 @@
   `hf_unified.training.trainer.Trainer` that evaluate over the run.
 
 A study run is one `Trainer` run, the loop `training/train.py` runs: the data pipeline (`data.TrainStream`:
-decoding, prompts from class names, the method's augmentation from `factory.train_transform`), AdamW groups, warmup
+decoding, prompts from class names, the method's augmentation from `factory.train_augmentation`), AdamW groups, warmup
 + cosine schedule, temperature clamp, evaluation (`hf_unified.training.evaluation`). Only the data source differs:
 an in-memory `datasets.Dataset` instead of shards on disk. `StudyTrainer` is the `Trainer` with one addition: each
 evaluation also computes the study's own metrics, with the library's functions (`evaluation.embed_dataset`,
@@ -647,7 +647,12 @@ def train_run(
         export_clip: also write the trained model as a transformers CLIPModel folder there (`--export_clip`).
     """
     from hf_unified.training.data import DecodeConfig, TrainStream, decode_example
-    from hf_unified.training.factory import ProcessorTransform, fit_text_length, processor_image_size, train_transform
+    from hf_unified.training.factory import (
+        ProcessorTransform,
+        fit_text_length,
+        processor_image_size,
+        train_augmentation,
+    )
     from hf_unified.training.methods import trains_with_labels, trains_with_views
     from hf_unified.training.steps import build_step
     from hf_unified.training.trainer import EvaluationData, TrainingData
@@ -659,8 +664,9 @@ def train_run(
         processor = processor_for(model, tokenizer, data_args, clip_folder)
         image_size = processor_image_size(processor.image_processor)
         class_names = [[name] for name in data.class_names]
+        augmentation = train_augmentation(model.config, data_args, processor.image_processor, image_size)
         decode = DecodeConfig(
-            image_transform=train_transform(model.config, data_args, processor.image_processor, image_size),
+            image_transform=augmentation.image_transform,
             class_names=class_names,
             templates=data.train_templates,
             with_labels=trains_with_labels(model.config),
@@ -688,7 +694,7 @@ def train_run(
             model,
             processor,
             train_args,
-            TrainingData(stream, evaluation=evaluation, num_workers=settings.num_workers),
+            TrainingData(stream, evaluation=evaluation, num_workers=settings.num_workers, views=augmentation.views),
             accelerator=accelerator,
             step=step,
             extra_metrics=extra,

@@ -148,7 +148,7 @@ def table(runs: list[dict]) -> str:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2 (smoke: 0 1)")
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--finetune-steps", type=int, default=150)
     parser.add_argument("--pretrain-lr", type=float, default=1e-3)
@@ -169,8 +169,10 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if REFERENCE not in args.objectives:
         args.objectives.insert(0, REFERENCE)  # the differences are taken against it
+    if args.seeds is None:
+        args.seeds = [0, 1] if args.smoke else [0, 1, 2]
     if args.smoke:
-        args.seeds, args.pretrain_steps, args.finetune_steps, args.batch_size = [0, 1], 4, 2, 8
+        args.pretrain_steps, args.finetune_steps, args.batch_size = 4, 2, 8
         args.num_train, args.num_eval, args.width, args.layers, args.jobs = 48, 24, 32, 1, 1
     return args
 
