@@ -250,6 +250,15 @@ def test_export_writes_atomically_and_refuses_to_overwrite(tmp_path, tiny_clip_t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip", "unicl"]  # no staging folder left behind
 
 
+def test_export_check_truncates_its_sample_texts_at_the_text_towers_positions(tmp_path, tiny_clip_tokenizer):
+    # The check's longest sample text is 7 tokens with bos and eos; a 5-position tower cannot embed it whole.
+    text_config = CLIPTextConfig(**{**TINY_TEXT, "max_position_embeddings": 5})
+    processor = UniCLProcessor(unicl_image_processor(32), tiny_clip_tokenizer)
+    source = _save(_unicl(text_config=text_config), processor, tmp_path / "unicl")
+    export_clip(source, tmp_path / "clip")
+    assert CLIPModel.from_pretrained(tmp_path / "clip").config.text_config.max_position_embeddings == 5
+
+
 def test_model_object_needs_its_processor(tmp_path):
     with pytest.raises(ValueError, match="give its processor too"):
         export_clip(_unicl(), tmp_path / "clip")
