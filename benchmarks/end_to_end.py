@@ -59,7 +59,7 @@ from common import REPO_ROOT, describe_machine, markdown_table, median
 
 BENCHMARKS = Path(__file__).resolve().parent
 EVENTS_ENV = "HF_UNIFIED_STEP_EVENTS"  # where a trainer process launched here writes its step marks
-OPTIMIZER_FIELD = "optimizer_implementation"  # TrainArguments' AdamW kernel field
+OPTIMIZER_FIELD = "adam_implementation"  # TrainArguments' AdamW kernel field
 REFERENCE = "open_clip"
 
 
@@ -218,7 +218,7 @@ class Variant:
     key: str
     name: str
     trainer: str  # "ours" | "open_clip"
-    adam: str = "fused"  # ours: the `optimizer_implementation`; open_clip: "default" or "fused" (patched)
+    adam: str = "fused"  # ours: the `adam_implementation`; open_clip: "default" or "fused" (patched)
     short_context: bool = False  # open_clip: context length = the longest caption of the shards
     norm_only: bool = False  # ours: the gradient norm without the clipping pass (`_patch_gradient_norm`)
 
@@ -349,6 +349,7 @@ def ours_config(setup: Setup, variant: Variant) -> dict:
         "adam_beta2": 0.98,
         "adam_epsilon": 1.0e-6,
         OPTIMIZER_FIELD: variant.adam,
+        "similarity_learning_rate_multiplier": 1.0,  # open_clip trains the temperature at the towers' rate
         "max_grad_norm": 0,  # open_clip clips only with --grad-clip-norm
         "mixed_precision": "bf16" if args.device.startswith("cuda") else "no",
         "use_cpu": not args.device.startswith("cuda"),
