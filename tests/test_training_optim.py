@@ -42,9 +42,10 @@ def test_adam_kernels_take_the_same_first_steps():
             assert not value.equal(start[name]), name  # every parameter moved
 
 
-def test_auto_is_fused_on_cuda_and_foreach_elsewhere():
+def test_auto_is_fused_where_torch_has_the_kernel_and_foreach_elsewhere():
     assert adam_kernel("auto", "cuda:0") == {"fused": True}
-    assert adam_kernel("auto", torch.device("cpu")) == {"foreach": True}
+    assert adam_kernel("auto", torch.device("cpu")) == {"fused": True}
+    assert adam_kernel("auto", "meta") == {"foreach": True}
     with pytest.raises(ValueError, match="adam_implementation must be one of"):
         adam_kernel("apex", "cpu")
 

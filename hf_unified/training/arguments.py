@@ -224,7 +224,8 @@ class TrainArguments:
     adam_implementation: str = field(
         default="auto",
         metadata={
-            "help": "AdamW kernel: auto (fused on CUDA, foreach elsewhere), fused, foreach or for-loop",
+            "help": "AdamW kernel: auto (fused where torch has one: CUDA, CPU, MPS, XPU; else foreach), fused, "
+            "foreach or for-loop",
             "choices": list(ADAM_IMPLEMENTATIONS),
         },
     )
