@@ -115,3 +115,24 @@ def test_replication_views_come_from_the_shipped_augmentation():
     assert torch.all(width * height >= 0.5 - 2 / 64) and torch.all(width <= 1) and torch.all(height <= 1)
     assert torch.all(left + width <= 1 + 1e-6) and torch.all(top + height <= 1 + 1e-6)
     assert torch.all(params[..., 4] == 0) and torch.all(params[..., 10] == 0)  # no flips, no blur
+
+
+def test_run_all_runs_existing_scripts_with_existing_flags():
+    import re
+    import shlex
+    import subprocess
+
+    commands = [
+        shlex.split(line)[2:]
+        for line in (BENCHMARKS / "run_all.sh").read_text().splitlines()
+        if line.startswith("run ") and not line.startswith("run()")
+    ]
+    assert len(commands) >= 8
+    for script, *arguments in commands:
+        assert (BENCHMARKS.parent / script).is_file(), script
+        shown = subprocess.run(
+            [sys.executable, script, "--help"], cwd=BENCHMARKS.parent, capture_output=True, text=True, timeout=300
+        )
+        assert shown.returncode == 0, shown.stderr[-2000:]
+        for flag in (word for word in arguments if word.startswith("--")):
+            assert re.search(rf"{re.escape(flag)}\b", shown.stdout), f"{script} has no flag {flag}"

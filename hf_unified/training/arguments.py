@@ -21,6 +21,8 @@ from pathlib import Path
 import yaml
 from transformers.hf_argparser import HfArgumentParser
 
+from ..configuration_contrastive import OBJECTIVE_PRESETS
+
 # Options of `DataArguments` that take one value for every training source or one value per source.
 PER_SOURCE_FIELDS = ("train_format", "image_column", "text_column", "label_column", "train_probabilities")
 # `steps.STEP_STRATEGIES` holds a strategy for each (tests/test_training_cli.py checks they agree).
@@ -51,6 +53,15 @@ def _mapping(name: str, value) -> dict:
 class ModelArguments:
     model_type: str = field(
         default="unicl", metadata={"help": "registered model type (unicl | uniclip | msclip): the model and objective"}
+    )
+    objective: str | None = field(
+        default=None,
+        metadata={
+            "help": "a named objective applied to the model type's config (model_config fields win): clip = "
+            "pairs only, unicl = positives from labels, uniclip = two augmentation-aware views in one space, "
+            "uniclip+unicl = both; e.g. model_type msclip with objective uniclip trains MS-CLIP on UniCLIP's views",
+            "choices": sorted(OBJECTIVE_PRESETS),
+        },
     )
     model_config: dict | str | None = field(
         default=None, metadata={"help": "config kwargs of the method (YAML mapping, or JSON on the command line)"}
@@ -88,6 +99,17 @@ class ModelArguments:
         ]
         if len(starts) > 1:
             raise ConfigError(f"choose one starting point, got {starts}")
+        if self.objective is not None and self.model_name_or_path:
+            raise ConfigError(
+                f"objective {self.objective!r} with model_name_or_path: a saved model keeps the objective it was "
+                "trained with; set its config fields in model_config, or start from init_from_clip instead"
+            )
+
+    @property
+    def config_kwargs(self) -> dict:
+        """The config fields of a model built or started here: the `objective` preset under `model_config`."""
+        preset = OBJECTIVE_PRESETS[self.objective] if self.objective else {}
+        return {**preset, **self.model_config}
 
     @property
     def pretrained_start(self) -> str | None:

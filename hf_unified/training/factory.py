@@ -155,13 +155,13 @@ def build_model(model_args: ModelArguments, tokenizer, image_size: int) -> torch
         return AutoModel.from_pretrained(model_args.model_name_or_path)
     if model_args.init_from_clip:
         return _pretrained_constructor(model_args.model_type, "from_clip")(
-            model_args.init_from_clip, **model_args.model_config
+            model_args.init_from_clip, **model_args.config_kwargs
         )
     if model_args.vision_model_name_or_path:
         return _pretrained_constructor(model_args.model_type, "from_vision_text_pretrained")(
-            model_args.vision_model_name_or_path, model_args.text_model_name_or_path, **model_args.model_config
+            model_args.vision_model_name_or_path, model_args.text_model_name_or_path, **model_args.config_kwargs
         )
-    kwargs = json.loads(json.dumps(model_args.model_config))  # a deep copy
+    kwargs = json.loads(json.dumps(model_args.config_kwargs))  # a deep copy
     # Fit the text tower to the tokenizer and the image tower to the image size, unless the YAML says otherwise.
     # Dual encoders hold them in text_config / vision_config; MS-CLIP's single stack holds them at the top level.
     text = kwargs.get("text_config") if "text_config" in kwargs else kwargs
