@@ -275,18 +275,7 @@ def prepare(args) -> Setup:
     from hf_unified.training.tokenization import clip_tokenizer_from_bpe_gz
 
     work = Path(args.work_dir).resolve()
-    sizes = throughput.Sizes(
-        args.image_size,
-        args.patch_size,
-        args.vision_width,
-        args.vision_layers,
-        args.text_width,
-        args.text_layers,
-        args.text_len,
-        49408,
-        args.projection_dim,
-        args.batch_size,
-    )
+    sizes = throughput.Sizes.from_args(args)  # CLIP's 49408-token vocabulary
     # Enough samples that no worker's share runs out within a run (open_clip reads each shard once an epoch).
     num_shards = max(4, args.workers)
     num_samples = max(1024, int(1.25 * args.steps * args.batch_size))
@@ -656,25 +645,19 @@ def tables(outcome: dict) -> str:
 
 
 def parse_args(argv=None):
+    import throughput
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", nargs="+", default=["ours", REFERENCE], choices=list(VARIANTS))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=80, help="optimizer steps per run")
     parser.add_argument("--warmup-steps", type=int, default=10, help="steps left out of the steady figures")
     parser.add_argument("--log-every", type=int, default=10, help="both trainers log every N steps")
-    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers of each trainer")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each trainer")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="train.py --torch_compile, open_clip --torchcompile")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--patch-size", type=int, default=16)
-    parser.add_argument("--vision-width", type=int, default=192)
-    parser.add_argument("--vision-layers", type=int, default=4)
-    parser.add_argument("--text-width", type=int, default=128)
-    parser.add_argument("--text-layers", type=int, default=4)
-    parser.add_argument("--text-len", type=int, default=32, help="text positions (open_clip's context length)")
-    parser.add_argument("--projection-dim", type=int, default=128)
+    throughput.add_size_arguments(parser, text_len_help="text positions (open_clip's context length)")
     parser.add_argument("--work-dir", default="outputs/end_to_end", help="shards, configs and run folders")
     parser.add_argument("--run-timeout", type=float, default=1800, help="seconds before a run is stopped")
     parser.add_argument("--json", default=None, help="also write the results to this file")

@@ -49,27 +49,9 @@ def main(argv=None) -> dict[str, dict[str, float]]:
     args = throughput.parse_args(rest)  # sizes, threads, device
     torch.set_num_threads(args.threads)
     print(f"machine: {describe_machine(args.device)}")
-    sizes = throughput.Sizes(
-        args.image_size,
-        args.patch_size,
-        args.vision_width,
-        args.vision_layers,
-        args.text_width,
-        args.text_layers,
-        args.text_len,
-        args.vocab_size,
-        args.projection_dim,
-        args.batch_size,
-    )
+    sizes = throughput.Sizes.from_args(args)
     if known.group == "equal-width":
-        sizes = throughput.Sizes(
-            **{
-                **sizes.__dict__,
-                "vision_width": args.equal_width,
-                "text_width": args.equal_width,
-                "text_layers": args.vision_layers,
-            }
-        )
+        sizes = sizes.equal_width(args.equal_width)
     batch = throughput.make_batch(sizes, args.device)
     builders = dict(throughput.candidates_for(known.group, sizes))
     profiles = {}

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import json
 import time
@@ -69,6 +70,30 @@ class Sizes:
 
     def heads(self, width: int) -> int:
         return max(1, width // 64)
+
+    @classmethod
+    def from_args(cls, args) -> Sizes:
+        """The sizes `add_size_arguments` parsed (a parser without `--vocab-size` gets CLIP's 49408)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{name: getattr(args, name, 49408 if name == "vocab_size" else None) for name in names})
+
+    def equal_width(self, width: int) -> Sizes:
+        """The `equal-width` group's sizes: both towers `width` wide with the vision tower's depth (MS-CLIP's
+        one stack needs one width)."""
+        return dataclasses.replace(self, vision_width=width, text_width=width, text_layers=self.vision_layers)
+
+
+def add_size_arguments(parser: argparse.ArgumentParser, text_len_help: str | None = None) -> None:
+    """The tower dims and batch the CPU benchmarks share (`Sizes`; defaults: the `towers` group)."""
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--patch-size", type=int, default=16)
+    parser.add_argument("--vision-width", type=int, default=192)
+    parser.add_argument("--vision-layers", type=int, default=4)
+    parser.add_argument("--text-width", type=int, default=128)
+    parser.add_argument("--text-layers", type=int, default=4)
+    parser.add_argument("--text-len", type=int, default=32, help=text_len_help)
+    parser.add_argument("--projection-dim", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=32)
 
 
 @dataclass
@@ -522,17 +547,9 @@ def parse_args(argv=None):
         "or on the wall clock (default on CUDA, after synchronising)",
     )
     parser.add_argument("--groups", nargs="+", default=["towers", "equal-width"], choices=["towers", "equal-width"])
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--patch-size", type=int, default=16)
-    parser.add_argument("--vision-width", type=int, default=192)
-    parser.add_argument("--vision-layers", type=int, default=4)
-    parser.add_argument("--text-width", type=int, default=128)
-    parser.add_argument("--text-layers", type=int, default=4)
+    add_size_arguments(parser)
     parser.add_argument("--equal-width", type=int, default=192, help="both towers' width in the equal-width group")
-    parser.add_argument("--text-len", type=int, default=32)
     parser.add_argument("--vocab-size", type=int, default=49408)
-    parser.add_argument("--projection-dim", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2, help="timed steps per candidate per round")
     parser.add_argument("--warmup", type=int, default=2)
@@ -572,30 +589,10 @@ def main(argv=None) -> dict[str, list[dict]]:
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
     print(f"machine: {describe_machine(args.device)}")
-    base = Sizes(
-        args.image_size,
-        args.patch_size,
-        args.vision_width,
-        args.vision_layers,
-        args.text_width,
-        args.text_layers,
-        args.text_len,
-        args.vocab_size,
-        args.projection_dim,
-        args.batch_size,
-    )
+    base = Sizes.from_args(args)
     all_results = {}
     for group in args.groups:
-        sizes = base
-        if group == "equal-width":
-            sizes = Sizes(
-                **{
-                    **base.__dict__,
-                    "vision_width": args.equal_width,
-                    "text_width": args.equal_width,
-                    "text_layers": args.vision_layers,
-                }
-            )
+        sizes = base.equal_width(args.equal_width) if group == "equal-width" else base
         results = run_group(group, sizes, args)
         print_results(group, sizes, results, args)
         all_results[group] = results

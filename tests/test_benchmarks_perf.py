@@ -6,21 +6,9 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    import torch
-
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+from test_benchmarks_smoke import BENCHMARKS, _restore_torch_threads  # noqa: F401  (autouse; puts benchmarks/ on sys.path)
 
 
 def test_log_windows_of_both_trainers_give_the_steady_rate(tmp_path):
