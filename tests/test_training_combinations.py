@@ -10,7 +10,7 @@ import yaml
 from training_helpers import ROOT, losses, train_script, write_config
 
 from hf_unified.configuration_contrastive import OBJECTIVE_PRESETS
-from hf_unified.training.arguments import ConfigError, ModelArguments
+from hf_unified.training.arguments import OBJECTIVE_NAMES, ConfigError, ModelArguments
 
 pytest_plugins = ("training_fixtures",)  # shapes, fresh_accelerate_state
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -45,6 +45,7 @@ def test_a_combination_trains_from_a_config(tmp_path, shapes, model_type, object
 
 
 def test_model_config_fields_win_over_the_objective_and_a_saved_model_keeps_its_own():
+    assert set(OBJECTIVE_NAMES) == set(OBJECTIVE_PRESETS)  # the parser's choices are the presets
     arguments = ModelArguments(model_type="msclip", objective="uniclip", model_config={"num_views": 3})
     assert arguments.config_kwargs == {**OBJECTIVE_PRESETS["uniclip"], "num_views": 3}
     with pytest.raises(ConfigError, match="a saved model keeps the objective it was trained with"):

@@ -21,14 +21,14 @@ from pathlib import Path
 import yaml
 from transformers.hf_argparser import HfArgumentParser
 
-from ..configuration_contrastive import OBJECTIVE_PRESETS
-
 # Options of `DataArguments` that take one value for every training source or one value per source.
 PER_SOURCE_FIELDS = ("train_format", "image_column", "text_column", "label_column", "train_probabilities")
 # `steps.STEP_STRATEGIES` holds a strategy for each (tests/test_training_cli.py checks they agree).
 GRADIENT_ACCUMULATION_MODES = ("micro_batch", "full_batch")
 # `augmentation.VIEW_PRESETS` plus "auto" (this module imports no torch, so the names are listed here too).
 VIEW_PRESET_CHOICES = ("auto", "simclr", "small")
+# `configuration_contrastive.OBJECTIVE_PRESETS`' names, spelled here so that parsing does not import torch.
+OBJECTIVE_NAMES = ("clip", "unicl", "uniclip", "uniclip+unicl")
 ADAM_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for-loop")
 CALIBRATION_CHOICES = ("auto", "true", "false")
 
@@ -60,7 +60,7 @@ class ModelArguments:
             "help": "a named objective applied to the model type's config (model_config fields win): clip = "
             "pairs only, unicl = positives from labels, uniclip = two augmentation-aware views in one space, "
             "uniclip+unicl = both; e.g. model_type msclip with objective uniclip trains MS-CLIP on UniCLIP's views",
-            "choices": sorted(OBJECTIVE_PRESETS),
+            "choices": list(OBJECTIVE_NAMES),
         },
     )
     model_config: dict | str | None = field(
@@ -108,6 +108,8 @@ class ModelArguments:
     @property
     def config_kwargs(self) -> dict:
         """The config fields of a model built or started here: the `objective` preset under `model_config`."""
+        from ..configuration_contrastive import OBJECTIVE_PRESETS  # imports torch: not at parse time
+
         preset = OBJECTIVE_PRESETS[self.objective] if self.objective else {}
         return {**preset, **self.model_config}
 
@@ -527,6 +529,7 @@ def flat_arguments(*arguments) -> dict:
 
 __all__ = [
     "ADAM_IMPLEMENTATIONS",
+    "OBJECTIVE_NAMES",
     "ARGUMENT_CLASSES",
     "CALIBRATION_CHOICES",
     "ConfigError",
