@@ -519,3 +519,29 @@ def test_conv_norm_folds_batch_norm_at_inference_and_trains_unfolded():
         folded = layer(x)
     torch.testing.assert_close(folded, reference, rtol=1e-5, atol=1e-6)
     assert folded.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_in_place_relus_give_the_out_of_place_loss_and_gradients(monkeypatch):
+    import hf_unified.modeling_msclip as modeling
+
+    torch.manual_seed(0)
+    model = MSCLIPModel(tiny_config("ms-clip-s")).train()  # conv stem and parallel branch, BatchNorm training
+    input_ids = torch.randint(1, TINY["vocab_size"] - 2, (4, 8))
+    input_ids[:, -1] = TINY["eos_token_id"]
+    inputs = dict(input_ids=input_ids, pixel_values=torch.randn(4, 3, TINY["image_size"], TINY["image_size"]))
+    state = copy.deepcopy(model.state_dict())
+
+    def loss_and_gradients():
+        model.load_state_dict(state)  # the running statistics as they were
+        model.zero_grad()
+        loss = model(**inputs, return_loss=True).loss
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    loss, gradients = loss_and_gradients()
+    monkeypatch.setattr(modeling, "relu_", torch.nn.functional.relu)
+    expected_loss, expected = loss_and_gradients()
+    torch.testing.assert_close(loss, expected_loss, rtol=0, atol=0)
+    assert gradients.keys() == expected.keys() and any("stem" in name for name in gradients)
+    for name, gradient in expected.items():
+        torch.testing.assert_close(gradients[name], gradient, rtol=0, atol=0, msg=name)
