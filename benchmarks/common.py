@@ -17,8 +17,10 @@ in its `history`.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -71,6 +73,20 @@ def describe_machine(device: str = "cpu") -> str:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Statistics and tables
+
+
+def add_size_arguments(parser: argparse.ArgumentParser, text_len_help: str | None = None) -> None:
+    """The tower dims and batch of the CPU speed benchmarks (`throughput.Sizes.from_args` reads them; defaults:
+    the `towers` group). Here, not in throughput.py, so that a script parses them without importing torch."""
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--patch-size", type=int, default=16)
+    parser.add_argument("--vision-width", type=int, default=192)
+    parser.add_argument("--vision-layers", type=int, default=4)
+    parser.add_argument("--text-width", type=int, default=128)
+    parser.add_argument("--text-layers", type=int, default=4)
+    parser.add_argument("--text-len", type=int, default=32, help=text_len_help)
+    parser.add_argument("--projection-dim", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=32)
 
 
 def median(values: list[float]) -> float:
@@ -626,6 +642,16 @@ def _batches(items: list, tokenizer, max_length: int):
         batch_size=256,
         collate_fn=partial(collate, tokenizer=tokenizer, max_length=max_length, with_labels=True),
     )
+
+
+@functools.cache
+def study_accelerator(output_dir: str):
+    """The accelerator (accelerate's process state, CPU, float32) every run of a study process shares; each run
+    writes into its own temporary folder."""
+    from hf_unified.training.arguments import TrainArguments
+    from hf_unified.training.engine import build_accelerator
+
+    return build_accelerator(TrainArguments(output_dir=output_dir, mixed_precision="no", use_cpu=True))
 
 
 def train_run(

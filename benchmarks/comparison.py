@@ -159,14 +159,6 @@ def study_data(dataset: str, num_train: int, num_eval: int, image_size: int, tex
     return data, common.caption_tokenizer(data, text_len)
 
 
-@lru_cache(maxsize=1)
-def _accelerator():
-    from hf_unified.training.arguments import TrainArguments
-    from hf_unified.training.engine import build_accelerator
-
-    return build_accelerator(TrainArguments(output_dir="outputs/comparison", mixed_precision="no", use_cpu=True))
-
-
 @dataclasses.dataclass(frozen=True)
 class Job:
     """One training run: a method on a data set with a seed."""
@@ -197,7 +189,9 @@ def run_job(job: Job, threads: int = 1) -> dict:
         job.method.architecture, job.method.objective, tokenizer, job.sizes, **job.method.config
     )
     settings = dataclasses.replace(job.settings, data_overrides=job.method.data, train_overrides=job.method.train)
-    result = common.train_run(model, tokenizer, data, settings, job.seed, _accelerator())
+    result = common.train_run(
+        model, tokenizer, data, settings, job.seed, common.study_accelerator("outputs/comparison")
+    )
     similarity = {
         name: getattr(model, name).detach().reshape(-1).tolist()
         for name in ("logit_scale", "logit_offset")

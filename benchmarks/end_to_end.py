@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import common  # noqa: F401  (puts the repository on sys.path)
-from common import REPO_ROOT, describe_machine, markdown_table, median
+from common import REPO_ROOT, add_size_arguments, describe_machine, markdown_table, median
 
 BENCHMARKS = Path(__file__).resolve().parent
 EVENTS_ENV = "HF_UNIFIED_STEP_EVENTS"  # where a trainer process launched here writes its step marks
@@ -645,8 +645,6 @@ def tables(outcome: dict) -> str:
 
 
 def parse_args(argv=None):
-    import throughput
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", nargs="+", default=["ours", REFERENCE], choices=list(VARIANTS))
     parser.add_argument("--rounds", type=int, default=5)
@@ -657,7 +655,7 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each trainer")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="train.py --torch_compile, open_clip --torchcompile")
-    throughput.add_size_arguments(parser, text_len_help="text positions (open_clip's context length)")
+    add_size_arguments(parser, text_len_help="text positions (open_clip's context length)")
     parser.add_argument("--work-dir", default="outputs/end_to_end", help="shards, configs and run folders")
     parser.add_argument("--run-timeout", type=float, default=1800, help="seconds before a run is stopped")
     parser.add_argument("--json", default=None, help="also write the results to this file")

@@ -69,16 +69,6 @@ def study_data(num_train: int, num_eval: int, image_size: int, text_len: int):
     return common.shapes_data(num_train, num_eval, image_size), clip_tokenizer_from_bpe_gz(model_max_length=text_len)
 
 
-@lru_cache(maxsize=1)
-def _accelerator():
-    from hf_unified.training.arguments import TrainArguments
-    from hf_unified.training.engine import build_accelerator
-
-    return build_accelerator(
-        TrainArguments(output_dir="outputs/finetune_from_clip", mixed_precision="no", use_cpu=True)
-    )
-
-
 @dataclasses.dataclass(frozen=True)
 class Job:
     """A pre-training run (`objective` None: writes the CLIP folder) or a fine-tuning run from it."""
@@ -104,10 +94,11 @@ def run_job(job: Job, threads: int = 1) -> dict:
     quiet_progress_bars()
     data, tokenizer = study_data(job.num_train, job.num_eval, job.sizes.image_size, job.sizes.text_len)
     set_seed(job.seed)
+    accelerator = common.study_accelerator("outputs/finetune_from_clip")
     if job.objective is None:
         model = common.build_model("towers", "clip", tokenizer, job.sizes)
         run = common.train_run(
-            model, tokenizer, data, job.settings, job.seed, _accelerator(), export_clip=job.clip_folder
+            model, tokenizer, data, job.settings, job.seed, accelerator, export_clip=job.clip_folder
         )
     else:
         from hf_unified.configuration_contrastive import OBJECTIVE_PRESETS
@@ -118,7 +109,7 @@ def run_job(job: Job, threads: int = 1) -> dict:
         )
         model.set_attn_implementation("sdpa")
         run = common.train_run(
-            model, tokenizer, data, job.settings, job.seed, _accelerator(), clip_folder=job.clip_folder
+            model, tokenizer, data, job.settings, job.seed, accelerator, clip_folder=job.clip_folder
         )
     return {"dataset": "shapes", "method": job.name, "seed": job.seed, **run.to_dict()}
 

@@ -98,8 +98,6 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> dict:
-    from hf_unified.training.arguments import TrainArguments
-    from hf_unified.training.engine import build_accelerator
     from hf_unified.training.logs import quiet_progress_bars
 
     args = parse_args(argv)
@@ -121,10 +119,7 @@ def main(argv=None) -> dict:
         data_overrides={"augmentation_kwargs": dict(VIEW_AUGMENTATION)},
         num_workers=args.num_workers,
     )
-    # One accelerator (accelerate's process state) for every run; each run writes into its own temporary folder.
-    accelerator = build_accelerator(
-        TrainArguments(output_dir="outputs/replication", mixed_precision="no", use_cpu=True)
-    )
+    accelerator = common.study_accelerator("outputs/replication")
 
     results: dict[str, list[dict]] = {}
     for method in args.methods:

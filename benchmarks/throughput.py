@@ -49,7 +49,7 @@ from pathlib import Path
 import common  # noqa: F401  (puts the repository on sys.path)
 import torch
 import torch.nn.functional as F
-from common import describe_machine, markdown_table, median, msclip_s_layout
+from common import add_size_arguments, describe_machine, markdown_table, median, msclip_s_layout
 
 EOS_TOKEN_ID = 49407
 CLIP_REFERENCE = "transformers CLIPModel (sdpa)"  # the denominator of every ratio, always measured
@@ -73,7 +73,7 @@ class Sizes:
 
     @classmethod
     def from_args(cls, args) -> Sizes:
-        """The sizes `add_size_arguments` parsed (a parser without `--vocab-size` gets CLIP's 49408)."""
+        """The sizes `common.add_size_arguments` parsed (a parser without `--vocab-size` gets CLIP's 49408)."""
         names = [f.name for f in dataclasses.fields(cls)]
         return cls(**{name: getattr(args, name, 49408 if name == "vocab_size" else None) for name in names})
 
@@ -81,19 +81,6 @@ class Sizes:
         """The `equal-width` group's sizes: both towers `width` wide with the vision tower's depth (MS-CLIP's
         one stack needs one width)."""
         return dataclasses.replace(self, vision_width=width, text_width=width, text_layers=self.vision_layers)
-
-
-def add_size_arguments(parser: argparse.ArgumentParser, text_len_help: str | None = None) -> None:
-    """The tower dims and batch the CPU benchmarks share (`Sizes`; defaults: the `towers` group)."""
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--patch-size", type=int, default=16)
-    parser.add_argument("--vision-width", type=int, default=192)
-    parser.add_argument("--vision-layers", type=int, default=4)
-    parser.add_argument("--text-width", type=int, default=128)
-    parser.add_argument("--text-layers", type=int, default=4)
-    parser.add_argument("--text-len", type=int, default=32, help=text_len_help)
-    parser.add_argument("--projection-dim", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=32)
 
 
 @dataclass
