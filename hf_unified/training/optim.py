@@ -12,9 +12,9 @@ offsets `logit_offset`) always form their own group, at `similarity_learning_rat
 would have otherwise. Why: an offset lives in cosine units and has to travel a distance of order 0.1-1 (the gap
 between the domain pairs' typical similarities), while AdamW moves a parameter by about its learning rate per step;
 at a tower's rate of 1e-3 over a short run it barely moves (measured on digits after 120 steps: -0.004, -0.039,
-0.048). The default of 10 is this package's choice, measured on the uniclip-tiny config (its comment gives the
-numbers); CLIP and open_clip train the temperature at the towers' rate, which `similarity_learning_rate_multiplier:
-1` restores.
+0.048). The default of 10 is this package's choice, not the paper's; `benchmarks/comparison.py` (every method)
+and the shipped configs train with it. CLIP and open_clip train the temperature at the towers' rate, which
+`similarity_learning_rate_multiplier: 1` restores.
 
 The AdamW kernel is `adam_implementation`: `auto` takes torch's fused kernel on the devices that have one (CUDA, CPU,
 MPS, XPU) and the multi-tensor (`foreach`) one elsewhere; `fused`, `foreach` and `for-loop` (one parameter at a time)
