@@ -16,7 +16,12 @@ min / median / max over rounds, so a slow-down of the shared machine hits every 
    The multi-view rows run at each of `--view-presets` (`simclr`: the strong views, the default so far; `small`:
    the mild views `auto` picks at 64 px and below).
 
-2. **views only**: the augmentation on batches already decoded in memory (`--views-sizes` pixels), no stream:
+2. **raw stream**: the undecoded rows alone (`sources.build_stream`, read as `TrainStream` reads them), by how many
+   shards feed the shuffle buffer at once (`--stream-input-shards`; the trainer's `shuffle_input_shards`). Every
+   DataLoader worker reads its rank's whole raw stream, so this rate bounds one rank's pipeline whatever the worker
+   count.
+
+3. **views only**: the augmentation on batches already decoded in memory (`--views-sizes` pixels), no stream:
    per-image `MultiViewAugmentation` against `BatchMultiViewAugmentation`, on the CPU and on `--device`.
 
 Figures: images/s of wall time (the first batch, worker start-up, is timed separately), and images per CPU second
@@ -93,10 +98,9 @@ class Candidate:
         # Views are made in the main process, so it works too; per-image transforms run in the workers only.
         self.processes = workers + (self.views is not None) if workers else 1
 
-    def loader(self, shards: Path, tokenizer, batch_size: int, shuffle_buffer: int):
+    def loader(self, shards: Path, tokenizer, batch_size: int, shuffle_buffer: int, input_shards: int):
         classes = json.loads((shards / "classes.json").read_text())
-        spec = data_lib.SourceSpec(path=str(shards), image_column="jpg", text_column="txt", label_column="cls")
-        stream = data_lib.build_stream([spec], seed=0, rank=0, world_size=1, shuffle_buffer_size=shuffle_buffer)
+        stream = raw_stream(shards, shuffle_buffer, input_shards)
         decode = data_lib.DecodeConfig(
             image_transform=self.image_transform, class_names=[[c] for c in classes], multi_view=self.multi_view
         )
@@ -115,6 +119,13 @@ class Candidate:
         if self.views is None:
             return batch["pixel_values"].to(self.device, non_blocking=True)
         return self.views(batch, device=self.device)["pixel_values"]
+
+
+def raw_stream(shards: Path, shuffle_buffer: int, input_shards: int):
+    spec = data_lib.SourceSpec(path=str(shards), image_column="jpg", text_column="txt", label_column="cls")
+    return data_lib.build_stream(
+        [spec], seed=0, rank=0, world_size=1, shuffle_buffer_size=shuffle_buffer, shuffle_input_shards=input_shards
+    )
 
 
 def _cpu_seconds() -> float:
@@ -189,7 +200,7 @@ def pipeline_table(args, shards: Path, tokenizer) -> list[dict]:
                 candidates.append(Candidate(transform, preset, workers, args.image_size, args.device))
 
     def run(candidate: Candidate) -> dict:
-        loader = candidate.loader(shards, tokenizer, args.batch_size, args.shuffle_buffer)
+        loader = candidate.loader(shards, tokenizer, args.batch_size, args.shuffle_buffer, args.shuffle_input_shards)
         return measure_pipeline(candidate, loader, args.batches)
 
     measured = interleaved(candidates, args.rounds, run)
@@ -222,8 +233,9 @@ def pipeline_table(args, shards: Path, tokenizer) -> list[dict]:
         )
     print(
         f"\n### pipeline: {args.image_size} px JPEG webdataset shards ({args.num_samples} samples, "
-        f"{args.num_shards} shards), batch {args.batch_size}, views on {args.device}, {args.rounds} interleaved "
-        f"rounds x {args.batches} timed batches; median (min-max) over rounds"
+        f"{args.num_shards} shards), batch {args.batch_size}, views on {args.device}, {args.shuffle_input_shards} "
+        f"shuffle input shard(s), {args.rounds} interleaved rounds x {args.batches} timed batches; median (min-max) "
+        "over rounds"
     )
     header = [
         "transform",
@@ -235,6 +247,40 @@ def pipeline_table(args, shards: Path, tokenizer) -> list[dict]:
         "first batch s",
         "batch pixel_values",
     ]
+    print(markdown_table(header, rows))
+    return results
+
+
+def stream_table(args, shards: Path) -> list[dict]:
+    """Raw rows per CPU second of the shuffled stream, by the number of shards feeding the shuffle buffer."""
+
+    def run(input_shards: int) -> float:
+        stream = raw_stream(shards, args.shuffle_buffer, input_shards)
+        cpu_start, rows = _cpu_seconds(), 0
+        for batch in stream.iter(batch_size=args.batch_size):  # as TrainStream reads it
+            rows += len(batch["damage"])
+        return rows / max(_cpu_seconds() - cpu_start, 1e-9)
+
+    candidates = list(args.stream_input_shards)
+    measured = interleaved(candidates, args.rounds, run)
+    reference = candidates.index(max(candidates))
+    results, rows = [], []
+    for index, input_shards in enumerate(candidates):
+        ratios = [value / base for value, base in zip(measured[index], measured[reference])]
+        results.append({"input_shards": input_shards, "rows_per_cpu_s": measured[index]})
+        rows.append(
+            [
+                input_shards,
+                spread(measured[index]),
+                f"{1e6 / statistics.median(measured[index]):.0f}",
+                f"{statistics.median(ratios):.2f}x",
+            ]
+        )
+    print(
+        f"\n### raw stream: {args.num_samples} undecoded rows of {args.num_shards} shards per measurement, shuffle "
+        f"buffer {args.shuffle_buffer}, {args.rounds} interleaved rounds; median (min-max) over rounds"
+    )
+    header = ["shuffle input shards", "rows per CPU s", "us per row", f"vs {candidates[reference]}"]
     print(markdown_table(header, rows))
     return results
 
@@ -296,6 +342,12 @@ def parse_args(argv=None):
     parser.add_argument("--batches", type=int, default=20, help="timed batches after the first")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--shuffle-buffer", type=int, default=256)
+    parser.add_argument(
+        "--shuffle-input-shards", type=int, default=10, help="shards feeding the shuffle buffer (pipeline table)"
+    )
+    parser.add_argument(
+        "--stream-input-shards", type=int, nargs="*", default=[1, 10], help="raw stream table candidates"
+    )
     parser.add_argument("--device", default="cpu", help="where batched views are made (cpu, cuda)")
     parser.add_argument("--views-sizes", type=int, nargs="*", default=[64, 224], help="views-only table sizes")
     parser.add_argument("--views-repeats", type=int, default=3, help="batches per batched views-only measurement")
@@ -328,6 +380,8 @@ def main(argv=None) -> list[dict]:
     ]
     tokenizer = train_caption_tokenizer(captions, vocab_size=300, model_max_length=32)
     results = pipeline_table(args, shards, tokenizer)
+    if args.stream_input_shards:
+        stream_table(args, shards)
     if args.views_sizes:
         views_table(args)
     return results

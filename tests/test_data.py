@@ -171,3 +171,33 @@ def test_class_names_files(tmp_path):
     (tmp_path / "names.json").write_text(json.dumps(["cat", ["dog", "puppy"]]))
     assert data_lib.load_class_names(str(tmp_path / "names.txt")) == [["tench", "Tinca tinca"], ["goldfish"]]
     assert data_lib.load_class_names(str(tmp_path / "names.json")) == [["cat"], ["dog", "puppy"]]
+
+
+@pytest.mark.parametrize("input_shards, runs", [(1, 4), (10, None)])
+def test_shuffle_input_shards_sets_how_many_shards_feed_the_buffer(tmp_path, input_shards, runs):
+    shapes = synthetic_data.generate(tmp_path / "shapes", num_train=32, num_eval=4, num_train_shards=4, image_size=16)
+    spec = data_lib.SourceSpec(f"{shapes}/train-*.tar")
+
+    def shards_in_order(seed: int) -> list[str]:
+        stream = data_lib.build_stream(
+            [spec], seed=seed, rank=0, world_size=1, shuffle_buffer_size=1, shuffle_input_shards=input_shards
+        )
+        return [row["shard"] for row in stream]
+
+    order = shards_in_order(0)
+    assert sorted(set(order)) == sorted(str(p) for p in shapes.glob("train-*.tar")) and len(order) == 32
+    # A buffer of one row passes the rows on in the order the shards feed it: one shard after another, or all four
+    # interleaved.
+    changes = sum(a != b for a, b in zip(order, order[1:])) + 1
+    if runs is not None:
+        assert changes == runs
+    else:
+        assert changes > 8
+    assert shards_in_order(0) == order  # deterministic for a seed
+
+
+def test_shuffle_input_shards_must_be_positive():
+    from hf_unified.training.arguments import ConfigError, DataArguments
+
+    with pytest.raises(ConfigError, match="shuffle_input_shards must be a number of shards >= 1, got 0"):
+        DataArguments(shuffle_input_shards=0)

@@ -129,6 +129,18 @@ def test_two_processes_match_one_process(tmp_path, shapes):
         torch.testing.assert_close(distributed[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_the_trainer_streams_with_the_configured_shuffle(tmp_path, shapes, monkeypatch):
+    from hf_unified.training import data as data_lib
+    from hf_unified.training.factory import build_trainer
+
+    calls, build_stream = [], data_lib.build_stream
+    monkeypatch.setattr(data_lib, "build_stream", lambda *a, **k: calls.append((a, k)) or build_stream(*a, **k))
+    config = write_config(tmp_path, shapes, shuffle_buffer_size=12, shuffle_input_shards=1, do_eval=False)
+    build_trainer(*train_script.parse_arguments(["--config", str(config)]))
+    ((arguments, keywords),) = calls
+    assert arguments[-1] == 12 and keywords == {"shuffle_input_shards": 1}
+
+
 def test_bad_column_fails_before_training(tmp_path, shapes):
     config = write_config(tmp_path, shapes)
     out = tmp_path / "run"

@@ -165,6 +165,14 @@ class DataArguments:
         default=None, metadata={"help": "names+synonyms; default class_names_file"}
     )
     shuffle_buffer_size: int = 1000
+    shuffle_input_shards: int = field(
+        default=10,
+        metadata={
+            "help": "shards feeding the shuffle buffer at once (datasets' max_buffer_input_shards, its default 10); "
+            "1 reads them one after another, as webdataset and open_clip do: about 1.7x faster raw reads, which "
+            "every DataLoader worker does in full, at the price of batches that mix fewer shards"
+        },
+    )
     num_workers: int = field(default=2, metadata={"help": "DataLoader workers decoding and augmenting"})
     max_skipped_fraction: float = field(
         default=0.1,
@@ -215,6 +223,11 @@ class DataArguments:
             raise ConfigError("train_data is empty: give at least one source")
         if not 0.0 <= self.max_skipped_fraction <= 1.0:
             raise ConfigError(f"max_skipped_fraction must be in [0, 1], got {self.max_skipped_fraction}")
+        if self.shuffle_input_shards < 1:
+            raise ConfigError(
+                f"shuffle_input_shards must be a number of shards >= 1, got {self.shuffle_input_shards}: give 1 to "
+                "read shards one after another, or more to feed the shuffle buffer from several at once"
+            )
         if self.view_canvas_size is not None and self.view_canvas_size < 1:
             raise ConfigError(
                 f"view_canvas_size must be a positive number of pixels or null, got {self.view_canvas_size}"

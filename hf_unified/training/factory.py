@@ -319,7 +319,12 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_ar
     # Data first: a wrong column or path fails here, before anything is built or trained.
     specs = train_sources(data_args)
     stream = data_lib.build_stream(
-        specs, train_args.seed, accelerator.process_index, accelerator.num_processes, data_args.shuffle_buffer_size
+        specs,
+        train_args.seed,
+        accelerator.process_index,
+        accelerator.num_processes,
+        data_args.shuffle_buffer_size,
+        shuffle_input_shards=data_args.shuffle_input_shards,
     )
     spec = eval_source(data_args) if train_args.do_eval else None
     if spec is not None:

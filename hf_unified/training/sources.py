@@ -303,9 +303,21 @@ def open_source(spec: SourceSpec) -> IterableDataset:
 
 
 def build_stream(
-    specs: Sequence[SourceSpec], seed: int, rank: int, world_size: int, shuffle_buffer_size: int
+    specs: Sequence[SourceSpec],
+    seed: int,
+    rank: int,
+    world_size: int,
+    shuffle_buffer_size: int,
+    shuffle_input_shards: int = 10,
 ) -> IterableDataset:
-    """Mixed (by `probability`), shuffled, per-rank stream of `RAW_FEATURES` rows."""
+    """Mixed (by `probability`), shuffled, per-rank stream of `RAW_FEATURES` rows.
+
+    The shuffle reorders the shards on every pass and draws rows from a `shuffle_buffer_size` buffer that up to
+    `shuffle_input_shards` shards feed at once (`datasets`' `max_buffer_input_shards`). Several input shards mix
+    more shards into each batch, but `datasets` reads them through a thread per shard and one hand-over per row:
+    on a CPU core that took 200 us a row against 120 us with one shard at a time (benchmarks/data_pipeline.py,
+    "raw stream"), and every DataLoader worker reads the rank's whole raw stream (`data.TrainStream`).
+    """
     datasets = [open_source(spec) for spec in specs]
     if len(datasets) > 1:
         total = sum(spec.probability for spec in specs)
@@ -322,7 +334,9 @@ def build_stream(
     else:
         stream = datasets[0]
     if shuffle_buffer_size > 0:
-        stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
+        stream = stream.shuffle(
+            seed=seed, buffer_size=shuffle_buffer_size, max_buffer_input_shards=shuffle_input_shards
+        )
     return split_dataset_by_node(stream, rank=rank, world_size=world_size)
 
 
