@@ -363,7 +363,9 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None) -> list[dict]:
+def main(argv=None) -> dict[str, list[dict]]:
+    """Runs the tables; returns their rows: `{"pipeline": [...], "stream": [...], "views": [...]}` (a table not
+    asked for is an empty list)."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"machine: {describe_machine()}" + (f" | {describe_machine(args.device)}" if args.device != "cpu" else ""))
@@ -379,12 +381,11 @@ def main(argv=None) -> list[dict]:
         for i in range(200)
     ]
     tokenizer = train_caption_tokenizer(captions, vocab_size=300, model_max_length=32)
-    results = pipeline_table(args, shards, tokenizer)
-    if args.stream_input_shards:
-        stream_table(args, shards)
-    if args.views_sizes:
-        views_table(args)
-    return results
+    return {
+        "pipeline": pipeline_table(args, shards, tokenizer),
+        "stream": stream_table(args, shards) if args.stream_input_shards else [],
+        "views": views_table(args) if args.views_sizes else [],
+    }
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ Sections (each writes `<section>.json` into `--out`; `--report` reads whatever i
 - `end-to-end` (not in the default list; minutes): `end_to_end.py --device cuda` at the same dims.
 
 The report gives, per model, samples/s and MFU eager and compiled, the ratio to CLIPModel at the same widths and to
-open_clip, and the workers needed: the model's samples/s over the pipeline's images per CPU-second with no worker
-(what one worker core decodes and augments), rounded up; plus the smallest measured worker count that kept up.
+open_clip, and the workers needed: estimated from the pipeline's images per CPU-second with no worker (what one
+core decodes and augments) and the raw stream's rows per CPU-second, which every worker reads whole (`workers_needed`;
+"none" when the model outruns the raw stream), and the smallest measured worker count that kept up.
 
     bash benchmarks/gpu.sh                        # every default section, then the report, into $OUT
     python benchmarks/gpu.py --sections throughput --out results/
@@ -30,7 +31,7 @@ import math
 from pathlib import Path
 
 import common  # noqa: F401  (puts the repository on sys.path)
-from common import describe_machine, markdown_table
+from common import describe_machine, markdown_table, median
 
 SECTIONS = ("throughput", "compile", "data", "end-to-end")
 DEFAULT_SECTIONS = ("throughput", "compile", "data")
@@ -79,7 +80,7 @@ def run_data(args) -> dict:
     else:
         argv += ["--image-size", "224", "--num-samples", "2048", "--num-shards", "8", "--batch-size", "256"]
         argv += ["--batches", "8", "--rounds", "2", "--views-sizes", "224", "--workers", *map(str, args.workers)]
-    return {"pipeline": data_pipeline.main(argv)}
+    return data_pipeline.main(argv)
 
 
 def run_end_to_end(args) -> dict:
@@ -117,11 +118,28 @@ def _rows(section: dict | None) -> dict[str, dict]:
     return rows
 
 
-def workers_needed(samples_per_s: float, pipeline: list[dict], transform: str) -> tuple[str, str]:
-    """(estimate from the per-core rate, smallest measured worker count whose images/s kept up)."""
+def workers_needed(
+    samples_per_s: float, pipeline: list[dict], transform: str, raw_rows_per_s: float | None = None
+) -> tuple[str, str]:
+    """(estimate from the per-core rates, smallest measured worker count whose images/s kept up).
+
+    Every worker reads the rank's whole raw stream (`data.TrainStream`) and decodes its share: at `R` samples/s with
+    `W` workers each one spends `R / raw_rows_per_s + R * d / W` of its core, with `d = 1 / per_core - 1 /
+    raw_rows_per_s` the rest of a sample's cost (the pipeline's images per CPU-s without workers). So `W = R * d /
+    (1 - R / raw_rows_per_s)`, and no worker count reaches `R` at or above the raw-stream rate.
+    """
     runs = [r for r in pipeline if r["transform"] == transform]
     per_core = next((r["images_per_cpu_s"] for r in runs if r["workers"] == 0), None)
-    estimate = f"{math.ceil(samples_per_s / per_core)}" if per_core else "-"
+    if not per_core:
+        estimate = "-"
+    elif raw_rows_per_s is None:
+        estimate = f"{math.ceil(samples_per_s / per_core)}"
+    elif samples_per_s >= raw_rows_per_s:
+        estimate = f"none (the raw stream reads {raw_rows_per_s:.0f} rows/s)"
+    else:
+        rest = max(1 / per_core - 1 / raw_rows_per_s, 0.0)
+        workers = samples_per_s * rest / (1 - samples_per_s / raw_rows_per_s)
+        estimate = f"{max(1, math.ceil(workers - 1e-9))}"
     enough = sorted(r["workers"] for r in runs if r["workers"] and r["images_per_s"] >= samples_per_s)
     measured = str(enough[0]) if enough else f"> {max((r['workers'] for r in runs), default=0)}"
     return estimate, measured
@@ -134,6 +152,11 @@ def report(out: Path) -> str:
     }
     eager, compiled = _rows(loaded.get("throughput")), _rows(loaded.get("compile"))
     pipeline = (loaded.get("data") or {}).get("pipeline", [])
+    # The raw stream at the pipeline's setting (data_pipeline.py's default: 10 shuffle input shards).
+    raw_rows_per_s = next(
+        (median(r["rows_per_cpu_s"]) for r in (loaded.get("data") or {}).get("stream", []) if r["input_shards"] == 10),
+        None,
+    )
     machine = (loaded.get("throughput") or loaded.get("compile") or {}).get("machine", "unknown machine")
     header = [
         "model",
@@ -161,7 +184,7 @@ def report(out: Path) -> str:
             ratios.append(" / ".join(pair))
         best = max((t[name]["train_samples_per_s"] for t in (eager, compiled) if name in t), default=0.0)
         transform = next((p for model, p in PIPELINE_OF.items() if name.startswith(model)), SINGLE_VIEW_PIPELINE)
-        needed = " / ".join(workers_needed(best, pipeline, transform)) if pipeline else "-"
+        needed = " / ".join(workers_needed(best, pipeline, transform, raw_rows_per_s)) if pipeline else "-"
         rows.append([name, *figures, *ratios, needed])
     lines = [f"machine: {machine}", "", markdown_table(header, rows) if rows else "(no throughput section yet)"]
     if pipeline:
@@ -170,6 +193,15 @@ def report(out: Path) -> str:
             for r in pipeline
         ]
         lines += ["", markdown_table(["pipeline", "workers", "images/s", "images per CPU-s"], pipe_rows)]
+    stream = (loaded.get("data") or {}).get("stream", [])
+    if stream:
+        stream_rows = [[r["input_shards"], f"{median(r['rows_per_cpu_s']):.0f}"] for r in stream]
+        lines += [
+            "",
+            markdown_table(
+                ["raw stream: shuffle input shards", "rows per CPU-s (every worker reads all)"], stream_rows
+            ),
+        ]
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text)
     return text

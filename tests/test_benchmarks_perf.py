@@ -76,6 +76,20 @@ def test_end_to_end_smoke_trains_both_trainers_at_the_same_dims(tmp_path):
     assert "vs open_clip" in table and "whole step" in table
 
 
+def test_workers_needed_counts_the_raw_stream_every_worker_reads():
+    import gpu
+
+    # 1 ms a sample without workers, of which 0.2 ms is reading the raw stream (5000 rows/s).
+    pipeline = [
+        {"transform": "crop-flip", "workers": 0, "images_per_cpu_s": 1000.0, "images_per_s": 1000.0},
+        {"transform": "crop-flip", "workers": 8, "images_per_cpu_s": 700.0, "images_per_s": 4100.0},
+    ]
+    # 4000 samples/s: every worker reads 4000 rows/s (0.8 of its core) and decodes 4000 * 0.8 ms / W of them.
+    assert gpu.workers_needed(4000, pipeline, "crop-flip", raw_rows_per_s=5000) == ("16", "8")
+    assert gpu.workers_needed(4000, pipeline, "crop-flip") == ("4", "8")  # without the raw rate: rate / per core
+    assert gpu.workers_needed(6000, pipeline, "crop-flip", raw_rows_per_s=5000)[0].startswith("none")
+
+
 @pytest.mark.timeout(900)
 def test_gpu_run_sections_all_work_on_cpu_and_the_report_reads_them(tmp_path):
     import gpu
