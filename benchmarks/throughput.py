@@ -54,8 +54,8 @@ from common import add_size_arguments, describe_machine, markdown_table, median,
 EOS_TOKEN_ID = 49407
 CLIP_REFERENCE = "transformers CLIPModel (sdpa)"  # the denominator of every ratio, always measured
 # The same CLIPModel built again after every other candidate, also always measured: the model built first ran about
-# 2% faster than the same model built later in one process (memory placement), so candidates are read against this
-# row as well as against the reference.
+# 2% faster than the same model built later in one process (memory placement, most likely), so candidates are read
+# against this row as well as against the reference.
 CLIP_CONTROL = "transformers CLIPModel (sdpa), built last (control)"
 
 
