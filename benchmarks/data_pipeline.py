@@ -13,13 +13,16 @@ min / median / max over rounds, so a slow-down of the shared machine hits every 
    - `batched-2`: the workers decode to a uint8 canvas (`ImageCanvas`) and `BatchMultiViewAugmentation` makes the
      2 views of the whole batch in the main process on `--device`, as the trainer does in its step.
 
+   `--stream-lanes` splits the stream into lanes over disjoint shards (the trainer's `stream_lanes`: workers then
+   divide the raw reading instead of each reading all of it).
+
    The multi-view rows run at each of `--view-presets` (`simclr`: the strong views, the default so far; `small`:
    the mild views `auto` picks at 64 px and below).
 
 2. **raw stream**: the undecoded rows alone (`sources.build_stream`, read as `TrainStream` reads them), by how many
-   shards feed the shuffle buffer at once (`--stream-input-shards`; the trainer's `shuffle_input_shards`). Every
-   DataLoader worker reads its rank's whole raw stream, so this rate bounds one rank's pipeline whatever the worker
-   count.
+   shards feed the shuffle buffer at once (`--stream-input-shards`; the trainer's `shuffle_input_shards`). With
+   one stream lane every DataLoader worker reads its rank's whole raw stream, so this rate then bounds one rank's
+   pipeline whatever the worker count.
 
 3. **views only**: the augmentation on batches already decoded in memory (`--views-sizes` pixels), no stream:
    per-image `MultiViewAugmentation` against `BatchMultiViewAugmentation`, on the CPU and on `--device`.
@@ -76,10 +79,10 @@ def crop_flip(size: int):
 
 
 class Candidate:
-    """One pipeline row: a transform at a view preset, with a worker count."""
+    """One pipeline row: a transform at a view preset, with a worker count and a number of stream lanes."""
 
-    def __init__(self, transform: str, preset: str | None, workers: int, image_size: int, device: str):
-        self.transform, self.preset, self.workers = transform, preset, workers
+    def __init__(self, transform: str, preset: str | None, workers: int, image_size: int, device: str, lanes: int = 1):
+        self.transform, self.preset, self.workers, self.lanes = transform, preset, workers, lanes
         self.views = None
         if transform == "crop-flip":
             self.image_transform, self.multi_view = crop_flip(image_size), False
@@ -100,7 +103,10 @@ class Candidate:
 
     def loader(self, shards: Path, tokenizer, batch_size: int, shuffle_buffer: int, input_shards: int):
         classes = json.loads((shards / "classes.json").read_text())
-        stream = raw_stream(shards, shuffle_buffer, input_shards)
+        spec = data_lib.SourceSpec(path=str(shards), image_column="jpg", text_column="txt", label_column="cls")
+        stream = data_lib.build_lanes(
+            [spec], 0, 0, 1, shuffle_buffer, shuffle_input_shards=input_shards, lanes=self.lanes
+        )
         decode = data_lib.DecodeConfig(
             image_transform=self.image_transform, class_names=[[c] for c in classes], multi_view=self.multi_view
         )
@@ -197,7 +203,8 @@ def pipeline_table(args, shards: Path, tokenizer) -> list[dict]:
         presets = [None] if transform == "crop-flip" else args.view_presets
         for preset in presets:
             for workers in args.workers:
-                candidates.append(Candidate(transform, preset, workers, args.image_size, args.device))
+                for lanes in args.stream_lanes:
+                    candidates.append(Candidate(transform, preset, workers, args.image_size, args.device, lanes))
 
     def run(candidate: Candidate) -> dict:
         loader = candidate.loader(shards, tokenizer, args.batch_size, args.shuffle_buffer, args.shuffle_input_shards)
@@ -211,6 +218,7 @@ def pipeline_table(args, shards: Path, tokenizer) -> list[dict]:
             "transform": candidate.transform,
             "preset": candidate.preset,
             "workers": candidate.workers,
+            "lanes": candidate.lanes,
             "processes": candidate.processes,
             "images_per_s": statistics.median(r["images_per_s"] for r in runs),
             "images_per_s_rounds": [r["images_per_s"] for r in runs],
@@ -223,6 +231,7 @@ def pipeline_table(args, shards: Path, tokenizer) -> list[dict]:
             [
                 candidate.label,
                 candidate.workers,
+                *([candidate.lanes] if len(args.stream_lanes) > 1 else []),
                 candidate.processes,
                 spread(result["images_per_s_rounds"]),
                 f"{result['images_per_s'] / candidate.processes:.0f}",
@@ -234,12 +243,13 @@ def pipeline_table(args, shards: Path, tokenizer) -> list[dict]:
     print(
         f"\n### pipeline: {args.image_size} px JPEG webdataset shards ({args.num_samples} samples, "
         f"{args.num_shards} shards), batch {args.batch_size}, views on {args.device}, {args.shuffle_input_shards} "
-        f"shuffle input shard(s), {args.rounds} interleaved rounds x {args.batches} timed batches; median (min-max) "
-        "over rounds"
+        f"shuffle input shard(s), stream lanes {args.stream_lanes}, {args.rounds} interleaved rounds x "
+        f"{args.batches} timed batches; median (min-max) over rounds"
     )
     header = [
         "transform",
         "workers",
+        *(["lanes"] if len(args.stream_lanes) > 1 else []),
         "processes",
         "images/s",
         "images/s per process",
@@ -347,6 +357,13 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--stream-input-shards", type=int, nargs="*", default=[1, 10], help="raw stream table candidates"
+    )
+    parser.add_argument(
+        "--stream-lanes",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="lanes of the pipeline table's stream, one row each (the trainer's stream_lanes)",
     )
     parser.add_argument("--device", default="cpu", help="where batched views are made (cpu, cuda)")
     parser.add_argument("--views-sizes", type=int, nargs="*", default=[64, 224], help="views-only table sizes")

@@ -123,11 +123,12 @@ def workers_needed(
 ) -> tuple[str, str]:
     """(estimate from the per-core rates, smallest measured worker count whose images/s kept up).
 
-    Every worker reads the rank's whole raw stream (`data.TrainStream`) and decodes its share: at `R` samples/s with
-    `W` workers each one spends `R / raw_rows_per_s + R * d / W` of its core, with `d = 1 / per_core - 1 /
-    raw_rows_per_s` the rest of a sample's cost (the pipeline's images per CPU-s without workers; for batched views
-    that includes the views, which the main process makes, so the estimate errs high). So `W = R * d / (1 - R /
-    raw_rows_per_s)`, and no worker count reaches `R` at or above the raw-stream rate.
+    With one stream lane (the trainer's default, and what the data section runs) every worker reads the rank's whole
+    raw stream (`data.TrainStream`) and decodes its share: at `R` samples/s with `W` workers each one spends
+    `R / raw_rows_per_s + R * d / W` of its core, with `d = 1 / per_core - 1 / raw_rows_per_s` the rest of a
+    sample's cost (the pipeline's images per CPU-s without workers; for batched views that includes the views, which
+    the main process makes, so the estimate errs high). So `W = R * d / (1 - R / raw_rows_per_s)`, and no worker
+    count reaches `R` at or above the raw-stream rate (`stream_lanes` a multiple of `W` lifts that bound).
     """
     runs = [r for r in pipeline if r["transform"] == transform]
     per_core = next((r["images_per_cpu_s"] for r in runs if r["workers"] == 0), None)

@@ -196,8 +196,84 @@ def test_shuffle_input_shards_sets_how_many_shards_feed_the_buffer(tmp_path, inp
     assert shards_in_order(0) == order  # deterministic for a seed
 
 
-def test_shuffle_input_shards_must_be_positive():
+@pytest.mark.parametrize(
+    "field, message",
+    [
+        ("shuffle_input_shards", "shuffle_input_shards must be a number of shards >= 1, got 0"),
+        ("stream_lanes", "stream_lanes must be a number of lanes >= 1, got 0"),
+    ],
+)
+def test_stream_arguments_must_be_positive(field, message):
     from hf_unified.training.arguments import ConfigError, DataArguments
 
-    with pytest.raises(ConfigError, match="shuffle_input_shards must be a number of shards >= 1, got 0"):
-        DataArguments(shuffle_input_shards=0)
+    with pytest.raises(ConfigError, match=message):
+        DataArguments(**{field: 0})
+
+
+def _lane_batches(spec, tokenizer, lanes: int, num_workers: int, start: int, count: int) -> list[dict]:
+    stream = data_lib.build_lanes([spec], seed=3, rank=0, world_size=1, shuffle_buffer_size=6, lanes=lanes)
+    transform = v2.Compose(
+        [v2.ToImage(), v2.RandomResizedCrop(16, scale=(0.3, 1.0)), v2.ToDtype(torch.float32, scale=True)]
+    )
+    train = data_lib.TrainStream(
+        stream, data_lib.DecodeConfig(transform, with_labels=False), tokenizer, 16, batch_size=4, seed=3, rank=0
+    )
+    train.load_state_dict({"batches_consumed": start, "batch_size": 4, "rank": 0, "lanes": lanes})
+    iterator = iter(torch.utils.data.DataLoader(train, batch_size=None, num_workers=num_workers))
+    return [next(iterator) for _ in range(count)]
+
+
+def test_lanes_give_the_same_batches_with_any_worker_count_and_resume_exactly(tmp_path, tokenizer):
+    shapes = synthetic_data.generate(tmp_path / "shapes", num_train=48, num_eval=4, num_train_shards=8, image_size=16)
+    spec = data_lib.SourceSpec(f"{shapes}/train-*.tar")
+    reference = _lane_batches(spec, tokenizer, lanes=4, num_workers=0, start=0, count=16)  # crosses a pass
+    for num_workers, start in ((2, 0), (3, 0), (2, 5)):  # 2 divides the 4 lanes, 3 does not; a resume
+        got = _lane_batches(spec, tokenizer, lanes=4, num_workers=num_workers, start=start, count=16 - start)
+        for batch, expected in zip(got, reference[start:], strict=True):
+            assert batch["texts"] == expected["texts"], (num_workers, start)
+            torch.testing.assert_close(batch["pixel_values"], expected["pixel_values"], rtol=0, atol=0)
+    one_lane = _lane_batches(spec, tokenizer, lanes=1, num_workers=0, start=0, count=16)
+    assert [b["texts"] for b in one_lane] != [b["texts"] for b in reference]  # lanes decide which rows make a batch
+
+
+def test_a_worker_reads_only_the_lanes_of_its_batches(tmp_path, tokenizer, monkeypatch):
+    shapes = synthetic_data.generate(tmp_path / "shapes", num_train=32, num_eval=4, num_train_shards=4, image_size=16)
+    spec = data_lib.SourceSpec(f"{shapes}/train-*.tar")
+    read = []
+    raw_rows = data_lib.TrainStream._raw_rows
+    monkeypatch.setattr(
+        data_lib.TrainStream, "_raw_rows", lambda self, lane: read.append(lane) or raw_rows(self, lane)
+    )
+
+    def lanes_read(lanes: int, worker: int, workers: int) -> list[int]:
+        info = type("WorkerInfo", (), {"id": worker, "num_workers": workers})()
+        monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: info)
+        stream = data_lib.build_lanes([spec], seed=0, rank=0, world_size=1, shuffle_buffer_size=4, lanes=lanes)
+        decode = data_lib.DecodeConfig(TO_TENSOR, with_labels=False)
+        batches = iter(data_lib.TrainStream(stream, decode, tokenizer, 16, batch_size=2, seed=0, rank=0))
+        read.clear()
+        [next(batches) for _ in range(4)]
+        return sorted(read)
+
+    assert lanes_read(lanes=4, worker=1, workers=2) == [1, 3]  # batches 1, 3, 5, 7: lanes 1 and 3 only
+    assert lanes_read(lanes=4, worker=0, workers=4) == [0]
+    assert lanes_read(lanes=4, worker=0, workers=3) == [0, 1, 2, 3]  # gcd(3, 4) = 1: every lane
+    assert lanes_read(lanes=1, worker=0, workers=2) == [0]  # one lane: every worker reads the whole stream
+
+
+def test_lanes_split_the_shards_and_need_enough_of_them(tmp_path):
+    shapes = synthetic_data.generate(tmp_path / "shapes", num_train=32, num_eval=4, num_train_shards=4, image_size=16)
+    spec = data_lib.SourceSpec(f"{shapes}/train-*.tar")
+    lanes = data_lib.build_lanes([spec], seed=0, rank=0, world_size=1, shuffle_buffer_size=4, lanes=4)
+    shards = [{row["shard"] for row in lane} for lane in lanes]
+    assert all(len(s) == 1 for s in shards) and len(set.union(*shards)) == 4  # one shard each, all four
+    by_rank = [
+        {row["shard"] for lane in data_lib.build_lanes([spec], 0, rank, 2, 4, lanes=2) for row in lane}
+        for rank in (0, 1)
+    ]
+    assert len(by_rank[0]) == len(by_rank[1]) == 2 and by_rank[0].isdisjoint(by_rank[1])  # 2 ranks x 2 lanes
+    with pytest.raises(ValueError, match=r"4 shard\(s\), but stream_lanes 4 x world size 2 needs at least 8"):
+        data_lib.build_lanes([spec], seed=0, rank=0, world_size=2, shuffle_buffer_size=4, lanes=4)
+    train = data_lib.TrainStream(lanes, data_lib.DecodeConfig(TO_TENSOR), None, 16, batch_size=2, seed=0, rank=0)
+    with pytest.raises(ValueError, match="had 1 lane"):
+        train.load_state_dict({"batches_consumed": 3, "batch_size": 2, "rank": 0})  # a checkpoint of one lane

@@ -98,9 +98,13 @@ def test_msclip_end_to_end(tmp_path, shapes):
     assert "zero_shot_top1_accuracy" in json.loads((out / "eval_results.json").read_text())
 
 
-def test_resume_mid_stream_matches_uninterrupted_run(tmp_path, shapes):
-    # One DataLoader worker, a shuffle buffer and random crops: the resumed run must still see the same batches.
-    config = write_config(tmp_path, shapes, num_workers=1, crop_scale_min=0.6, do_eval=False, save_steps=2)
+@pytest.mark.parametrize("lanes", [1, 3])
+def test_resume_mid_stream_matches_uninterrupted_run(tmp_path, shapes, lanes):
+    # One DataLoader worker, a shuffle buffer and random crops: the resumed run must still see the same batches,
+    # from one stream or from three lanes (one shard each).
+    config = write_config(
+        tmp_path, shapes, num_workers=1, crop_scale_min=0.6, do_eval=False, save_steps=2, stream_lanes=lanes
+    )
     full, part = tmp_path / "full", tmp_path / "part"
     train_script.main(["--config", str(config), "--max_steps", "4", "--output_dir", str(full)])
     train_script.main(["--config", str(config), "--max_steps", "4", "--stop_at_step", "3", "--output_dir", str(part)])
@@ -129,16 +133,17 @@ def test_two_processes_match_one_process(tmp_path, shapes):
         torch.testing.assert_close(distributed[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_the_trainer_streams_with_the_configured_shuffle(tmp_path, shapes, monkeypatch):
+def test_the_trainer_streams_with_the_configured_shuffle_and_lanes(tmp_path, shapes, monkeypatch):
     from hf_unified.training import data as data_lib
     from hf_unified.training.factory import build_trainer
 
-    calls, build_stream = [], data_lib.build_stream
-    monkeypatch.setattr(data_lib, "build_stream", lambda *a, **k: calls.append((a, k)) or build_stream(*a, **k))
+    calls, build_lanes = [], data_lib.build_lanes
+    monkeypatch.setattr(data_lib, "build_lanes", lambda *a, **k: calls.append((a, k)) or build_lanes(*a, **k))
     config = write_config(tmp_path, shapes, shuffle_buffer_size=12, shuffle_input_shards=1, do_eval=False)
-    build_trainer(*train_script.parse_arguments(["--config", str(config)]))
+    trainer = build_trainer(*train_script.parse_arguments(["--config", str(config), "--stream_lanes", "3"]))
     ((arguments, keywords),) = calls
-    assert arguments[-1] == 12 and keywords == {"shuffle_input_shards": 1}
+    assert arguments[-1] == 12 and keywords == {"shuffle_input_shards": 1, "lanes": 3}
+    assert len(trainer.data.stream.lanes) == 3  # one per shard of the 3
 
 
 def test_bad_column_fails_before_training(tmp_path, shapes):

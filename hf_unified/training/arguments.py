@@ -169,8 +169,17 @@ class DataArguments:
         default=10,
         metadata={
             "help": "shards feeding the shuffle buffer at once (datasets' max_buffer_input_shards, its default 10); "
-            "1 reads them one after another, as webdataset and open_clip do: about 1.7x faster raw reads, which "
-            "every DataLoader worker does in full, at the price of batches that mix fewer shards"
+            "1 reads them one after another, as webdataset and open_clip do: about 1.7x faster raw reads (with one "
+            "stream lane every DataLoader worker reads the whole stream), at the price of batches that mix fewer "
+            "shards"
+        },
+    )
+    stream_lanes: int = field(
+        default=1,
+        metadata={
+            "help": "independent streams over disjoint shards (batch b comes from lane b mod lanes): with a multiple "
+            "of num_workers, each worker reads 1/num_workers of the raw stream instead of all of it; needs "
+            "lanes x world size shards per source; batches depend on it, so resume with the same value"
         },
     )
     num_workers: int = field(default=2, metadata={"help": "DataLoader workers decoding and augmenting"})
@@ -223,6 +232,8 @@ class DataArguments:
             raise ConfigError("train_data is empty: give at least one source")
         if not 0.0 <= self.max_skipped_fraction <= 1.0:
             raise ConfigError(f"max_skipped_fraction must be in [0, 1], got {self.max_skipped_fraction}")
+        if self.stream_lanes < 1:
+            raise ConfigError(f"stream_lanes must be a number of lanes >= 1, got {self.stream_lanes}")
         if self.shuffle_input_shards < 1:
             raise ConfigError(
                 f"shuffle_input_shards must be a number of shards >= 1, got {self.shuffle_input_shards}: give 1 to "

@@ -15,6 +15,8 @@ the other methods a random resized crop.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +36,8 @@ from .batch_augmentation import BatchMultiViewAugmentation
 from .engine import build_accelerator
 from .methods import config_class, model_class, num_views, processor_class, trains_with_labels, trains_with_views
 from .trainer import EvaluationData, Trainer, TrainingData
+
+logger = logging.getLogger(__name__)
 
 TEMPLATE_SETS = {
     "unicl": prompts.UNICL_TEMPLATES,
@@ -318,14 +322,20 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_ar
 
     # Data first: a wrong column or path fails here, before anything is built or trained.
     specs = train_sources(data_args)
-    stream = data_lib.build_stream(
+    stream = data_lib.build_lanes(
         specs,
         train_args.seed,
         accelerator.process_index,
         accelerator.num_processes,
         data_args.shuffle_buffer_size,
         shuffle_input_shards=data_args.shuffle_input_shards,
+        lanes=data_args.stream_lanes,
     )
+    if data_args.stream_lanes > 1 and data_args.stream_lanes % max(1, data_args.num_workers):
+        logger.warning(
+            f"stream_lanes {data_args.stream_lanes} is not a multiple of num_workers {data_args.num_workers}: each "
+            f"worker reads 1/{math.gcd(data_args.stream_lanes, max(1, data_args.num_workers))} of the raw stream"
+        )
     spec = eval_source(data_args) if train_args.do_eval else None
     if spec is not None:
         data_lib.open_source(spec)

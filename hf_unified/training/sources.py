@@ -316,9 +316,63 @@ def build_stream(
     `shuffle_input_shards` shards feed at once (`datasets`' `max_buffer_input_shards`). Several input shards mix
     more shards into each batch, but `datasets` reads them through a thread per shard and one hand-over per row:
     on a CPU core that took 200 us a row against 120 us with one shard at a time (benchmarks/data_pipeline.py,
-    "raw stream"), and every DataLoader worker reads the rank's whole raw stream (`data.TrainStream`).
+    "raw stream"), and with one stream lane every DataLoader worker reads the rank's whole raw stream
+    (`data.TrainStream`).
     """
+    stream = _mix_and_shuffle(
+        [open_source(spec) for spec in specs], specs, seed, shuffle_buffer_size, shuffle_input_shards
+    )
+    return split_dataset_by_node(stream, rank=rank, world_size=world_size)
+
+
+def build_lanes(
+    specs: Sequence[SourceSpec],
+    seed: int,
+    rank: int,
+    world_size: int,
+    shuffle_buffer_size: int,
+    shuffle_input_shards: int = 10,
+    lanes: int = 1,
+) -> list[IterableDataset]:
+    """This rank's stream as `lanes` independent streams over disjoint shards (`data.TrainStream` builds batch `b`
+    from lane `b % lanes`), so that DataLoader workers can split the raw reading between them.
+
+    One lane is `build_stream`. With more, every source needs at least `lanes * world_size` shards: lane `k` of rank
+    `r` gets the source shards `i` with `i % (lanes * world_size) == r * lanes + k`, mixed with the other sources'
+    and shuffled on its own (seeded by `seed` and `k`).
+
+    Raises:
+        ValueError: a source has fewer shards than `lanes * world_size`.
+    """
+    if lanes == 1:
+        return [build_stream(specs, seed, rank, world_size, shuffle_buffer_size, shuffle_input_shards)]
+    parts = lanes * world_size
     datasets = [open_source(spec) for spec in specs]
+    for spec, dataset in zip(specs, datasets):
+        if dataset.num_shards < parts:
+            raise ValueError(
+                f"source {spec.name!r} has {dataset.num_shards} shard(s), but stream_lanes {lanes} x world size "
+                f"{world_size} needs at least {parts}: split it into more shards or use fewer lanes (1 always works)"
+            )
+    return [
+        _mix_and_shuffle(
+            [dataset.shard(num_shards=parts, index=rank * lanes + lane, contiguous=False) for dataset in datasets],
+            specs,
+            seed + _LANE_SEED_STRIDE * lane,
+            shuffle_buffer_size,
+            shuffle_input_shards,
+        )
+        for lane in range(lanes)
+    ]
+
+
+# Lane k shuffles with seed + k * this (a prime far above any seed one would pick by hand).
+_LANE_SEED_STRIDE = 1_000_003
+
+
+def _mix_and_shuffle(
+    datasets: list[IterableDataset], specs: Sequence[SourceSpec], seed: int, buffer_size: int, input_shards: int
+) -> IterableDataset:
     if len(datasets) > 1:
         total = sum(spec.probability for spec in specs)
         if total <= 0 or any(spec.probability < 0 for spec in specs):
@@ -333,11 +387,9 @@ def build_stream(
         )
     else:
         stream = datasets[0]
-    if shuffle_buffer_size > 0:
-        stream = stream.shuffle(
-            seed=seed, buffer_size=shuffle_buffer_size, max_buffer_input_shards=shuffle_input_shards
-        )
-    return split_dataset_by_node(stream, rank=rank, world_size=world_size)
+    if buffer_size > 0:
+        stream = stream.shuffle(seed=seed, buffer_size=buffer_size, max_buffer_input_shards=input_shards)
+    return stream
 
 
 def iter_texts(specs: Sequence[SourceSpec], limit: int, seed: int = 0) -> Iterator[str]:
@@ -358,6 +410,7 @@ __all__ = [
     "FORMATS",
     "RAW_FEATURES",
     "SourceSpec",
+    "build_lanes",
     "build_stream",
     "damaged_row",
     "detect_format",
