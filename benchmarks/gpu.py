@@ -80,6 +80,7 @@ def run_data(args) -> dict:
     else:
         argv += ["--image-size", "224", "--num-samples", "2048", "--num-shards", "8", "--batch-size", "256"]
         argv += ["--batches", "8", "--rounds", "2", "--views-sizes", "224", "--workers", *map(str, args.workers)]
+    argv += ["--stream-lanes", *map(str, args.stream_lanes)]
     return data_pipeline.main(argv)
 
 
@@ -130,7 +131,7 @@ def workers_needed(
     the main process makes, so the estimate errs high). So `W = R * d / (1 - R / raw_rows_per_s)`, and no worker
     count reaches `R` at or above the raw-stream rate (`stream_lanes` a multiple of `W` lifts that bound).
     """
-    runs = [r for r in pipeline if r["transform"] == transform]
+    runs = [r for r in pipeline if r["transform"] == transform and r.get("lanes", 1) == 1]
     per_core = next((r["images_per_cpu_s"] for r in runs if r["workers"] == 0), None)
     if not per_core:
         estimate = "-"
@@ -142,9 +143,13 @@ def workers_needed(
         rest = max(1 / per_core - 1 / raw_rows_per_s, 0.0)
         workers = samples_per_s * rest / (1 - samples_per_s / raw_rows_per_s)
         estimate = f"{max(1, math.ceil(workers - 1e-9))}"
-    enough = sorted(r["workers"] for r in runs if r["workers"] and r["images_per_s"] >= samples_per_s)
-    measured = str(enough[0]) if enough else f"> {max((r['workers'] for r in runs), default=0)}"
-    return estimate, measured
+    measured = []
+    for lanes in sorted({r.get("lanes", 1) for r in pipeline if r["transform"] == transform}):
+        lane_runs = [r for r in pipeline if r["transform"] == transform and r.get("lanes", 1) == lanes]
+        enough = sorted(r["workers"] for r in lane_runs if r["workers"] and r["images_per_s"] >= samples_per_s)
+        found = str(enough[0]) if enough else f"> {max((r['workers'] for r in lane_runs), default=0)}"
+        measured.append(found if lanes == 1 else f"{found} with {lanes} lanes")
+    return estimate, ", ".join(measured) or "-"
 
 
 def report(out: Path) -> str:
@@ -191,17 +196,23 @@ def report(out: Path) -> str:
     lines = [f"machine: {machine}", "", markdown_table(header, rows) if rows else "(no throughput section yet)"]
     if pipeline:
         pipe_rows = [
-            [r["transform"], r["workers"], f"{r['images_per_s']:.0f}", f"{r['images_per_cpu_s']:.0f}"]
+            [
+                r["transform"],
+                r["workers"],
+                r.get("lanes", 1),
+                f"{r['images_per_s']:.0f}",
+                f"{r['images_per_cpu_s']:.0f}",
+            ]
             for r in pipeline
         ]
-        lines += ["", markdown_table(["pipeline", "workers", "images/s", "images per CPU-s"], pipe_rows)]
+        lines += ["", markdown_table(["pipeline", "workers", "lanes", "images/s", "images per CPU-s"], pipe_rows)]
     stream = (loaded.get("data") or {}).get("stream", [])
     if stream:
         stream_rows = [[r["input_shards"], f"{median(r['rows_per_cpu_s']):.0f}"] for r in stream]
         lines += [
             "",
             markdown_table(
-                ["raw stream: shuffle input shards", "rows per CPU-s (every worker reads all)"], stream_rows
+                ["raw stream: shuffle input shards", "rows per CPU-s (one lane: every worker reads all)"], stream_rows
             ),
         ]
     text = "\n".join(lines) + "\n"
@@ -216,6 +227,9 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4, 8, 12])
+    parser.add_argument(
+        "--stream-lanes", type=int, nargs="+", default=[1], help="data section: stream lanes, e.g. 1 8 (8 shards)"
+    )
     parser.add_argument("--peak-tflops", type=float, default=None, help="default: from the device name (H100/H200)")
     parser.add_argument("--report", action="store_true", help="only write summary.md from the section files")
     parser.add_argument("--smoke", action="store_true", help="every code path on the CPU at tiny sizes")

@@ -88,6 +88,10 @@ def test_workers_needed_counts_the_raw_stream_every_worker_reads():
     assert gpu.workers_needed(4000, pipeline, "crop-flip", raw_rows_per_s=5000) == ("16", "8")
     assert gpu.workers_needed(4000, pipeline, "crop-flip") == ("4", "8")  # without the raw rate: rate / per core
     assert gpu.workers_needed(6000, pipeline, "crop-flip", raw_rows_per_s=5000)[0].startswith("none")
+    # Rows measured with lanes are reported beside the one-lane rows, not mixed into the estimate.
+    lanes = [{**row, "lanes": 4, "images_per_s": row["images_per_s"] * 1.5} for row in pipeline]
+    assert gpu.workers_needed(4000, pipeline + lanes, "crop-flip", raw_rows_per_s=5000) == ("16", "8, 8 with 4 lanes")
+    assert gpu.workers_needed(5000, pipeline + lanes, "crop-flip")[1] == "> 8, 8 with 4 lanes"
 
 
 @pytest.mark.timeout(900)
