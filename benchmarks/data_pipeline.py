@@ -103,10 +103,7 @@ class Candidate:
 
     def loader(self, shards: Path, tokenizer, batch_size: int, shuffle_buffer: int, input_shards: int):
         classes = json.loads((shards / "classes.json").read_text())
-        spec = data_lib.SourceSpec(path=str(shards), image_column="jpg", text_column="txt", label_column="cls")
-        stream = data_lib.build_lanes(
-            [spec], 0, 0, 1, shuffle_buffer, shuffle_input_shards=input_shards, lanes=self.lanes
-        )
+        stream = raw_lanes(shards, shuffle_buffer, input_shards, self.lanes)
         decode = data_lib.DecodeConfig(
             image_transform=self.image_transform, class_names=[[c] for c in classes], multi_view=self.multi_view
         )
@@ -127,11 +124,10 @@ class Candidate:
         return self.views(batch, device=self.device)["pixel_values"]
 
 
-def raw_stream(shards: Path, shuffle_buffer: int, input_shards: int):
+def raw_lanes(shards: Path, shuffle_buffer: int, input_shards: int, lanes: int = 1) -> list:
+    """The shards' raw stream as the trainer builds it for one rank (`sources.build_lanes`; one lane by default)."""
     spec = data_lib.SourceSpec(path=str(shards), image_column="jpg", text_column="txt", label_column="cls")
-    return data_lib.build_stream(
-        [spec], seed=0, rank=0, world_size=1, shuffle_buffer_size=shuffle_buffer, shuffle_input_shards=input_shards
-    )
+    return data_lib.build_lanes([spec], 0, 0, 1, shuffle_buffer, shuffle_input_shards=input_shards, lanes=lanes)
 
 
 def _cpu_seconds() -> float:
@@ -265,7 +261,7 @@ def stream_table(args, shards: Path) -> list[dict]:
     """Raw rows per CPU second of the shuffled stream, by the number of shards feeding the shuffle buffer."""
 
     def run(input_shards: int) -> float:
-        stream = raw_stream(shards, args.shuffle_buffer, input_shards)
+        (stream,) = raw_lanes(shards, args.shuffle_buffer, input_shards)
         cpu_start, rows = _cpu_seconds(), 0
         for batch in stream.iter(batch_size=args.batch_size):  # as TrainStream reads it
             rows += len(batch["damage"])

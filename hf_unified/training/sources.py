@@ -325,6 +325,10 @@ def build_stream(
     return split_dataset_by_node(stream, rank=rank, world_size=world_size)
 
 
+# Lane k shuffles with seed + k * this (a prime far above any seed one would pick by hand).
+_LANE_SEED_STRIDE = 1_000_003
+
+
 def build_lanes(
     specs: Sequence[SourceSpec],
     seed: int,
@@ -364,10 +368,6 @@ def build_lanes(
         )
         for lane in range(lanes)
     ]
-
-
-# Lane k shuffles with seed + k * this (a prime far above any seed one would pick by hand).
-_LANE_SEED_STRIDE = 1_000_003
 
 
 def _mix_and_shuffle(
