@@ -152,6 +152,35 @@ def test_stream_batches_do_not_depend_on_workers_and_resume_exactly(tmp_path, to
     assert second_pass != first_pass[:16]  # set_epoch reshuffled the second pass
 
 
+def test_a_workers_pass_does_not_see_another_workers_epoch(tmp_path, tokenizer, monkeypatch):
+    # `datasets` keeps an IterableDataset's epoch in shared memory, so that a main process can set it for
+    # persistent workers. Our workers each walk the passes themselves: one worker's new epoch, written while
+    # another starts a pass, must not change the other's shuffle (a race CI met once with 2 workers).
+    shapes = synthetic_data.generate(tmp_path / "shapes", num_train=24, num_eval=4, num_train_shards=2, image_size=16)
+    spec = data_lib.SourceSpec(f"{shapes}/train-*.tar")
+
+    def texts(train: data_lib.TrainStream) -> list[list[str]]:
+        iterator = iter(train)
+        return [next(iterator)["texts"] for _ in range(8)]  # 2 passes of 24 rows in batches of 6
+
+    def train_stream() -> data_lib.TrainStream:
+        stream = data_lib.build_stream([spec], seed=3, rank=0, world_size=1, shuffle_buffer_size=10)
+        decode = data_lib.DecodeConfig(TO_TENSOR, with_labels=False)
+        return data_lib.TrainStream(stream, decode, tokenizer, 16, batch_size=6, seed=3, rank=0)
+
+    reference = texts(train_stream())
+    train = train_stream()
+    shared = train.lanes[0]
+    prepare = type(shared)._prepare_ex_iterable_for_iteration
+
+    def another_worker_writes_first(self, *args, **kwargs):
+        shared.set_epoch(shared.epoch + 7)  # lands between this worker's set_epoch and its read of the epoch
+        return prepare(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(shared), "_prepare_ex_iterable_for_iteration", another_worker_writes_first)
+    assert texts(train) == reference
+
+
 def test_rank_streams_partition_the_global_stream(tmp_path):
     shapes = synthetic_data.generate(tmp_path / "shapes", num_train=30, num_eval=4, num_train_shards=3, image_size=16)
     spec = data_lib.SourceSpec(f"{shapes}/train-*.tar")
