@@ -227,7 +227,7 @@ class TrainStream(torch.utils.data.IterableDataset):
     Args:
         stream: this rank's `datasets.IterableDataset` of raw rows (`build_stream`), or a list of `K` lanes
             (`build_lanes`: disjoint shards, each shuffled on its own); each pass over a stream calls
-            `set_epoch(pass)` on a copy of it, which reshuffles it.
+            `set_epoch(pass)` on the iterator's own copy of it, which reshuffles it.
         decode: `DecodeConfig`.
         tokenizer, max_length: text tokenisation in the workers.
         batch_size: raw samples per batch (skipped ones leave the batch smaller; rows naming a damaged shard are
@@ -286,13 +286,12 @@ class TrainStream(torch.utils.data.IterableDataset):
         self.batches_consumed = int(state["batches_consumed"])
 
     def _raw_rows(self, lane: int):
-        epoch = 0
+        # This iterator's own copy of the lane: `datasets` keeps the epoch in shared memory (for a main process
+        # steering persistent workers), and our workers walk their passes each on its own, so one worker's
+        # `set_epoch` could otherwise land in another's pass as it starts.
+        stream, epoch = copy.deepcopy(self.lanes[lane]), 0
         while True:
-            # A new shuffle of shards and buffer on every pass, set on a private copy: `datasets` keeps the epoch in
-            # shared memory (for a main process steering persistent workers), and our workers walk their passes
-            # each on its own, so one worker's `set_epoch` could otherwise land in another's pass as it starts.
-            stream = copy.deepcopy(self.lanes[lane])
-            stream.set_epoch(epoch)
+            stream.set_epoch(epoch)  # a new shuffle of shards and buffer on every pass
             samples, damaged_shards = 0, {}
             # `iter(batch_size=...)` rather than `for x in stream`: inside a DataLoader worker the latter would hand
             # this worker only some of the shards, and batch b must not depend on the number of workers.
