@@ -14,7 +14,8 @@ min / median / max over rounds, so a slow-down of the shared machine hits every 
      2 views of the whole batch in the main process on `--device`, as the trainer does in its step.
 
    `--stream-lanes` splits the stream into lanes over disjoint shards (the trainer's `stream_lanes`: workers then
-   divide the raw reading instead of each reading all of it).
+   divide the raw reading instead of each reading all of it). `--compile-views` adds, beside every `batched-N`
+   row, the same views with their colour jitter compiled (the trainer's `torch_compile`; compiled before timing).
 
    The multi-view rows run at each of `--view-presets` (`simclr`: the strong views, the default so far; `small`:
    the mild views `auto` picks at 64 px and below).
@@ -44,6 +45,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import resource
@@ -62,7 +64,7 @@ from torchvision.transforms import v2
 from hf_unified.training import data as data_lib
 from hf_unified.training import synthetic_data
 from hf_unified.training.augmentation import CLIP_MEAN, CLIP_STD, MultiViewAugmentation
-from hf_unified.training.batch_augmentation import BatchMultiViewAugmentation
+from hf_unified.training.batch_augmentation import BatchMultiViewAugmentation, compiled_jitter
 from hf_unified.training.tokenization import train_caption_tokenizer
 
 
@@ -81,8 +83,18 @@ def crop_flip(size: int):
 class Candidate:
     """One pipeline row: a transform at a view preset, with a worker count and a number of stream lanes."""
 
-    def __init__(self, transform: str, preset: str | None, workers: int, image_size: int, device: str, lanes: int = 1):
+    def __init__(
+        self,
+        transform: str,
+        preset: str | None,
+        workers: int,
+        image_size: int,
+        device: str,
+        lanes: int = 1,
+        compiled: bool = False,
+    ):
         self.transform, self.preset, self.workers, self.lanes = transform, preset, workers, lanes
+        self.compiled = compiled
         self.views = None
         if transform == "crop-flip":
             self.image_transform, self.multi_view = crop_flip(image_size), False
@@ -92,12 +104,14 @@ class Candidate:
             self.multi_view = True
         elif transform.startswith("batched-"):
             num_views = int(transform.split("-")[1])
-            self.views = BatchMultiViewAugmentation(num_views=num_views, size=image_size, preset=preset)
+            self.views = BatchMultiViewAugmentation(
+                num_views=num_views, size=image_size, preset=preset, torch_compile=compiled
+            )
             self.image_transform, self.multi_view = self.views.canvas, False
         else:
             raise ValueError(f"unknown transform {transform!r}: crop-flip, multiview-N or batched-N")
         self.device = torch.device(device)
-        self.label = transform if preset is None else f"{transform} ({preset})"
+        self.label = transform if preset is None else f"{transform} ({preset}{', compiled' if compiled else ''})"
         # Views are made in the main process, so it works too; per-image transforms run in the workers only.
         self.processes = workers + (self.views is not None) if workers else 1
 
@@ -128,6 +142,19 @@ def raw_lanes(shards: Path, shuffle_buffer: int, input_shards: int, lanes: int =
     """The shards' raw stream as the trainer builds it for one rank (`sources.build_lanes`; one lane by default)."""
     spec = data_lib.SourceSpec(path=str(shards), image_column="jpg", text_column="txt", label_column="cls")
     return data_lib.build_lanes([spec], 0, 0, 1, shuffle_buffer, shuffle_input_shards=input_shards, lanes=lanes)
+
+
+def warm_up_compiled_jitter(device: str, sizes: set[int]) -> None:
+    """Compiles the jitter's graphs before anything is timed: `torch.compile` makes one for several views (dynamic
+    shapes) and one for a single view, and inductor another for views above 64 x 64 pixels (its reductions differ);
+    the hue is shifted in every view the presets jitter."""
+    for size in sorted(sizes):
+        for num_views in (2, 1):
+            views, factors = (
+                torch.rand(num_views, 3, size, size, device=device),
+                torch.ones(num_views, 4, device=device),
+            )
+            compiled_jitter()(views, factors, True)
 
 
 def _cpu_seconds() -> float:
@@ -197,10 +224,11 @@ def pipeline_table(args, shards: Path, tokenizer) -> list[dict]:
     candidates = []
     for transform in args.transforms:
         presets = [None] if transform == "crop-flip" else args.view_presets
-        for preset in presets:
-            for workers in args.workers:
-                for lanes in args.stream_lanes:
-                    candidates.append(Candidate(transform, preset, workers, args.image_size, args.device, lanes))
+        compiled_too = args.compile_views and transform.startswith("batched-")
+        for preset, workers, lanes, compiled in itertools.product(
+            presets, args.workers, args.stream_lanes, (False, True) if compiled_too else (False,)
+        ):
+            candidates.append(Candidate(transform, preset, workers, args.image_size, args.device, lanes, compiled))
 
     def run(candidate: Candidate) -> dict:
         loader = candidate.loader(shards, tokenizer, args.batch_size, args.shuffle_buffer, args.shuffle_input_shards)
@@ -215,6 +243,7 @@ def pipeline_table(args, shards: Path, tokenizer) -> list[dict]:
             "preset": candidate.preset,
             "workers": candidate.workers,
             "lanes": candidate.lanes,
+            "compiled": candidate.compiled,
             "processes": candidate.processes,
             "images_per_s": statistics.median(r["images_per_s"] for r in runs),
             "images_per_s_rounds": [r["images_per_s"] for r in runs],
@@ -304,6 +333,9 @@ def views_table(args) -> list[dict]:
             batch = batched.canvas.batch(images)
             for device in devices:
                 candidates.append(("batched", device, size, preset, batched, images, batch))
+                if args.compile_views:
+                    compiled = BatchMultiViewAugmentation(num_views=2, size=size, preset=preset, torch_compile=True)
+                    candidates.append(("batched, compiled", device, size, preset, compiled, images, batch))
 
     def run(candidate) -> float:
         _, device, _, _, augment, images, batch = candidate
@@ -362,6 +394,7 @@ def parse_args(argv=None):
         help="lanes of the pipeline table's stream, one row each (the trainer's stream_lanes)",
     )
     parser.add_argument("--device", default="cpu", help="where batched views are made (cpu, cuda)")
+    parser.add_argument("--compile-views", action="store_true", help="also every batched row with its jitter compiled")
     parser.add_argument("--views-sizes", type=int, nargs="*", default=[64, 224], help="views-only table sizes")
     parser.add_argument("--views-repeats", type=int, default=3, help="batches per batched views-only measurement")
     parser.add_argument(
@@ -394,6 +427,11 @@ def main(argv=None) -> dict[str, list[dict]]:
         for i in range(200)
     ]
     tokenizer = train_caption_tokenizer(captions, vocab_size=300, model_max_length=32)
+    if args.compile_views:
+        start = time.perf_counter()
+        for device in {"cpu", args.device}:
+            warm_up_compiled_jitter(device, {args.image_size, *args.views_sizes})
+        print(f"compiled the views' jitter in {time.perf_counter() - start:.1f} s")
     return {
         "pipeline": pipeline_table(args, shards, tokenizer),
         "stream": stream_table(args, shards) if args.stream_input_shards else [],

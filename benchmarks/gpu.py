@@ -74,7 +74,7 @@ def run_data(args) -> dict:
     import data_pipeline
 
     argv = ["--device", args.device, "--transforms", SINGLE_VIEW_PIPELINE, PIPELINE_OF["UniCLIP"]]
-    argv += ["--view-presets", "simclr", "--data-dir", str(Path(args.out) / "shards")]
+    argv += ["--view-presets", "simclr", "--compile-views", "--data-dir", str(Path(args.out) / "shards")]
     if args.smoke:
         argv += ["--smoke"]
     else:
@@ -131,7 +131,7 @@ def workers_needed(
     the main process makes, so the estimate errs high). So `W = R * d / (1 - R / raw_rows_per_s)`, and no worker
     count reaches `R` at or above the raw-stream rate (`stream_lanes` a multiple of `W` lifts that bound).
     """
-    runs = [r for r in pipeline if r["transform"] == transform and r.get("lanes", 1) == 1]
+    runs = [r for r in pipeline if r["transform"] == transform and r.get("lanes", 1) == 1 and not r.get("compiled")]
     per_core = next((r["images_per_cpu_s"] for r in runs if r["workers"] == 0), None)
     if not per_core:
         estimate = "-"

@@ -7,6 +7,8 @@ flip and every jitter slot are checked, on non-square images and views, and afte
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -29,7 +31,9 @@ from hf_unified.training.batch_augmentation import (
     adjust_contrast_,
     adjust_hue_,
     adjust_saturation_,
+    compiled_jitter,
     gaussian_blur_matrices,
+    jitter_views_,
 )
 from hf_unified.training.tokenization import train_caption_tokenizer
 
@@ -179,6 +183,48 @@ def test_jitter_functions_equal_torchvision_per_view():
         torch.testing.assert_close(adjusted, expected, atol=2e-6, rtol=0, msg=functional.__name__)
 
 
+def _jitter_inputs(num_views: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    views = torch.rand(num_views, 3, 12, 10, generator=generator)
+    factors = torch.rand(num_views, 4, generator=generator) + 0.5
+    factors[:, 3] -= 1.0  # hue shifts in [-0.5, 0.5)
+    return views, factors
+
+
+def test_the_jitter_compiles_as_one_graph_of_any_size():
+    # Graph capture only (no C++ compiler needed): a change that breaks the graph (a `.item()`, a Python branch on a
+    # tensor) fails here with fullgraph=True, as it would fail `torch_compile` on a GPU.
+    captured = torch.compile(jitter_views_, backend="aot_eager", dynamic=True, fullgraph=True)
+    for num_views, shift_hue in ((5, True), (3, False), (7, True)):
+        views, factors = _jitter_inputs(num_views, seed=num_views)
+        expected = jitter_views_(views.clone(), factors, shift_hue)
+        torch.testing.assert_close(captured(views, factors, shift_hue), expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(views, expected, atol=1e-6, rtol=0)  # still in place
+
+
+def _has_cpp_compiler() -> bool:
+    from torch._inductor import cpp_builder
+
+    return shutil.which(cpp_builder.get_cpp_compiler()) is not None
+
+
+@pytest.mark.skipif(not _has_cpp_compiler(), reason="torch.compile (inductor) on a CPU needs a C++ compiler")
+def test_compiled_jitter_makes_the_eager_views():
+    eager = BatchMultiViewAugmentation(num_views=2, size=(20, 24), preset="simclr")
+    compiled = BatchMultiViewAugmentation(num_views=2, size=(20, 24), preset="simclr", torch_compile=True)
+    assert "torch_compile=True" in repr(compiled) and "torch_compile" not in repr(eager)
+    calls = compiled_jitter.cache_info().hits + compiled_jitter.cache_info().misses
+    for seed, sizes in ((0, SIZES), (1, SIZES + SIZES[:3])):  # two batch sizes, one graph (dynamic shapes)
+        images = _random_images(sizes, seed)
+        expected, params = _views(images, eager, seed)
+        views, compiled_params = _views(images, compiled, seed)
+        assert torch.equal(compiled_params, params)
+        jittered = params[..., SLOT["brightness"]] != 1
+        assert jittered.sum() >= 2 and not jittered.all()  # jittered views and views left alone, in one batch
+        torch.testing.assert_close(views, expected, atol=1e-5, rtol=0)
+    assert compiled_jitter.cache_info().hits + compiled_jitter.cache_info().misses == calls + 2
+
+
 def test_blur_matrices_equal_torchvision_gaussian_blur():
     images = torch.rand(3, 3, 11, 17, generator=torch.Generator().manual_seed(1))
     sigma = torch.tensor([0.3, 1.0, 2.5])
@@ -316,10 +362,14 @@ def test_stream_of_canvases_gives_the_same_views_with_workers_and_after_resume(t
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_views_on_the_gpu_equal_the_cpu_views():
+@pytest.mark.parametrize("torch_compile", [False, True])
+def test_views_on_the_gpu_equal_the_cpu_views(torch_compile):
     augment = BatchMultiViewAugmentation(num_views=2, size=(36, 28), preset="simclr", canvas_size=64)
+    on_device = BatchMultiViewAugmentation(
+        num_views=2, size=(36, 28), preset="simclr", canvas_size=64, torch_compile=torch_compile
+    )
     batch = {**augment.canvas.batch(_random_images()), "augmentation_seed": 4}
-    on_cpu, on_gpu = augment(batch), augment(batch, device="cuda")
+    on_cpu, on_gpu = augment(batch), on_device(batch, device="cuda")
     assert on_gpu["pixel_values"].device.type == "cuda"
     torch.testing.assert_close(on_gpu["augmentation_params"].cpu(), on_cpu["augmentation_params"], atol=0, rtol=0)
     torch.testing.assert_close(on_gpu["pixel_values"].cpu(), on_cpu["pixel_values"], atol=1e-4, rtol=0)

@@ -46,6 +46,16 @@ def test_the_preset_follows_the_setting(tmp_path, shapes, capsys):
     assert "canvas=ImageCanvas(size=[40, 40]" in printed
 
 
+@pytest.mark.parametrize("torch_compile", [False, True])
+def test_torch_compile_also_compiles_the_views_jitter(tmp_path, shapes, torch_compile):
+    from hf_unified.training.factory import build_trainer
+
+    config = write_config(tmp_path, shapes, "uniclip", do_eval=False)
+    flags = ["--config", str(config)] + (["--torch_compile"] if torch_compile else [])
+    trainer = build_trainer(*train_script.parse_arguments(flags))  # builds only: nothing is compiled yet
+    assert trainer.data.views.torch_compile is torch_compile
+
+
 def test_a_wrong_view_recipe_field_fails_before_anything_is_built(tmp_path, shapes):
     config = write_config(tmp_path, shapes, "uniclip", augmentation_kwargs={"scale": [0.5, 1.0], "size": 64})
     out = tmp_path / "run"

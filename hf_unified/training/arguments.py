@@ -337,7 +337,10 @@ class TrainArguments:
     )
     gradient_checkpointing: bool = False
     use_cpu: bool = field(default=False, metadata={"help": "train on the CPU even when a GPU is present"})
-    torch_compile: bool = False
+    torch_compile: bool = field(
+        default=False,
+        metadata={"help": "torch.compile the model (inductor) and the colour jitter of views made on the device"},
+    )
     max_logit_scale: float = field(default=100.0, metadata={"help": "clamp exp(logit_scale) after each step; 0 = off"})
     seed: int = 0
     logging_steps: int = field(

@@ -35,7 +35,8 @@ Cost (benchmarks/README.md): on one CPU core the views are about 4x faster than 
 and 5x at 224 px with the `"simclr"` preset, 5x at 64 px with `"small"`. The crop is a dense matrix product, so its
 cost grows with the cube of the side: at 224 px with `"small"` views (crop only) a CPU core makes them about as fast
 as the per-image path. On a GPU the products are small by its standards (about 70 GFLOP for 256 images of two
-224 px views; an estimate, not yet measured).
+224 px views; an estimate, not yet measured). With `torch_compile` the colour jitter runs compiled
+(`compiled_jitter`): about 2x faster on a CPU core, 1.1-1.2x for the whole 64 px `"simclr"` pipeline.
 
 Determinism: the parameters come from a CPU `torch.Generator` seeded with the batch's `augmentation_seed`, which
 `data.TrainStream` derives from `(seed, rank, batch index)`. The same batch therefore gets the same views on any
@@ -52,6 +53,7 @@ Usage (a trainer; the calls are in `BatchMultiViewAugmentation`'s docstring):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -281,6 +283,34 @@ def adjust_hue_(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     return torch.addcmul(high.unsqueeze(-3), chroma.unsqueeze(-3), weights, value=-1, out=images)
 
 
+def jitter_views_(views: torch.Tensor, factors: torch.Tensor, shift_hue: bool) -> torch.Tensor:
+    """`v2.ColorJitter` in its fixed order, one set of factors per view, in place: brightness, contrast, saturation
+    and, with `shift_hue`, hue.
+
+    Args:
+        views (`torch.FloatTensor` of shape `(num_views, 3, height, width)`): in [0, 1].
+        factors (`torch.FloatTensor` of shape `(num_views, 4)`): brightness, contrast and saturation factors and
+            the hue shift, as in the parameter vector.
+        shift_hue: whether to apply the hue shifts (a shift of 0 is not an exact identity: it rounds).
+    """
+    adjust_brightness_(views, factors[:, 0])
+    adjust_saturation_(adjust_contrast_(views, factors[:, 1]), factors[:, 2])
+    return adjust_hue_(views, factors[:, 3]) if shift_hue else views
+
+
+@functools.cache
+def compiled_jitter():
+    """`jitter_views_` under `torch.compile` (inductor), compiled on first use, once per process.
+
+    The jitter is some 40 elementwise passes over the views (the hue shift most of them), each reading and writing
+    every pixel in eager PyTorch; compiled, they fuse into a few kernels, which is what makes it cheap on a GPU (on
+    a CPU core it measured about 2x faster). Shapes are dynamic, so that any number of views and any view size
+    reuse a graph; `torch.compile` still makes one for a single view, one per `shift_hue` and, on a CPU, one for
+    views above 64 x 64 pixels (inductor reduces those differently): a few graphs, each compiled once per process.
+    """
+    return torch.compile(jitter_views_, dynamic=True, fullgraph=True)
+
+
 def _views_where(mask: torch.Tensor, device) -> torch.Tensor | None:
     """Indices (on `device`) of the views a CPU `mask` selects; `None` when it selects none."""
     indices = mask.nonzero()[:, 0]
@@ -297,6 +327,9 @@ class BatchMultiViewAugmentation(ViewAugmentation):
             `"simclr"` preset's 0.08 area) the smallest crops are then enlarged from fewer pixels than the original
             has; a canvas about twice the view size keeps more of their detail, at four times the bytes per image
             (crops larger than the view are then downscaled, antialiased).
+        torch_compile (`bool`, defaults to `False`): run the colour jitter compiled (`compiled_jitter`; the trainer's
+            `torch_compile`). The first batches pay for the compilation (seconds); meant for GPUs, and it needs a
+            C++ compiler on a CPU.
 
     The calls a trainer makes:
 
@@ -312,8 +345,9 @@ class BatchMultiViewAugmentation(ViewAugmentation):
     ```
     """
 
-    def __init__(self, *args, canvas_size: int | Sequence[int] | None = None, **kwargs):
+    def __init__(self, *args, canvas_size: int | Sequence[int] | None = None, torch_compile: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.torch_compile = bool(torch_compile)
         if self.interpolation not in RESAMPLING_FILTERS:
             raise ValueError(
                 f"interpolation must be one of {[m.value for m in RESAMPLING_FILTERS]} for batched views, got "
@@ -322,7 +356,8 @@ class BatchMultiViewAugmentation(ViewAugmentation):
         self.canvas = ImageCanvas(self.size if canvas_size is None else canvas_size, self.interpolation)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._arguments()}, canvas={self.canvas})"
+        compiled = ", torch_compile=True" if self.torch_compile else ""
+        return f"{type(self).__name__}({self._arguments()}, canvas={self.canvas}{compiled})"
 
     def sample_params(self, image_sizes: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draws `num_views` parameter vectors per image of `image_sizes (batch_size, 2)` (original height, width):
@@ -389,12 +424,12 @@ class BatchMultiViewAugmentation(ViewAugmentation):
         jittered = _views_where(jitter.any(dim=1), device)
         if jittered is not None:  # identity factors leave a view exactly as it is, except the hue shift's rounding
             factors, view = params_on_device[jittered], views[jittered]
-            adjust_brightness_(view, factors[:, 5])
-            adjust_saturation_(adjust_contrast_(view, factors[:, 6]), factors[:, 7])
             shifted = jitter[jitter.any(dim=1), 3]
-            if shifted.all():
-                adjust_hue_(view, factors[:, 8])
-            elif shifted.any():
+            every_hue_shifted = bool(shifted.all())
+            # A copy with standard strides (`contiguous()` keeps a single row's): the compiled graph guards on them.
+            jitter_factors = factors[:, 5:9].clone(memory_format=torch.contiguous_format)
+            (compiled_jitter() if self.torch_compile else jitter_views_)(view, jitter_factors, every_hue_shifted)
+            if not every_hue_shifted and shifted.any():
                 shifted = shifted.nonzero()[:, 0].to(device, non_blocking=True)
                 view[shifted] = adjust_hue_(view[shifted], factors[shifted, 8])
             views[jittered] = view
@@ -470,6 +505,8 @@ __all__ = [
     "adjust_contrast_",
     "adjust_hue_",
     "adjust_saturation_",
+    "compiled_jitter",
     "gaussian_blur_matrices",
+    "jitter_views_",
     "resampling_matrices",
 ]

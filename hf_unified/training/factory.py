@@ -247,13 +247,16 @@ def check_view_arguments(data_args: DataArguments) -> None:
         ) from None
 
 
-def train_augmentation(config, data_args: DataArguments, image_processor, image_size: int) -> TrainAugmentation:
+def train_augmentation(
+    config, data_args: DataArguments, image_processor, image_size: int, torch_compile: bool = False
+) -> TrainAugmentation:
     """The training augmentation (see the module docstring); normalised with the processor's mean and std.
 
     Views: `view_preset` at `image_size` with `augmentation_kwargs` on top, flipped only with `horizontal_flip`
     (captions may say left or right); made by `BatchMultiViewAugmentation` on the device from canvases of
-    `view_canvas_size` (`views_on_device`), else by `MultiViewAugmentation` in the workers. Other methods: a random
-    resized crop of area `crop_scale_min`-1 (1: resize and centre crop) and the optional flip.
+    `view_canvas_size` (`views_on_device`; their colour jitter compiled with `torch_compile`, as the model is), else
+    by `MultiViewAugmentation` in the workers. Other methods: a random resized crop of area `crop_scale_min`-1 (1:
+    resize and centre crop) and the optional flip.
     """
     mean, std = list(image_processor.image_mean), list(image_processor.image_std)
     if trains_with_views(config):
@@ -261,7 +264,9 @@ def train_augmentation(config, data_args: DataArguments, image_processor, image_
         kwargs = dict(num_views=num_views(config), size=image_size, preset=data_args.view_preset, **recipe)
         kwargs.update(image_mean=mean, image_std=std)
         if data_args.views_on_device:
-            views = BatchMultiViewAugmentation(canvas_size=data_args.view_canvas_size, **kwargs)
+            views = BatchMultiViewAugmentation(
+                canvas_size=data_args.view_canvas_size, torch_compile=torch_compile, **kwargs
+            )
             return TrainAugmentation(views.canvas, views)
         return TrainAugmentation(MultiViewAugmentation(**kwargs))
     if data_args.crop_scale_min >= 1.0:
@@ -361,7 +366,9 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_ar
     image_size = processor_image_size(processor.image_processor)
     if image_size != data_args.image_size:
         accelerator.print(f"training at {image_size} pixels, the size of the starting model's processor")
-    augmentation = train_augmentation(model.config, data_args, processor.image_processor, image_size)
+    augmentation = train_augmentation(
+        model.config, data_args, processor.image_processor, image_size, torch_compile=train_args.torch_compile
+    )
     decode = data_lib.DecodeConfig(
         image_transform=augmentation.image_transform,
         class_names=class_names,
