@@ -9,7 +9,7 @@ Sections (each writes `<section>.json` into `--out`; `--report` reads whatever i
   equal widths (768 / 768, MS-CLIP's shared width) CLIPModel and the released MS-CLIP-S layout;
 - `compile`: the same under `torch.compile` (FLOPs counted on the eager step);
 - `data`: `data_pipeline.py` on 224 px JPEG shards: the single-view pipeline (UniCL / CLIP / MS-CLIP) and UniCLIP's
-  batched views made on the device, by worker count;
+  batched views made on the device (eager, and with their colour jitter compiled), by worker count;
 - `end-to-end` (not in the default list; minutes): `end_to_end.py --device cuda` at the same dims.
 
 The report gives, per model, samples/s and MFU eager and compiled, the ratio to CLIPModel at the same widths and to
@@ -70,18 +70,25 @@ def run_throughput(args, compiled: bool) -> dict:
     return results
 
 
-def run_data(args) -> dict:
-    import data_pipeline
-
+def data_argv(args) -> list[str]:
+    """data_pipeline.py's flags for the data section. On the GPU the views are also measured with their jitter
+    compiled (`--compile-views`); the CPU smoke leaves that out (compiling takes longer than the smoke itself, and
+    tests/test_benchmarks_smoke.py runs data_pipeline.py with it)."""
     argv = ["--device", args.device, "--transforms", SINGLE_VIEW_PIPELINE, PIPELINE_OF["UniCLIP"]]
-    argv += ["--view-presets", "simclr", "--compile-views", "--data-dir", str(Path(args.out) / "shards")]
+    argv += ["--view-presets", "simclr", "--data-dir", str(Path(args.out) / "shards")]
     if args.smoke:
         argv += ["--smoke"]
     else:
         argv += ["--image-size", "224", "--num-samples", "2048", "--num-shards", "8", "--batch-size", "256"]
         argv += ["--batches", "8", "--rounds", "2", "--views-sizes", "224", "--workers", *map(str, args.workers)]
-    argv += ["--stream-lanes", *map(str, args.stream_lanes)]
-    return data_pipeline.main(argv)
+        argv += ["--compile-views"]
+    return argv + ["--stream-lanes", *map(str, args.stream_lanes)]
+
+
+def run_data(args) -> dict:
+    import data_pipeline
+
+    return data_pipeline.main(data_argv(args))
 
 
 def run_end_to_end(args) -> dict:
@@ -197,7 +204,7 @@ def report(out: Path) -> str:
     if pipeline:
         pipe_rows = [
             [
-                r["transform"],
+                r["transform"] + (", jitter compiled" if r.get("compiled") else ""),
                 r["workers"],
                 r.get("lanes", 1),
                 f"{r['images_per_s']:.0f}",

@@ -92,6 +92,19 @@ def test_workers_needed_counts_the_raw_stream_every_worker_reads():
     lanes = [{**row, "lanes": 4, "images_per_s": row["images_per_s"] * 1.5} for row in pipeline]
     assert gpu.workers_needed(4000, pipeline + lanes, "crop-flip", raw_rows_per_s=5000) == ("16", "8, 8 with 4 lanes")
     assert gpu.workers_needed(5000, pipeline + lanes, "crop-flip")[1] == "> 8, 8 with 4 lanes"
+    # Rows with the views' jitter compiled (the data section's second set) stay out of both figures.
+    compiled = [{**row, "compiled": True, "images_per_cpu_s": 10.0, "images_per_s": 10.0} for row in pipeline]
+    assert gpu.workers_needed(4000, compiled + pipeline, "crop-flip", raw_rows_per_s=5000) == ("16", "8")
+
+
+def test_the_gpu_data_section_passes_flags_data_pipeline_takes():
+    # The smoke runs other sizes than the GPU run: its flags are checked here, without running anything.
+    import data_pipeline
+    import gpu
+
+    args = data_pipeline.parse_args(gpu.data_argv(gpu.parse_args(["--stream-lanes", "1", "8"])))
+    assert args.device == "cuda" and args.image_size == 224 and args.batch_size == 256
+    assert args.compile_views and args.transforms == ["crop-flip", "batched-2"] and args.stream_lanes == [1, 8]
 
 
 @pytest.mark.timeout(900)

@@ -76,11 +76,13 @@ def test_loss_scaling_simulated_gather_gives_the_rank_its_rows_against_all_colum
 def test_data_pipeline_smoke_streams_augmented_batches(tmp_path):
     import data_pipeline
 
-    tables = data_pipeline.main(["--smoke", "--data-dir", str(tmp_path)])
-    by_transform = {r["transform"]: r for r in tables["pipeline"]}
-    assert by_transform["crop-flip"]["shape"] == (8, 3, 32, 32)
-    assert by_transform["multiview-2"]["shape"] == (8, 2, 3, 32, 32)
+    tables = data_pipeline.main(["--smoke", "--data-dir", str(tmp_path), "--compile-views"])
+    by_transform = {(r["transform"], r["compiled"]): r for r in tables["pipeline"]}
+    assert by_transform["crop-flip", False]["shape"] == (8, 3, 32, 32)
+    assert by_transform["multiview-2", False]["shape"] == (8, 2, 3, 32, 32)
+    assert by_transform["batched-2", True]["shape"] == by_transform["batched-2", False]["shape"] == (8, 2, 3, 32, 32)
     assert all(_finite_positive(r["images_per_s"]) for r in tables["pipeline"])
+    assert {r["kind"] for r in tables["views"]} == {"per image", "batched", "batched, compiled"}
     assert sorted(r["input_shards"] for r in tables["stream"]) == [1, 10]
     assert all(_finite_positive(rate) for r in tables["stream"] for rate in r["rows_per_cpu_s"])
     assert tables["views"] and all(_finite_positive(rate) for r in tables["views"] for rate in r["images_per_s"])
