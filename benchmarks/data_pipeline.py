@@ -15,7 +15,8 @@ min / median / max over rounds, so a slow-down of the shared machine hits every 
 
    `--stream-lanes` splits the stream into lanes over disjoint shards (the trainer's `stream_lanes`: workers then
    divide the raw reading instead of each reading all of it). `--compile-views` adds, beside every `batched-N`
-   row, the same views with their colour jitter compiled (the trainer's `torch_compile`; compiled before timing).
+   row, the same views with their colour jitter compiled (the trainer's `torch_compile`; compiled before timing; a
+   device it cannot compile for, e.g. a host without a C compiler, says so and keeps its eager rows).
 
    The multi-view rows run at each of `--view-presets` (`simclr`: the strong views, the default so far; `small`:
    the mild views `auto` picks at 64 px and below).
@@ -224,7 +225,7 @@ def pipeline_table(args, shards: Path, tokenizer) -> list[dict]:
     candidates = []
     for transform in args.transforms:
         presets = [None] if transform == "crop-flip" else args.view_presets
-        compiled_too = args.compile_views and transform.startswith("batched-")
+        compiled_too = args.device in args.compiled_devices and transform.startswith("batched-")
         for preset, workers, lanes, compiled in itertools.product(
             presets, args.workers, args.stream_lanes, (False, True) if compiled_too else (False,)
         ):
@@ -333,7 +334,7 @@ def views_table(args) -> list[dict]:
             batch = batched.canvas.batch(images)
             for device in devices:
                 candidates.append(("batched", device, size, preset, batched, images, batch))
-                if args.compile_views:
+                if device in args.compiled_devices:
                     compiled = BatchMultiViewAugmentation(num_views=2, size=size, preset=preset, torch_compile=True)
                     candidates.append(("batched, compiled", device, size, preset, compiled, images, batch))
 
@@ -427,11 +428,16 @@ def main(argv=None) -> dict[str, list[dict]]:
         for i in range(200)
     ]
     tokenizer = train_caption_tokenizer(captions, vocab_size=300, model_max_length=32)
-    if args.compile_views:
+    args.compiled_devices = set()
+    for device in sorted({"cpu", args.device}) if args.compile_views else ():
         start = time.perf_counter()
-        for device in {"cpu", args.device}:
+        try:
             warm_up_compiled_jitter(device, {args.image_size, *args.views_sizes})
-        print(f"compiled the views' jitter in {time.perf_counter() - start:.1f} s")
+        except Exception as error:  # noqa: BLE001 - e.g. no C compiler on this host: the eager rows still run
+            print(f"no compiled views on {device} ({type(error).__name__}: {str(error)[:300]})")
+            continue
+        args.compiled_devices.add(device)
+        print(f"compiled the views' jitter on {device} in {time.perf_counter() - start:.1f} s")
     return {
         "pipeline": pipeline_table(args, shards, tokenizer),
         "stream": stream_table(args, shards) if args.stream_input_shards else [],

@@ -88,6 +88,20 @@ def test_data_pipeline_smoke_streams_augmented_batches(tmp_path):
     assert tables["views"] and all(_finite_positive(rate) for r in tables["views"] for rate in r["images_per_s"])
 
 
+def test_data_pipeline_keeps_its_eager_rows_where_the_views_cannot_compile(tmp_path, monkeypatch, capsys):
+    import data_pipeline
+
+    def no_compiler(device, sizes):
+        raise RuntimeError("Failed to find C compiler")
+
+    monkeypatch.setattr(data_pipeline, "warm_up_compiled_jitter", no_compiler)
+    argv = ["--smoke", "--data-dir", str(tmp_path), "--compile-views", "--transforms", "batched-2"]
+    tables = data_pipeline.main(argv + ["--stream-input-shards", "--views-sizes", "16"])
+    assert [r["compiled"] for r in tables["pipeline"]] == [False]
+    assert {r["kind"] for r in tables["views"]} == {"per image", "batched"}
+    assert "no compiled views on cpu (RuntimeError: Failed to find C compiler)" in capsys.readouterr().out
+
+
 def test_replication_smoke_trains_and_evaluates_each_method():
     import replication
 
