@@ -138,8 +138,9 @@ def workers_needed(
     the main process makes, so the estimate errs high). So `W = R * d / (1 - R / raw_rows_per_s)`, and no worker
     count reaches `R` at or above the raw-stream rate (`stream_lanes` a multiple of `W` lifts that bound).
     """
-    runs = [r for r in pipeline if r["transform"] == transform and r.get("lanes", 1) == 1 and not r.get("compiled")]
-    per_core = next((r["images_per_cpu_s"] for r in runs if r["workers"] == 0), None)
+    # The eager rows of this transform (the data section's compiled-jitter rows are reported, not used here).
+    rows = [r for r in pipeline if r["transform"] == transform and not r.get("compiled")]
+    per_core = next((r["images_per_cpu_s"] for r in rows if r.get("lanes", 1) == 1 and r["workers"] == 0), None)
     if not per_core:
         estimate = "-"
     elif raw_rows_per_s is None:
@@ -151,8 +152,8 @@ def workers_needed(
         workers = samples_per_s * rest / (1 - samples_per_s / raw_rows_per_s)
         estimate = f"{max(1, math.ceil(workers - 1e-9))}"
     measured = []
-    for lanes in sorted({r.get("lanes", 1) for r in pipeline if r["transform"] == transform}):
-        lane_runs = [r for r in pipeline if r["transform"] == transform and r.get("lanes", 1) == lanes]
+    for lanes in sorted({r.get("lanes", 1) for r in rows}):
+        lane_runs = [r for r in rows if r.get("lanes", 1) == lanes]
         enough = sorted(r["workers"] for r in lane_runs if r["workers"] and r["images_per_s"] >= samples_per_s)
         found = str(enough[0]) if enough else f"> {max((r['workers'] for r in lane_runs), default=0)}"
         measured.append(found if lanes == 1 else f"{found} with {lanes} lanes")
