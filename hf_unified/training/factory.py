@@ -336,10 +336,11 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_ar
         shuffle_input_shards=data_args.shuffle_input_shards,
         lanes=data_args.stream_lanes,
     )
-    if data_args.stream_lanes > 1 and data_args.stream_lanes % max(1, data_args.num_workers):
+    readers = max(1, data_args.num_workers)  # without workers the main process reads every lane
+    if data_args.stream_lanes > 1 and data_args.stream_lanes % readers:
         logger.warning(
             f"stream_lanes {data_args.stream_lanes} is not a multiple of num_workers {data_args.num_workers}: each "
-            f"worker reads 1/{math.gcd(data_args.stream_lanes, max(1, data_args.num_workers))} of the raw stream"
+            f"worker reads 1/{math.gcd(data_args.stream_lanes, readers)} of the raw stream"
         )
     spec = eval_source(data_args) if train_args.do_eval else None
     if spec is not None:
