@@ -80,8 +80,14 @@ ENDPOINT_FILES = (HANDLER_FILE, REQUIREMENTS_FILE)
 MODEL_FILES = (*CONFIG_FILES, *PROCESSOR_FILES, *TOKENIZER_FILES, *RECORD_FILES, *ENDPOINT_FILES, CARD_FILE)
 WIDGET_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 # The uploaded files that record the run or the folder (not vocabularies, code or weights): searched for local paths.
-TEXT_RECORDS = (*CONFIG_FILES, *PROCESSOR_FILES, "tokenizer_config.json", "special_tokens_map.json", *RECORD_FILES)
-TEXT_RECORDS += (CARD_FILE,)
+TEXT_RECORDS = (
+    *CONFIG_FILES,
+    *PROCESSOR_FILES,
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    *RECORD_FILES,
+    CARD_FILE,
+)
 # Weights that are never uploaded: pickle-based formats can run code when loaded.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -403,9 +409,10 @@ def _check_folder(folder: Path, require_readme: bool, rendered: Mapping[str, byt
 
     problems += _weights_problems(plan)
 
-    if not files.intersection(PROCESSOR_FILES):
+    present = files | set(plan.refused)  # a refused file is named once, with its own reason
+    if not present.intersection(PROCESSOR_FILES):
         problems.append("processor_config.json (or preprocessor_config.json) is missing: save the processor too")
-    if "tokenizer_config.json" not in files or not files.intersection(VOCABULARY_FILES):
+    if "tokenizer_config.json" not in present or not present.intersection(VOCABULARY_FILES):
         problems.append("tokenizer files are missing (tokenizer_config.json plus tokenizer.json or vocab files)")
     if require_readme and CARD_FILE not in files:
         missing(CARD_FILE, "README.md (the model card) is missing")
