@@ -311,3 +311,34 @@ def test_code_file_list_matches_the_folder(shapes_model_folder):
     on_disk = sorted(p.name for p in shapes_model_folder.glob("*.py"))
     assert listed == on_disk and {"modeling_unicl.py", "towers.py", "dual_encoder.py", "losses.py"} <= set(listed)
     assert "`handler.py` + `requirements.txt` for Inference Endpoints" in text
+
+
+def test_card_never_shows_local_paths(tmp_path):
+    """A card is published: settings naming local files show as local, a local starting checkpoint is no
+    `base_model`, and the run's arguments and log are said to stay local. Hub ids are kept."""
+    saved_config("unicl", tmp_path)
+    private = "/home/alice/secret-project"
+    start = str(tmp_path / "previous-run")
+    (tmp_path / "previous-run").mkdir()
+    training_args = {
+        **TRAINING_ARGS,
+        "train_data": [f"{private}/shards/train-*.tar", "org/hub-data"],
+        "train_format": ["webdataset", "hub"],
+        "eval_data": f"{private}/eval",
+        "class_names_file": f"{private}/classes.json",
+        "model_name_or_path": start,
+        "output_dir": f"{private}/runs/out",
+    }
+    (tmp_path / "training_args.json").write_text(json.dumps(training_args))
+    for step in (0, 200):  # an evaluate-only run's table lists its data and start, a training run's its sources
+        (tmp_path / "eval_results.json").write_text(json.dumps({**FLAT_EVAL, "step": step}))
+        card = render_model_card(tmp_path, base_model=start)
+        text = str(card)
+        assert private not in text and str(tmp_path) not in text
+        assert card.data.base_model is None and card.data.datasets == ["org/hub-data"]
+        assert {r.dataset_name for r in card.data.eval_results} == {"evaluation set (local files)"}
+        assert "stay in the local output folder" in text
+    assert "| `train_data` | (local files), org/hub-data |" in text
+
+    card = render_model_card(tmp_path, base_model="org/base-model")  # a Hub start is named
+    assert card.data.base_model == "org/base-model"

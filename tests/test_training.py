@@ -59,7 +59,7 @@ def test_unicl_end_to_end_and_cli_overrides(tmp_path, shapes, monkeypatch):
         ]
     )
     assert checked == [("me/unicl-test", False)]
-    assert pushed and pushed[0][:3] == (out, "me/unicl-test", False)
+    assert pushed and pushed[0][:3] == (out, "me/unicl-test", True)  # private unless --hub_private false
     assert {"README.md", "model.safetensors", "eval_results.json", "config.json"} <= set(pushed[0][3])
     # --max_steps and --output_dir beat the YAML's 50 steps and output folder.
     assert not (tmp_path / "from-config").exists()

@@ -1,4 +1,5 @@
-"""What the Hub tools read from and write to a saved model folder: its config, its code files, atomic writes."""
+"""What the Hub tools read from and write to a saved model folder: its config, its code files, which setting values
+name local files, atomic writes."""
 
 from __future__ import annotations
 
@@ -28,12 +29,35 @@ def read_json(path: Path, what: str) -> dict | None:
     return data
 
 
+_GLOB = re.compile(r"[*?\[]")
+_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def is_local_path(value) -> bool:
+    """Whether a setting's value names something on this machine (a file, a folder, a glob of shards) rather than a
+    Hub id (`org/name`, `name`) or a plain word: absolute or home-relative paths (`/`, `~`, `C:\\`), relative
+    ones (`./`, `../`), globs, paths of more than two parts, URLs, and whatever exists here.
+
+    Such values are the user's directory layout (user names, projects, mounts): a model card or anything else
+    published shows them as local instead (`hf_unified.hub.model_card`)."""
+    if not isinstance(value, str) or not value:
+        return False
+    if value.startswith(("/", "~", ".", "\\")) or _DRIVE.match(value) or "\\" in value:
+        return True
+    if _GLOB.search(value) or value.count("/") > 1:  # a Hub id has at most one slash; URLs have more
+        return True
+    try:
+        return os.path.exists(value)
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not a path here
+        return False
+
+
 def auto_map_modules(auto_map: dict) -> set[str]:
     """Module names (`modeling_unicl`) that `config.json`'s `auto_map` points at in this repository."""
     modules = set()
     for value in auto_map.values():
         for entry in value if isinstance(value, (list, tuple)) else [value]:
-            if entry and "--" not in entry:  # "repo--module.Class" points at another repository
+            if isinstance(entry, str) and entry and "--" not in entry:  # "repo--module.Class": another repository
                 modules.add(entry.rsplit(".", 1)[0])
     return modules
 
@@ -66,6 +90,9 @@ def code_files(folder: Path, auto_map: dict | None = None) -> tuple[list[str], l
         if module in seen:
             continue
         seen.add(module)
+        if not module.isidentifier():  # "../../x": transformers loads only flat modules; never read outside
+            missing.append(f"{module}.py")
+            continue
         path = folder / f"{module}.py"
         if not path.is_file():
             missing.append(path.name)
@@ -106,6 +133,7 @@ __all__ = [
     "code_files",
     "folder_auto_map",
     "is_custom_code",
+    "is_local_path",
     "read_json",
     "write_atomic",
 ]

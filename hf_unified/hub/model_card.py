@@ -17,22 +17,25 @@ are accepted:
   "image_to_text_R@1": 0.3, ...}}`, where each section may also be a list of such dicts (one per dataset).
 
 Values are reported as given (the training script writes fractions in [0, 1]).
+
+A card is published, so it never shows where things are on this machine: settings that name local files or folders
+(`folder.is_local_path`: data shards, class-name files, a local starting checkpoint) are shown as local, and only a
+Hub id becomes `base_model`. The run's full arguments (`training_args.json`) and its log stay in the local folder.
 Never call `ModelCard.push_to_hub`: it validates against a hard-coded huggingface.co URL. Save the card as
 `README.md` and upload the folder (`hf_unified.hub.push_folder`).
 """
 
 from __future__ import annotations
 
-import json
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from safetensors import SafetensorError, safe_open
 
-from .folder import code_files, is_custom_code, read_json, write_atomic
+from .folder import code_files, is_custom_code, is_local_path, read_json, write_atomic
 from .widget import WidgetExample, image_bytes, widget_examples
 
 # Written into cards whose Hub id is not known yet; `hub.push_folder` replaces it with the repo id it pushes to.
@@ -44,6 +47,8 @@ EXPORT_INFO_FILE = "hf_unified_export.json"
 
 ZERO_SHOT_TASK = ("zero-shot-image-classification", "Zero-shot image classification")
 RETRIEVAL_TASK = ("image-text-retrieval", "Zero-shot image-text retrieval")
+# What a card shows instead of a setting that names local files.
+LOCAL_VALUE = "(local files)"
 
 
 @dataclass(frozen=True)
@@ -149,7 +154,8 @@ def _method_info(method: str) -> MethodInfo:
 
 
 def count_parameters(folder: Path) -> int | None:
-    """Number of stored weights, read from the safetensors headers only (no tensor is loaded)."""
+    """Number of stored weights, read from the safetensors headers by the `safetensors` library (no tensor is
+    loaded); None when a weights file is missing or does not load."""
     index = read_json(folder / "model.safetensors.index.json", "weight index")
     files = sorted(set(index["weight_map"].values())) if index else ["model.safetensors"]
     total = 0
@@ -157,16 +163,28 @@ def count_parameters(folder: Path) -> int | None:
         path = folder / name
         if not path.is_file():
             return None
-        with path.open("rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(length))
-        for key, entry in header.items():
-            if key != "__metadata__":
-                count = 1
-                for size in entry["shape"]:
-                    count *= size
-                total += count
+        try:
+            with safe_open(path, framework="pt") as weights:
+                for key in weights.keys():
+                    count = 1
+                    for size in weights.get_slice(key).get_shape():
+                        count *= size
+                    total += count
+        except (SafetensorError, OSError):
+            return None
     return total
+
+
+def public_value(value: Any) -> Any:
+    """`value` as a published card may show it: `LOCAL_VALUE` for a local path (each item of a list)."""
+    if isinstance(value, (list, tuple)):
+        return [public_value(item) for item in value]
+    return LOCAL_VALUE if is_local_path(value) else value
+
+
+def _hub_id(value: Any) -> str | None:
+    """`value` when it can be a Hub id (a string that is not a local path), else None."""
+    return value if isinstance(value, str) and value and not is_local_path(value) else None
 
 
 def _format_count(count: int | None) -> str:
@@ -233,7 +251,7 @@ def eval_sections(eval_results: dict | None, default_dataset: tuple[str, str]) -
     nested = {key: value for key, value in eval_results.items() if isinstance(value, (dict, list))}
     flat = {key: value for key, value in eval_results.items() if key not in nested}
     dataset = (
-        (str(flat["dataset"]), str(flat.get("dataset_type", flat["dataset"])))
+        (str(public_value(flat["dataset"])), str(public_value(flat.get("dataset_type", flat["dataset"]))))
         if "dataset" in flat
         else default_dataset
     )
@@ -267,8 +285,8 @@ def eval_sections(eval_results: dict | None, default_dataset: tuple[str, str]) -
         for entry in entries:
             if not isinstance(entry, dict):
                 raise ValueError(f"eval_results[{key!r}] must be a dict or a list of dicts, got {entry!r}")
-            name = str(entry.get("dataset", dataset[0]))
-            section = EvalSection(task_type, task_name, name, str(entry.get("dataset_type", name)))
+            name = str(public_value(entry.get("dataset", dataset[0])))
+            section = EvalSection(task_type, task_name, name, str(public_value(entry.get("dataset_type", name))))
             if "split" in entry:
                 section.notes.append(f"split {entry['split']}")
             for metric_key, metric_value in entry.items():
@@ -325,11 +343,16 @@ def _training_markdown(training_args: dict | None, training_summary: dict | None
         return "No training record was saved with this folder."
     lines = ["| Setting | Value |", "|---|---|"]
     for key, value in rows:
+        value = public_value(value)
         shown = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
         lines.append(f"| `{key}` | {shown.replace('|', '/')} |")
     if training_args:
-        log = "" if run_kind == "evaluated" else "; the training log is `training_log.jsonl`"
-        lines += ["", f"All arguments of the run are in `training_args.json`{log}."]
+        log = "" if run_kind == "evaluated" else " and its log (`training_log.jsonl`)"
+        lines += [
+            "",
+            f"All arguments of the run (`training_args.json`){log} stay in the local output folder: they record local "
+            "paths, so they are not published.",
+        ]
     return "\n".join(lines)
 
 
@@ -418,6 +441,9 @@ def _default_eval_dataset(training_args: dict | None) -> tuple[str, str]:
     eval_data = (training_args or {}).get("eval_data") or ""
     if "shapes" in str(eval_data):
         return "hf-unified synthetic shapes (held-out split)", "hf-unified/shapes"
+    shown = public_value(eval_data)
+    if LOCAL_VALUE in (shown if isinstance(shown, list) else [shown]):
+        return f"evaluation set {LOCAL_VALUE}", "unknown"
     if eval_data:
         return str(eval_data), str(eval_data)
     return "evaluation set", "unknown"
@@ -504,7 +530,7 @@ def render_model_card(
     if examples is None:
         examples = widget_examples(folder, training_args, model_id)
     custom_code = is_custom_code(config)
-    base_model = base_model or (export_info or {}).get("source_repo_id")
+    base_model = _hub_id(base_model or (export_info or {}).get("source_repo_id"))  # a local start is no Hub model
     sections = eval_sections(eval_results, _default_eval_dataset(training_args))
     tags = [method, "contrastive-learning", "zero-shot-image-classification", "hf-unified"]
     tags += ["custom_code"] if custom_code else ["clip", "native-export"]
@@ -540,7 +566,7 @@ def render_model_card(
         training=_training_markdown(training_args, training_summary, run_kind),
         run_kind=run_kind,
         trained_here=run_kind in ("trained", "evaluated"),
-        loaded_from=(training_args or {}).get("model_name_or_path"),
+        loaded_from=_hub_id((training_args or {}).get("model_name_or_path")),
         base_model=base_model,
         source_checkpoint=source_checkpoint,
         code_files=code_files(folder)[0],
@@ -585,6 +611,7 @@ __all__ = [
     "METHODS",
     "count_parameters",
     "eval_sections",
+    "public_value",
     "render_card_files",
     "render_model_card",
     "template_path",

@@ -357,7 +357,7 @@ class TrainArguments:
     project_name: str = "hf-unified"
     push_to_hub: bool = field(default=False, metadata={"help": "upload the final folder (checked before training)"})
     hub_model_id: str | None = None
-    hub_private: bool = False
+    hub_private: bool = field(default=True, metadata={"help": "create the Hub repo private (false: public)"})
     export_clip: str | None = field(
         default=None, metadata={"help": "also write the final model as a transformers CLIPModel folder here"}
     )
