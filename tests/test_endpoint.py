@@ -13,10 +13,10 @@ from PIL import Image
 from test_hub_models import save_tiny_unicl
 
 from hf_unified.hub.endpoint import HANDLER_FILE, REQUIREMENTS_FILE, endpoint_files, handler_source
-from hf_unified.hub.endpoint_handler import DEFAULT_HYPOTHESIS_TEMPLATE
 from hf_unified.hub.push import render_missing_files
 
 LABELS = ["circle", "square", "triangle"]
+DEFAULT_HYPOTHESIS_TEMPLATE = "This is a photo of {}."  # the handler's default (it is a file of the repository)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ from test_hub_models import save_tiny_unicl
 from transformers import pipeline
 
 from hf_unified.hub.push import push_folder
-from hf_unified.hub.space import APP_FILE, CONFIG_FILE, push_space, space_files
+from hf_unified.hub.endpoint import HANDLER_FILE
+from hf_unified.hub.space import APP_FILE, CONFIG_FILE, IMAGE_PROCESSING_FILE, push_space, space_files
 
 TOKEN = "hf_" + "SpaceTokenThatMustNeverBePrinted0123"
 MODEL_ID = "test-org/unicl-tiny"
@@ -53,8 +54,18 @@ def test_space_is_pushed_as_a_space_repo_linked_to_the_model(model_folder, hub, 
     assert space.repo_type == "space" and space.sdk == "gradio"
     assert result.repo_url == f"{hub.endpoint}/spaces/test-org/unicl-tiny-demo"
     files = hub.files("test-org/unicl-tiny-demo", repo_type="space")
-    assert sorted(files) == ["README.md", APP_FILE, "requirements.txt", CONFIG_FILE]
-    assert files[APP_FILE] == (Path(__file__).parents[1] / "hf_unified" / "hub" / "space_app.py").read_bytes()
+    assert sorted(files) == [
+        "README.md",
+        APP_FILE,
+        HANDLER_FILE,
+        IMAGE_PROCESSING_FILE,
+        "requirements.txt",
+        CONFIG_FILE,
+    ]
+    package = Path(__file__).parents[1] / "hf_unified"
+    assert files[APP_FILE] == (package / "hub" / "space_app.py").read_bytes()
+    assert files[HANDLER_FILE] == (package / "hub" / "endpoint_handler.py").read_bytes()  # serves every request
+    assert files[IMAGE_PROCESSING_FILE] == (package / "image_processing.py").read_bytes()  # its bounded decoding
     assert json.loads(files[CONFIG_FILE])["trust_remote_code"] is True  # the model needs its own code
     (tmp_path / "README.md").write_bytes(files["README.md"])
     metadata = metadata_load(tmp_path / "README.md")
