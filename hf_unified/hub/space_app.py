@@ -28,6 +28,9 @@ class UploadedImage(gr.Image):
     decoding it: gradio would decode the whole image first, convert it with PIL's clipping `convert("RGB")` and
     answer an oversized one with its generic error; the handler decodes it with the limits checked first."""
 
+    def get_block_name(self) -> str:
+        return "image"  # the page draws it with gradio's own image component
+
     def preprocess(self, payload) -> str | None:
         if payload is None:
             return None
