@@ -169,8 +169,9 @@ class DualEncoderImageProcessor(CLIPImageProcessor):
             Largest `long side / short side` of an input image.
         kwargs: `CLIPImageProcessor`'s settings.
 
-    Without torchvision, transformers resolves `CLIPImageProcessor` to its PIL backend, and this class is built on
-    that one: the checks sit in `process_image`, which both backends call once per input image.
+    Where the tensor backend's package is not installed (a core install), transformers resolves `CLIPImageProcessor`
+    to its PIL backend and this class is built on that one: the checks sit in `process_image`, which both backends
+    call once per input image.
     """
 
     valid_kwargs = DualEncoderImagesKwargs
