@@ -18,7 +18,7 @@ The methods' evaluation preprocessing differs only in numbers (resize margin, me
 through its `default_image_processor`, built by `center_crop_image_processor`.
 
 This file is Hub custom code (copied next to the model by `save_pretrained`, and into the demo Space), so it imports
-only transformers, torch's ecosystem, numpy and Pillow.
+only transformers, numpy and Pillow.
 """
 
 from __future__ import annotations
@@ -129,9 +129,13 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = ALPHA_BACKGROU
     if image.mode == "RGB" and not has_alpha:
         return image
     if image.mode in _SIXTEEN_BIT_MODES:
-        samples = np.asarray(image).astype(np.int64)  # big- or little-endian uint16, or int32 for "I"
-        grey = (np.clip(samples, 0, 65535) * 255 + 32767) // 65535
-        return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
+        # Big- or little-endian uint16, or int32 for "I"; rounded to the nearest of 256 levels, in place (4 bytes a
+        # pixel: a 64-megapixel image needs 256 MB here).
+        samples = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
+        samples *= 255
+        samples += 32767
+        samples //= 65535
+        return Image.fromarray(samples.astype(np.uint8)).convert("RGB")
     if image.mode == "F":
         samples = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0)
         return Image.fromarray(np.round(np.clip(samples, 0.0, 1.0) * 255).astype(np.uint8)).convert("RGB")
@@ -189,7 +193,8 @@ class DualEncoderImageProcessor(CLIPImageProcessor):
     def process_image(self, image, do_convert_rgb=None, input_data_format=None, **kwargs):
         if isinstance(image, Image.Image):
             check_image_size(*image.size, self.max_image_pixels, self.max_aspect_ratio)
-            image = to_rgb(image)
+            if self.do_convert_rgb if do_convert_rgb is None else do_convert_rgb:
+                image = to_rgb(image)
         else:  # an array or tensor, channels first or last
             channel_dim = ChannelDimension(input_data_format) if input_data_format is not None else None
             height, width = get_image_size(image, channel_dim=channel_dim)
