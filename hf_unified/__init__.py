@@ -1,15 +1,22 @@
 """hf-unified: UniCL, UniCLIP and MS-CLIP as Hugging Face transformers models.
 
 Importing the package registers every model with the Auto classes, so that `AutoConfig`, `AutoModel`,
-`AutoModelForZeroShotImageClassification`, `AutoProcessor` and the zero-shot pipeline resolve its folders without
-`trust_remote_code`.
+`AutoModelForZeroShotImageClassification`, `AutoProcessor`, `AutoImageProcessor` and the zero-shot pipeline resolve its
+folders without `trust_remote_code`.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForZeroShotImageClassification,
+    AutoProcessor,
+)
 
 from .configuration_msclip import MSCLIP_PRESETS, MSCLIPConfig
 from .configuration_unicl import UniCLConfig
 from .configuration_uniclip import AUGMENTATION_PARAM_DIM, AUGMENTATION_PARAM_NAMES, UniCLIPConfig
+from .image_processing import DualEncoderImageProcessor
 from .losses import clip_loss, gather_with_grad, global_mean, multi_positive_loss, unicl_loss
 from .modeling_msclip import (
     MSCLIPModel,
@@ -45,6 +52,9 @@ def _register(config_class, model_class, processor_class) -> None:
     AutoModel.register(config_class, model_class, exist_ok=True)
     AutoModelForZeroShotImageClassification.register(config_class, model_class, exist_ok=True)
     AutoProcessor.register(config_class, processor_class, exist_ok=True)
+    # One class for both backends: without torchvision it is built on CLIP's PIL backend (`image_processing.py`).
+    backends = {"torchvision": DualEncoderImageProcessor, "pil": DualEncoderImageProcessor}
+    AutoImageProcessor.register(config_class, image_processor_classes=backends, exist_ok=True)
 
 
 _register(UniCLConfig, UniCLModel, UniCLProcessor)
@@ -62,6 +72,7 @@ __all__ = [
     "MSCLIPTextModelWithProjection",
     "MSCLIPVisionModelWithProjection",
     "AUGMENTATION_PARAM_NAMES",
+    "DualEncoderImageProcessor",
     "OPENAI_IMAGENET_TEMPLATES",
     "UNICL_TEMPLATES",
     "UniCLConfig",

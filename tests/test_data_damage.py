@@ -6,6 +6,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import tarfile
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -251,3 +254,76 @@ def test_imagefolder_rows_are_checked_the_same_way(tmp_path, tokenizer):
     loader = data_lib.eval_dataloader(spec, data_lib.DecodeConfig(TO_TENSOR), tokenizer, 16, 8, 0, 1)
     assert [text for batch in loader for text in batch.get("texts", [])] == ["a green square."]
     assert dict(loader.health.skipped) == {"missing_text": 1, "corrupt_image": 1}
+
+
+def _good_shard(path, count: int, prefix: str) -> list[str]:
+    """A tar of `count` samples (jpg, txt, cls); returns their captions."""
+    texts = [f"a green square number {prefix}{index}." for index in range(count)]
+    with tarfile.open(path, "w") as tar:
+        for index, text in enumerate(texts):
+            for extension, payload in (("jpg", _jpeg()), ("txt", text.encode()), ("cls", b"1")):
+                info = tarfile.TarInfo(f"{prefix}{index:03d}.{extension}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    return texts
+
+
+def test_a_tar_cut_anywhere_is_named_and_counted(tmp_path, tokenizer):
+    # `tarfile` takes a header cut short, a damaged header or a file that ends at a member boundary for the end of
+    # the archive: without the end-of-archive check these shards read as shorter, healthy ones.
+    full = tmp_path / "full.tar"
+    _good_shard(full, 12, "x")
+    data = full.read_bytes()
+    with tarfile.open(full) as tar:
+        boundary = tar.getmembers()[15].offset  # the header of sample 5's first member
+    cuts = {
+        "half-plus-777.tar": data[: len(data) // 2 + 777],  # the attack's recipe (here: in a member's padding)
+        "at-a-boundary.tar": data[:boundary],
+        "in-a-header.tar": data[: boundary + 100],
+        "damaged-header.tar": data[:boundary] + b"\x01" * 512 + data[boundary + 512 :],
+    }
+    for name, payload in cuts.items():
+        (tmp_path / name).write_bytes(payload)
+    full.unlink()
+    texts = _good_shard(tmp_path / "zz-good.tar", 3, "g")
+    spec = data_lib.SourceSpec(str(tmp_path / "*.tar"), label_column="cls")
+    loader = data_lib.eval_dataloader(spec, data_lib.DecodeConfig(TO_TENSOR, CLASS_NAMES), tokenizer, 16, 8, 0, 1)
+    used = [text for batch in loader for text in batch.get("texts", [])]
+    assert set(texts) <= set(used)
+    assert {
+        Path(shard).name: reason.split(":")[0] for shard, reason in loader.health.damaged_shards.items()
+    } == dict.fromkeys(cuts, "truncated_shard")
+    for shard, reason in loader.health.damaged_shards.items():
+        if not shard.endswith("half-plus-777.tar"):  # these three, tarfile alone reads as whole shards
+            assert "without its end-of-archive block" in reason and "after 5 samples" in reason, reason
+    assert "truncated_shard" in data_lib.DataHealth.merge([loader.health.state_dict()]).summary()
+
+
+@pytest.mark.timeout(120)
+def test_a_fifo_named_tar_is_named_never_waited_on(tmp_path, tokenizer):
+    texts = _good_shard(tmp_path / "b-good.tar", 3, "g")
+    os.mkfifo(tmp_path / "a-fifo.tar")  # first: where the columns are read, too
+    spec = data_lib.SourceSpec(str(tmp_path / "*.tar"), label_column="cls")
+    loader = data_lib.eval_dataloader(spec, data_lib.DecodeConfig(TO_TENSOR, CLASS_NAMES), tokenizer, 16, 8, 0, 1)
+    assert [text for batch in loader for text in batch.get("texts", [])] == texts
+    reason = loader.health.damaged_shards[str(tmp_path / "a-fifo.tar")]
+    assert reason.startswith("unreadable_shard: NotARegularFile:") and "is a FIFO, not a regular file" in reason
+
+
+def test_a_20_mb_caption_is_skipped_before_tokenising(tmp_path, tokenizer):
+    texts = _good_shard(tmp_path / "a.tar", 3, "g")
+    with tarfile.open(tmp_path / "b.tar", "w") as tar:
+        for extension, payload in (("jpg", _jpeg()), ("txt", b"a square " * 2_300_000)):  # 20.7 MB
+            info = tarfile.TarInfo(f"huge.{extension}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    spec = data_lib.SourceSpec(str(tmp_path / "*.tar"))
+    batch = _train_batches(spec, tokenizer, 0, count=1)[0]  # 4 samples: the 3 good ones and the caption
+    assert batch["texts"] == texts
+    assert batch["skipped"] == {"oversized_caption": 1}
+    prepass = list(data_lib.iter_texts([spec], limit=10))  # the tokenizer pre-pass never sees it either
+    assert prepass == texts
+    with pytest.raises(ValueError, match="max_caption_chars must be a positive integer, got 0"):
+        data_lib.SourceSpec(str(tmp_path / "*.tar"), max_caption_chars=0)
+    short = data_lib.SourceSpec(str(tmp_path / "*.tar"), max_caption_chars=20)  # a setting: every caption is longer
+    assert list(data_lib.iter_texts([short], limit=10)) == []

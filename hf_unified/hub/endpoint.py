@@ -1,9 +1,11 @@
 """The Inference Endpoints files of a pushed custom-code folder: `handler.py` and `requirements.txt`.
 
-`handler.py` is `endpoint_handler.py` of this subpackage, copied byte for byte (it imports only transformers, torch
-and Pillow). `requirements.txt` lists what the folder's code needs at run time: the core dependencies of the
-installed hf-unified distribution (the same pins as `pip install hf-unified`, without any extra), so that an endpoint
-image with an older transformers upgrades before loading the code.
+`handler.py` is `endpoint_handler.py` of this subpackage, copied byte for byte: it imports only transformers, torch,
+Pillow and the folder's own `image_processing.py` (the Hub code every custom-code folder holds), so it is a file of the
+pushed repository, importable there and never as part of this package (as the Space's `space_app.py`).
+`requirements.txt` lists what the folder's code needs at run time: the core dependencies of the installed hf-unified
+distribution (the same pins as `pip install hf-unified`, without any extra), so that an endpoint image with an older
+transformers upgrades before loading the code.
 """
 
 from __future__ import annotations

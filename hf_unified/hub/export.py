@@ -44,6 +44,7 @@ from transformers import (
 )
 
 import hf_unified  # noqa: F401  (registers the hf-unified classes with the Auto classes)
+from hf_unified.image_processing import native_image_processor
 from hf_unified.losses import DOMAIN_PAIRS
 
 from .folder import write_atomic
@@ -271,7 +272,8 @@ def export_clip(
         raise NotExportableError(
             f"the exported CLIPModel differs from the source by more than atol={atol:g}: {differences}"
         )
-    clip_processor = CLIPProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer)
+    image_processor = native_image_processor(processor.image_processor)  # no custom code in a native folder
+    clip_processor = CLIPProcessor(image_processor=image_processor, tokenizer=processor.tokenizer)
     notes = [
         "texts must end with the end-of-text token, as the tokenizer's output does: CLIPModel pools there, the source "
         "model falls back to the last attended token for rows without one"

@@ -2,12 +2,13 @@
 
     python -m hf_unified.hub.space ORG/MODEL [--space_id ORG/MODEL-demo] [--native_model_id ORG/MODEL-clip]
 
-The Space repository (`repo_type="space"`) holds `app.py` (this subpackage's `space_app.py`, byte for byte),
-`space_config.json` (which model, whether it needs `trust_remote_code`), `requirements.txt` (hf-unified's runtime
-requirements; gradio comes with the Space's SDK) and a README whose metadata links the model page to the Space
-(`models:`). The app runs the native CLIP export when there is one (`--native_model_id`, or a model repository
-without `auto_map`), and the model's own code otherwise. Gradio is needed only to run the app, not to push it
-(`pip install hf-unified[space]` to try it locally).
+The Space repository (`repo_type="space"`) holds `app.py` (this subpackage's `space_app.py`, byte for byte), the
+files it serves through, byte for byte too: `handler.py` (the Inference Endpoints handler, which reads and bounds each
+request) and `image_processing.py` (bounded decoding), `space_config.json` (which model, whether it needs
+`trust_remote_code`), `requirements.txt` (hf-unified's runtime requirements; gradio comes with the Space's SDK) and a
+README whose metadata links the model page to the Space (`models:`). The app runs the native CLIP export when there is
+one (`--native_model_id`, or a model repository without `auto_map`), and the model's own code otherwise. Gradio is
+needed only to run the app, not to push it (`pip install hf-unified[space]` to try it locally).
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, SpaceCardData, hf_hub_download
 
-from .endpoint import runtime_requirements
+from .. import image_processing
+from .endpoint import HANDLER_FILE, handler_source, runtime_requirements
 from .folder import is_custom_code, read_json
 from .push import HubPushError, PushResult, check_can_push, commit_files
 from .widget import resolve_endpoint
 
 APP_FILE = "app.py"
+IMAGE_PROCESSING_FILE = "image_processing.py"
 CONFIG_FILE = "space_config.json"
 DEFAULT_LABELS = "a photo of a cat, a photo of a dog, a photo of a car"
 
@@ -66,7 +69,8 @@ def space_files(
     linked_models: list[str] | None = None,
     title: str | None = None,
 ) -> dict[str, bytes]:
-    """The files of the Space, by path: `app.py`, `space_config.json`, `requirements.txt`, `README.md`.
+    """The files of the Space, by path: `app.py`, `handler.py`, `image_processing.py`, `space_config.json`,
+    `requirements.txt`, `README.md`.
 
     Args:
         model_id: the model the app runs (a Hub id; a local folder works for trying the app).
@@ -105,6 +109,8 @@ def space_files(
     requirements = "".join(f"{line}\n" for line in runtime_requirements())
     return {
         APP_FILE: Path(__file__).with_name("space_app.py").read_bytes(),
+        HANDLER_FILE: handler_source(),
+        IMAGE_PROCESSING_FILE: Path(image_processing.__file__).read_bytes(),
         CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode(),
         "requirements.txt": requirements.encode(),
         "README.md": readme.encode(),

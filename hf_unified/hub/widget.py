@@ -2,7 +2,9 @@
 
 - A model trained by `training/train.py` (its folder has `training_args.json`) shows images from the start of its
   evaluation split (`eval_data`), of different classes, with its class names (`class_names_file`) as the candidate
-  labels. The images are uploaded with the model (`widget/eval-<i>.png`), so the widget needs nothing else.
+  labels. The images are uploaded with the model (`widget/eval-<i>.png`, at most 512 px a side), so the widget needs
+  nothing else. The rows are read, checked and decoded as evaluation reads them (`training.data.read_sample`):
+  damaged, oversized and out-of-range samples are skipped and logged, as evaluation skips them.
 - A model without a training record (a converted release checkpoint, an ImageNet-scale model) shows the Hub's usual
   photo examples (`mishig/sample_images`), read through the Hub endpoint to compute their outputs.
 
@@ -16,11 +18,14 @@ from __future__ import annotations
 import io
 import logging
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import constants, hf_hub_download
 from PIL import Image
+
+from ..image_processing import load_image
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +38,8 @@ PHOTO_EXAMPLES = (
 MAX_EXAMPLES = 2
 MAX_LABELS = 8  # a widget shows a handful of labels; larger class lists are cut around the example's own class
 SCORE_DIGITS = 4
+EXAMPLE_ROWS = 200  # rows of the evaluation split searched for examples of different classes
+WIDGET_IMAGE_SIDE = 512  # an example image is shrunk to fit this square before it is uploaded
 
 
 @dataclass
@@ -94,19 +101,28 @@ def eval_split_examples(training_args: dict, repo_id: str, revision: str, endpoi
         format=training_args.get("eval_format") or None,
         split=training_args.get("eval_split") or "validation",
     )
+    # Rows are read, checked and decoded exactly as evaluation reads them (`data.read_sample`): a damaged or
+    # oversized sample is skipped and logged, never the end of the final save.
+    decode = data_lib.DecodeConfig(image_transform=None, class_names=names)
+    damage_log, rng = data_lib.DamageLog(), random.Random(0)
     examples, seen = [], set()
-    for example in data_lib.open_source(spec).take(200):
-        label = int(example["label"])
-        if label in seen or not 0 <= label < len(class_names):
+    for row in data_lib.open_source(spec).take(EXAMPLE_ROWS):
+        sample = data_lib.read_sample(row, decode, rng)
+        if isinstance(sample, data_lib.Skipped):
+            damage_log.report(sample)
             continue
-        seen.add(label)
+        if sample.label in seen:
+            continue
+        seen.add(sample.label)
         path = f"{WIDGET_DIR}/eval-{len(examples)}.png"
+        image = sample.image.copy()
+        image.thumbnail((WIDGET_IMAGE_SIDE, WIDGET_IMAGE_SIDE))  # what a widget shows; the repository stays small
         examples.append(
             WidgetExample(
                 src=_resolve_url(repo_id, path, revision, endpoint),
-                candidate_labels=_labels_around(class_names, label),
-                title=f"{class_names[label]} (evaluation split)",
-                image=data_lib.decode_image(example["image"]),
+                candidate_labels=_labels_around(class_names, sample.label),
+                title=f"{class_names[sample.label]} (evaluation split)",
+                image=image,
                 path_in_repo=path,
             )
         )
@@ -126,7 +142,7 @@ def photo_examples(endpoint: str | None) -> list[WidgetExample]:
         )
         try:
             path = hf_hub_download(PHOTO_DATASET, filename, repo_type="dataset", endpoint=resolve_endpoint(endpoint))
-            example.image = Image.open(path).convert("RGB")
+            example.image = load_image(path)
         except Exception as error:  # offline or unreachable: the example stays, without a static output
             logger.warning("widget example %s: image not readable (%s); no static output for it", filename, error)
         examples.append(example)
@@ -161,8 +177,10 @@ def widget_examples(
     if training_args is not None:
         try:
             examples = eval_split_examples(training_args, repo_id, revision, endpoint)
-        except (ValueError, OSError, ImportError) as error:
-            logger.warning("no widget examples: the evaluation split cannot be read here (%s)", error)
+        except Exception as error:  # noqa: BLE001 - examples are optional: no failure of theirs may end a save
+            logger.warning(
+                "no widget examples: the evaluation split cannot be read here (%s: %s)", type(error).__name__, error
+            )
             return []
     else:
         examples = photo_examples(endpoint)

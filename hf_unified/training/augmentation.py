@@ -68,10 +68,12 @@ import math
 from collections.abc import Sequence
 
 import torch
+from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from ..configuration_uniclip import AUGMENTATION_PARAM_DIM, AUGMENTATION_PARAM_NAMES, IDENTITY_PARAMS
+from ..image_processing import to_rgb
 
 # CLIP's normalisation (transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD), the default of UniCLIPProcessor too.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -334,7 +336,8 @@ class MultiViewAugmentation(ViewAugmentation):
     `torchvision.transforms.v2.functional`, one image at a time (arguments: `ViewAugmentation`).
 
     Calling it on a PIL image, a `[C, H, W]` tensor (uint8 or float in [0, 1]) or a numpy `[H, W, C]` array returns
-    `(views [V, 3, H', W'] float32, params [V, P] float32)`. Grayscale or RGBA inputs are converted to RGB.
+    `(views [V, 3, H', W'] float32, params [V, P] float32)`. PIL images of any mode are converted with
+    `image_processing.to_rgb`.
     Parameters are drawn with torch's global generator, so `torch.manual_seed` and DataLoader worker seeding make
     the views reproducible.
     """
@@ -345,8 +348,8 @@ class MultiViewAugmentation(ViewAugmentation):
         if isinstance(image, torch.Tensor):
             tensor = image
         else:
-            if hasattr(image, "mode") and image.mode != "RGB":
-                image = image.convert("RGB")
+            if isinstance(image, Image.Image):
+                image = to_rgb(image)  # the one conversion: 16-bit scaled, alpha composited (`image_processing`)
             if hasattr(image, "flags") and not image.flags.writeable:  # a numpy view of a PIL image
                 image = image.copy()
             tensor = TF.to_image(image)

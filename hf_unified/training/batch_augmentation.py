@@ -62,6 +62,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from ..image_processing import to_rgb
 from .augmentation import AUGMENTATION_PARAM_DIM, IDENTITY_PARAMS, ViewAugmentation, sample_view_params, size_pair
 
 # The batch fields `ImageCanvas` adds to every decoded sample (and `data.collate` stacks).
@@ -122,8 +123,7 @@ class ImageCanvas:
     def __call__(self, image) -> dict[str, torch.Tensor]:
         if isinstance(image, torch.Tensor):
             image = TF.to_pil_image(image)
-        if image.mode != "RGB":
-            image = image.convert("RGB")
+        image = to_rgb(image)  # the one conversion: 16-bit scaled, alpha composited (`image_processing`)
         width, height = image.size
         canvas_h, canvas_w = self.size
         shrink = min(1.0, canvas_h / height, canvas_w / width)

@@ -16,11 +16,12 @@ of the stream when the lanes are a multiple of the W workers. Decoding and augme
 split between the workers either way. Damage is part of the raw stream (a damaged sample or shard is a row with
 `damage` set, found the same way by every worker), so this holds on damaged data too.
 
-Damaged data never stops a run. A sample that cannot be used (undecodable image, caption that is not UTF-8, label
-that is not an integer or is outside the class list, a stray tar member, a missing value: the kinds are
-`data_health.SAMPLE_DAMAGE`) is skipped and counted by kind; a shard that cannot be opened or ends early is read up
-to where it broke, named, and the stream goes on with the next one. A column name that a source lacks raises
-`ValueError` when the source is opened, before any training step.
+Damaged data never stops a run. A sample that cannot be used (undecodable image, an image over `max_image_pixels`
+or `max_aspect_ratio` (refused from its header, before decoding or resizing), caption that is not UTF-8 or is longer
+than `max_caption_chars`, label that is not an integer or is outside the class list, a stray tar member, a missing
+value: the kinds are `data_health.SAMPLE_DAMAGE`) is skipped and counted by kind; a shard that cannot be opened or
+ends early is read up to where it broke, named, and the stream goes on with the next one. A column name that a
+source lacks raises `ValueError` when the source is opened, before any training step.
 
 The interface for a trainer. Every collated batch (`collate`, from `TrainStream` and `eval_dataloader`) holds
 
@@ -48,7 +49,6 @@ its own in `loader.health`. `iter_texts(specs, limit)` gives clean captions for 
 from __future__ import annotations
 
 import copy
-import io
 import json
 import math
 import random
@@ -64,6 +64,7 @@ from datasets import IterableDataset
 from datasets.distributed import split_dataset_by_node
 from PIL import Image
 
+from ..image_processing import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS, ImageTooLarge, load_image
 from .data_health import SAMPLE_DAMAGE, SHARD_DAMAGE, DamageLog, DataError, DataHealth, Skipped
 from .sources import (
     FORMATS,
@@ -129,33 +130,53 @@ class DecodeConfig:
     - a mapping of batch fields, stacked as they are (whatever `multi_view` says): `batch_augmentation.ImageCanvas`
       gives `images` (uint8), `image_sizes` and `resized_image_sizes`, from which `BatchMultiViewAugmentation`
       makes the views on the training device (the workers then only decode).
+
+    It may be None where only `read_sample` runs (the model card's example images keep the PIL image).
+
+    `max_image_pixels` (default 64,000,000) and `max_aspect_ratio` (default 20) bound every image before it is decoded
+    (from the size in its header): an image past either is skipped as `oversized_image` (`image_processing`).
     """
 
-    image_transform: Callable
+    image_transform: Callable | None
     class_names: list[list[str]] | None = None
     templates: Sequence[str] = ("{}.",)
     label_vocabulary: LabelVocabulary | None = None
     with_labels: bool = True  # UniCL: give labels (-1 = image-text pair) to the loss
     multi_view: bool = False
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    max_aspect_ratio: float = MAX_ASPECT_RATIO
 
 
-def decode_image(value) -> Image.Image:
-    """Undecoded image cell (`{"bytes", "path"}`, bytes, or PIL) -> RGB PIL image, fully loaded."""
-    if isinstance(value, Image.Image):
-        image = value
-    elif isinstance(value, dict):
-        payload = value.get("bytes")
-        image = Image.open(io.BytesIO(payload)) if payload is not None else Image.open(value["path"])
-    elif isinstance(value, (bytes, bytearray)):
-        image = Image.open(io.BytesIO(value))
-    else:
+def decode_image(value, max_pixels: int = MAX_IMAGE_PIXELS, max_aspect_ratio: float = MAX_ASPECT_RATIO) -> Image.Image:
+    """Undecoded image cell (`{"bytes", "path"}`, bytes, or PIL) -> RGB PIL image, fully loaded, converted by
+    `image_processing.to_rgb`.
+
+    Raises:
+        ImageTooLarge: the image's header declares more than `max_pixels` pixels or a thinner shape than
+            `max_aspect_ratio` (nothing is decoded then).
+        UnreadableImage, TypeError: not an image.
+    """
+    if isinstance(value, dict):
+        value = value.get("bytes") if value.get("bytes") is not None else value["path"]
+    elif not isinstance(value, (Image.Image, bytes, bytearray)):
         raise TypeError(f"unsupported image cell {type(value)}")
-    image.load()  # truncated files fail here, not later in a transform
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return load_image(value, max_pixels, max_aspect_ratio)
 
 
-def decode_example(example: dict, config: DecodeConfig, rng: random.Random) -> dict | Skipped:
-    """One raw row (`sources.RAW_FEATURES`) -> model inputs, or a `Skipped` record saying why it gives none."""
+@dataclass
+class Sample:
+    """One usable sample, before the image transform: the RGB image, its text (the caption, or a prompt built from
+    its class name), its label (-1 for an image-text pair) and whether the label was mapped from the caption."""
+
+    image: Image.Image
+    text: str
+    label: int
+    mapped: bool = False
+
+
+def read_sample(example: dict, config: DecodeConfig, rng: random.Random) -> Sample | Skipped:
+    """One raw row (`sources.RAW_FEATURES`) -> a checked, decoded `Sample`, or a `Skipped` record saying why it
+    gives none. What training and evaluation decode (`decode_example`), and the model card's example images."""
 
     def skipped(kind: str, detail: str) -> Skipped:
         return Skipped(kind, example.get("shard") or "", example.get("key"), detail)
@@ -168,7 +189,9 @@ def decode_example(example: dict, config: DecodeConfig, rng: random.Random) -> d
         expected = f"in [0, {num_classes})" if num_classes is not None else ">= 0"
         return skipped("label_out_of_range", f"label {label}, expected {expected}")
     try:
-        image = decode_image(example["image"])
+        image = decode_image(example["image"], config.max_image_pixels, config.max_aspect_ratio)
+    except ImageTooLarge as error:
+        return skipped("oversized_image", str(error))
     except Exception as error:  # noqa: BLE001 - any undecodable image is skipped and counted, never fatal
         return skipped("corrupt_image", f"{type(error).__name__}: {error}")
     mapped = False
@@ -179,8 +202,17 @@ def decode_example(example: dict, config: DecodeConfig, rng: random.Random) -> d
         if label is None or config.class_names is None:
             return skipped("missing_text", "no caption, and no class names to build a prompt from its label")
         text = rng.choice(list(config.templates)).format(rng.choice(config.class_names[label]))
-    transformed = config.image_transform(image)
-    item = {"text": text, "label": -1 if label is None else label, "mapped": mapped}
+    return Sample(image, text, -1 if label is None else label, mapped)
+
+
+def decode_example(example: dict, config: DecodeConfig, rng: random.Random) -> dict | Skipped:
+    """One raw row (`sources.RAW_FEATURES`) -> model inputs (`read_sample`, then the image transform), or a
+    `Skipped` record saying why it gives none."""
+    sample = read_sample(example, config, rng)
+    if isinstance(sample, Skipped):
+        return sample
+    transformed = config.image_transform(sample.image)
+    item = {"text": sample.text, "label": sample.label, "mapped": sample.mapped}
     if isinstance(transformed, Mapping):  # whatever `multi_view` says: the canvas of batched views
         item.update(transformed)
     elif config.multi_view:
@@ -408,10 +440,12 @@ __all__ = [
     "SAMPLE_DAMAGE",
     "SHARD_DAMAGE",
     "DataError",
+    "DamageLog",
     "DataHealth",
     "DecodeConfig",
     "EvalDataLoader",
     "LabelVocabulary",
+    "Sample",
     "Skipped",
     "SourceSpec",
     "TrainStream",
@@ -425,4 +459,5 @@ __all__ = [
     "iter_texts",
     "load_class_names",
     "open_source",
+    "read_sample",
 ]

@@ -17,11 +17,14 @@ logger = logging.getLogger(__name__)
 
 # Kinds of damage to one sample: it is skipped, and counted under its kind.
 SAMPLE_DAMAGE = {
-    "corrupt_image": "the image does not decode (truncated, not an image, unreadable file)",
+    "corrupt_image": "the image does not decode (truncated, not an image, unreadable file, an unconvertible mode)",
+    "oversized_image": "the image's header declares more pixels than max_image_pixels, or a longer side more than "
+    "max_aspect_ratio times its shorter side (refused before decoding or resizing)",
     "missing_image": "the sample has no value for the image column",
     "missing_text": "no caption (absent or empty) and no class label to build a prompt from",
     "missing_label": "a source without captions has no class label for the sample",
     "bad_text_encoding": "the caption is not UTF-8 text",
+    "oversized_caption": "the caption is longer than max_caption_chars characters (refused before tokenising)",
     "bad_label": "the class label is not an integer",
     "label_out_of_range": "the class label is negative or not below the number of class names",
     "unexpected_member": "a tar member (or group of members) with none of the source's columns",
@@ -30,8 +33,10 @@ SAMPLE_DAMAGE = {
 # Kinds of damage to a whole shard: it is read up to where it broke, named in `damaged_shards`, and the stream
 # carries on with the next shard. A shard is not a sample, so these are not counted in `skipped`.
 SHARD_DAMAGE = {
-    "unreadable_shard": "the shard cannot be opened, or broke before its first sample (empty, not a tar/parquet)",
-    "truncated_shard": "the shard broke after some samples (truncated, corrupt)",
+    "unreadable_shard": "the shard cannot be opened, or broke before its first sample (empty, not a tar/parquet, not "
+    "a regular file: a FIFO or a device is never opened, since reading one can block forever)",
+    "truncated_shard": "the shard broke after some samples (truncated, corrupt, or a tar without its end-of-archive "
+    "blocks: cut at a member boundary)",
 }
 
 
