@@ -10,7 +10,8 @@ Lustre, GPFS), unlike `flock`, which network file systems may not share between 
 taken over with a note saying so, when its holder is known to be gone:
 
 - on this host, no process has its pid (or the process with that pid started at another time: a reused pid);
-- it was held by this process, by a lock object that no longer holds it (a run in this process that ended badly);
+- it was held by this process, by a lock object that no longer exists or holds it (a trainer built in a notebook and
+  dropped, a run in this process that ended badly);
 - it was held by the same SLURM job (a requeued job: SLURM ended the earlier incarnation before starting this one).
 
 A holder on another host cannot be checked from here: the lock is refused with the host, pid and the file to delete
@@ -20,15 +21,18 @@ same stale lock cannot both win.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
 import time
 import uuid
+import weakref
 from pathlib import Path
 
 LOCK_NAME = "run.lock"
-_HELD_HERE: set[str] = set()  # lock files this process holds (resolved paths)
+# The locks this process holds, by resolved lock-file path; an entry leaves with its lock object.
+_HELD_HERE: weakref.WeakValueDictionary[str, FolderLock] = weakref.WeakValueDictionary()
 
 
 class FolderLockedError(RuntimeError):
@@ -102,7 +106,7 @@ class FolderLock:
         if pid == os.getpid():
             if self._key in _HELD_HERE:
                 return None
-            return "this process, by a run that ended without releasing it"
+            return "this process, by a lock it no longer holds (dropped without release)"
         if not _alive(pid):
             return "a process that no longer exists"
         started = holder.get("process_start")
@@ -152,7 +156,7 @@ class FolderLock:
         for _ in range(5):
             if self._create(me):
                 self.token = me["token"]
-                _HELD_HERE.add(self._key)
+                _HELD_HERE[self._key] = self
                 return note
             holder = _read(self.path)
             if holder is None:
@@ -177,7 +181,7 @@ class FolderLock:
         holder = _read(self.path)
         if holder is not None and holder.get("token") == self.token:
             self.path.unlink(missing_ok=True)
-        _HELD_HERE.discard(self._key)
+        _HELD_HERE.pop(self._key, None)
         self.token = None
 
     def __enter__(self) -> FolderLock:
@@ -186,6 +190,13 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@atexit.register
+def _release_at_exit() -> None:
+    """A process that ends normally frees what it still holds (a kill leaves a lock the next holder takes over)."""
+    for lock in list(_HELD_HERE.values()):
+        lock.release()
 
 
 __all__ = ["FolderLock", "FolderLockedError", "LOCK_NAME", "describe_holder"]

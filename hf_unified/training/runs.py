@@ -4,11 +4,11 @@
 
 - `--export_clip` must not overlap `output_dir` (`hub.export.check_export_target`: it is not the folder, its parent
   or inside it, and an existing target is replaced only with `--overwrite_export_clip`);
-- a folder holding another run's work (checkpoints, a saved model) is refused unless the run resumes
-  (`--resume_from_checkpoint`) or `--overwrite_output_dir` says to start over there; then the earlier run's
-  checkpoints and its trained tokenizer are deleted (named on the console), and its model is replaced at the end;
 - the run lock (`files.FolderLock`, `output_dir/run.lock`: host and pid of the holder) is taken: a second run on the
-  folder is refused in one line; the lock of a holder known to be gone is taken over with a note.
+  folder is refused in one line; the lock of a holder known to be gone is taken over with a note;
+- under the lock, a folder holding another run's work (checkpoints, a saved model) is refused unless the run resumes
+  (`--resume_from_checkpoint`) or `--overwrite_output_dir` says to start over there; then the earlier run's
+  checkpoints and its trained tokenizer are deleted (named on the console), and its model is replaced at the end.
 
 **Which run a checkpoint belongs to.** Every checkpoint records its run (`RunIdentity`: an id, when it started, and the
 settings that decide its trajectory: `trajectory_settings`). Rotation (`save_total_limit`) deletes only the run's own
@@ -247,7 +247,7 @@ def _other_work(args, folder: Path) -> str | None:
 
 
 def _check_targets(args) -> None:
-    """Refusals that need no lock: the export target, a file in the way, another run's work."""
+    """Refusals before anything is created: the export target, a file in the way."""
     folder = Path(args.output_dir)
     if args.export_clip:
         from ..hub.export import check_export_target
@@ -258,7 +258,12 @@ def _check_targets(args) -> None:
             raise RunFolderError(f"--export_clip: {error}") from None
     if folder.exists() and not folder.is_dir():
         raise RunFolderError(f"output_dir {folder} exists and is not a folder")
-    work = _other_work(args, folder) if folder.is_dir() else None
+
+
+def _check_other_work(args) -> None:
+    """Under the lock: a folder holding another run's work needs --resume_from_checkpoint or --overwrite_output_dir."""
+    folder = Path(args.output_dir)
+    work = _other_work(args, folder)
     if work and not args.overwrite_output_dir:
         raise RunFolderError(
             f"output_dir {folder} {work}: continue it with --resume_from_checkpoint latest, start over there with "
@@ -297,6 +302,7 @@ class RunFolder:
             say(note)
         try:
             recover_folder(folder)  # staging left by a killed save (only this run writes here now)
+            _check_other_work(args)
             if args.overwrite_output_dir and not _resumes(args, folder):
                 _start_over(folder, say)
         except BaseException:

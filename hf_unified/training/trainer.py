@@ -438,17 +438,27 @@ class Trainer:
         (folder / "eval_results.json").write_text(json.dumps(eval_results, indent=2))
         (folder / "training_args.json").write_text(json.dumps(self.run_arguments, indent=2, default=str))
 
+    def _unsaved_name(self, target: Path) -> str:
+        """A visible name beside `target` for weights whose save could not be completed (never one in use)."""
+        name = f"{target.name}.unsaved-step{self.args.max_steps}-{self.run.id}"
+        count = 1
+        while (target.parent / name).exists():
+            count += 1
+            name = f"{target.name}.unsaved-step{self.args.max_steps}-{self.run.id}-{count}"
+        return name
+
     def _save_final_folder(self, eval_results: dict, state_dict: dict) -> None:
         """Main process: stages the new version of `output_dir` beside it and swaps it in (`files.StagedFolder`;
         through a symbolic link, the folder it points to). A failure before the weights are whole leaves
-        `output_dir` as it was and nothing behind; a failure after them keeps the weights where the message says;
-        a model card that cannot be written does not cost the model (it is saved without one, then reported)."""
+        `output_dir` as it was and nothing behind; an error after them keeps the weights in a visible folder beside
+        it that the message names; a model card that cannot be written does not cost the model (it is saved
+        without one, then reported)."""
         out = self.output_dir
         staged = StagedFolder(out)
         folder = staged.path
         try:
             sharding.unsharded_model(self.unwrapped, state_dict).save_pretrained(folder, state_dict=state_dict)
-        except BaseException as error:
+        except BaseException as error:  # Ctrl-C too: the previous output stays, nothing is left behind
             staged.discard()
             if isinstance(error, (OSError, SafetensorError)):
                 raise SaveError(
@@ -458,8 +468,8 @@ class Trainer:
             raise
         try:
             self._write_model(folder, eval_results)
-        except BaseException as error:
-            kept = staged.keep_as(f"{staged.target.name}.unsaved-step{self.args.max_steps}-{self.run.id}")
+        except Exception as error:
+            kept = staged.keep_as(self._unsaved_name(staged.target))
             raise SaveError(
                 f"the final save to {out} failed after the weights were written ({_one_line(error)}): the trained "
                 f"model's weights and config are in {kept}; {out} is as it was"
