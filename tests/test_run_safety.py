@@ -456,6 +456,22 @@ def test_a_half_written_tokenizer_folder_is_trained_again(tmp_path, shapes):
     assert debris(out) == []
 
 
+def test_a_full_disk_while_the_tokenizer_is_written_says_so_in_one_line_and_leaves_nothing(
+    tmp_path, shapes, monkeypatch, capsys
+):
+    from transformers import PreTrainedTokenizerBase
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", _disk_full("tokenizer.json"))
+    config = write_config(tmp_path, shapes, do_eval=False)
+    out = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", [TRAIN, "--config", str(config), "--output_dir", str(out), "--max_steps", "1"])
+    assert train_script._run() == 1
+    assert capsys.readouterr().err.strip() == (
+        "train.py: error: OSError: [Errno 28] No space left on device: 'tokenizer.json'"
+    )
+    assert names(out) == [] and debris(tmp_path) == []  # no half-written tokenizer/, no staging, no lock
+
+
 def test_a_symlinked_output_dir_saves_resumes_and_keeps_its_link(tmp_path, shapes):
     """Before the fix the final save ended in `Cannot call rmtree on a symbolic link`, and so did every later
     start."""
@@ -472,8 +488,13 @@ def test_a_symlinked_output_dir_saves_resumes_and_keeps_its_link(tmp_path, shape
     assert debris(tmp_path, scratch.parent, scratch) == []
 
 
-def _disk_full(*args, **kwargs):
-    raise OSError(errno.ENOSPC, "No space left on device", "model.safetensors")
+def _disk_full(file_name: str):
+    """A writer that fails as on a full disk, naming `file_name`."""
+
+    def write(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", file_name)
+
+    return write
 
 
 @pytest.mark.parametrize("where", ["weights", "processor", "card"])
@@ -492,7 +513,7 @@ def test_a_failed_final_save_says_what_failed_in_one_line_and_never_loses_the_we
         "processor": (ProcessorMixin, "save_pretrained"),
         "card": (hf_unified.hub.model_card, "write_model_card"),
     }[where]
-    monkeypatch.setattr(*target, _disk_full)
+    monkeypatch.setattr(*target, _disk_full("model.safetensors"))
     config = write_config(tmp_path, shapes, do_eval=False)
     out = tmp_path / "run"
     monkeypatch.setattr(sys, "argv", [TRAIN, "--config", str(config), "--output_dir", str(out), "--max_steps", "2"])

@@ -75,8 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _run() -> int:
     """The command line: bad input (a `ValueError`: data, checkpoint, settings, a refused folder), a run stopped by
-    non-finite steps or a failed save ends with its one-line message and status 1, not a traceback; a stop signal
-    with its checkpoint message and `REQUEUE_EXIT_CODE`; Ctrl-C with one line and status 130."""
+    non-finite steps, a failed save or another file-system error (`OSError`: a full disk) ends with its one-line
+    message and status 1, not a traceback; a stop signal with its checkpoint message and `REQUEUE_EXIT_CODE`; Ctrl-C
+    with one line and status 130."""
     program = Path(sys.argv[0]).name
     try:
         main()
@@ -94,6 +95,9 @@ def _run() -> int:
         if isinstance(error, RunStopped):
             print(f"{program}: {error}", file=sys.stderr)
             return REQUEUE_EXIT_CODE
+        if isinstance(error, OSError):  # a full disk, a missing file
+            print(f"{program}: error: {' '.join(f'{type(error).__name__}: {error}'.split())}", file=sys.stderr)
+            return 1
         if not isinstance(error, (ValueError, NonFiniteLossError, SaveError)):
             raise
         print(f"{program}: error: {error}", file=sys.stderr)
