@@ -250,6 +250,49 @@ def test_export_writes_atomically_and_refuses_to_overwrite(tmp_path, tiny_clip_t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip", "unicl"]  # no staging folder left behind
 
 
+def test_export_never_replaces_its_source_a_folder_around_it_or_another_run(tmp_path, tiny_clip_tokenizer, capsys):
+    """Before the fix `--overwrite` replaced any folder: the source's parent (the model, its checkpoints, every
+    sibling run) was deleted, exit 0."""
+    processor = UniCLProcessor(unicl_image_processor(32), tiny_clip_tokenizer)
+    source = _save(_unicl(), processor, tmp_path / "runs" / "unicl")
+    run = tmp_path / "runs" / "other-run"
+    (run / "checkpoint-40").mkdir(parents=True)
+    (run / "training_log.jsonl").write_text('{"step": 40}\n')
+    model = tmp_path / "converted"  # a saved model that is not an export
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    refusals = {
+        source.parent: "contains the source model folder",
+        source: "is the source model folder",
+        source / "clip": "is inside the source model folder",
+        run: "holds training checkpoints",
+        model: "holds a saved model that is not an export",
+    }
+    before = sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*"))
+    capsys.readouterr()  # the save's progress bars
+    for target, reason in refusals.items():
+        assert main([str(source), str(target), "--overwrite"]) == 1, target
+        err = capsys.readouterr().err
+        assert err.startswith(f"hf-unified-export-clip: export target {target} ") and reason in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*")) == before  # nothing touched
+
+    export_clip(source, tmp_path / "clip")
+    export_clip(source, tmp_path / "clip", overwrite=True)  # an earlier export is replaced with the flag
+    assert (tmp_path / "clip" / EXPORT_INFO_FILE).exists() and (tmp_path / "clip" / "README.md").exists()
+    assert "# clip:" in (tmp_path / "clip" / "README.md").read_text()  # titled by its folder, not a staging name
+
+
+@pytest.mark.parametrize("atol", ["nan", "inf", "-1e-5"])
+def test_a_tolerance_that_is_not_finite_is_refused(tmp_path, capsys, atol):
+    """`--atol nan` used to turn the equivalence check off (`difference > nan` is always False)."""
+    with pytest.raises(SystemExit) as exited:
+        main([str(tmp_path), str(tmp_path / "clip"), f"--atol={atol}"])
+    assert exited.value.code == 2 and "atol must be a finite number >= 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="atol must be a finite number >= 0"):
+        export_problems(_unicl(), atol=float(atol))
+
+
 def test_export_check_truncates_its_sample_texts_at_the_text_towers_positions(tmp_path, tiny_clip_tokenizer):
     # The check's longest sample text is 7 tokens with bos and eos; a 5-position tower cannot embed it whole.
     text_config = CLIPTextConfig(**{**TINY_TEXT, "max_position_embeddings": 5})

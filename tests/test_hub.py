@@ -502,7 +502,7 @@ def test_local_write_failure_after_a_good_push_is_reported(model_folder, hub_env
     def refuse(path, data):
         raise PermissionError(f"read-only: {path.name}")
 
-    monkeypatch.setattr(push_module, "write_atomic", refuse)
+    monkeypatch.setattr(push_module, "write_file", refuse)
     before = folder_digest(model_folder)
     result = push_folder(model_folder, REPO_ID)
     assert "README.md" in hub.files(REPO_ID) and "handler.py" in hub.files(REPO_ID)  # the Hub copy is complete

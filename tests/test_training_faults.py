@@ -186,18 +186,19 @@ def test_a_kill_during_the_final_save_leaves_the_previous_output_intact(tmp_path
         f"sys.argv = [{TRAIN!r}] + sys.argv[1:]\n"
         f"runpy.run_path({TRAIN!r}, run_name='__main__')\n"
     )
-    flags = ["--config", str(other), "--max_steps", "2", "--output_dir", str(out)]
+    flags = ["--config", str(other), "--max_steps", "2", "--output_dir", str(out), "--overwrite_output_dir"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     killed = subprocess.run([sys.executable, str(wrapper), *flags], env=env, capture_output=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
-    staged = tmp_path / ".run.staging"
+    [staging] = tmp_path.glob(".run.*.partial")  # files.StagedFolder's hidden staging folder
+    staged = staging / "run"
     assert (staged / "model.safetensors").exists() and (staged / "config.json").read_bytes() != previous["config.json"]
     for name, content in previous.items():
         assert (out / name).read_bytes() == content, name
     assert AutoModel.from_pretrained(out).config.projection_dim == 16  # the previous model still loads
 
-    train_script.main(flags)  # the next run clears the leftover and publishes its own model
-    assert not staged.exists() and not (tmp_path / ".run.previous").exists()
+    train_script.main(flags)  # the next run (taking over the killed run's lock) clears the leftover, saves its model
+    assert not list(tmp_path.glob(".run.*"))
     assert AutoModel.from_pretrained(out).config.projection_dim == 8
     assert (out / "tokenizer" / "tokenizer.json").exists()  # the run's other files are carried over
 

@@ -13,7 +13,13 @@ first use, and a caption tokenizer trained on the training texts, so it runs off
 
 Outputs in `output_dir`: `checkpoint-<step>/` (JSON + safetensors, written atomically), `training_log.jsonl`, and at
 the end the model and processor (`save_pretrained`), `eval_results.json`, `training_args.json` and a model card,
-all swapped in at once. The work itself is `hf_unified.training.factory.build_trainer(...).train()`.
+all swapped in at once. One run at a time holds the folder (`run.lock`); a folder holding another run's work is
+refused unless `--resume_from_checkpoint` or `--overwrite_output_dir` says what to do with it. The work itself is
+`hf_unified.training.factory.build_trainer(...).train()`.
+
+Exit status: 0 done (or stopped at `--stop_at_step`), 1 with one `error:` line (bad input, a refused folder or
+checkpoint, non-finite steps, a failed save), 2 a bad flag or config value, 75 stopped by SIGTERM / SIGUSR1 with a
+checkpoint written (requeue and resume: `training/slurm/`), 130 interrupted by Ctrl-C.
 """
 
 from __future__ import annotations
@@ -68,16 +74,33 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _run() -> int:
-    """The command line: bad input (a `ValueError`: data, checkpoint, settings) or a run stopped by non-finite
-    steps ends with its one-line message and status 1, not a traceback."""
+    """The command line: bad input (a `ValueError`: data, checkpoint, settings, a refused folder), a run stopped by
+    non-finite steps, a failed save or another file-system error (`OSError`: a full disk) ends with its one-line
+    message and status 1, not a traceback; a stop signal with its checkpoint message and `REQUEUE_EXIT_CODE`; Ctrl-C
+    with one line and status 130."""
+    program = Path(sys.argv[0]).name
     try:
         main()
+    except KeyboardInterrupt:
+        print(
+            f"{program}: interrupted (Ctrl-C): stopped without a checkpoint of this step; continue from the last one "
+            "with --resume_from_checkpoint latest",
+            file=sys.stderr,
+        )
+        return 130
     except Exception as error:
-        from hf_unified.training.trainer import NonFiniteLossError
+        from hf_unified.training.preemption import REQUEUE_EXIT_CODE, RunStopped
+        from hf_unified.training.trainer import NonFiniteLossError, SaveError
 
-        if not isinstance(error, (ValueError, NonFiniteLossError)):
+        if isinstance(error, RunStopped):
+            print(f"{program}: {error}", file=sys.stderr)
+            return REQUEUE_EXIT_CODE
+        if isinstance(error, OSError):  # a full disk, a missing file
+            print(f"{program}: error: {' '.join(f'{type(error).__name__}: {error}'.split())}", file=sys.stderr)
+            return 1
+        if not isinstance(error, (ValueError, NonFiniteLossError, SaveError)):
             raise
-        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
+        print(f"{program}: error: {error}", file=sys.stderr)
         return 1
     return 0
 

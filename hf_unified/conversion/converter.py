@@ -17,10 +17,10 @@ as MS-CLIP's token grid). Values come from, highest first: a flag, `--config`, `
 tensor shapes tell always wins, and any given value that contradicts it is an error. Without `--preset` or `--config`,
 a preset whose every shape-decided field agrees with the checkpoint is recognised and used.
 
-**Output.** The folder is built in a hidden sibling staging folder (`.NAME.*.partial`) and renamed into place when
-complete: a failed or killed conversion never leaves a half-written `--output`. An existing empty folder counts as
-absent; a non-empty one is refused unless `--overwrite`, which moves the old folder aside, renames the new one in and
-deletes the old one (between these two renames the path is briefly absent, never half-written).
+**Output.** The folder is built in a hidden sibling staging folder (`.NAME.*.partial`) and published when complete
+(`hf_unified.files.StagedFolder`): a failed or killed conversion never leaves a half-written `--output`. An existing
+empty folder counts as absent; a non-empty one is refused unless `--overwrite`, which replaces the old folder by the
+new one in one step and then deletes the old one.
 
 **Command line.** `main` exits 0 on success, 1 with one `error: ...` line on stderr (no traceback) for a checkpoint
 that cannot be converted, a refused (unsafe) file or a file-system problem, and 2 for a usage error.
@@ -29,18 +29,15 @@ that cannot be converted, a refused (unsafe) file or a file-system problem, and 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from transformers import PreTrainedConfig, PreTrainedModel, ProcessorMixin
 
+from ..files import StagedFolder
 from ..hub.model_card import write_model_card
 from .common import (
     ConversionError,
@@ -221,7 +218,7 @@ class Converter:
             "preset": preset or "none (shapes + --config / flags)",
             **self.card_summary(config, processor.image_processor),
         }
-        with atomic_output_folder(output, overwrite) as folder:
+        with StagedFolder(output) as folder:  # published when complete, removed on an error
             model.save_pretrained(folder)
             processor.save_pretrained(folder)
             write_model_card(
@@ -231,6 +228,7 @@ class Converter:
                 base_model=base_model,
                 training_summary=summary,
             )
+            check_output_folder(output, overwrite)  # something may have been written there meanwhile
         return output
 
     def flag_fields(self, flags: Mapping[str, Any]) -> dict[str, Any]:
@@ -397,31 +395,4 @@ def check_output_folder(output: Path, overwrite: bool) -> None:
         raise FileExistsError(f"--output {output} exists and is not empty: pass --overwrite to replace it")
 
 
-@contextmanager
-def atomic_output_folder(output: Path, overwrite: bool) -> Iterator[Path]:
-    """Yields an empty folder named `output.name` inside a hidden staging folder beside `output`; when the block
-    completes, that folder is renamed to `output` (see the module docstring). The staging folder is always removed.
-    """
-    check_output_folder(output, overwrite)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
-    try:
-        folder = staging / output.name
-        folder.mkdir()
-        yield folder
-        check_output_folder(output, overwrite)  # something may have been written there meanwhile
-        if output.is_dir() and any(output.iterdir()):
-            previous = staging / "previous"
-            os.replace(output, previous)
-            try:
-                os.replace(folder, output)
-            except BaseException:
-                os.replace(previous, output)
-                raise
-        else:
-            os.replace(folder, output)  # an empty folder is replaced in the same rename
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-__all__ = ["Converter", "Flag", "atomic_output_folder", "check_output_folder", "flatten", "unflatten"]
+__all__ = ["Converter", "Flag", "check_output_folder", "flatten", "unflatten"]

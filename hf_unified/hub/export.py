@@ -18,16 +18,23 @@ Exactly representable means, at inference:
 Everything else (Swin, ViT or BERT towers, mean or cls pooling, MS-CLIP's modality-shared stack, ...) is refused with
 `NotExportableError` naming every reason. An export is checked numerically before it is written: the image and text
 embeddings and the logits of the CLIPModel equal the source model's within `atol` (default 1e-5) on sample inputs,
-and the folder is written atomically (beside the target, then renamed).
+and the folder is written atomically (`hf_unified.files.StagedFolder`: beside the target, then renamed).
+
+**What an export may replace.** `check_export_target` runs first (and again just before the folder is published; the
+trainer runs it before training): a target that is the source model folder, contains it or lies inside it is refused
+even with `overwrite`, and so is an existing folder holding a training run (checkpoints, a training log, a run lock)
+or a saved model that is not an export. Any other existing target is replaced only with `overwrite`. Tolerances must
+be finite: `atol=nan` would turn every check off.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +54,7 @@ import hf_unified  # noqa: F401  (registers the hf-unified classes with the Auto
 from hf_unified.image_processing import native_image_processor
 from hf_unified.losses import DOMAIN_PAIRS
 
-from .folder import write_atomic
+from ..files import LOCK_NAME, StagedFolder, real_path, write_file
 from .model_card import EXPORT_INFO_FILE, render_card_files
 
 # Files of the source folder that describe the exported model too (same function, same numbers).
@@ -57,10 +64,19 @@ EXPORTABLE_TYPES = ("unicl", "uniclip")
 # transformers PR #24773), not at the first end-of-text token.
 CLIP_LEGACY_EOS_TOKEN_ID = 2
 SAMPLE_TEXTS = ("a photo of a cat", "a diagram", "two dogs playing in the snow")
+# What marks a folder an export must never replace: a training run's files (hub never imports training, so its names
+# are spelled here; tests/test_run_safety.py checks they match the trainer's) and `checkpoint-<step>` folders.
+RUN_FILES = (LOCK_NAME, "training_log.jsonl", "trainer_state.json")
+# An export holds about ten files; a target holding more than this many entries is not one.
+MAX_REPLACED_ENTRIES = 1000
 
 
 class NotExportableError(ValueError):
     """The model's inference graph is not exactly `CLIPModel`'s; the message lists every reason."""
+
+
+class ExportTargetError(ValueError):
+    """Writing the export to this folder could destroy something no flag allows; the one-line message says what."""
 
 
 @dataclass
@@ -101,8 +117,83 @@ def _image_text_index(values: torch.Tensor) -> int:
     return DOMAIN_PAIRS.index("image-text") if values.numel() == len(DOMAIN_PAIRS) else 0
 
 
+def check_tolerance(atol: float) -> float:
+    """`atol` if it is a finite number >= 0; a NaN tolerance would pass every comparison (`x > nan` is False)."""
+    if not (isinstance(atol, (int, float)) and math.isfinite(atol) and atol >= 0):
+        raise ValueError(f"atol must be a finite number >= 0 (the export's equivalence tolerance), got {atol!r}")
+    return float(atol)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path != folder and folder in path.parents
+
+
+def _run_content(folder: Path) -> str | None:
+    """What in `folder` (walked without following links) marks a training run or a saved model that is not an
+    export, or that it is too large to be an export; None when it holds neither."""
+    entries = 0
+    for root, dirs, files in os.walk(folder):
+        root = Path(root)
+        entries += len(dirs) + len(files)
+        if entries > MAX_REPLACED_ENTRIES:
+            return f"holds more than {MAX_REPLACED_ENTRIES} files and folders (an export holds about ten)"
+        for name in dirs:
+            if name.startswith("checkpoint-") and name.split("-", 1)[1].isdigit():
+                return f"holds training checkpoints ({root / name})"
+        for name in files:
+            if name in RUN_FILES:
+                return f"holds a training run ({root / name})"
+        if "config.json" in files and EXPORT_INFO_FILE not in files:
+            return f"holds a saved model that is not an export ({root / 'config.json'})"
+    return None
+
+
+def check_export_target(
+    target: str | Path, source: str | Path | None = None, overwrite: bool = False, flag: str = "--overwrite"
+) -> None:
+    """Refuses an export target whose writing could destroy what it must not (see the module docstring).
+
+    Args:
+        target: the export folder.
+        source: the model folder exported (for the trainer: its `output_dir`), or None for a model object.
+        overwrite: whether an existing target (an earlier export, an empty or unrelated folder) may be replaced.
+        flag: the option that sets `overwrite`, named in the message.
+
+    Raises:
+        ExportTargetError: the target is, contains or lies inside `source`, or holds a run or a model that is not
+            an export (even with `overwrite`), or is not a folder.
+        FileExistsError: the target exists and `overwrite` is False.
+    """
+    given, real = Path(target), real_path(target)
+    if source is not None:
+        origin = real_path(source)
+        if real == origin:
+            raise ExportTargetError(f"export target {given} is the source model folder {source}: choose another one")
+        if _inside(origin, real):
+            raise ExportTargetError(
+                f"export target {given} contains the source model folder {source}: replacing it would delete the "
+                "model (and its checkpoints and any other run there); choose a folder outside it"
+            )
+        if _inside(real, origin):
+            raise ExportTargetError(
+                f"export target {given} is inside the source model folder {source}: choose a folder outside it"
+            )
+    if not os.path.lexists(real):
+        return
+    if not real.is_dir():
+        raise ExportTargetError(f"export target {given} exists and is not a folder")
+    if not overwrite:
+        raise FileExistsError(f"{given} exists: choose a new folder or pass overwrite=True ({flag})")
+    problem = _run_content(real)
+    if problem:
+        raise ExportTargetError(
+            f"export target {given} {problem}: it is not replaced, even with {flag}; choose another folder"
+        )
+
+
 def export_problems(model: PreTrainedModel, atol: float = 1e-5) -> list[str]:
     """Every reason why `model`'s inference graph is not exactly `CLIPModel`'s (empty when it is)."""
+    atol = check_tolerance(atol)
     config = model.config
     name = _reason_prefix(model)
     if config.model_type not in EXPORTABLE_TYPES:
@@ -221,16 +312,22 @@ def compare_outputs(source: PreTrainedModel, clip: CLIPModel, tokenizer) -> dict
     }
 
 
-def _load(model_folder_or_model, processor):
+def _source_folder(model_folder_or_model, processor) -> Path | None:
+    """The saved model folder exported (None for a model object), checked before anything is loaded."""
     if isinstance(model_folder_or_model, PreTrainedModel):
         if processor is None:
             raise ValueError("export_clip got a model object: give its processor too (processor=...)")
-        return model_folder_or_model, processor, None
+        return None
     folder = Path(model_folder_or_model)
     if not (folder / "config.json").is_file():
         raise ValueError(f"{folder} is not a saved model folder (no config.json): give a save_pretrained folder")
-    model = AutoModel.from_pretrained(folder).eval()
-    return model, processor or AutoProcessor.from_pretrained(folder), folder
+    return folder
+
+
+def _load(model_folder_or_model, processor, folder: Path | None):
+    if folder is None:
+        return model_folder_or_model, processor
+    return AutoModel.from_pretrained(folder).eval(), processor or AutoProcessor.from_pretrained(folder)
 
 
 def export_clip(
@@ -250,7 +347,8 @@ def export_clip(
         output_dir: the folder to write (must not exist unless `overwrite`).
         processor: the model's processor; read from the folder when a folder is given.
         atol: tolerance of the representability checks and of the numerical comparison.
-        overwrite: replace an existing `output_dir`.
+        overwrite: replace an existing `output_dir` (never one that is, holds or lies inside the source folder, or
+            holds a training run or a model that is not an export: `check_export_target`).
         repo_id: Hub id of the export, used in its card's usage code (default: a placeholder that
             `push_folder` fills in).
         source_repo_id: Hub id of the hf-unified model it comes from (the card's `base_model`), if pushed.
@@ -261,11 +359,14 @@ def export_clip(
     Raises:
         NotExportableError: the graph is not CLIPModel's, or the numerical check failed.
         FileExistsError: `output_dir` exists and `overwrite` is False.
+        ExportTargetError: `output_dir` must not be replaced (`check_export_target`).
+        ValueError: `atol` is not a finite number >= 0.
     """
     output_dir = Path(output_dir)
-    if output_dir.exists() and not overwrite:
-        raise FileExistsError(f"{output_dir} exists: choose a new folder or pass overwrite=True (--overwrite)")
-    model, processor, source_folder = _load(model_folder_or_model, processor)
+    atol = check_tolerance(atol)
+    source = _source_folder(model_folder_or_model, processor)
+    check_export_target(output_dir, source, overwrite)
+    model, processor = _load(model_folder_or_model, processor, source)
     clip = to_clip_model(model, atol)
     differences = compare_outputs(model, clip, processor.tokenizer)
     if max(differences.values()) > atol:
@@ -290,34 +391,24 @@ def export_clip(
         "notes": notes,
     }
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.export-"))
-    try:
+    with StagedFolder(output_dir) as staging:  # published when complete, removed on an error
         clip.save_pretrained(staging)
         clip_processor.save_pretrained(staging)
         (staging / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         for name in CARRIED_FILES:
-            if source_folder is not None and (source_folder / name).is_file():
-                shutil.copy2(source_folder / name, staging / name)
+            if source is not None and (source / name).is_file():
+                shutil.copy2(source / name, staging / name)
         for path, data in render_card_files(staging, repo_id=repo_id).items():
-            write_atomic(staging / path, data)
-        _replace_folder(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            write_file(staging / path, data)
+        check_export_target(output_dir, source, overwrite)  # the target may have changed meanwhile
     return ExportResult(output_dir, model.config.model_type, differences, notes)
 
 
-def _replace_folder(staging: Path, target: Path) -> None:
-    """Moves the finished `staging` folder to `target`; an old `target` is moved aside first and removed after."""
-    if not target.exists():
-        staging.rename(target)
-        return
-    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-    old.rmdir()
-    target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+def _tolerance(text: str) -> float:
+    try:
+        return check_tolerance(float(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -328,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("model_folder", help="saved hf-unified model folder (model + processor)")
     parser.add_argument("output_dir", help="folder to write the CLIPModel + CLIPProcessor to")
-    parser.add_argument("--atol", type=float, default=1e-5, help="tolerance of the checks (default 1e-5)")
+    parser.add_argument("--atol", type=_tolerance, default=1e-5, help="tolerance of the checks (default 1e-5)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output_dir")
     parser.add_argument("--repo_id", default=None, help="Hub id the export will be pushed to (for its card)")
     parser.add_argument("--source_repo_id", default=None, help="Hub id of the source model (the card's base_model)")
@@ -356,7 +447,10 @@ def main(argv: list[str] | None = None) -> int:
 __all__ = [
     "EXPORT_INFO_FILE",
     "ExportResult",
+    "ExportTargetError",
     "NotExportableError",
+    "check_export_target",
+    "check_tolerance",
     "compare_outputs",
     "export_clip",
     "export_problems",

@@ -1,12 +1,11 @@
-"""What the Hub tools read from and write to a saved model folder: its config, its code files, which setting values
-name local files, atomic writes."""
+"""What the Hub tools read from a saved model folder: its config, its code files, which setting values name local
+files (writes: `hf_unified.files`)."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 _RELATIVE_IMPORT = re.compile(r"^\s*from\s+\.(\w+)\s+import", re.M)
@@ -107,26 +106,6 @@ def is_custom_code(config: dict) -> bool:
     return bool(config.get("auto_map"))
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Writes `data` to `path` so that a reader sees the old file or the new one, never a partial one: the bytes go
-    to a temporary file beside it, are flushed to disk, and replace `path` with `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates the file 0600; give it the mode a plain open() would have (or the mode of the old file).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(handle, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~umask)
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 __all__ = [
     "AUTO_MAP_FILES",
     "auto_map_modules",
@@ -135,5 +114,4 @@ __all__ = [
     "is_custom_code",
     "is_local_path",
     "read_json",
-    "write_atomic",
 ]

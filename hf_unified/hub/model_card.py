@@ -35,7 +35,8 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import SafetensorError, safe_open
 
-from .folder import code_files, is_custom_code, is_local_path, read_json, write_atomic
+from ..files import write_file
+from .folder import code_files, is_custom_code, is_local_path, read_json
 from .widget import WidgetExample, image_bytes, widget_examples
 
 # Written into cards whose Hub id is not known yet; `hub.push_folder` replaces it with the repo id it pushes to.
@@ -600,7 +601,7 @@ def write_model_card(folder: str | Path, method: str | None = None, **kwargs) ->
     images it shows (`folder/widget/`), each file atomically."""
     folder = Path(folder)
     for path, data in render_card_files(folder, method, **kwargs).items():
-        write_atomic(folder / path, data)
+        write_file(folder / path, data)
     return folder / "README.md"
 
 

@@ -45,8 +45,9 @@ from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import SafetensorError, safe_open
 
+from ..files import write_file
 from .endpoint import HANDLER_FILE, REQUIREMENTS_FILE, endpoint_files
-from .folder import code_files, is_custom_code, read_json, write_atomic
+from .folder import code_files, is_custom_code, read_json
 from .model_card import CARD_MARKER, EXPORT_INFO_FILE, HUB_ID_PLACEHOLDER, render_card_files
 from .widget import WIDGET_DIR, resolve_endpoint
 
@@ -619,7 +620,7 @@ def push_folder(
     result.left_local = plan.left_local
     try:
         for name, data in sorted(rendered.items()):
-            write_atomic(folder / name, data)
+            write_file(folder / name, data)
             result.written.append(name)
     except OSError as error:
         result.local_error = f"{type(error).__name__}: {error}"

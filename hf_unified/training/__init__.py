@@ -9,7 +9,9 @@ The trainer (`training/train.py` is its command line):
   batches);
 - `engine` and `sharding`: the `Accelerator`, which engine really runs, FSDP2 sharding, sharded state;
 - `optim`: AdamW groups and kernels, the schedule; `finetuning`: frozen towers, LiT, per-parameter roles;
-- `checkpoint` and `atomic`: resumable state as JSON + safetensors, written atomically;
+- `checkpoint`: resumable state as JSON + safetensors, written atomically (`hf_unified.files`);
+- `runs`: one run per `output_dir` (its lock, its own checkpoints, the settings a resume must keep); `preemption`:
+  SIGTERM / SIGUSR1 -> a checkpoint at the next step and the exit status a scheduler requeues on;
 - `evaluation`: zero-shot classification and retrieval across ranks; `logs`: the log and the console;
 - `methods`: what a method trains with, read from its config and the Auto classes.
 

@@ -247,7 +247,17 @@ class DataArguments:
 
 @dataclass
 class TrainArguments:
-    output_dir: str = "outputs/run"
+    output_dir: str = field(
+        default="outputs/run",
+        metadata={"help": "the run's folder (one run at a time: run.lock); a symbolic link to a scratch disk works"},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "start a new run in an output_dir that holds another run's checkpoints or model: its checkpoints "
+            "and tokenizer are deleted, its model replaced at the end (without it such a folder is refused)"
+        },
+    )
     per_device_train_batch_size: int = 64
     per_device_eval_batch_size: int = 128
     max_steps: int = 1000
@@ -349,7 +359,18 @@ class TrainArguments:
     eval_steps: int = field(default=0, metadata={"help": "evaluate every N steps (0 = only at the end)"})
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = never)"})
     save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept (0 = all)"})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder or 'latest'"})
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "a checkpoint folder or 'latest'; refused when its run had other settings (named)"},
+    )
+    allow_setting_changes: bool = field(
+        default=False,
+        metadata={
+            "help": "resume with new values of learning_rate, lr_scheduler_type, warmup_steps, max_steps, "
+            "weight_decay, similarity_learning_rate_multiplier, max_grad_norm, max_logit_scale (applied from the "
+            "resumed step); other settings must stay"
+        },
+    )
     do_eval: bool = True
     report_to: list[str] | None = field(
         default=None, metadata={"help": "accelerate trackers: tensorboard, trackio, ..."}
@@ -359,7 +380,14 @@ class TrainArguments:
     hub_model_id: str | None = None
     hub_private: bool = field(default=True, metadata={"help": "create the Hub repo private (false: public)"})
     export_clip: str | None = field(
-        default=None, metadata={"help": "also write the final model as a transformers CLIPModel folder here"}
+        default=None,
+        metadata={
+            "help": "also write the final model as a transformers CLIPModel folder here (checked before training: "
+            "never output_dir, a folder around or inside it, or another run)"
+        },
+    )
+    overwrite_export_clip: bool = field(
+        default=False, metadata={"help": "replace an existing export_clip folder (an earlier export)"}
     )
     disable_tqdm: bool = field(default=False, metadata={"help": "log lines instead of a bar even on a terminal"})
 

@@ -12,7 +12,10 @@ A checkpoint folder `checkpoint-<step>/` holds exactly these files (anything els
     rng_state_rank<r>.json            rank r's Python and NumPy generator states
     data_state_rank<r>.json           rank r's data-stream position and data counters
 
-Writing goes to a temporary folder beside the checkpoint and ends with one rename (`atomic.commit_folder`).
+Writing goes to a staging folder beside the checkpoint and ends with one rename (`files.StagedFolder`); a failed
+write (a full disk) leaves nothing behind. `trainer_state.json` also records the run that wrote the checkpoint (its id
+and the settings that decide its trajectory, `runs.RunIdentity`): rotation deletes only the run's own checkpoints,
+and a resume checks the settings.
 Reading parses every file first (JSON with `json`, safetensors headers with `safetensors`) and applies nothing
 until all of them are valid, so a damaged or foreign checkpoint is refused with one line and the run's state is
 untouched. accelerate's `save_state` / `load_state` are not used: they pickle the registered scheduler
@@ -36,12 +39,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, broadcast_object_list
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from ..files import StagedFolder
 from . import sharding
-from .atomic import commit_folder, staging_path
 
 FORMAT = "hf-unified-trainer-checkpoint"
 FORMAT_VERSION = 1
@@ -168,47 +171,59 @@ def write_checkpoint(
 
     Args:
         model: the unwrapped model (an FSDP2 model writes its shards from every rank).
-        trainer_state: JSON-able run state shared by the ranks (counters, ...), written by the main process.
+        trainer_state: JSON-able run state shared by the ranks (counters, the run: `{"run": {"id": ...}}`), written
+            by the main process.
         rank_state: JSON-able state of this rank (data-stream position, data counters).
-        keep: checkpoints to keep, the newest (0 = all).
+        keep: checkpoints of this run to keep, the newest (0 = all); other runs' checkpoints are never deleted.
     """
     _check_engine(accelerator)
     sharded = sharding.is_fsdp2(model)
     final = Path(output_dir) / f"checkpoint-{step}"
-    temporary = staging_path(final)
-    if accelerator.is_main_process:
-        if temporary.exists():
-            shutil.rmtree(temporary)
-        temporary.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    rank = accelerator.process_index
-    tensors, meta = rng_files()
-    save_file(tensors, temporary / f"rng_state_rank{rank}.safetensors")
-    _write_json(temporary / f"rng_state_rank{rank}.json", meta)
-    _write_json(temporary / f"data_state_rank{rank}.json", rank_state)
-    if sharded:  # a collective: every rank writes its own shards
-        sharding.write_sharded_state(temporary, model, _torch_optimizer(optimizer))
-    if accelerator.is_main_process:
-        if not sharded:
-            save_model(model, str(temporary / "model.safetensors"), metadata={"format": "pt"})
-            tensors, meta = optimizer_files(optimizer.state_dict())
-            save_file(tensors, temporary / "optimizer.safetensors")
-            _write_json(temporary / "optimizer.json", meta)
-        _write_json(temporary / SCHEDULER_FILE, scheduler.state_dict())
-        if accelerator.scaler is not None:
-            _write_json(temporary / SCALER_FILE, accelerator.scaler.state_dict())
-        files = checkpoint_files(accelerator.num_processes, accelerator.scaler is not None, sharded)
-        header = {"format": FORMAT, "version": FORMAT_VERSION, "step": step}
-        _write_json(
-            temporary / TRAINER_STATE,
-            {**header, "world_size": accelerator.num_processes, "sharded": sharded, "files": files, **trainer_state},
-        )
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        commit_folder(temporary, final)
-        if keep > 0:
-            for old in list_checkpoints(output_dir)[:-keep]:
-                shutil.rmtree(old)
+    staged = StagedFolder(final) if accelerator.is_main_process else None
+    temporary = [staged.path if staged else None]
+    if accelerator.num_processes > 1:
+        temporary = broadcast_object_list(temporary)
+    temporary = Path(temporary[0])
+    try:
+        rank = accelerator.process_index
+        tensors, meta = rng_files()
+        save_file(tensors, temporary / f"rng_state_rank{rank}.safetensors")
+        _write_json(temporary / f"rng_state_rank{rank}.json", meta)
+        _write_json(temporary / f"data_state_rank{rank}.json", rank_state)
+        if sharded:  # a collective: every rank writes its own shards
+            sharding.write_sharded_state(temporary, model, _torch_optimizer(optimizer))
+        if accelerator.is_main_process:
+            if not sharded:
+                save_model(model, str(temporary / "model.safetensors"), metadata={"format": "pt"})
+                tensors, meta = optimizer_files(optimizer.state_dict())
+                save_file(tensors, temporary / "optimizer.safetensors")
+                _write_json(temporary / "optimizer.json", meta)
+            _write_json(temporary / SCHEDULER_FILE, scheduler.state_dict())
+            if accelerator.scaler is not None:
+                _write_json(temporary / SCALER_FILE, accelerator.scaler.state_dict())
+            files = checkpoint_files(accelerator.num_processes, accelerator.scaler is not None, sharded)
+            header = {"format": FORMAT, "version": FORMAT_VERSION, "step": step}
+            _write_json(
+                temporary / TRAINER_STATE,
+                {
+                    **header,
+                    "world_size": accelerator.num_processes,
+                    "sharded": sharded,
+                    "files": files,
+                    **trainer_state,
+                },
+            )
+        accelerator.wait_for_everyone()
+        if staged is not None:
+            staged.commit()
+    except BaseException:
+        if staged is not None:
+            staged.discard()  # a full disk leaves no half-written checkpoint behind
+        raise
+    if accelerator.is_main_process and keep > 0:
+        run_id = (trainer_state.get("run") or {}).get("id")
+        for old in [path for path in list_checkpoints(output_dir) if checkpoint_run_id(path) == run_id][:-keep]:
+            shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
 
@@ -225,6 +240,15 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
         if path.is_dir() and path.name.split("-", 1)[1].isdigit()
     ]
     return [path for _, path in sorted(found)]
+
+
+def checkpoint_run_id(folder: Path) -> str | None:
+    """The id of the run that wrote checkpoint `folder` (None: unreadable, or written before runs had ids)."""
+    try:
+        state = json.loads((Path(folder) / TRAINER_STATE).read_text(encoding="utf-8"))
+        return str(state["run"]["id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def find_checkpoint(output_dir: Path, spec: str) -> Path | None:
@@ -396,6 +420,7 @@ __all__ = [
     "CheckpointError",
     "FORMAT",
     "checkpoint_files",
+    "checkpoint_run_id",
     "find_checkpoint",
     "list_checkpoints",
     "read_checkpoint",

@@ -28,8 +28,9 @@ from torchvision.transforms import v2
 from transformers import AutoImageProcessor, AutoModel, AutoProcessor, AutoTokenizer
 
 from .. import prompts
+from ..files import StagedFolder
 from . import data as data_lib
-from . import synthetic_data
+from . import runs, synthetic_data
 from .arguments import DataArguments, ModelArguments, TrainArguments, flat_arguments
 from .augmentation import RECIPE_FIELDS, MultiViewAugmentation, view_recipe
 from .batch_augmentation import BatchMultiViewAugmentation
@@ -116,9 +117,26 @@ def pretrained_text_source(model_args: ModelArguments) -> str | None:
     )
 
 
+def _saved_tokenizer(folder: Path):
+    """The tokenizer an earlier start of this run trained into `folder`, or None when there is none or it is not
+    whole (a folder cut by a kill before its writes were atomic: without its config it has no padding token)."""
+    if not folder.is_dir():
+        return None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, TypeError) as error:
+        logger.warning(f"{folder} cannot be loaded ({' '.join(str(error).split())[:200]}): training it again")
+        return None
+    if tokenizer.pad_token is None or tokenizer.eos_token is None:
+        logger.warning(f"{folder} is incomplete (no padding or end-of-text token): training it again")
+        return None
+    return tokenizer
+
+
 def build_tokenizer(model_args, specs, seed: int, class_names, templates, output_dir: Path, accelerator):
     """The pretrained start's tokenizer, or a caption BPE trained on the training texts (once, in
-    `output_dir/tokenizer`, on the whole unsplit stream so that every world size trains the same one)."""
+    `output_dir/tokenizer`, written atomically, on the whole unsplit stream so that every world size trains the same
+    one; a damaged folder is trained again)."""
     source = pretrained_text_source(model_args)
     if source:
         return AutoTokenizer.from_pretrained(source)
@@ -126,14 +144,15 @@ def build_tokenizer(model_args, specs, seed: int, class_names, templates, output
 
     folder = Path(output_dir) / "tokenizer"
     with accelerator.main_process_first():
-        if accelerator.is_main_process and not (folder / "tokenizer.json").exists():
+        if accelerator.is_main_process and _saved_tokenizer(folder) is None:
             texts = list(data_lib.iter_texts(specs, model_args.tokenizer_train_samples, seed))
             if class_names:
                 texts += [t.format(name) for names in class_names for name in names for t in templates]
             tokenizer = train_caption_tokenizer(
                 texts, vocab_size=model_args.tokenizer_vocab_size, model_max_length=model_args.max_text_length
             )
-            tokenizer.save_pretrained(folder)
+            with StagedFolder(folder) as staging:  # whole or absent, never half-written
+                tokenizer.save_pretrained(staging)
     return AutoTokenizer.from_pretrained(folder)
 
 
@@ -316,13 +335,22 @@ def build_evaluation(spec, processor, class_names, templates, text_length, data_
 
 
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_args: TrainArguments) -> Trainer:
-    """Everything `training/train.py` runs, from its three argument dataclasses."""
+    """Everything `training/train.py` runs, from its three argument dataclasses. `output_dir` is claimed for the run
+    first (`runs.claim_output_dir`: checked and locked before anything is written there)."""
     check_starting_point(model_args)
     check_view_arguments(data_args)
     accelerator = build_accelerator(train_args)
+    run_folder = runs.claim_output_dir(train_args, accelerator)
+    try:
+        return _build_trainer(model_args, data_args, train_args, accelerator, run_folder)
+    except BaseException:
+        run_folder.release()  # the trainer that would have released it does not exist
+        raise
+
+
+def _build_trainer(model_args, data_args, train_args, accelerator, run_folder: runs.RunFolder) -> Trainer:
     set_seed(train_args.seed)
     output_dir = Path(train_args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     ensure_embedded_data(data_args, accelerator)
 
     # Data first: a wrong column or path fails here, before anything is built or trained.
@@ -409,6 +437,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_ar
         run_arguments=flat_arguments(model_args, data_args, train_args),
         base_model=model_args.pretrained_start,
         pretrained=model_args.starts_pretrained,
+        run_folder=run_folder,
     )
 
 

@@ -2,7 +2,8 @@
 
 On a terminal the console shows a progress bar; anywhere else (a cluster job's log file, a pipe) it shows one plain
 line every `logging_steps` steps instead of every bar refresh. After a resume the log keeps the records up to the
-checkpoint's step and continues from there, so every step appears once.
+checkpoint's step and continues from there, so every step appears once. A line that cannot be read (the last one, cut
+by a kill while it was written) is dropped and counted, never an error.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .atomic import write_text
+from ..files import write_file
 
 LOG_NAME = "training_log.jsonl"
 
@@ -31,14 +32,25 @@ class TrainingLog:
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
 
-    def truncate_after(self, step: int) -> None:
-        """Drops the records of steps after `step` (a resumed run logs them again)."""
+    def truncate_after(self, step: int) -> int:
+        """Drops the records of steps after `step` (a resumed run logs them again) and the lines that are not
+        records (a torn last line); returns how many of the latter were dropped."""
         if not (self.enabled and self.path.exists()):
-            return
-        kept = [
-            line for line in self.path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step
-        ]
-        write_text(self.path, "".join(f"{line}\n" for line in kept))
+            return 0
+        kept, unreadable = [], 0
+        for line in self.path.read_bytes().decode("utf-8", errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                record_step = json.loads(line)["step"]
+                keep = record_step <= step
+            except (ValueError, TypeError, KeyError, IndexError):
+                unreadable += 1
+                continue
+            if keep:
+                kept.append(line)
+        write_file(self.path, "".join(f"{line}\n" for line in kept))
+        return unreadable
 
 
 def _format(value) -> str:

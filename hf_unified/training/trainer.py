@@ -14,7 +14,8 @@ and FSDP2 sharding (`sharding.py`), fine-tuning controls (`finetuning.py`), Adam
 and exact resume without pickle (`checkpoint.py`, sharded per rank under FSDP2), evaluation
 (`hf_unified.training.evaluation`), the log (`logs.py`), and at the end an atomic save of the model (gathered from
 its shards), processor, `eval_results.json` and model card into `output_dir`, then the optional Hub push and CLIP
-export.
+export. The run holds `output_dir` (`runs.py`: its lock, its own checkpoints, the settings a resume must keep) and
+stops at a step boundary, checkpointed, on SIGTERM or SIGUSR1 (`preemption.py`).
 
 `training/train.py` builds a `Trainer` from its command line (`factory.build_trainer`); `benchmarks/replication.py`
 builds one on in-memory data.
@@ -31,11 +32,12 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import broadcast_object_list, gather_object
+from safetensors import SafetensorError
 
+from ..files import StagedFolder, carry_over
 from ..losses import DOMAIN_PAIRS
 from . import checkpoint as checkpoints
-from . import sharding
-from .atomic import recover_folder, replace_folder
+from . import runs, sharding
 from .data_health import DataHealth
 from .engine import build_accelerator
 from .evaluation import evaluate_model
@@ -44,11 +46,25 @@ from .grad_cache import RandomState, restored_buffers
 from .logs import LOG_NAME, Progress, TrainingLog, finite_or_none
 from .methods import model_inputs
 from .optim import base_learning_rate, build_optimizer, build_scheduler, clamp_logit_scale
+from .preemption import RunStopped, StopRequest, ignore_stop_signals
 from .steps import StepStrategy, build_step
+
+# Entries of an earlier output that the final save does not carry over: its weights (a stale shard could be loaded
+# instead of the new weights).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json")
 
 
 class NonFiniteLossError(RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss or gradient norm."""
+
+
+class SaveError(RuntimeError):
+    """Writing the run's output failed (a full disk, ...); the one-line message says what failed, what is left and
+    where the trained weights are."""
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())
 
 
 @dataclass
@@ -108,6 +124,8 @@ class Trainer:
         base_model: the checkpoint the run started from, for the card's `base_model`.
         pretrained: the model starts from pretrained weights (a saved model, a CLIP checkpoint, pretrained towers):
             `calibrate_logit_offsets: auto` then keeps its offsets.
+        run_folder: `output_dir` already claimed for this run (`runs.claim_output_dir`, as `factory.build_trainer`
+            does before it writes anything there); claimed by `train` otherwise. Released when `train` ends.
     """
 
     def __init__(
@@ -122,6 +140,7 @@ class Trainer:
         run_arguments: dict | None = None,
         base_model: str | None = None,
         pretrained: bool = False,
+        run_folder: runs.RunFolder | None = None,
     ):
         self.model, self.processor, self.args, self.data = model, processor, args, data
         self.accelerator = accelerator or build_accelerator(args)
@@ -137,6 +156,10 @@ class Trainer:
         self._nonfinite_in_a_row = 0
         self._frozen_modules: list[torch.nn.Module] = []
         self.log = TrainingLog(self.output_dir, self.accelerator.is_main_process)
+        self.run_folder = run_folder
+        self.run = runs.RunIdentity()  # a resumed run takes its checkpoint's id
+        self._stop = StopRequest()
+        self._last_checkpoint: Path | None = None
 
     # ------------------------------------------------------------------------------------------------------------
     # Setup
@@ -151,7 +174,8 @@ class Trainer:
 
     def _preflight(self) -> None:
         """What would fail after training is checked before it: the Hub target (token, offline mode, repo id) and
-        whether the model can be exported as a `CLIPModel`."""
+        whether the model can be exported as a `CLIPModel` (the export folder was checked when `output_dir` was
+        claimed: `runs.claim_output_dir`)."""
         args = self.args
 
         def check() -> str | None:
@@ -188,7 +212,8 @@ class Trainer:
             module.eval()
 
     def _resume(self) -> int:
-        """Restores a checkpoint when asked; returns the step to continue after."""
+        """Restores a checkpoint when asked, after checking that it continues this run's trajectory (`runs.py`);
+        returns the step to continue after."""
         spec = self.args.resume_from_checkpoint
         if not spec:
             return 0
@@ -198,13 +223,26 @@ class Trainer:
             return 0
         acc = self.accelerator
         state = checkpoints.read_checkpoint(folder, acc.process_index, acc.num_processes, self.sharded)
+        saved = runs.RunIdentity.from_checkpoint(state.trainer_state)
+        changes = runs.check_resume(folder, saved, self.run, self.args.allow_setting_changes)
+        fresh = runs.optimizer_hyperparameters(self.optimizer)
         checkpoints.restore(
             state, accelerator=acc, model=self.unwrapped, optimizer=self.optimizer, scheduler=self.scheduler
         )
+        if changes:
+            runs.apply_new_hyperparameters(self.optimizer, self.scheduler, fresh)
+            acc.print(
+                f"resuming with changed settings (applied from step {state.step}): {runs.describe_changes(changes)}"
+            )
+        if saved is None:
+            acc.print(f"{folder} was written before checkpoints recorded their run: its settings are not checked")
+        else:
+            self.run = runs.RunIdentity(saved.id, saved.started, self.run.settings)
+        self._last_checkpoint = folder
         self.data.stream.load_state_dict(state.rank_state["stream"])
         self.health.load_state_dict(state.rank_state["data_health"])
         self.nonfinite_steps = int(state.trainer_state.get("nonfinite_steps", 0))
-        acc.print(f"resumed from {folder} at step {state.step}")
+        acc.print(f"resumed {self.run.describe()} from {folder} at step {state.step}")
         return state.step
 
     # ------------------------------------------------------------------------------------------------------------
@@ -294,11 +332,11 @@ class Trainer:
             f"({self._nonfinite_in_a_row} in a row, {self.nonfinite_steps} in all)"
         )
         if self._nonfinite_in_a_row >= self.args.max_consecutive_nonfinite_steps:
-            last = checkpoints.list_checkpoints(self.output_dir)
+            last = self._last_checkpoint
             raise NonFiniteLossError(
                 f"{self._nonfinite_in_a_row} steps in a row, up to step {step}, had a non-finite loss or gradient "
                 f"norm: stopping (max_consecutive_nonfinite_steps {self.args.max_consecutive_nonfinite_steps}). "
-                + (f"The last checkpoint, {last[-1]}, is intact. " if last else "No checkpoint was written. ")
+                + (f"The last checkpoint, {last}, is intact. " if last else "No checkpoint was written. ")
                 + "Check the data for NaN/inf images, lower the learning rate, or use bf16 instead of fp16."
             )
 
@@ -372,45 +410,96 @@ class Trainer:
         return results
 
     def save_checkpoint(self, step: int) -> Path:
+        """Writes `checkpoint-<step>` of this run (collective); a failed write leaves none and says so in one line."""
         rank_state = {"stream": self.data.stream.state_dict(), "data_health": self.health.state_dict()}
-        return checkpoints.write_checkpoint(
-            self.output_dir,
-            step,
-            accelerator=self.accelerator,
-            model=self.unwrapped,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            trainer_state={"nonfinite_steps": self.nonfinite_steps},
-            rank_state=rank_state,
-            keep=self.args.save_total_limit,
-        )
+        try:
+            self._last_checkpoint = checkpoints.write_checkpoint(
+                self.output_dir,
+                step,
+                accelerator=self.accelerator,
+                model=self.unwrapped,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                trainer_state={"nonfinite_steps": self.nonfinite_steps, "run": self.run.state_dict()},
+                rank_state=rank_state,
+                keep=self.args.save_total_limit,
+            )
+        except (OSError, SafetensorError) as error:
+            last = f"the last one is {self._last_checkpoint}" if self._last_checkpoint else "no earlier one exists"
+            raise SaveError(
+                f"could not write checkpoint-{step} in {self.output_dir} ({_one_line(error)}); nothing of it was left "
+                f"behind, {last}"
+            ) from error
+        return self._last_checkpoint
 
-    def _write_final(self, folder: Path, eval_results: dict, state_dict: dict) -> None:
-        sharding.unsharded_model(self.unwrapped, state_dict).save_pretrained(folder, state_dict=state_dict)
+    def _write_model(self, folder: Path, eval_results: dict) -> None:
+        """The trained model's files after its weights: processor, `eval_results.json`, `training_args.json`."""
         self.processor.save_pretrained(folder)
         (folder / "eval_results.json").write_text(json.dumps(eval_results, indent=2))
         (folder / "training_args.json").write_text(json.dumps(self.run_arguments, indent=2, default=str))
+
+    def _unsaved_name(self, target: Path) -> str:
+        """A visible name beside `target` for weights whose save could not be completed (never one in use)."""
+        name = f"{target.name}.unsaved-step{self.args.max_steps}-{self.run.id}"
+        count = 1
+        while (target.parent / name).exists():
+            count += 1
+            name = f"{target.name}.unsaved-step{self.args.max_steps}-{self.run.id}-{count}"
+        return name
+
+    def _save_final_folder(self, eval_results: dict, state_dict: dict) -> None:
+        """Main process: stages the new version of `output_dir` beside it and swaps it in (`files.StagedFolder`;
+        through a symbolic link, the folder it points to). A failure before the weights are whole leaves
+        `output_dir` as it was and nothing behind; an error after them keeps the weights in a visible folder beside
+        it that the message names; a model card that cannot be written does not cost the model (it is saved
+        without one, then reported)."""
+        out = self.output_dir
+        staged = StagedFolder(out)
+        folder = staged.path
+        try:
+            sharding.unsharded_model(self.unwrapped, state_dict).save_pretrained(folder, state_dict=state_dict)
+        except BaseException as error:  # Ctrl-C too: the previous output stays, nothing is left behind
+            staged.discard()
+            if isinstance(error, (OSError, SafetensorError)):
+                raise SaveError(
+                    f"could not save the trained model to {out}: writing its weights failed ({_one_line(error)}); "
+                    f"{out} is as it was and nothing was left behind"
+                ) from error
+            raise
+        try:
+            self._write_model(folder, eval_results)
+        except Exception as error:
+            kept = staged.keep_as(self._unsaved_name(staged.target))
+            raise SaveError(
+                f"the final save to {out} failed after the weights were written ({_one_line(error)}): the trained "
+                f"model's weights and config are in {kept}; {out} is as it was"
+            ) from error
+        card_error = None
         try:
             from ..hub.model_card import write_model_card
-        except ImportError:
-            self.accelerator.print("hf_unified.hub.model_card is not available: no model card written")
-            return
-        write_model_card(
-            folder, eval_results=eval_results, training_args=self.run_arguments, base_model=self.base_model
-        )
+
+            write_model_card(
+                folder, eval_results=eval_results, training_args=self.run_arguments, base_model=self.base_model
+            )
+        except Exception as error:  # noqa: BLE001 - whatever fails in the card, the model is saved first
+            card_error = error
+        stale = ("README.md", "widget") if card_error else ()  # never the earlier model's card for this one
+        carry_over(out, folder, lambda entry: not entry.name.endswith(WEIGHT_SUFFIXES) and entry.name not in stale)
+        staged.commit()
+        if card_error is not None:
+            raise SaveError(
+                f"the model was saved to {out} without its model card: writing README.md failed "
+                f"({_one_line(card_error)})"
+            ) from card_error
 
     def save_final(self, eval_results: dict) -> None:
-        """Writes the model folder beside `output_dir` and swaps it in (`atomic.replace_folder`): a kill at any
-        moment leaves the previous output whole. Checkpoints, the log and other entries are carried over; weight
-        files of an earlier save are not (a stale one could be loaded instead of the new weights). A sharded model
-        is gathered whole on the main process first (every rank takes part)."""
+        """Writes the model folder beside `output_dir` and swaps it in (`_save_final_folder`): a kill at any moment
+        leaves the previous output whole. Checkpoints, the log and other entries are carried over; weight files of
+        an earlier save are not (a stale one could be loaded instead of the new weights). A sharded model is
+        gathered whole on the main process first (every rank takes part)."""
         state_dict = sharding.full_state_dict(self.unwrapped)
         if self.accelerator.is_main_process:
-            replace_folder(
-                self.output_dir,
-                lambda folder: self._write_final(folder, eval_results, state_dict),
-                keep=lambda entry: entry.is_dir() or not entry.name.endswith((".safetensors", ".bin", ".index.json")),
-            )
+            self._save_final_folder(eval_results, state_dict)
         self.accelerator.wait_for_everyone()
 
     def _publish(self) -> None:
@@ -423,7 +512,7 @@ class Trainer:
         if args.export_clip:
             from ..hub.export import export_clip
 
-            export_clip(self.output_dir, args.export_clip, overwrite=True)  # like the output folder, replaced
+            export_clip(self.output_dir, args.export_clip, overwrite=args.overwrite_export_clip)
             self.accelerator.print(f"exported a transformers CLIPModel folder to {args.export_clip}")
 
     # ------------------------------------------------------------------------------------------------------------
@@ -433,10 +522,10 @@ class Trainer:
         """Output folder, engine, preflight checks, fine-tuning controls, optimizer and schedule, resume, trackers;
         returns the step to continue after."""
         args, acc = self.args, self.accelerator
-        if acc.is_main_process:
-            recover_folder(self.output_dir)  # a save interrupted by a kill: keep the previous output
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.run_folder is None:
+            self.run_folder = runs.claim_output_dir(args, acc)
         acc.wait_for_everyone()
+        self.run.settings = runs.trajectory_settings(self.run_arguments, args, self.model.config)
         acc.print(f"engine: {sharding.check_engine(acc, args.gradient_accumulation_mode, model=self.model)}")
         self._preflight()
         roles = self._setup_parameters()
@@ -452,7 +541,10 @@ class Trainer:
             acc.print(f"views made on {acc.device}: {self.data.views}")
         start = self._resume()
         self._calibrate_on_first_step = self._calibration_due(start)
-        self.log.truncate_after(start)  # a resumed run logs the steps after its checkpoint again; a new run all
+        unreadable = self.log.truncate_after(start)  # a resumed run logs the steps after its checkpoint again
+        if unreadable:
+            self._first_step_notes["log_lines_dropped"] = unreadable
+            acc.print(f"{self.log.path}: dropped {unreadable} unreadable line(s) (a line cut by a kill while written)")
         if args.report_to:
             config = {k: v for k, v in self.run_arguments.items() if isinstance(v, (int, float, str, bool))}
             acc.init_trackers(args.project_name, config=config)
@@ -482,7 +574,12 @@ class Trainer:
 
     def _run_steps(self, start: int, last: int) -> None:
         args = self.args
-        loader = torch.utils.data.DataLoader(self.data.stream, batch_size=None, num_workers=self.data.num_workers)
+        loader = torch.utils.data.DataLoader(
+            self.data.stream,
+            batch_size=None,
+            num_workers=self.data.num_workers,
+            worker_init_fn=ignore_stop_signals if self.data.num_workers else None,
+        )
         self._batches = iter(loader)
         bar = False if args.disable_tqdm else None  # None: a bar only on a terminal
         model_type = self.unwrapped.config.model_type
@@ -496,8 +593,13 @@ class Trainer:
                 if applied and (step % args.logging_steps == 0 or step in (args.max_steps, start + 1)):
                     record = self._log_step(step, loss, grad_norm)
                 progress.update(step, record)
-                if args.save_steps and step % args.save_steps == 0 and step < args.max_steps:
+                saved = bool(args.save_steps and step % args.save_steps == 0 and step < args.max_steps)
+                if saved:
                     self.save_checkpoint(step)
+                stop_signal = self._stop.agreed(self.accelerator)
+                if stop_signal:
+                    checkpoint = self._last_checkpoint if saved else self.save_checkpoint(step)
+                    raise RunStopped(stop_signal, step, args.max_steps, checkpoint)
                 if self.data.evaluation and args.eval_steps and step % args.eval_steps == 0 and step < args.max_steps:
                     self.evaluate(step)
         finally:
@@ -534,7 +636,20 @@ class Trainer:
 
     def train(self) -> dict:
         """Trains to `max_steps` (or `stop_at_step`, checkpointed), evaluates, saves; returns the evaluation
-        results, the data counters (summed over ranks) and the output folder."""
+        results, the data counters (summed over ranks) and the output folder.
+
+        Raises:
+            RunStopped: SIGTERM or SIGUSR1 arrived; the run stopped at the next step boundary, checkpointed.
+        """
+        try:
+            with self._stop.catching():
+                return self._train()
+        finally:
+            if self.run_folder is not None:
+                self.run_folder.release()
+                self.run_folder = None
+
+    def _train(self) -> dict:
         args = self.args
         start = self._setup()
         last = min(args.max_steps, args.stop_at_step or args.max_steps)
@@ -553,4 +668,4 @@ class Trainer:
         return {"eval_results": eval_results, "counters": totals.as_dict(), "output_dir": str(self.output_dir)}
 
 
-__all__ = ["EvaluationData", "NonFiniteLossError", "Trainer", "TrainingData"]
+__all__ = ["EvaluationData", "NonFiniteLossError", "RunStopped", "SaveError", "Trainer", "TrainingData"]
