@@ -8,6 +8,7 @@ import importlib
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -468,3 +469,36 @@ def test_the_objective_is_described_from_the_config(loss, tmp_path):
     assert f'- **Objective** (`contrastive_loss = "{loss}"`): {entry["loss"]}.' in details
     assert f"- **Logits:** {entry['logits']}." in details and "2 image view(s) per item" in details
     assert f"probs = outputs.logits_per_image.{entry['scores']}" in text
+
+
+def test_export_made_outside_the_checkout_carries_its_widget_images(shapes_model_folder, tmp_path, monkeypatch):
+    """The source's card shows images it carries (`widget/`); an export run where the run's relative evaluation
+    paths do not resolve carries them over, answered by the export, named after the export's final folder."""
+    from PIL import Image
+    from transformers import pipeline
+
+    from hf_unified.hub.export import export_clip
+
+    source = Path(shutil.copytree(shapes_model_folder, tmp_path / "shapes"))
+    shown = metadata_load(write_model_card(source))["widget"]  # read from the run's evaluation split
+    assert len(shown) == 2
+    training_args = json.loads((source / "training_args.json").read_text())
+    (source / "training_args.json").write_text(json.dumps({**training_args, "eval_data": "data/shapes/eval-*.tar"}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # `data/...` means nothing here
+
+    output = export_clip(source, tmp_path / "shapes-clip").output_dir
+    card = ModelCard.load(output / "README.md")
+    assert card.data.model_name == "shapes-clip" and "# shapes-clip: UniCL as a native CLIPModel" in card.text
+    widget = card.data.widget
+    assert [(e["candidate_labels"], e["example_title"]) for e in widget] == [
+        (e["candidate_labels"], e["example_title"]) for e in shown
+    ]
+    classifier = pipeline("zero-shot-image-classification", model=str(output))
+    for index, entry in enumerate(widget):
+        assert entry["src"].endswith(f"/{HUB_ID_PLACEHOLDER}/resolve/main/widget/eval-{index}.png")
+        image = Image.open(output / "widget" / f"eval-{index}.png")
+        assert image.tobytes() == Image.open(source / "widget" / f"eval-{index}.png").convert("RGB").tobytes()
+        answer = classifier(image, candidate_labels=entry["candidate_labels"].split(", "))
+        assert entry["output"] == [{"label": a["label"], "score": round(a["score"], 4)} for a in answer]

@@ -297,7 +297,11 @@ def export_clip(
         for name in CARRIED_FILES:
             if source_folder is not None and (source_folder / name).is_file():
                 shutil.copy2(source_folder / name, staging / name)
-        for path, data in render_card_files(staging, repo_id=repo_id).items():
+        # The card names the final folder, and shows the source's widget examples with the images it carries.
+        card_files = render_card_files(
+            staging, repo_id=repo_id, model_name=output_dir.name, examples_from=source_folder
+        )
+        for path, data in card_files.items():
             write_atomic(staging / path, data)
         _replace_folder(staging, output_dir)
     except BaseException:

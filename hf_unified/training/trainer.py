@@ -395,8 +395,12 @@ class Trainer:
         except ImportError:
             self.accelerator.print("hf_unified.hub.model_card is not available: no model card written")
             return
-        write_model_card(
-            folder, eval_results=eval_results, training_args=self.run_arguments, base_model=self.base_model
+        write_model_card(  # `folder` is the staging folder: the card names the final one
+            folder,
+            eval_results=eval_results,
+            training_args=self.run_arguments,
+            base_model=self.base_model,
+            model_name=self.output_dir.name,
         )
 
     def save_final(self, eval_results: dict) -> None:
