@@ -30,8 +30,9 @@ training section; any other nested entry is logged and left out. Values are repo
 A card is published, so it never shows where things are on this machine: settings that name local files or folders
 (`folder.is_local_path`: data shards, class-name files, a local starting checkpoint) are shown as local, damaged shards
 are counted, not named, and only a Hub id becomes `base_model`. The run's full arguments (`training_args.json`) and
-its log stay in the local output folder. Widget examples show images the folder carries (`widget/`, uploaded with
-it): a card rendered from another folder's examples (`examples_from`, a native export's source) copies their images.
+its log stay in the local output folder. Widget examples of the model's own data carry their images (`widget/`,
+uploaded with the card): a card shown with another folder's examples (`examples_from`, a native export's source) copies
+them, so they never depend on paths that resolve only where the model was trained.
 Never call `ModelCard.push_to_hub`: it validates against a hard-coded huggingface.co URL. Save the card as
 `README.md` and upload the folder (`hf_unified.hub.push_folder`).
 """
