@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import ast
+import fnmatch
 import importlib
 import json
+import logging
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard import metadata_load
 from transformers import CLIPTextConfig, CLIPVisionConfig
 
+import hf_unified.hub.model_card as model_card_module
 from hf_unified.hub.model_card import (
     CARD_MARKER,
     HUB_ID_PLACEHOLDER,
@@ -18,8 +24,12 @@ from hf_unified.hub.model_card import (
     eval_sections,
     render_model_card,
     template_path,
+    templates_dir,
     write_model_card,
 )
+from hf_unified.losses import MULTI_POSITIVE_VARIANTS
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TOWERS = {
     "vision_config": CLIPVisionConfig(
@@ -216,9 +226,61 @@ def test_bad_folders_and_methods_raise_clear_errors(tmp_path):
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_templates_exist_and_cite_their_paper(method):
+    """Each method's template extends the base card (metadata, usage, evaluation, citation) and cites its paper."""
     text = template_path(method).read_text()
-    assert "{{ card_data }}" in text and "{{ usage }}" in text and "{{ evaluation }}" in text
-    assert "```bibtex" in text and METHODS[method].arxiv in text
+    base = (templates_dir() / "base.md").read_text()
+    assert text.startswith('{% extends "base.md" %}')
+    assert "{{ card_data }}" in base and '{% include "partials/usage.md" %}' in base
+    assert '{% include "partials/evaluation.md" %}' in base
+    assert "```bibtex" in base and "{% block bibtex %}" in text and METHODS[method].arxiv in text
+
+
+def test_every_template_ships_with_the_package():
+    """pyproject's package data covers every template and partial (the installed package renders from them)."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    root = REPO_ROOT / config["package-dir"]["hf_unified.model_cards"]
+    patterns = config["package-data"]["hf_unified.model_cards"]
+    templates = [path.relative_to(root).as_posix() for path in root.rglob("*.md")]
+    assert "base.md" in templates and "partials/usage.md" in templates
+    assert all(any(fnmatch.fnmatch(name, pattern) for pattern in patterns) for name in templates), templates
+
+
+def test_model_card_module_prepares_data_only():
+    """No per-method branch and no Markdown in `hub/model_card.py`: no comparison, `match` or mapping on a method
+    name besides `METHODS` (the methods' facts), and no string but a docstring holds card text (headings, tables,
+    emphasis, code fences). What differs between methods is in their templates or read from the config."""
+    tree = ast.parse(Path(model_card_module.__file__).read_text())
+    names = {*METHODS, "clip"}
+
+    def method_names(node):
+        return [
+            part.value
+            for part in ast.walk(node)
+            if isinstance(part, ast.Constant) and isinstance(part.value, str) and part.value.lower() in names
+        ]
+
+    methods = [n for n in ast.walk(tree) if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "METHODS"]
+    assert len(methods) == 1 and isinstance(methods[0].value, ast.Dict), "METHODS is not found: update this guard"
+    assert not any(isinstance(node, ast.Match) for node in ast.walk(tree))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            assert not method_names(node), f"line {node.lineno} compares with {method_names(node)}"
+        if isinstance(node, ast.Dict) and node is not methods[0].value:
+            keys = [key for key in node.keys if key is not None]
+            assert not any(method_names(key) for key in keys), f"line {node.lineno}: a mapping keyed by method"
+
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef))
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            marks = [mark for mark in ("```", "**", "## ", "|---", "| ") if mark in node.value]
+            assert not marks, f"line {node.lineno}: Markdown {marks} in {node.value!r}"
 
 
 def test_unicl_converter_writes_our_card(shared_dir, tmp_path):
@@ -342,3 +404,101 @@ def test_card_never_shows_local_paths(tmp_path):
 
     card = render_model_card(tmp_path, base_model="org/base-model")  # a Hub start is named
     assert card.data.base_model == "org/base-model"
+
+
+def test_card_names_the_model_not_the_staging_folder(tmp_path):
+    """The trainer, the export and the converter write into staging folders: the title and the model-index name are
+    the repo id's name when known, else the final folder's name the caller gives."""
+    staging = tmp_path / ".unicl-tiny.staging"
+    saved_config("unicl", staging)
+    (staging / "eval_results.json").write_text(json.dumps(FLAT_EVAL))
+    (staging / "training_args.json").write_text(json.dumps(TRAINING_ARGS))
+    card = ModelCard.load(write_model_card(staging, model_name="unicl-tiny", examples=[]))
+    assert card.text.startswith(f"{CARD_MARKER}\n\n# unicl-tiny: UniCL\n")
+    assert card.data.model_name == "unicl-tiny" and "staging" not in card.content
+    card = render_model_card(staging, model_name="unicl-tiny", repo_id="org/unicl-shapes", examples=[])
+    assert card.data.model_name == "unicl-shapes" and "# unicl-shapes: UniCL" in card.text
+
+
+def test_training_data_counters_are_training_facts_not_evaluation_results(tmp_path, caplog):
+    """What the trainer records about its training data goes to the training section (shards counted, not named);
+    the model-index holds the evaluations only, and an entry the card does not know is logged and left out."""
+    saved_config("unicl", tmp_path)
+    eval_results = {
+        **FLAT_EVAL,
+        "train_samples_skipped": 3,
+        "train_data": {
+            "samples_seen": 103,
+            "samples_used": 100,
+            "captions_mapped_to_labels": 0,
+            "skipped": {"corrupt_image": 2, "missing_text": 1},
+            "damaged_shards": {"/home/alice/shards/train-0003.tar": "truncated_shard: /home/alice/..."},
+            "samples_skipped": 3,
+            "skipped_fraction": 0.03,
+        },
+        "nonfinite_steps_skipped": 1,
+        "linear_probe": {"dataset": "shapes", "top1": 0.9},
+    }
+    (tmp_path / "training_args.json").write_text(json.dumps(TRAINING_ARGS))
+    with caplog.at_level(logging.WARNING, logger=model_card_module.__name__):
+        card = render_model_card(tmp_path, eval_results=eval_results, examples=[])
+    assert "eval_results['linear_probe'] is not an evaluation the card knows" in caplog.text
+    assert {r.task_type for r in card.data.eval_results} == {"zero-shot-image-classification", "image-text-retrieval"}
+    assert "train-data" not in card.content and "samples_seen" not in card.content and "alice" not in card.content
+    training = card.text.split("## Training", 1)[1].split("## Evaluation", 1)[0]
+    assert (
+        "**Training data:** 100 samples used, 3 skipped as damaged (corrupt_image 2, missing_text 1); 1 damaged "
+        "shard(s), read up to where they broke; 1 step(s) skipped for a non-finite loss or gradient." in training
+    )
+    evaluation = card.text.split("## Evaluation", 1)[1]
+    assert "Train data" not in evaluation and "| Top-1 accuracy | 0.6875 |" in evaluation
+
+
+@pytest.mark.parametrize("loss", sorted(set(MULTI_POSITIVE_VARIANTS) | {"sigmoid"}))
+def test_the_objective_is_described_from_the_config(loss, tmp_path):
+    """The card says what the config's `contrastive_loss` trains and what the logits mean: one line of
+    `partials/contrastive_losses.md` per variant of `losses.MULTI_POSITIVE_VARIANTS`."""
+    losses = model_card_module._environment(templates_dir()).get_template("partials/contrastive_losses.md")
+    entry = losses.module.contrastive_losses[loss]
+    assert set(entry) == {"loss", "logits", "scores"}
+    saved_config("uniclip", tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "contrastive_loss": loss}))
+    text = render_model_card(tmp_path, examples=[]).text
+    details = text.split("## Model details", 1)[1].split("## How to use", 1)[0]
+    assert f'- **Objective** (`contrastive_loss = "{loss}"`): {entry["loss"]}.' in details
+    assert f"- **Logits:** {entry['logits']}." in details and "2 image view(s) per item" in details
+    assert f"probs = outputs.logits_per_image.{entry['scores']}" in text
+
+
+def test_export_made_outside_the_checkout_carries_its_widget_images(shapes_model_folder, tmp_path, monkeypatch):
+    """The source's card shows images it carries (`widget/`); an export run where the run's relative evaluation
+    paths do not resolve carries them over, answered by the export, named after the export's final folder."""
+    from PIL import Image
+    from transformers import pipeline
+
+    from hf_unified.hub.export import export_clip
+
+    source = Path(shutil.copytree(shapes_model_folder, tmp_path / "shapes"))
+    shown = metadata_load(write_model_card(source))["widget"]  # read from the run's evaluation split
+    assert len(shown) == 2
+    training_args = json.loads((source / "training_args.json").read_text())
+    (source / "training_args.json").write_text(json.dumps({**training_args, "eval_data": "data/shapes/eval-*.tar"}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # `data/...` means nothing here
+
+    output = export_clip(source, tmp_path / "shapes-clip").output_dir
+    card = ModelCard.load(output / "README.md")
+    assert card.data.model_name == "shapes-clip" and "# shapes-clip: UniCL as a native CLIPModel" in card.text
+    widget = card.data.widget
+    assert [(e["candidate_labels"], e["example_title"]) for e in widget] == [
+        (e["candidate_labels"], e["example_title"]) for e in shown
+    ]
+    classifier = pipeline("zero-shot-image-classification", model=str(output))
+    for index, entry in enumerate(widget):
+        assert entry["src"].endswith(f"/{HUB_ID_PLACEHOLDER}/resolve/main/widget/eval-{index}.png")
+        image = Image.open(output / "widget" / f"eval-{index}.png")
+        assert image.tobytes() == Image.open(source / "widget" / f"eval-{index}.png").convert("RGB").tobytes()
+        answer = classifier(image, candidate_labels=entry["candidate_labels"].split(", "))
+        assert entry["output"] == [{"label": a["label"], "score": round(a["score"], 4)} for a in answer]

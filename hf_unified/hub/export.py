@@ -398,7 +398,9 @@ def export_clip(
         for name in CARRIED_FILES:
             if source is not None and (source / name).is_file():
                 shutil.copy2(source / name, staging / name)
-        for path, data in render_card_files(staging, repo_id=repo_id).items():
+        for path, data in render_card_files(
+            staging, repo_id=repo_id, model_name=output_dir.name, examples_from=source
+        ).items():
             write_file(staging / path, data)
         check_export_target(output_dir, source, overwrite)  # the target may have changed meanwhile
     return ExportResult(output_dir, model.config.model_type, differences, notes)

@@ -1,43 +1,61 @@
-"""Model cards (the Hub `README.md`) for UniCL, UniCLIP and MS-CLIP folders.
+"""Model cards (the Hub `README.md`) for UniCL, UniCLIP and MS-CLIP folders and their native CLIP exports.
 
-A card is rendered with `huggingface_hub.ModelCard.from_template` from the method's Jinja template in `model_cards/`
-(shipped as the package data `hf_unified.model_cards`). The YAML metadata comes from `ModelCardData`:
-`library_name: transformers`, `pipeline_tag: zero-shot-image-classification`, tags (method, `contrastive-learning`,
-`custom_code`), license, datasets, `base_model` for converted checkpoints, a `model-index` built from the evaluation
-results, and widget examples. The body's shared sections (usage, architecture, training, evaluation) are built here;
-each template adds the method's specifics, limitations and BibTeX.
+This module prepares the card's data; the card's words live in Jinja templates in `model_cards/` (shipped as the
+package data `hf_unified.model_cards`): `base.md` holds the sections every card has and includes the shared
+`partials/` (towers, objective, usage, hosting, training, evaluation, limitations); each method's template
+(`unicl.md`, `uniclip.md`, `msclip.md`, and `clip_export.md` for a native export) extends it with what is that
+method's own (its description, its details, its limitations, its BibTeX). What differs between models is read in the
+templates from the model's config (its objective fields: `contrastive_loss`, `use_labels`, ...), never from a
+branch here.
+
+The YAML metadata is a `huggingface_hub.ModelCardData`: `library_name: transformers`, `pipeline_tag:
+zero-shot-image-classification`, tags (method, `contrastive-learning`, `custom_code`), license, datasets,
+`base_model` for converted, exported or fine-tuned models, the widget examples, and a `model-index` of `EvalResult`s
+named after the model (the repo id's name when known, else the final folder's name: a caller writing into a staging
+folder gives `model_name`).
 
 Evaluation results are read from `eval_results.json` next to the model (written by `training/train.py`). Two layouts
 are accepted:
 
 - flat, as `hf_unified.training.evaluation.evaluate_model` returns it: `{"zero_shot_top1_accuracy": 0.8,
   "zero_shot_top5_accuracy": 0.99, "zero_shot_chance": 0.1, "image_to_text_R@1": 0.3, "text_to_image_R@1": 0.2,
-  ..., "num_examples": 500, "step": 1000, "dataset": "optional name"}`;
+  ..., "num_examples": 500, "num_skipped": 0, "step": 1000, "dataset": "optional name"}`;
 - nested: `{"zero_shot": {"dataset": "imagenet-1k", "top1": 0.8, "top5": 0.95}, "retrieval": {"dataset": "coco",
   "image_to_text_R@1": 0.3, ...}}`, where each section may also be a list of such dicts (one per dataset).
 
-Values are reported as given (the training script writes fractions in [0, 1]).
+Only evaluations are published in the model-index (`EVAL_TASKS`). The trainer's record of its training data in the
+same file (`TRAINING_RECORD_KEYS`: samples used and skipped, damaged shards, non-finite steps) goes to the card's
+training section; any other nested entry is logged and left out. Values are reported as given (fractions in [0, 1]).
 
 A card is published, so it never shows where things are on this machine: settings that name local files or folders
-(`folder.is_local_path`: data shards, class-name files, a local starting checkpoint) are shown as local, and only a
-Hub id becomes `base_model`. The run's full arguments (`training_args.json`) and its log stay in the local folder.
+(`folder.is_local_path`: data shards, class-name files, a local starting checkpoint) are shown as local, damaged shards
+are counted, not named, and only a Hub id becomes `base_model`. The run's full arguments (`training_args.json`) and
+its log stay in the local output folder. Widget examples of the model's own data carry their images (`widget/`,
+uploaded with the card): a card shown with another folder's examples (`examples_from`, a native export's source) copies
+them, so they never depend on paths that resolve only where the model was trained.
 Never call `ModelCard.push_to_hub`: it validates against a hard-coded huggingface.co URL. Save the card as
 `README.md` and upload the folder (`hf_unified.hub.push_folder`).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+import jinja2
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, hf_hub_url
+from PIL import Image
 from safetensors import SafetensorError, safe_open
 
 from ..files import write_file
 from .folder import code_files, is_custom_code, is_local_path, read_json
-from .widget import WidgetExample, image_bytes, widget_examples
+from .widget import WIDGET_DIR, WidgetExample, compute_outputs, image_bytes, resolve_endpoint, widget_examples
+
+logger = logging.getLogger(__name__)
 
 # Written into cards whose Hub id is not known yet; `hub.push_folder` replaces it with the repo id it pushes to.
 HUB_ID_PLACEHOLDER = "your-org/your-model"
@@ -48,14 +66,20 @@ EXPORT_INFO_FILE = "hf_unified_export.json"
 
 ZERO_SHOT_TASK = ("zero-shot-image-classification", "Zero-shot image classification")
 RETRIEVAL_TASK = ("image-text-retrieval", "Zero-shot image-text retrieval")
+# The nested sections of an evaluation JSON that are evaluations (the model-index holds nothing else).
+EVAL_TASKS = {"zero_shot": ZERO_SHOT_TASK, "retrieval": RETRIEVAL_TASK}
+# What the trainer records about its training data beside the evaluation: shown in the training section.
+TRAINING_RECORD_KEYS = ("train_data", "train_samples_skipped", "nonfinite_steps_skipped")
 # What a card shows instead of a setting that names local files.
 LOCAL_VALUE = "(local files)"
 
 
 @dataclass(frozen=True)
 class MethodInfo:
-    name: str  # display name
-    template: str  # file name in model_cards/
+    """What a card says about a method: display name, its template in `model_cards/`, the paper and its arXiv id."""
+
+    name: str
+    template: str
     paper: str
     arxiv: str
 
@@ -82,7 +106,7 @@ METHODS = {
     ),
 }
 
-# Training arguments shown in the card's hyperparameter table, in this order (the rest stay in training_args.json).
+# Training arguments shown in the card's settings table, in this order (the rest stay in training_args.json).
 HYPERPARAMETERS = (
     "train_data",
     "train_format",
@@ -121,31 +145,68 @@ EVALUATION_SETTINGS = (
 )
 
 
+class Metric(NamedTuple):
+    type: str  # the model-index metric type (`accuracy`, `recall@1`, ...)
+    name: str  # its display name
+    value: float
+
+
 @dataclass
 class EvalSection:
-    """One evaluated task on one dataset: its model-index entries and its table rows."""
+    """One evaluated task on one dataset: its model-index entries, its table rows, and what it was computed on."""
 
     task_type: str
     task_name: str
     dataset_name: str
     dataset_type: str
-    metrics: list[tuple[str, str, float]] = field(default_factory=list)  # (metric_type, display name, value)
-    notes: list[str] = field(default_factory=list)
+    metrics: list[Metric] = field(default_factory=list)
+    split: str | None = None
+    num_examples: int | None = None
+    num_skipped: int | None = None  # damaged evaluation samples skipped
+    step: int | None = None  # training steps before the evaluation (0: an evaluate-only run)
+    chance: float | None = None
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What the training data stream used and skipped (the trainer's `DataHealth`), as a card may publish it."""
+
+    samples_used: int
+    samples_skipped: int
+    skipped: dict[str, int]  # by kind of damage
+    damaged_shards: int  # counted, never named: shard names are local paths
+    captions_mapped_to_labels: int
+    nonfinite_steps: int
+
+
+def templates_dir() -> Path:
+    """The folder of the card templates: the checkout's `model_cards/` when running from a source tree (also an
+    editable install or a git worktree), else the installed package data `hf_unified.model_cards`."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "model_cards" / "base.md").is_file():
+        return checkout / "model_cards"
+    from importlib.resources import files
+
+    return Path(str(files("hf_unified.model_cards")))
 
 
 def template_path(method: str) -> Path:
-    """The Jinja template of `method`: the checkout's `model_cards/` when running from a source tree (also an editable
-    install or a git worktree), else the installed package data `hf_unified.model_cards`."""
-    return _template_file(_method_info(method).template)
+    """The Jinja template of `method` (it extends `base.md`, which includes `partials/`)."""
+    return templates_dir() / _method_info(method).template
 
 
-def _template_file(name: str) -> Path:
-    checkout = Path(__file__).resolve().parents[2]
-    if (checkout / "pyproject.toml").is_file() and (checkout / "model_cards" / name).is_file():
-        return checkout / "model_cards" / name
-    from importlib.resources import files
-
-    return Path(str(files("hf_unified.model_cards") / name))
+@functools.cache
+def _environment(folder: Path) -> jinja2.Environment:
+    # trim_blocks / lstrip_blocks: a line holding only a tag leaves nothing behind; keep_trailing_newline: a partial
+    # ends with its last line break; StrictUndefined: a variable the code does not give fails the render.
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(folder),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # Markdown, not HTML
+    )
 
 
 def _method_info(method: str) -> MethodInfo:
@@ -197,28 +258,13 @@ def _format_count(count: int | None) -> str:
     return str(count)
 
 
-def _tower_summary(tower: dict | None) -> str:
-    if not tower:
-        return "unknown"
-    parts = [f"`{tower.get('model_type', '?')}`"]
-    for key, label in (
-        ("hidden_size", "width"),
-        ("embed_dim", "embed dim"),
-        ("num_hidden_layers", "layers"),
-        ("depths", "depths"),
-        ("num_attention_heads", "heads"),
-        ("image_size", "image size"),
-        ("patch_size", "patch"),
-        ("vocab_size", "vocabulary"),
-        ("max_position_embeddings", "context"),
-    ):
-        if tower.get(key) is not None:
-            parts.append(f"{label} {tower[key]}")
-    return ", ".join(parts)
-
-
-def _metric_value(value: Any) -> float | None:
+def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _count(value: Any) -> int | None:
+    number = _number(value)
+    return None if number is None else int(number)
 
 
 def _zero_shot_metric(key: str) -> tuple[str, str] | None:
@@ -249,56 +295,60 @@ def eval_sections(eval_results: dict | None, default_dataset: tuple[str, str]) -
         return []
     if not isinstance(eval_results, dict):
         raise ValueError(f"eval_results must be a dict, got {type(eval_results).__name__}")
-    nested = {key: value for key, value in eval_results.items() if isinstance(value, (dict, list))}
-    flat = {key: value for key, value in eval_results.items() if key not in nested}
+    results = {key: value for key, value in eval_results.items() if key not in TRAINING_RECORD_KEYS}
+    nested = {key: value for key, value in results.items() if isinstance(value, (dict, list))}
+    flat = {key: value for key, value in results.items() if key not in nested}
     dataset = (
         (str(public_value(flat["dataset"])), str(public_value(flat.get("dataset_type", flat["dataset"]))))
         if "dataset" in flat
         else default_dataset
     )
-    context = []
-    if _metric_value(flat.get("num_examples")) is not None:
-        context.append(f"{int(flat['num_examples'])} evaluation examples")
-    if _metric_value(flat.get("step")) is not None:
-        # step 0: an evaluate-only run of the trainer (the weights it loaded, not trained here)
-        context.append(f"after {int(flat['step'])} training steps" if flat["step"] else "evaluated without training")
-    sections = []
-
-    zero_shot = EvalSection(*ZERO_SHOT_TASK, *dataset, notes=list(context))
-    retrieval = EvalSection(*RETRIEVAL_TASK, *dataset, notes=list(context))
+    context = {
+        "num_examples": _count(flat.get("num_examples")),
+        "num_skipped": _count(flat.get("num_skipped")),
+        "step": _count(flat.get("step")),
+        "chance": _number(flat.get("zero_shot_chance")),
+    }
+    zero_shot = EvalSection(*ZERO_SHOT_TASK, *dataset, **context)
+    retrieval = EvalSection(*RETRIEVAL_TASK, *dataset, **{**context, "chance": None})
     for key, value in flat.items():
-        number = _metric_value(value)
+        number = _number(value)
         if number is None:
             continue
-        if key == "zero_shot_chance":
-            zero_shot.notes.append(f"chance level {number:.4g}")
-        elif (metric := _zero_shot_metric(key)) is not None and key.startswith("zero_shot_"):
-            zero_shot.metrics.append((*metric, number))
+        if key.startswith("zero_shot_") and (metric := _zero_shot_metric(key)) is not None:
+            zero_shot.metrics.append(Metric(*metric, number))
         elif (metric := _retrieval_metric(key)) is not None:
-            retrieval.metrics.append((*metric, number))
-    sections += [section for section in (zero_shot, retrieval) if section.metrics]
+            retrieval.metrics.append(Metric(*metric, number))
+    sections = [section for section in (zero_shot, retrieval) if section.metrics]
 
     for key, value in nested.items():
-        entries = value if isinstance(value, list) else [value]
-        task_type, task_name = {"zero_shot": ZERO_SHOT_TASK, "retrieval": RETRIEVAL_TASK}.get(
-            key, (key.replace("_", "-"), key.replace("_", " ").capitalize())
-        )
-        for entry in entries:
+        if key not in EVAL_TASKS:
+            logger.warning(
+                "eval_results[%r] is not an evaluation the card knows (%s): it is not published in the model-index",
+                key,
+                ", ".join(EVAL_TASKS),
+            )
+            continue
+        for entry in value if isinstance(value, list) else [value]:
             if not isinstance(entry, dict):
                 raise ValueError(f"eval_results[{key!r}] must be a dict or a list of dicts, got {entry!r}")
             name = str(public_value(entry.get("dataset", dataset[0])))
-            section = EvalSection(task_type, task_name, name, str(public_value(entry.get("dataset_type", name))))
-            if "split" in entry:
-                section.notes.append(f"split {entry['split']}")
+            section = EvalSection(
+                *EVAL_TASKS[key],
+                name,
+                str(public_value(entry.get("dataset_type", name))),
+                split=str(entry["split"]) if "split" in entry else None,
+                num_examples=_count(entry.get("num_examples")),
+                num_skipped=_count(entry.get("num_skipped")),
+                step=_count(entry.get("step")),
+                chance=_number(entry.get("chance")),
+            )
             for metric_key, metric_value in entry.items():
-                number = _metric_value(metric_value)
-                if number is None or metric_key in ("num_examples", "num_classes", "step"):
-                    continue
-                if metric_key == "chance":
-                    section.notes.append(f"chance level {number:.4g}")
+                number = _number(metric_value)
+                if number is None or metric_key in ("num_examples", "num_skipped", "num_classes", "step", "chance"):
                     continue
                 metric = _zero_shot_metric(metric_key) or _retrieval_metric(metric_key) or (metric_key, metric_key)
-                section.metrics.append((*metric, number))
+                section.metrics.append(Metric(*metric, number))
             if section.metrics:
                 sections.append(section)
     return sections
@@ -311,131 +361,43 @@ def _eval_results_for_index(sections: list[EvalSection]) -> list[EvalResult]:
             task_name=section.task_name,
             dataset_type=section.dataset_type,
             dataset_name=section.dataset_name,
-            metric_type=metric_type,
-            metric_name=metric_name,
-            metric_value=round(value, 6),  # float32 metrics carry noise digits (0.17499999701976776)
+            dataset_split=section.split,
+            metric_type=metric.type,
+            metric_name=metric.name,
+            metric_value=round(metric.value, 6),  # float32 metrics carry noise digits (0.17499999701976776)
         )
         for section in sections
-        for metric_type, metric_name, value in section.metrics
+        for metric in section.metrics
     ]
 
 
-def _evaluation_markdown(sections: list[EvalSection]) -> str:
-    if not sections:
-        return "No evaluation results were recorded for this model."
-    lines = ["| Task | Dataset | Metric | Value |", "|---|---|---|---|"]
-    for section in sections:
-        for _, metric_name, value in section.metrics:
-            lines.append(f"| {section.task_name} | {section.dataset_name} | {metric_name} | {value:.4f} |")
-    notes = sorted({f"{s.task_name} on {s.dataset_name}: {', '.join(s.notes)}" for s in sections if s.notes})
-    if notes:
-        lines += [""] + [f"- {note}" for note in notes]
-    return "\n".join(lines)
+def training_data(eval_results: dict | None) -> TrainingData | None:
+    """The trainer's record of its training data in `eval_results` (`TRAINING_RECORD_KEYS`), or None."""
+    record = (eval_results or {}).get("train_data")
+    if not isinstance(record, dict):
+        return None
+    skipped = record.get("skipped") if isinstance(record.get("skipped"), dict) else {}
+    return TrainingData(
+        samples_used=_count(record.get("samples_used")) or 0,
+        samples_skipped=_count(record.get("samples_skipped")) or 0,
+        skipped={str(kind): count for kind, value in sorted(skipped.items()) if (count := _count(value))},
+        damaged_shards=len(record.get("damaged_shards") or {}),
+        captions_mapped_to_labels=_count(record.get("captions_mapped_to_labels")) or 0,
+        nonfinite_steps=_count(eval_results.get("nonfinite_steps_skipped")) or 0,
+    )
 
 
-def _training_markdown(training_args: dict | None, training_summary: dict | None, run_kind: str | None) -> str:
+def training_rows(
+    training_args: dict | None, training_summary: dict | None, run_kind: str | None
+) -> list[tuple[str, Any]]:
+    """The `(setting, public value)` rows of the card's settings table."""
     rows = []
     if training_args:
         keys = EVALUATION_SETTINGS if run_kind == "evaluated" else HYPERPARAMETERS
         rows += [(key, training_args[key]) for key in keys if training_args.get(key) not in (None, [], "")]
     if training_summary:
         rows += [(key, value) for key, value in training_summary.items() if key not in dict(rows)]
-    if not rows:
-        return "No training record was saved with this folder."
-    lines = ["| Setting | Value |", "|---|---|"]
-    for key, value in rows:
-        value = public_value(value)
-        shown = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-        lines.append(f"| `{key}` | {shown.replace('|', '/')} |")
-    if training_args:
-        log = "" if run_kind == "evaluated" else " and its log (`training_log.jsonl`)"
-        lines += [
-            "",
-            f"All arguments of the run (`training_args.json`){log} stay in the local output folder: they record local "
-            "paths, so they are not published.",
-        ]
-    return "\n".join(lines)
-
-
-def _usage_markdown(model_id: str, method: str, custom_code: bool) -> str:
-    remote = ", trust_remote_code=True" if custom_code else ""
-    pixel_note = ""
-    if method == "uniclip" and custom_code:
-        pixel_note = (
-            "\n# Un-augmented images use the identity augmentation parameters stored in the config, so no "
-            "augmentation input is needed at inference.\n"
-        )
-    if custom_code:
-        note = (
-            "`trust_remote_code=True` runs the modeling code stored in this repository. With the `hf-unified` package "
-            "installed (`import hf_unified` registers the classes with the Auto classes) it is not needed."
-        )
-    else:
-        note = (
-            "This is a plain transformers `CLIPModel` with a `CLIPProcessor`: it loads with transformers alone, "
-            "without `trust_remote_code` and without the `hf-unified` package."
-        )
-    return f"""```python
-import torch
-from PIL import Image
-from transformers import AutoModel, AutoProcessor, pipeline
-
-model_id = "{model_id}"
-model = AutoModel.from_pretrained(model_id{remote}).eval()
-processor = AutoProcessor.from_pretrained(model_id{remote})
-
-image = Image.open("cat.jpg").convert("RGB")
-labels = ["a photo of a cat", "a photo of a dog"]
-inputs = processor(text=labels, images=image, padding=True, return_tensors="pt"){pixel_note}
-with torch.no_grad():
-    outputs = model(**inputs)
-probs = outputs.logits_per_image.softmax(dim=-1)  # [1 image, 2 labels]
-print(dict(zip(labels, probs[0].tolist())))
-
-# Embeddings for search: projected features (L2-normalise them before comparing)
-with torch.no_grad():
-    image_embeds = model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
-    text_embeds = model.get_text_features(
-        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
-    ).pooler_output
-
-# Or the zero-shot pipeline
-classifier = pipeline("zero-shot-image-classification", model=model_id{remote})
-print(classifier(image, candidate_labels=["cat", "dog"]))
-```
-
-{note}"""
-
-
-def _hosting_markdown(model_id: str, custom_code: bool) -> str:
-    space = (
-        "A Gradio demo Space for this model: `pip install hf-unified[space]`, then "
-        f"`python -m hf_unified.hub.space {model_id}` (creates `{model_id}-demo`)."
-    )
-    if not custom_code:
-        return (
-            "No custom code runs here, so any service that serves transformers' CLIP models can serve this one. "
-            + space
-        )
-    return f"""The Hub's hosted inference does not run models that need custom code, so this page has no live widget;
-the example outputs in the metadata were computed with this model when it was pushed.
-
-**Inference Endpoints.** This repository carries `handler.py` (a custom handler) and `requirements.txt`, so an
-Inference Endpoint created from it serves zero-shot classification: send
-`{{"inputs": <base64-encoded image>, "parameters": {{"candidate_labels": ["cat", "dog"]}}}}` (optionally
-`"hypothesis_template"`) and it answers the pipeline's `[{{"label": ..., "score": ...}}]`, or `{{"error": ...}}` for a
-request it cannot serve. The same handler runs locally:
-
-```python
-import base64
-from handler import EndpointHandler  # in a local copy of this repository
-
-handler = EndpointHandler(".")
-image = base64.b64encode(open("cat.jpg", "rb").read()).decode()
-print(handler({{"inputs": image, "parameters": {{"candidate_labels": ["cat", "dog"]}}}}))
-```
-
-**Space.** {space}"""
+    return [(key, public_value(value)) for key, value in rows]
 
 
 def _default_eval_dataset(training_args: dict | None) -> tuple[str, str]:
@@ -475,6 +437,77 @@ def _run_kind(training_args: dict | None, eval_results: dict | None, source_chec
     return "evaluated" if (eval_results or {}).get("step") == 0 else "trained"
 
 
+def _carried_image(folder: Path, src: Any) -> str | None:
+    """The path in the repository (`widget/<name>`) of a widget `src` that links to an image `folder` holds, else
+    None. A link out of the folder is never followed."""
+    match = re.search(rf"/resolve/[^/]+/({re.escape(WIDGET_DIR)}/[\w.-]+)$", src if isinstance(src, str) else "")
+    if not match or ".." in match.group(1):
+        return None
+    path = folder / match.group(1)
+    if path.is_symlink() or not path.is_file():
+        return None
+    return match.group(1)
+
+
+def card_examples(folder: Path, model_id: str, endpoint: str | None = None) -> list[WidgetExample]:
+    """The widget examples of the card in `folder` whose images the folder carries (`widget/`), with those images,
+    linked at `model_id`'s copy of them (outputs not computed: `widget.compute_outputs` does that for a model)."""
+    readme = folder / "README.md"
+    if not readme.is_file():
+        return []
+    try:
+        entries = ModelCard.load(readme).data.widget or []
+    except ValueError as error:  # not a card whose metadata parses: it shows no example to carry
+        logger.warning("%s: no widget examples carried over (%s)", readme, error)
+        return []
+    examples = []
+    for entry in entries:
+        path = _carried_image(folder, entry.get("src")) if isinstance(entry, dict) else None
+        if path is None:
+            continue
+        try:
+            with Image.open(folder / path) as image:
+                image = image.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            logger.warning("widget image %s not readable (%s): example left out", folder / path, error)
+            continue
+        examples.append(
+            WidgetExample(
+                src=hf_hub_url(model_id, path, endpoint=resolve_endpoint(endpoint)),
+                candidate_labels=[label.strip() for label in str(entry.get("candidate_labels", "")).split(",")],
+                title=str(entry.get("example_title", path)),
+                image=image,
+                path_in_repo=path,
+            )
+        )
+    return examples
+
+
+def _examples(
+    folder: Path,
+    training_args: dict | None,
+    model_id: str,
+    endpoint: str | None,
+    examples_from: Path | None,
+) -> list[WidgetExample]:
+    """The examples `examples_from`'s card carries, answered by the model in `folder`; else those the widget module
+    chooses for the model's data."""
+    if examples_from is not None:
+        examples = card_examples(Path(examples_from), model_id, endpoint)
+        if examples:
+            compute_outputs(folder, examples)
+            return examples
+    return widget_examples(folder, training_args, model_id, endpoint=endpoint)
+
+
+def _run_record(folder: Path, training_args: dict | None, repo_id: str | None) -> tuple[dict | None, str | None]:
+    """The run's arguments (default: the folder's `training_args.json`) and the Hub id (default: the run's
+    `hub_model_id`), either None when unknown."""
+    if training_args is None:
+        training_args = read_json(folder / "training_args.json", "training arguments")
+    return training_args, repo_id or (training_args or {}).get("hub_model_id") or None
+
+
 def render_model_card(
     folder: str | Path,
     method: str | None = None,
@@ -487,7 +520,10 @@ def render_model_card(
     datasets: list[str] | None = None,
     license: str = "apache-2.0",
     repo_id: str | None = None,
+    model_name: str | None = None,
     examples: list[WidgetExample] | None = None,
+    examples_from: str | Path | None = None,
+    endpoint: str | None = None,
 ) -> ModelCard:
     """Renders the model card of a saved model folder (an hf-unified model, or its native CLIP export).
 
@@ -504,8 +540,13 @@ def render_model_card(
         license: SPDX-style license id for the metadata.
         repo_id: the Hub id used in the usage snippet; default: the run's `hub_model_id`, else a placeholder that
             `push_folder` replaces.
-        examples: widget examples; default: computed by `widget.widget_examples` (their images are then not
-            written anywhere: use `render_card_files` to get them too).
+        model_name: the model's name (title, model-index) when `repo_id` is not known; default: `folder`'s name.
+            A caller that writes into a staging folder gives the final folder's name.
+        examples: widget examples; default: `examples_from`'s, else chosen by `widget.widget_examples` (their images
+            are then not written anywhere: use `render_card_files` to get them too).
+        examples_from: a folder whose card's examples (with the images it carries) this card shows, answered by
+            this model: a native export shows its source's.
+        endpoint: the Hub URL the widget images are linked on (default: `HF_ENDPOINT`, else huggingface.co).
 
     Returns:
         The `ModelCard`; `str(card)` is the README.md text.
@@ -522,14 +563,11 @@ def render_model_card(
         raise ValueError(f"method {method!r} does not match config.json's model_type {config.get('model_type')!r}")
     if eval_results is None:
         eval_results = read_json(folder / "eval_results.json", "evaluation results")
-    if training_args is None:
-        training_args = read_json(folder / "training_args.json", "training arguments")
-
-    repo_id = repo_id or (training_args or {}).get("hub_model_id") or None
+    training_args, repo_id = _run_record(folder, training_args, repo_id)
     model_id = repo_id or HUB_ID_PLACEHOLDER
-    model_name = repo_id.split("/")[-1] if repo_id else folder.name
+    model_name = repo_id.split("/")[-1] if repo_id else (model_name or folder.name)
     if examples is None:
-        examples = widget_examples(folder, training_args, model_id)
+        examples = _examples(folder, training_args, model_id, endpoint, examples_from)
     custom_code = is_custom_code(config)
     base_model = _hub_id(base_model or (export_info or {}).get("source_repo_id"))  # a local start is no Hub model
     sections = eval_sections(eval_results, _default_eval_dataset(training_args))
@@ -549,56 +587,51 @@ def render_model_card(
         widget=[example.metadata() for example in examples] or None,
     )
     run_kind = _run_kind(training_args, eval_results, source_checkpoint)
-    card = ModelCard.from_template(
-        card_data,
-        template_path=str(_template_file(EXPORT_TEMPLATE) if export_info else template_path(method)),
+    # What `ModelCard.from_template` does, through an environment whose loader lets templates extend and include.
+    template = _environment(templates_dir()).get_template(EXPORT_TEMPLATE if export_info else info.template)
+    content = template.render(
+        card_data=card_data.to_yaml(),
         marker=CARD_MARKER,
         method=info,
         model_name=model_name,
         model_id=model_id,
         config=config,
+        custom_code=custom_code,
+        code_files=code_files(folder)[0],
         export=export_info,
-        vision_summary=_tower_summary(config.get("vision_config")),
-        text_summary=_tower_summary(config.get("text_config")),
         parameters=_format_count(count_parameters(folder)),
-        usage=_usage_markdown(model_id, method, custom_code),
-        hosting=_hosting_markdown(model_id, custom_code),
-        evaluation=_evaluation_markdown(sections),
-        training=_training_markdown(training_args, training_summary, run_kind),
+        sections=sections,
         run_kind=run_kind,
-        trained_here=run_kind in ("trained", "evaluated"),
+        training_rows=training_rows(training_args, training_summary, run_kind),
+        training_data=training_data(eval_results) if run_kind == "trained" else None,
+        training_args_recorded=bool(training_args),
         loaded_from=_hub_id((training_args or {}).get("model_name_or_path")),
         base_model=base_model,
         source_checkpoint=source_checkpoint,
-        code_files=code_files(folder)[0],
     )
-    return card
+    return ModelCard(content)
 
 
-def render_card_files(
-    folder: str | Path, method: str | None = None, *, endpoint: str | None = None, **kwargs
-) -> dict[str, bytes]:
-    """The card and the files it refers to, by path in the repository: `README.md` and the widget images.
+def render_card_files(folder: str | Path, method: str | None = None, **kwargs) -> dict[str, bytes]:
+    """The card and the files it refers to, by path in the repository: `README.md` and the widget images it shows.
 
-    Same arguments as `render_model_card`, plus the Hub `endpoint` the widget images are linked on (default
-    huggingface.co; they are linked on the `main` revision).
+    Same arguments as `render_model_card`.
     """
     folder = Path(folder)
-    if kwargs.get("examples") is None:
-        training_args = kwargs.get("training_args")
-        if training_args is None:
-            training_args = read_json(folder / "training_args.json", "training arguments")
-        model_id = kwargs.get("repo_id") or (training_args or {}).get("hub_model_id") or HUB_ID_PLACEHOLDER
-        kwargs["examples"] = widget_examples(folder, training_args, model_id, endpoint=endpoint)
-    card = render_model_card(folder, method, **kwargs)
+    training_args, repo_id = _run_record(folder, kwargs.pop("training_args", None), kwargs.pop("repo_id", None))
+    examples = kwargs.pop("examples", None)
+    if examples is None:
+        model_id = repo_id or HUB_ID_PLACEHOLDER
+        examples = _examples(folder, training_args, model_id, kwargs.get("endpoint"), kwargs.get("examples_from"))
+    card = render_model_card(folder, method, training_args=training_args, repo_id=repo_id, examples=examples, **kwargs)
     files = {"README.md": str(card).encode()}
-    files |= {example.path_in_repo: image_bytes(example) for example in kwargs["examples"] if example.path_in_repo}
+    files |= {example.path_in_repo: image_bytes(example) for example in examples if example.path_in_repo}
     return files
 
 
 def write_model_card(folder: str | Path, method: str | None = None, **kwargs) -> Path:
-    """Renders the card (same arguments as `render_model_card`) and writes it to `folder/README.md`, with the widget
-    images it shows (`folder/widget/`), each file atomically."""
+    """Renders the card (same arguments as `render_model_card`; `model_name` when `folder` is a staging folder) and
+    writes it to `folder/README.md`, with the widget images it shows (`folder/widget/`), each file atomically."""
     folder = Path(folder)
     for path, data in render_card_files(folder, method, **kwargs).items():
         write_file(folder / path, data)
@@ -607,14 +640,19 @@ def write_model_card(folder: str | Path, method: str | None = None, **kwargs) ->
 
 __all__ = [
     "CARD_MARKER",
+    "EVAL_TASKS",
     "EXPORT_TEMPLATE",
     "HUB_ID_PLACEHOLDER",
     "METHODS",
+    "TRAINING_RECORD_KEYS",
+    "card_examples",
     "count_parameters",
     "eval_sections",
     "public_value",
     "render_card_files",
     "render_model_card",
     "template_path",
+    "templates_dir",
+    "training_data",
     "write_model_card",
 ]

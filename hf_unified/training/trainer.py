@@ -479,7 +479,11 @@ class Trainer:
             from ..hub.model_card import write_model_card
 
             write_model_card(
-                folder, eval_results=eval_results, training_args=self.run_arguments, base_model=self.base_model
+                folder,
+                eval_results=eval_results,
+                training_args=self.run_arguments,
+                base_model=self.base_model,
+                model_name=self.output_dir.name,
             )
         except Exception as error:  # noqa: BLE001 - whatever fails in the card, the model is saved first
             card_error = error
