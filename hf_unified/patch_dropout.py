@@ -34,6 +34,7 @@ def check_patch_dropout(value) -> float:
     )
 
 
+@torch.compiler.assume_constant_result
 def num_kept_patches(num_patches: int, patch_dropout: float) -> int:
     """How many of `num_patches` patches are kept when a share `patch_dropout` is dropped: `(1 - p) * N` rounded to
     the nearest integer, halves rounded down, and at least 1.
@@ -42,6 +43,10 @@ def num_kept_patches(num_patches: int, patch_dropout: float) -> int:
     never depends on binary rounding: `(1 - 0.7) * 5 = 1.5` keeps 1, where float arithmetic gives
     `1.5000000000000002`. Examples: 196 patches (ViT-B/16 at 224 px) keep 98 at p = 0.5 and 49 at 0.75; 49 patches
     (B/32) keep 24 at 0.5 (24.5, a half, rounded down) and 12 at 0.75 (12.25).
+
+    A pure function of two constants that `torch.compile` guards on (the config's share, the token count of a static
+    shape): marked `assume_constant_result`, so compiled models evaluate it while tracing instead of breaking the
+    graph on `Fraction`, and retrace when the share changes.
     """
     kept = (1 - Fraction(repr(float(patch_dropout)))) * num_patches
     return max(1, math.ceil(kept - Fraction(1, 2)))
