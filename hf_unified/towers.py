@@ -121,7 +121,7 @@ def check_tower_values(values: Mapping, role: str) -> int:
             check_float(field(name), value, 0.0, exclusive=(True, False), fix="give a small positive epsilon (1e-5)")
         elif "dropout" in name or "drop_path" in name:
             check_rate(field(name), value)
-        elif (name == "hidden_act" or name.endswith("_act")) and (isinstance(value, str) or not callable(value)):
+        elif name.endswith("_act") and (isinstance(value, str) or not callable(value)):  # hidden_act, pooler_act
             check_activation(field(name), value)
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
