@@ -13,7 +13,9 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from .config_checks import check_finite, check_float
 from .losses import DOMAIN_PAIRS, MULTI_POSITIVE_VARIANTS
+from .patch_dropout import check_patch_dropout
 from .towers import check_dual_encoder_fields, check_tower_dicts
 
 # The augmentation parameter vector each image view carries (its layout is documented, and produced, by
@@ -145,6 +147,11 @@ class ContrastiveConfig(PreTrainedConfig):
             Identical texts of different items are not used as each other's negatives (templated captions repeat).
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the head initialisation.
+        patch_dropout (`float`, defaults to 0.0):
+            FLIP's patch dropout: in training mode the image encoder leaves out this share of each image's patch
+            tokens (the class token always kept, positions added before), in `[0, 1)`; in eval mode nothing is
+            dropped. The number kept is `patch_dropout.num_kept_patches`. Towers without a class token and
+            position-embedded patches (Swin) refuse values above 0.
     """
 
     projection_dim: int = 512
@@ -162,6 +169,7 @@ class ContrastiveConfig(PreTrainedConfig):
     contrastive_loss: str = "supcon"
     mask_duplicate_texts: bool = False
     initializer_range: float = 0.02
+    patch_dropout: float = 0.0
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -195,6 +203,16 @@ class ContrastiveConfig(PreTrainedConfig):
                 "logit_scale_init_value must be a single float without domain_similarity (one temperature), got "
                 f"{self.logit_scale_init_value}; set domain_similarity=True for one per domain pair"
             )
+        self.check_values()
+
+    def check_values(self) -> None:
+        """Refuses an absurd value in one line before anything is allocated (`config_checks`). Runs when the config is
+        built (so also when a folder's `config.json` is loaded) and again when a model is built from it, which
+        catches sizes changed in place since; subclasses add their encoders' checks."""
+        for name in ("logit_scale_init_value", "logit_offset_init_value", "identity_augmentation_params"):
+            check_finite(name, getattr(self, name))
+        check_float("initializer_range", self.initializer_range, 0.0)
+        check_patch_dropout(self.patch_dropout)
 
     @classmethod
     def from_objective(cls, name: str, **overrides) -> ContrastiveConfig:
@@ -244,6 +262,9 @@ class TowerDualEncoderConfig(ContrastiveConfig):
     def __post_init__(self, **kwargs):
         check_tower_dicts(self)
         super().__post_init__(**kwargs)
+
+    def check_values(self) -> None:
+        super().check_values()
         check_dual_encoder_fields(self)
 
 

@@ -7,6 +7,17 @@ from types import MappingProxyType
 
 from huggingface_hub.dataclasses import strict
 
+from .config_checks import (
+    DEPTH_FIX,
+    MAX_LAYERS,
+    check_activation,
+    check_float,
+    check_int,
+    check_parameter_count,
+    check_patch_grid,
+    check_rate,
+    transformer_parameters,
+)
 from .configuration_contrastive import ContrastiveConfig
 
 # Sub-layers of a transformer block that can be shared between the image and the text modality.
@@ -203,7 +214,10 @@ class MSCLIPConfig(ContrastiveConfig):
             self.shared_layers = "none"
         if not isinstance(self.shared_layers, str):
             self.shared_layers = sorted(int(i) for i in self.shared_layers)
-        super().__post_init__(**kwargs)
+        super().__post_init__(**kwargs)  # ends with `check_values`, which validates the architecture
+
+    def check_values(self) -> None:
+        super().check_values()
         self.validate_architecture()
 
     def _shared_tower_fields(self) -> dict:
@@ -294,7 +308,9 @@ class MSCLIPConfig(ContrastiveConfig):
     # ----------------------------------------------------------------------------------------------------------
 
     def validate_architecture(self):
-        """Raises ValueError naming the first inconsistent field."""
+        """Raises ValueError naming the first absurd or inconsistent field, before anything is allocated: sizes are
+        positive integers, at most `config_checks.MAX_LAYERS` blocks and `MAX_PARAMETERS` parameters, epsilons
+        positive, the activation known, the patch grid whole."""
         for name in (
             "vocab_size",
             "max_position_embeddings",
@@ -308,16 +324,34 @@ class MSCLIPConfig(ContrastiveConfig):
             "num_channels",
             "projection_dim",
         ):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            check_int(name, getattr(self, name), fix=f"the released MS-CLIP-S has {getattr(type(self), name)}")
+        check_int("num_hidden_layers", self.num_hidden_layers, 1, MAX_LAYERS, DEPTH_FIX)
+        lists = ("stem_channels", "stem_strides", "parallel_channels", "parallel_strides", "parallel_t2b_kernels")
+        for name in lists:
+            for index, value in enumerate(getattr(self, name)):
+                check_int(f"{name}[{index}]", value, fix="channels, strides and kernels are positive")
+        for name in ("layer_norm_eps", "batch_norm_eps", "parallel_batch_norm_eps"):
+            check_float(name, getattr(self, name), 0.0, exclusive=(True, False), fix="give a small positive epsilon")
+        check_rate("attention_dropout", self.attention_dropout)
+        check_float("initializer_factor", self.initializer_factor, 0.0)
+        check_activation("hidden_act", self.hidden_act)
         for modality in ("vision", "text"):
             heads = self.num_attention_heads(modality)
             if self.hidden_size % heads:
                 raise ValueError(
-                    f"hidden_size {self.hidden_size} is not divisible by {modality}_num_attention_heads {heads}"
+                    f"hidden_size {self.hidden_size} is not divisible by {modality}_num_attention_heads {heads}: each "
+                    "head takes hidden_size / heads channels; change either"
                 )
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
+        image_tokens = check_patch_grid("", self.image_size, self.patch_size)
+        channels = [self.num_channels, *self.stem_channels], [self.num_channels, *self.parallel_channels]
+        convolutions = sum(9 * a * b for chain in channels for a, b in zip(chain, chain[1:]))
+        embeddings = self.vocab_size + self.max_position_embeddings + image_tokens + 1
+        estimate = (
+            2 * transformer_parameters(self.num_hidden_layers, self.hidden_size, self.intermediate_size)
+            + (embeddings + 2 * self.projection_dim + sum(self.parallel_channels)) * self.hidden_size
+            + convolutions
+        )
+        check_parameter_count("MSCLIPConfig", estimate, "reduce num_hidden_layers / hidden_size / intermediate_size")
         unknown = [s for s in self.shared_sublayers if s not in SHAREABLE_SUBLAYERS]
         if unknown:
             raise ValueError(f"unknown shared sub-layer(s) {unknown}; choose from {list(SHAREABLE_SUBLAYERS)}")

@@ -22,7 +22,16 @@ from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_contrastive import ContrastiveConfig
 from .losses import IMAGE_TEXT, contrastive_objective, similarity_logits, text_identity_keys
-from .towers import build_tower, pool_image, pool_text, text_tower_inputs
+from .patch_dropout import PatchDropout
+from .towers import (
+    PATCH_DROPOUT_TOWERS,
+    attach_patch_dropout,
+    build_tower,
+    patch_dropout_prefix_tokens,
+    pool_image,
+    pool_text,
+    text_tower_inputs,
+)
 
 VISION, TEXT = "vision", "text"
 
@@ -156,6 +165,7 @@ class ContrastiveHeads:
     modalities: tuple[str, ...] = (VISION, TEXT)
 
     def __init__(self, config: ContrastiveConfig):
+        config.check_values()  # again: fields may have been changed in place since the config was built
         super().__init__(config)
         self._build(config, self.modalities)
         self.post_init()
@@ -574,7 +584,12 @@ class TowerEncoders:
     """Encoders made of any transformers image tower and text tower, each pooled to one vector (UniCL, UniCLIP).
 
     The host config is a `TowerDualEncoderConfig` (`vision_config`, `text_config`, `vision_pooling`,
-    `text_pooling`).
+    `text_pooling`, `patch_dropout`).
+
+    Patch dropout: an image tower listed in `towers.PATCH_DROPOUT_TOWERS` (CLIP, ViT) gets a [`PatchDropout`]
+    (`vision_patch_dropout`, no parameters) run on its embeddings module's output by a forward hook
+    (`towers.attach_patch_dropout`), whatever `config.patch_dropout` is when the model is built, so that the share can
+    be changed later (an unmasked final phase). Other towers refuse a share above 0.
     """
 
     config: PreTrainedConfig
@@ -586,6 +601,10 @@ class TowerEncoders:
             # Keep one config object per tower so that attention-implementation switches reach the tower.
             config.vision_config = self.vision_model.config
             widths[VISION] = config.vision_config.hidden_size
+            if config.vision_config.model_type in PATCH_DROPOUT_TOWERS:
+                prefix = patch_dropout_prefix_tokens(config.vision_config, config.patch_dropout)
+                self.vision_patch_dropout = PatchDropout(config, num_prefix_tokens=prefix)
+                attach_patch_dropout(self.vision_model, self.vision_patch_dropout)
         if TEXT in modalities:
             self.text_model = build_tower(config.text_config, uses_pooler=False)  # text pools from tokens
             config.text_config = self.text_model.config
@@ -605,6 +624,8 @@ class TowerEncoders:
         return [tower for tower in (getattr(self, "vision_model", None), getattr(self, "text_model", None)) if tower]
 
     def _encode_image(self, pixel_values: torch.Tensor, **kwargs) -> tuple[Any, torch.Tensor]:
+        if self.training and self.config.patch_dropout and not hasattr(self, "vision_patch_dropout"):
+            patch_dropout_prefix_tokens(self.config.vision_config, self.config.patch_dropout)  # raises: set in place
         hidden, attentions = self._recorded_outputs(kwargs)
         outputs = self.vision_model(
             pixel_values=pixel_values,

@@ -45,6 +45,7 @@ from .dual_encoder import (
     TextEmbeddingModel,
     init_contrastive_weights,
 )
+from .patch_dropout import PatchDropout, keep_tokens
 from .pretrained import register_scalar_checkpoint_shapes
 from .towers import eos_positions
 
@@ -320,7 +321,14 @@ class MSCLIPConvNorm(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
         self.norm = nn.BatchNorm2d(out_channels, eps=eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """`[B, C_in, H, W]` -> `[B, C_out, H', W']`; with `positions` (`[B, K]` flat indices into the `H' x W'`
+        output), only those outputs, as a `[B, C_out, K, 1]` map normalised over them alone (patch dropout: the
+        BatchNorm's statistics are those of the tokens that go on)."""
+        if positions is not None:
+            out = conv2d_channels_last(x, self.conv).flatten(2)
+            out = out.gather(2, positions.unsqueeze(1).expand(-1, out.shape[1], -1))
+            return self.norm(out.unsqueeze(-1))
         if self.training or not self.norm.track_running_stats:
             return self.norm(conv2d_channels_last(x, self.conv))
         norm = self.norm
@@ -444,6 +452,12 @@ class MSCLIPLateralAdapter(nn.Module):
 
     `tokens = ln_adapt(cat[cls, BN(dw3x3(grid))] + cat[cls, pw1x1(BN(dwKxK_strideK(branch)))])`: the patch tokens get
     no identity residual (as in the official code), the CLS token is added to itself (invisible after the LayerNorm).
+
+    Under patch dropout the stream holds `1 + K` tokens, the patches at `kept` (`[B, K]` grid indices, those the
+    stack runs on). The branch runs on the whole image as always and its tokens are taken at the same indices. The
+    token path places the kept tokens on the grid with zeros where patches were dropped (as sparse convolutions of
+    masked image modelling do: a dropped neighbour contributes nothing), and its BatchNorm normalises over the kept
+    tokens only.
     """
 
     def __init__(self, config: MSCLIPConfig, branch_channels: int, t2b_kernel: int):
@@ -457,15 +471,22 @@ class MSCLIPLateralAdapter(nn.Module):
         self.token_depthwise = MSCLIPConvNorm(width, width, 3, 1, 1, groups=width, eps=eps)
         self.layer_norm = MSCLIPLayerNorm(width, eps=config.layer_norm_eps)
 
-    def forward(self, hidden_states: torch.Tensor, branch_features: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, branch_features: torch.Tensor, kept: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`[B, 1 + N, W]` tokens (or `[B, 1 + K, W]`, the patches at `kept` `[B, K]`) -> the same shape."""
         batch_size, num_tokens, width = hidden_states.shape
         cls, tokens = hidden_states[:, :1], hidden_states[:, 1:]
-        side = int(round((num_tokens - 1) ** 0.5))
-        # Tokens are already a channels-last grid: views in and out, no transposed copies.
-        grid = tokens.reshape(batch_size, side, side, width).permute(0, 3, 1, 2)
-        from_tokens = self.token_depthwise(grid).permute(0, 2, 3, 1).flatten(1, 2)
         branch = conv2d_channels_last(self.branch_depthwise(branch_features), self.branch_pointwise)
         from_branch = branch.permute(0, 2, 3, 1).flatten(1, 2)
+        side = int(round((num_tokens - 1) ** 0.5)) if kept is None else branch.shape[-1]
+        if kept is not None:
+            index = kept.unsqueeze(-1).expand(-1, -1, width)
+            from_branch = from_branch.gather(1, index)
+            tokens = tokens.new_zeros(batch_size, side * side, width).scatter(1, index, tokens)
+        # Tokens are already a channels-last grid: views in and out, no transposed copies.
+        grid = tokens.reshape(batch_size, side, side, width).permute(0, 3, 1, 2)
+        from_tokens = self.token_depthwise(grid, kept).permute(0, 2, 3, 1).flatten(1, 2)
         if from_branch.shape != from_tokens.shape:
             raise ValueError(
                 f"parallel branch gives {tuple(from_branch.shape)} tokens, the stream has {tuple(from_tokens.shape)}"
@@ -497,8 +518,11 @@ class MSCLIPParallelBranch(nn.Module):
         )
         self.lateral_layers = list(config.parallel_lateral_layers)
 
-    def fuser(self, pixel_values: torch.Tensor) -> Callable[[int, torch.Tensor], torch.Tensor]:
-        """A `before_layer(i, x)` hook for [`MSCLIPEncoder`] that advances the branch and fuses it where configured."""
+    def fuser(
+        self, pixel_values: torch.Tensor, kept: torch.Tensor | None = None
+    ) -> Callable[[int, torch.Tensor], torch.Tensor]:
+        """A `before_layer(i, x)` hook for [`MSCLIPEncoder`] that advances the branch and fuses it where configured;
+        `kept` (`[B, K]`): the patches the stream holds under patch dropout."""
         state = {"features": pixel_values.to(self.stages[0].layer.conv.weight.dtype)}
 
         def before_layer(layer_idx: int, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -506,7 +530,7 @@ class MSCLIPParallelBranch(nn.Module):
                 return hidden_states
             k = self.lateral_layers.index(layer_idx)
             state["features"] = self.stages[k](state["features"])
-            return self.adapters[k](hidden_states, state["features"])
+            return self.adapters[k](hidden_states, state["features"], kept)
 
         return before_layer
 
@@ -617,6 +641,7 @@ class MSCLIPEncoders:
         width, eps = config.hidden_size, config.layer_norm_eps
         if "vision" in modalities:
             self.vision_embeddings = MSCLIPVisionEmbeddings(config)
+            self.vision_patch_dropout = PatchDropout(config)
             self.vision_pre_layernorm = MSCLIPLayerNorm(width, eps=eps)
             if config.parallel_branch:
                 self.vision_parallel_branch = MSCLIPParallelBranch(config)
@@ -641,12 +666,21 @@ class MSCLIPEncoders:
         `hidden_states`, when recorded, holds the stem's (or patch embedding's) tokens after `vision_pre_layernorm`
         and the output of every block images run: `config.vision_config.num_hidden_layers + 1` tensors (the conv
         stem replaces block 0 under early specialization).
+
+        Patch dropout (training mode, `config.patch_dropout > 0`): the stack runs on the class token and the kept
+        patches, `1 + K` tokens; the parallel branch's tokens are taken at the same indices.
         """
         output_hidden_states, output_attentions = self._recorded_outputs(kwargs)
-        hidden_states = self.vision_pre_layernorm(self.vision_embeddings(pixel_values))
+        hidden_states = self.vision_embeddings(pixel_values)
+        kept = self.vision_patch_dropout.choose(
+            hidden_states.shape[0], hidden_states.shape[1] - 1, pixel_values.device
+        )
+        if kept is not None:
+            hidden_states = keep_tokens(hidden_states, kept)
+        hidden_states = self.vision_pre_layernorm(hidden_states)
         before_layer = None
         if self.config.parallel_branch:
-            before_layer = self.vision_parallel_branch.fuser(pixel_values)
+            before_layer = self.vision_parallel_branch.fuser(pixel_values, kept)
         outputs = self.encoder(
             hidden_states,
             "vision",
