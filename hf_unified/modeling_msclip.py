@@ -296,14 +296,22 @@ class MSCLIPEncoder(nn.Module):
 def conv2d_channels_last(x: torch.Tensor, conv: nn.Conv2d, weight=None, bias=None) -> torch.Tensor:
     """`conv(x)` with input and weight in channels-last memory format (NHWC), the layout CPU (oneDNN) and GPU
     (cuDNN tensor-core) convolution kernels run fastest in; the output stays channels-last, so a chain of these
-    converts once. The values are those of `conv(x)`."""
+    converts once. The values are those of `conv(x)`.
+
+    A strided 1x1 convolution without padding reads every `stride`-th pixel, so it runs as a unit-stride one on that
+    slice (the same values): on CPUs without AVX-512, oneDNN's 1x1 weight gradient of a strided channels-last input
+    with fewer than 8 channels writes past its scratch buffer (`jit_1x1:avx2` backward_weights: heap corruption,
+    and wrong gradients where threads overrun each other's share)."""
     weight = conv.weight if weight is None else weight
     bias = conv.bias if bias is None else bias
+    stride = conv.stride
+    if conv.kernel_size == (1, 1) and conv.padding in ((0, 0), "valid") and stride != (1, 1):
+        x, stride = x[:, :, :: stride[0], :: stride[1]], 1
     return nn.functional.conv2d(
         x.contiguous(memory_format=torch.channels_last),
         weight.contiguous(memory_format=torch.channels_last),
         bias,
-        conv.stride,
+        stride,
         conv.padding,
         conv.dilation,
         conv.groups,
