@@ -545,3 +545,75 @@ def test_in_place_relus_give_the_out_of_place_loss_and_gradients(monkeypatch):
     assert gradients.keys() == expected.keys() and any("stem" in name for name in gradients)
     for name, gradient in expected.items():
         torch.testing.assert_close(gradients[name], gradient, rtol=0, atol=0, msg=name)
+
+
+def test_strided_pointwise_convolution_equals_conv2d():
+    """A strided 1x1 convolution runs on the strided slice (oneDNN's AVX2 kernel for it corrupts the heap): forward
+    and both gradients are those of `nn.Conv2d`, for every stride and odd sizes."""
+    from hf_unified.modeling_msclip import conv2d_channels_last
+
+    torch.manual_seed(0)
+    for stride, size in (((2, 2), 9), ((2, 2), 8), ((1, 3), 7), ((4, 2), 11)):
+        conv = torch.nn.Conv2d(4, 6, 1, stride, bias=True).double()
+        x = torch.randn(2, 4, size, size, dtype=torch.float64, requires_grad=True)
+        output = conv2d_channels_last(x, conv)
+        expected = conv(x)
+        torch.testing.assert_close(output, expected, rtol=0, atol=1e-12)
+        upstream = torch.randn_like(expected)
+        gradients = torch.autograd.grad(output, (x, conv.weight, conv.bias), upstream)
+        expected_gradients = torch.autograd.grad(expected, (x, conv.weight, conv.bias), upstream)
+        for name, got, want in zip(("input", "weight", "bias"), gradients, expected_gradients):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-12, msg=f"{name} gradient, stride {stride}")
+
+
+# Run in a fresh process: oneDNN picks its kernels once per process, by the CPU or by ONEDNN_MAX_CPU_ISA.
+_AVX2_TRAINING_STEP = """
+import sys, torch
+from hf_unified import MSCLIPModel
+
+model = MSCLIPModel.from_pretrained(sys.argv[1]).train()
+inputs = torch.load(sys.argv[2])
+state = {name: value.clone() for name, value in model.state_dict().items()}
+
+
+def gradients(model, dtype):
+    model.zero_grad()
+    loss = model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"].to(dtype), return_loss=True).loss
+    loss.backward()
+    return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+
+reference = gradients(MSCLIPModel.from_pretrained(sys.argv[1]).train().double(), torch.float64)  # no oneDNN
+for threads in (1, 2):
+    torch.set_num_threads(threads)
+    model.load_state_dict(state)
+    for name, gradient in gradients(model, torch.float32).items():
+        error = (gradient.double() - reference[name]).abs().max().item()
+        scale = reference[name].abs().max().item()
+        assert error <= 1e-4 * scale + 1e-7, (threads, name, error, scale)
+print("ok")
+"""
+
+
+def test_training_step_with_the_kernels_of_cpus_without_avx512(tmp_path):
+    """CI's CPU may have AVX2 and no AVX-512, where oneDNN runs other kernels: the 1x1 weight gradient of the stem's
+    strided 4-channel shortcut then wrote past its buffer (glibc abort in one thread, wrong gradients in two). A
+    training step with oneDNN capped at AVX2 gives the float64 model's gradients at 1 and 2 threads."""
+    import os
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    MSCLIPModel(tiny_config("ms-clip-s")).save_pretrained(tmp_path / "model")
+    input_ids = torch.randint(1, TINY["vocab_size"] - 2, (4, 8))
+    input_ids[:, -1] = TINY["eos_token_id"]
+    torch.save({"input_ids": input_ids, "pixel_values": torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE)}, tmp_path / "in.pt")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MALLOC_CHECK_": "3"}
+    result = subprocess.run(
+        [sys.executable, "-c", _AVX2_TRAINING_STEP, str(tmp_path / "model"), str(tmp_path / "in.pt")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", (result.returncode, result.stderr[-3000:])
