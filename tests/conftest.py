@@ -47,13 +47,20 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_clip_tokenizer():
+def tiny_tokenizer_dir() -> Path:
+    """The fixtures' tiny CLIP BPE tokenizer folder (`vocab.json`, `merges.txt`); skips where either is missing."""
+    missing = [name for name in ("vocab.json", "merges.txt") if not (TINY_TOKENIZER_DIR / name).is_file()]
+    if missing:
+        pytest.skip(f"{TINY_TOKENIZER_DIR} has no {' or '.join(missing)}")
+    return TINY_TOKENIZER_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_tokenizer(tiny_tokenizer_dir):
     """The fixtures' 600-id CLIP BPE tokenizer: bos 598, eos 599 (the largest id), padded with eos."""
     from hf_unified.training.tokenization import clip_tokenizer_from_files
 
-    if not TINY_TOKENIZER_DIR.is_dir():
-        pytest.skip(f"{TINY_TOKENIZER_DIR} is missing")
-    return clip_tokenizer_from_files(TINY_TOKENIZER_DIR / "vocab.json", TINY_TOKENIZER_DIR / "merges.txt")
+    return clip_tokenizer_from_files(tiny_tokenizer_dir / "vocab.json", tiny_tokenizer_dir / "merges.txt")
 
 
 def run_without_package(code: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
