@@ -15,6 +15,14 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# torch.compile's FX graph cache is keyed without the vector width inductor writes its C++ for, which
+# ATEN_CPU_CAPABILITY chooses: a graph compiled for AVX-512 (16 floats a vector) and reused under
+# ATEN_CPU_CAPABILITY=avx2 (8) computes wrong values, and the other way round. One cache per capability, so that a
+# run emulating CI's CPU on a developer's machine reads no graph of another capability (and leaves none behind).
+_CAPABILITY = os.environ.get("ATEN_CPU_CAPABILITY", "native").lower()
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torchinductor-tests-{_CAPABILITY}")
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
