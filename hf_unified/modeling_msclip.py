@@ -299,9 +299,10 @@ def conv2d_channels_last(x: torch.Tensor, conv: nn.Conv2d, weight=None, bias=Non
     converts once. The values are those of `conv(x)`.
 
     A strided 1x1 convolution without padding reads every `stride`-th pixel, so it runs as a unit-stride one on that
-    slice (the same values): on CPUs without AVX-512, oneDNN's 1x1 weight gradient of a strided channels-last input
-    with fewer than 8 channels writes past its scratch buffer (`jit_1x1:avx2` backward_weights: heap corruption,
-    and wrong gradients where threads overrun each other's share)."""
+    slice (the same values): oneDNN's 1x1 weight gradient of a strided channels-last input with fewer channels than
+    its vector block (8 with AVX2, 16 with AVX-512) writes past its scratch buffer (uxlfoundation/oneDNN#6035: heap
+    corruption, or wrong gradients where threads overrun each other's share), on CPUs without AVX-512 already for
+    MS-CLIP-S's 4-channel tiny stem."""
     weight = conv.weight if weight is None else weight
     bias = conv.bias if bias is None else bias
     stride = conv.stride
