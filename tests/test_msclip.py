@@ -548,14 +548,14 @@ def test_in_place_relus_give_the_out_of_place_loss_and_gradients(monkeypatch):
 
 
 def test_strided_pointwise_convolution_equals_conv2d():
-    """A strided 1x1 convolution runs on the strided slice (oneDNN's AVX2 kernel for it corrupts the heap): forward
-    and both gradients are those of `nn.Conv2d`, for every stride and odd sizes."""
+    """A narrow strided 1x1 convolution runs on the strided slice (oneDNN's kernel for it writes past its buffer):
+    forward and both gradients are those of `nn.Conv2d`, for every stride and odd sizes, as a wide one's are."""
     from hf_unified.modeling_msclip import conv2d_channels_last
 
     torch.manual_seed(0)
-    for stride, size in (((2, 2), 9), ((2, 2), 8), ((1, 3), 7), ((4, 2), 11)):
-        conv = torch.nn.Conv2d(4, 6, 1, stride, bias=True).double()
-        x = torch.randn(2, 4, size, size, dtype=torch.float64, requires_grad=True)
+    for channels, stride, size in ((4, (2, 2), 9), (4, (2, 2), 8), (4, (1, 3), 7), (4, (4, 2), 11), (16, (2, 2), 9)):
+        conv = torch.nn.Conv2d(channels, 6, 1, stride, bias=True).double()
+        x = torch.randn(2, channels, size, size, dtype=torch.float64, requires_grad=True)
         output = conv2d_channels_last(x, conv)
         expected = conv(x)
         torch.testing.assert_close(output, expected, rtol=0, atol=1e-12)
