@@ -297,14 +297,25 @@ class MSCLIPEncoder(nn.Module):
 def conv2d_channels_last(x: torch.Tensor, conv: nn.Conv2d, weight=None, bias=None) -> torch.Tensor:
     """`conv(x)` with input and weight in channels-last memory format (NHWC), the layout CPU (oneDNN) and GPU
     (cuDNN tensor-core) convolution kernels run fastest in; the output stays channels-last, so a chain of these
-    converts once. The values are those of `conv(x)`."""
+    converts once. The values are those of `conv(x)`.
+
+    On a CPU, a strided 1x1 convolution without padding of fewer than 16 channels runs as a unit-stride one on the
+    strided slice (the same values): oneDNN's 1x1 weight gradient of a strided channels-last input with fewer
+    channels than its vector block (8 floats with AVX2, 16 with AVX-512) writes past its scratch buffer
+    (uxlfoundation/oneDNN#6035: heap corruption, or wrong gradients where threads overrun each other's share); CPUs
+    without AVX-512 crashed on the 4-channel stem of the tests' tiny MS-CLIP-S. Wider ones keep oneDNN's strided
+    kernel (the slice cost 1.4x its time in training at the base model's widths)."""
     weight = conv.weight if weight is None else weight
     bias = conv.bias if bias is None else bias
+    stride = conv.stride
+    pointwise = conv.kernel_size == (1, 1) and conv.padding in ((0, 0), "valid")
+    if pointwise and stride != (1, 1) and conv.in_channels < 16 and x.device.type == "cpu":
+        x, stride = x[:, :, :: stride[0], :: stride[1]], 1
     return nn.functional.conv2d(
         x.contiguous(memory_format=torch.channels_last),
         weight.contiguous(memory_format=torch.channels_last),
         bias,
-        conv.stride,
+        stride,
         conv.padding,
         conv.dilation,
         conv.groups,

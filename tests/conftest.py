@@ -15,6 +15,14 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# torch.compile's FX graph cache is keyed without the vector width inductor writes its C++ for, which
+# ATEN_CPU_CAPABILITY chooses: a graph compiled for AVX-512 (16 floats a vector) and reused under
+# ATEN_CPU_CAPABILITY=avx2 (8) computes wrong values, and the other way round. One cache per capability, so that a
+# run emulating CI's CPU on a developer's machine reads no graph of another capability (and leaves none behind).
+_CAPABILITY = os.environ.get("ATEN_CPU_CAPABILITY", "native").lower()
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torchinductor-tests-{_CAPABILITY}")
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
@@ -47,13 +55,20 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_clip_tokenizer():
+def tiny_tokenizer_dir() -> Path:
+    """The fixtures' tiny CLIP BPE tokenizer folder (`vocab.json`, `merges.txt`); skips where either is missing."""
+    missing = [name for name in ("vocab.json", "merges.txt") if not (TINY_TOKENIZER_DIR / name).is_file()]
+    if missing:
+        pytest.skip(f"{TINY_TOKENIZER_DIR} has no {' or '.join(missing)}")
+    return TINY_TOKENIZER_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_tokenizer(tiny_tokenizer_dir):
     """The fixtures' 600-id CLIP BPE tokenizer: bos 598, eos 599 (the largest id), padded with eos."""
     from hf_unified.training.tokenization import clip_tokenizer_from_files
 
-    if not TINY_TOKENIZER_DIR.is_dir():
-        pytest.skip(f"{TINY_TOKENIZER_DIR} is missing")
-    return clip_tokenizer_from_files(TINY_TOKENIZER_DIR / "vocab.json", TINY_TOKENIZER_DIR / "merges.txt")
+    return clip_tokenizer_from_files(tiny_tokenizer_dir / "vocab.json", tiny_tokenizer_dir / "merges.txt")
 
 
 def run_without_package(code: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

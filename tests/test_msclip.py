@@ -545,3 +545,94 @@ def test_in_place_relus_give_the_out_of_place_loss_and_gradients(monkeypatch):
     assert gradients.keys() == expected.keys() and any("stem" in name for name in gradients)
     for name, gradient in expected.items():
         torch.testing.assert_close(gradients[name], gradient, rtol=0, atol=0, msg=name)
+
+
+def test_strided_pointwise_convolution_equals_conv2d():
+    """A narrow strided 1x1 convolution runs on the strided slice (oneDNN's kernel for it writes past its buffer):
+    forward and both gradients are those of `nn.Conv2d`, for every stride and odd sizes, as a wide one's are."""
+    from hf_unified.modeling_msclip import conv2d_channels_last
+
+    torch.manual_seed(0)
+    for channels, stride, size in ((4, (2, 2), 9), (4, (2, 2), 8), (4, (1, 3), 7), (4, (4, 2), 11), (16, (2, 2), 9)):
+        conv = torch.nn.Conv2d(channels, 6, 1, stride, bias=True).double()
+        x = torch.randn(2, channels, size, size, dtype=torch.float64, requires_grad=True)
+        output = conv2d_channels_last(x, conv)
+        expected = conv(x)
+        torch.testing.assert_close(output, expected, rtol=0, atol=1e-12)
+        upstream = torch.randn_like(expected)
+        gradients = torch.autograd.grad(output, (x, conv.weight, conv.bias), upstream)
+        expected_gradients = torch.autograd.grad(expected, (x, conv.weight, conv.bias), upstream)
+        for name, got, want in zip(("input", "weight", "bias"), gradients, expected_gradients):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-12, msg=f"{name} gradient, stride {stride}")
+
+
+# Run in a fresh process: oneDNN picks its kernels once per process, by the CPU or by ONEDNN_MAX_CPU_ISA.
+_TRAINING_STEP = """
+import sys, torch
+from hf_unified import MSCLIPModel
+from hf_unified.modeling_msclip import conv2d_channels_last
+
+model = MSCLIPModel.from_pretrained(sys.argv[1]).train()
+inputs = torch.load(sys.argv[2])
+state = {name: value.clone() for name, value in model.state_dict().items()}
+
+
+def gradients(model, dtype):
+    model.zero_grad()
+    loss = model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"].to(dtype), return_loss=True).loss
+    loss.backward()
+    return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+
+def check(gradient, reference, what):
+    error, scale = (gradient.double() - reference).abs().max().item(), reference.abs().max().item()
+    assert error <= 1e-4 * scale + 1e-7, (what, error, scale)
+
+
+reference = gradients(MSCLIPModel.from_pretrained(sys.argv[1]).train().double(), torch.float64)  # no oneDNN
+# A 1x1 stride-2 shortcut on inputs whose overrun outgrows the allocator's slack on AVX-512 too (fewer channels
+# than the kernel's 16-float block).
+# The weight gradient of sum(conv(x)) is, for every output channel, the sum of the input channel's strided pixels.
+torch.manual_seed(0)
+pixels = torch.randn(32, 12, 128, 128)
+for threads in (1, 2):
+    torch.set_num_threads(threads)
+    model.load_state_dict(state)
+    for name, gradient in gradients(model, torch.float32).items():
+        check(gradient, reference[name], (threads, name))
+    for channels in (4, 12):
+        shortcut = torch.nn.Conv2d(channels, 16, 1, 2, bias=False)
+        x = pixels[:, :channels]
+        (gradient,) = torch.autograd.grad(conv2d_channels_last(x, shortcut).sum(), shortcut.weight)
+        expected = x[:, :, ::2, ::2].double().sum(dim=(0, 2, 3)).view(1, channels, 1, 1).expand(16, -1, -1, -1)
+        check(gradient, expected, (threads, channels))
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("max_isa", [None, "AVX2"], ids=["this-cpu", "avx2"])
+def test_training_step_on_this_cpu_and_with_the_kernels_of_cpus_without_avx512(tmp_path, max_isa):
+    """oneDNN's 1x1 weight gradient of a strided channels-last input with fewer channels than its vector block wrote
+    past its buffer (glibc abort or SIGSEGV in one thread, wrong gradients in two): on CPUs without AVX-512, as CI's
+    may be, already for the tiny stem's 4-channel shortcut; with AVX-512 at larger inputs. A training step, and the
+    shortcut alone at 128 px, give the float64 gradients at 1 and 2 threads, with this CPU's kernels and AVX2's."""
+    import os
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    MSCLIPModel(tiny_config("ms-clip-s")).save_pretrained(tmp_path / "model")
+    input_ids = torch.randint(1, TINY["vocab_size"] - 2, (4, 8))
+    input_ids[:, -1] = TINY["eos_token_id"]
+    torch.save({"input_ids": input_ids, "pixel_values": torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE)}, tmp_path / "in.pt")
+    env = {**os.environ, "MALLOC_CHECK_": "3"}
+    if max_isa:
+        env.update(ONEDNN_MAX_CPU_ISA=max_isa, ATEN_CPU_CAPABILITY=max_isa.lower())
+    result = subprocess.run(
+        [sys.executable, "-c", _TRAINING_STEP, str(tmp_path / "model"), str(tmp_path / "in.pt")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", (result.returncode, result.stderr[-3000:])
