@@ -63,6 +63,9 @@ TRAJECTORY_ARGUMENTS = (
     "stream_lanes",
     "seed",
     # the inputs
+    "max_image_pixels",
+    "max_aspect_ratio",
+    "max_caption_chars",
     "image_size",
     "crop_scale_min",
     "horizontal_flip",
