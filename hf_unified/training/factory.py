@@ -109,12 +109,13 @@ def eval_source(args: DataArguments) -> data_lib.SourceSpec | None:
 
 
 def ensure_embedded_data(args: DataArguments, accelerator) -> None:
-    """Generates the shapes data when a source points into `embedded_data_dir` and it is not there yet."""
+    """Generates the shapes data when a source points into `embedded_data_dir` and it is not there whole yet
+    (written aside and published at once: `synthetic_data.generate`)."""
     paths = list(args.train_data) + [args.eval_data or "", args.class_names_file or ""]
     root = os.path.normpath(args.embedded_data_dir)
     if any(os.path.normpath(p).startswith(root) for p in paths if p):
         with accelerator.main_process_first():
-            if accelerator.is_main_process and not (Path(root) / "info.json").exists():
+            if accelerator.is_main_process and not synthetic_data.is_complete(root):
                 accelerator.print(f"generating the embedded shapes dataset in {root} ...")
                 synthetic_data.ensure_dataset(root)
 
