@@ -31,3 +31,28 @@ def test_missing_checkpoint_is_one_error_line(tmp_path, capsys):
     assert msclip.main(["--checkpoint", str(tmp_path / "absent.pth"), "--output", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: checkpoint file not found") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("where", ["the checkpoint's folder", "a folder around it", "the tokenizer folder"])
+def test_overwrite_never_replaces_a_folder_holding_what_the_conversion_reads(tmp_path, capsys, where):
+    """`--output` at the folder of the official checkpoint with `--overwrite` replaced it: the checkpoint (and the
+    tokenizer, the `--config` JSON) deleted. Refused in one line before anything is read or written."""
+    downloads = tmp_path / "downloads"
+    (downloads / "tokenizer").mkdir(parents=True)
+    checkpoint = downloads / "model.pth"
+    checkpoint.write_bytes(b"the official weights")
+    (downloads / "tokenizer" / "vocab.json").write_text("{}")
+    output = {
+        "the checkpoint's folder": downloads,
+        "a folder around it": tmp_path,
+        "the tokenizer folder": downloads / "tokenizer",
+    }[where]
+    argv = ["--checkpoint", str(checkpoint), "--output", str(output), "--overwrite"]
+    assert unicl.main([*argv, "--tokenizer", str(downloads / "tokenizer")]) == 1
+    read = downloads / "tokenizer" if where == "the tokenizer folder" else checkpoint
+    assert capsys.readouterr().err == (
+        f"error: --output {output} holds {read}, which this conversion reads: writing the model there would delete "
+        "it, even with --overwrite; choose another folder\n"
+    )
+    assert checkpoint.read_bytes() == b"the official weights" and (downloads / "tokenizer" / "vocab.json").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["downloads"]  # no staging folder either

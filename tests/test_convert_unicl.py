@@ -322,6 +322,22 @@ def test_overwrite_replaces_the_folder(shared_dir, tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+def test_overwrite_never_replaces_the_folder_of_the_checkpoint_it_converts(shared_dir, tmp_path, capsys):
+    """Before, `--output` at the downloaded checkpoint's folder with `--overwrite` converted it and replaced that
+    folder: the official checkpoint was deleted, exit 0."""
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    fixture = shared_dir / "fixtures" / "unicl-tiny-a"
+    checkpoint = downloads / "checkpoint.pth"
+    checkpoint.write_bytes((fixture / "checkpoint.pth").read_bytes())
+    argv = _cli_args(shared_dir, "unicl-tiny-a", downloads, "--overwrite")
+    argv[argv.index("--checkpoint") + 1] = str(checkpoint)
+    assert main(argv) == 1
+    assert "which this conversion reads: writing the model there would delete it" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == (fixture / "checkpoint.pth").read_bytes()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["downloads"]
+
+
 @pytest.mark.parametrize("existing", [False, True])
 def test_failed_write_leaves_the_output_as_it_was(shared_dir, tmp_path, monkeypatch, existing):
     from hf_unified.conversion import converter

@@ -299,6 +299,28 @@ def test_a_tar_cut_anywhere_is_named_and_counted(tmp_path, tokenizer):
     assert "truncated_shard" in data_lib.DataHealth.merge([loader.health.state_dict()]).summary()
 
 
+def test_the_training_stream_names_an_empty_and_a_cut_shard_on_every_pass(tmp_path, tokenizer):
+    """The attack's training route: a list holding a 0-byte shard and a shard that `tarfile` reads as a shorter,
+    healthy one (cut at a member boundary), read for more than a pass. Before the fix only the 0-byte shard was
+    named; what the cut shard held past the cut was lost without a count."""
+    _good_shard(tmp_path / "full.tar", 12, "x")
+    data = (tmp_path / "full.tar").read_bytes()
+    with tarfile.open(tmp_path / "full.tar") as tar:
+        boundary = tar.getmembers()[15].offset  # the header of sample 5's first member
+    (tmp_path / "full.tar").unlink()
+    (tmp_path / "a-empty.tar").write_bytes(b"")
+    (tmp_path / "b-cut.tar").write_bytes(data[:boundary])
+    texts = _good_shard(tmp_path / "c-good.tar", 3, "g")
+    spec = data_lib.SourceSpec(str(tmp_path / "*.tar"), label_column="cls")
+    batches = _train_batches(spec, tokenizer, 0, count=5)  # 8 samples a pass: two and a half passes
+    named = {}
+    for batch in batches:
+        named.update({Path(shard).name: reason.split(":")[0] for shard, reason in batch["damaged_shards"].items()})
+    assert named == {"a-empty.tar": "unreadable_shard", "b-cut.tar": "truncated_shard"}
+    used = [text for batch in batches for text in batch["texts"]]
+    assert len(used) == 5 * BATCH and set(texts) <= set(used)
+
+
 @pytest.mark.timeout(120)
 def test_a_fifo_named_tar_is_named_never_waited_on(tmp_path, tokenizer):
     texts = _good_shard(tmp_path / "b-good.tar", 3, "g")

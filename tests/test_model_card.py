@@ -502,3 +502,31 @@ def test_export_made_outside_the_checkout_carries_its_widget_images(shapes_model
         assert image.tobytes() == Image.open(source / "widget" / f"eval-{index}.png").convert("RGB").tobytes()
         answer = classifier(image, candidate_labels=entry["candidate_labels"].split(", "))
         assert entry["output"] == [{"label": a["label"], "score": round(a["score"], 4)} for a in answer]
+
+
+def test_carried_widget_images_are_read_bounded_and_converted_as_every_image(tmp_path, caplog):
+    """A folder's card examples (what an export carries over) are read with `image_processing.load_image`: a thin
+    image (PIL opened and decoded it whole; a 224 px resize of it costs gigabytes) and a decompression bomb are left
+    out and logged, a 16-bit grey image reads as its grey (PIL's convert("RGB") made it white)."""
+    from hostile_inputs import grey16_png, png_header, shapes_png, thin_png
+    from huggingface_hub import ModelCardData
+
+    from hf_unified.hub.model_card import card_examples
+
+    images = {"thin": thin_png(), "bomb": png_header(20_000, 10_000), "grey16": grey16_png(0.46), "ok": shapes_png()}
+    (tmp_path / "widget").mkdir()
+    widget = []
+    for name, payload in images.items():
+        (tmp_path / "widget" / f"{name}.png").write_bytes(payload)
+        src = f"https://huggingface.co/org/m/resolve/main/widget/{name}.png"
+        widget.append({"src": src, "candidate_labels": "a, b", "example_title": name})
+    (tmp_path / "README.md").write_text(f"---\n{ModelCardData(widget=widget).to_yaml()}\n---\n# m\n")
+
+    with caplog.at_level(logging.WARNING):
+        examples = {example.title: example for example in card_examples(tmp_path, "org/m")}
+    assert sorted(examples) == ["grey16", "ok"]
+    assert examples["grey16"].image.getpixel((0, 0)) == (117, 117, 117)
+    assert examples["ok"].path_in_repo == "widget/ok.png" and examples["ok"].candidate_labels == ["a", "b"]
+    logged = caplog.text
+    assert "widget/thin.png not readable (the image is 1000000 x 1, an aspect ratio of 1,000,000:1" in logged
+    assert "widget/bomb.png not readable (the image is larger than PIL accepts" in logged

@@ -360,6 +360,29 @@ def test_clip_dir_is_replaced_only_with_overwrite(model_folder, hub_env, tmp_pat
     assert hub.repos[f"{REPO_ID}-clip"].private
 
 
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [("parent", "contains the source model folder"), ("folder", "is the source model folder")],
+)
+def test_a_clip_dir_around_the_folder_is_refused_even_with_overwrite_before_anything_is_sent(
+    where, reason, model_folder, hub_env, capfd
+):
+    """The attack: `--clip_dir` at the model folder's parent (or the folder) with `--overwrite` replaced it after the
+    push: the model, its checkpoints and every sibling run deleted, exit 0."""
+    hub = hub_env()
+    sibling = model_folder.parent / "other-run"
+    (sibling / "checkpoint-5").mkdir(parents=True)
+    (sibling / "training_log.jsonl").write_text('{"step": 5}\n')
+    clip_dir = {"parent": model_folder.parent, "folder": model_folder}[where]
+    before = folder_digest(model_folder)
+    argv = ["--folder", str(model_folder), "--repo_id", REPO_ID, "--export-clip", "--clip_dir", str(clip_dir)]
+    assert push_push_to_hub([*argv, "--overwrite"]) == 1
+    err = capfd.readouterr().err
+    assert err.startswith(f"push_to_hub: --clip_dir: export target {clip_dir} {reason}") and err.count("\n") == 1
+    assert err.endswith("(nothing was sent)\n") and hub.requests == []
+    assert folder_digest(model_folder) == before and (sibling / "checkpoint-5").is_dir()
+
+
 class EchoingHub(FakeHub):
     """A Hub that refuses every repository creation and quotes the request's credentials in its error message."""
 

@@ -152,6 +152,26 @@ def test_a_folder_with_another_runs_checkpoints_refuses_a_new_run_and_latest_nam
     assert len(runs) == 1 and old_run not in runs and (out / "model.safetensors").exists()
 
 
+def test_a_folder_holding_an_earlier_runs_model_refuses_a_new_run_unless_told(tmp_path, shapes):
+    """An earlier run that saved no checkpoint left only its model: before the fix a new run there replaced it at its
+    final save, without a flag."""
+    config = write_config(tmp_path, shapes, do_eval=False)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text('{"model_type": "unicl"}')
+    (out / "model.safetensors").write_bytes(b"the earlier run's weights")
+    with pytest.raises(RunFolderError) as refused:
+        train(config, out, "--max_steps", "1")
+    assert str(refused.value) == (
+        f"output_dir {out} holds the model of an earlier run: train it further in another output_dir with "
+        f"--model_name_or_path {out}, start over there with --overwrite_output_dir, or choose another output_dir"
+    )
+    assert names(out) == ["config.json", "model.safetensors"]
+    assert (out / "model.safetensors").read_bytes() == b"the earlier run's weights"
+    train(config, out, "--max_steps", "1", "--overwrite_output_dir")  # told: the new model replaces it
+    assert set(weights(out)) and "run.lock" not in names(out)
+
+
 def test_rotation_deletes_only_this_runs_checkpoints(tmp_path):
     from accelerate import Accelerator
 

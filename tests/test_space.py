@@ -88,6 +88,23 @@ def test_space_is_pushed_as_a_space_repo_linked_to_the_model(model_folder, hub, 
     assert metadata_load(tmp_path / "README.md")["models"] == [MODEL_ID, f"{MODEL_ID}-clip"]
 
 
+def test_a_new_space_is_private_unless_asked(model_folder, hub, capsys):
+    """Before, `python -m hf_unified.hub.space` created the Space public unless --private was given."""
+    from hf_unified.hub.space import main
+
+    push_folder(model_folder, MODEL_ID)
+    assert main([MODEL_ID]) == 0
+    assert main([MODEL_ID, "--space_id", "test-org/public-demo", "--hub_private", "false"]) == 0
+    created = [json.loads(r.body) for r in hub.requests if r.path == "/api/repos/create"]
+    assert [(c["name"], c.get("visibility")) for c in created if c.get("type") == "space"] == [
+        ("unicl-tiny-demo", "private"),
+        ("public-demo", "public"),
+    ]
+    assert hub.repos["spaces/test-org/unicl-tiny-demo"].private
+    assert not hub.repos["spaces/test-org/public-demo"].private
+    assert "pushed the Space" in capsys.readouterr().out
+
+
 def test_space_push_failure_is_one_clear_message(model_folder, hub):
     from hf_unified.hub.push import HubPushError
 

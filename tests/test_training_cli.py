@@ -4,6 +4,7 @@ one message, no traceback, before torch or the models are imported."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,7 +63,9 @@ def test_yaml_unknown_key_and_wrong_list_type(tmp_path):
 def test_help_lists_config_and_every_option():
     result = run_train("--help")
     assert result.returncode == 0
-    for option in ("--config", "--max_steps", "--layerwise_lr_decay", "--max_skipped_fraction", "--init_from_clip"):
+    options = ("--config", "--max_steps", "--layerwise_lr_decay", "--max_skipped_fraction", "--init_from_clip")
+    options += ("--max_image_pixels", "--max_aspect_ratio", "--max_caption_chars")
+    for option in options:
         assert option in result.stdout
 
 
@@ -114,3 +117,28 @@ def test_every_accumulation_mode_the_parser_accepts_has_a_strategy():
     from hf_unified.training.steps import STEP_STRATEGIES
 
     assert set(GRADIENT_ACCUMULATION_MODES) == set(STEP_STRATEGIES)
+
+
+def test_input_limits_are_checked_options_whose_defaults_are_the_librarys():
+    from hf_unified.image_processing import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS
+    from hf_unified.training.arguments import ConfigError
+    from hf_unified.training.sources import MAX_CAPTION_CHARS
+
+    data_args = train_script.parse_arguments([])[1]
+    assert (data_args.max_image_pixels, data_args.max_aspect_ratio, data_args.max_caption_chars) == (
+        MAX_IMAGE_PIXELS,
+        MAX_ASPECT_RATIO,
+        MAX_CAPTION_CHARS,
+    )
+    for flag, value, message in [
+        ("--max_image_pixels", "0", "max_image_pixels must be a positive whole number, got 0"),
+        ("--max_caption_chars", "-5", "max_caption_chars must be a positive whole number, got -5"),
+        (
+            "--max_aspect_ratio",
+            "0.5",
+            "max_aspect_ratio must be a finite number >= 1 (long side / short side), got 0.5",
+        ),
+        ("--max_aspect_ratio", "nan", "max_aspect_ratio must be a finite number >= 1"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            train_script.parse_arguments([flag, value])

@@ -1,12 +1,16 @@
 """train.py's pretrained starts: two pretrained towers (a tiny ViT and a tiny BERT saved here), a CLIP checkpoint
-through the model class's `from_clip`, and a clear error where a class lacks the constructor."""
+through the model class's `from_clip`, and a clear error where a class lacks the constructor. Either start saves the
+bounded `DualEncoderImageProcessor` with the checkpoint's own preprocessing settings."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 from training_helpers import train_script, write_config
 
 from hf_unified.training.tokenization import train_caption_tokenizer
@@ -30,8 +34,27 @@ def towers(tmp_path_factory) -> tuple[Path, Path]:
     return root / "vit", root / "bert"
 
 
+def assert_bounded_with_the_settings_of(saved, own) -> None:
+    """`saved` (the image processor a run saved) is the bounded `DualEncoderImageProcessor` giving the pixels `own`
+    (the starting checkpoint's processor, which resizes any image it is given) gives, and refuses a thin image."""
+    from hf_unified.image_processing import DualEncoderImageProcessor, ImageTooLarge
+
+    assert type(own).__name__ != "DualEncoderImageProcessor" and isinstance(saved, DualEncoderImageProcessor)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    torch.testing.assert_close(
+        saved(images=image, return_tensors="pt")["pixel_values"],
+        own(images=image, return_tensors="pt")["pixel_values"],
+        rtol=0,
+        atol=0,
+    )
+    thin = Image.new("RGB", (4000, 2))
+    assert own(images=thin, return_tensors="pt")["pixel_values"].ndim == 4  # resized, whatever it costs
+    with pytest.raises(ImageTooLarge, match="an aspect ratio of 2,000:1, more than max_aspect_ratio=20"):
+        saved(images=thin, return_tensors="pt")
+
+
 def test_training_from_two_pretrained_towers(tmp_path, shapes, towers):
-    from transformers import AutoModel, AutoProcessor, AutoTokenizer
+    from transformers import AutoImageProcessor, AutoModel, AutoProcessor, AutoTokenizer
 
     vit, bert = towers
     config = write_config(tmp_path, shapes, do_eval=False, model_config={"projection_dim": 16})
@@ -41,7 +64,7 @@ def test_training_from_two_pretrained_towers(tmp_path, shapes, towers):
     saved = json.loads((out / "config.json").read_text())
     assert saved["vision_config"]["model_type"] == "vit" and saved["text_config"]["model_type"] == "bert"
     processor = AutoProcessor.from_pretrained(out)
-    assert type(processor.image_processor).__name__.startswith("ViTImageProcessor")  # the tower's own
+    assert_bounded_with_the_settings_of(processor.image_processor, AutoImageProcessor.from_pretrained(vit))
     assert processor.tokenizer.get_vocab() == AutoTokenizer.from_pretrained(bert).get_vocab()  # the tower's own
     assert processor.tokenizer.model_max_length == 32  # truncates at the text tower's positions
     assert type(AutoModel.from_pretrained(out)).__name__ == "UniCLModel"
@@ -50,7 +73,7 @@ def test_training_from_two_pretrained_towers(tmp_path, shapes, towers):
 def test_init_from_clip_calls_the_model_class_constructor(tmp_path, shapes, towers, monkeypatch):
     """`--init_from_clip` goes through `model_class.from_clip(path, **model_config)` and the CLIP folder's
     tokenizer and image processor (the constructor itself is the model files' and tested there)."""
-    from transformers import CLIPImageProcessor
+    from transformers import AutoImageProcessor, AutoProcessor, CLIPImageProcessor
 
     from hf_unified import UniCLConfig, UniCLModel
 
@@ -74,6 +97,8 @@ def test_init_from_clip_calls_the_model_class_constructor(tmp_path, shapes, towe
     )
     assert calls == [(str(clip), {"projection_dim": 16})]
     assert json.loads((out / "training_args.json").read_text())["init_from_clip"] == str(clip)
+    saved = AutoProcessor.from_pretrained(out).image_processor
+    assert_bounded_with_the_settings_of(saved, AutoImageProcessor.from_pretrained(clip))
 
 
 def test_a_class_without_the_constructor_gets_a_clear_error(tmp_path, shapes, monkeypatch):

@@ -15,8 +15,9 @@ private unless `--hub_private false`. Pushing again is harmless.
 
 `--export-clip` also exports the model to a native CLIPModel folder (`--clip_dir`, default `FOLDER-clip`, see
 `hf_unified.hub.export`) and pushes it to `--clip_repo_id` (default `REPO_ID-clip`); a model whose graph is not CLIP's
-is pushed alone and the reason is printed. An existing export folder is replaced only with `--overwrite` (checked
-before anything is sent). `--space` then creates the Gradio demo Space (`hf_unified.hub.space`), running the native
+is pushed alone and the reason is printed. An existing export folder is replaced only with `--overwrite`, and never
+the model folder, a folder around or inside it, or one holding a training run or another model (checked before
+anything is sent). `--space` then creates the Gradio demo Space (`hf_unified.hub.space`), running the native
 export when there is one.
 
 `training/train.py --push_to_hub --hub_model_id ORG/NAME` uses the same functions.
@@ -91,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"--clip_dir {clip_dir(args)} exists: pass --overwrite to replace it, or choose another folder "
                 "(nothing was sent)"
             )
+        if args.export_clip:
+            from hf_unified.hub.export import ExportTargetError, check_export_target
+
+            try:
+                check_export_target(clip_dir(args), args.folder, args.overwrite)
+            except ExportTargetError as error:
+                raise ExportTargetError(f"--clip_dir: {error} (nothing was sent)") from None
         result: PushResult = push_folder(
             args.folder,
             args.repo_id,

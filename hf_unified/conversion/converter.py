@@ -20,7 +20,8 @@ a preset whose every shape-decided field agrees with the checkpoint is recognise
 **Output.** The folder is built in a hidden sibling staging folder (`.NAME.*.partial`) and published when complete
 (`hf_unified.files.StagedFolder`): a failed or killed conversion never leaves a half-written `--output`. An existing
 empty folder counts as absent; a non-empty one is refused unless `--overwrite`, which replaces the old folder by the
-new one in one step and then deletes the old one.
+new one in one step and then deletes the old one. A folder holding what the conversion reads (the checkpoint, the
+tokenizer folder, the `--config` JSON) is never replaced, even with `--overwrite`: it would delete them.
 
 **Command line.** `main` exits 0 on success, 1 with one `error: ...` line on stderr (no traceback) for a checkpoint
 that cannot be converted, a refused (unsafe) file or a file-system problem, and 2 for a usage error.
@@ -30,14 +31,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from transformers import PreTrainedConfig, PreTrainedModel, ProcessorMixin
 
-from ..files import StagedFolder
+from ..files import StagedFolder, real_path
 from ..hub.model_card import write_model_card
 from .common import (
     ConversionError,
@@ -199,8 +200,9 @@ class Converter:
             FileExistsError: `output` exists, is not empty and `overwrite` is False.
         """
         checkpoint, output = Path(checkpoint), Path(output)
+        reads = [path for path in (checkpoint, tokenizer_dir, config_json) if path is not None]
         flag_fields, config_json = self.flag_fields(flags), read_config_json(config_json)
-        check_output_folder(output, overwrite)
+        check_output_folder(output, overwrite, reads)
         state_dict = self.rename_keys(load_official_checkpoint(checkpoint, self.wrapper_keys))
         official = OfficialStateDict(state_dict, source=checkpoint.name)
         fields, preset = self.resolve_fields(self.infer_shapes(official), flag_fields, config_json, preset)
@@ -228,7 +230,7 @@ class Converter:
                 base_model=base_model,
                 training_summary=summary,
             )
-            check_output_folder(output, overwrite)  # something may have been written there meanwhile
+            check_output_folder(output, overwrite, reads)  # something may have been written there meanwhile
         return output
 
     def flag_fields(self, flags: Mapping[str, Any]) -> dict[str, Any]:
@@ -387,8 +389,17 @@ class Converter:
         return 0
 
 
-def check_output_folder(output: Path, overwrite: bool) -> None:
-    """Raises FileExistsError when writing `output` would destroy something `overwrite` did not allow."""
+def check_output_folder(output: Path, overwrite: bool, reads: Sequence[str | Path] = ()) -> None:
+    """Raises FileExistsError when writing `output` would destroy something `overwrite` did not allow, and
+    ValueError, whatever `overwrite` says, when `output` is or holds one of the files or folders the conversion
+    `reads` (replacing it would delete them)."""
+    target = real_path(output)
+    for path in reads:
+        if real_path(path) == target or target in real_path(path).parents:
+            raise ValueError(
+                f"--output {output} holds {path}, which this conversion reads: writing the model there would delete "
+                "it, even with --overwrite; choose another folder"
+            )
     if output.exists() and not output.is_dir():
         raise FileExistsError(f"--output {output} exists and is not a folder")
     if not overwrite and output.is_dir() and any(output.iterdir()):

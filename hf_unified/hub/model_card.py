@@ -48,10 +48,10 @@ from typing import Any, NamedTuple
 
 import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, hf_hub_url
-from PIL import Image
 from safetensors import SafetensorError, safe_open
 
 from ..files import write_file
+from ..image_processing import load_image
 from .folder import code_files, is_custom_code, is_local_path, read_json
 from .widget import WIDGET_DIR, WidgetExample, compute_outputs, image_bytes, resolve_endpoint, widget_examples
 
@@ -466,9 +466,8 @@ def card_examples(folder: Path, model_id: str, endpoint: str | None = None) -> l
         if path is None:
             continue
         try:
-            with Image.open(folder / path) as image:
-                image = image.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            image = load_image(folder / path)  # bounded and converted as every image the package reads
+        except (OSError, ValueError) as error:  # ImageTooLarge and UnreadableImage are ValueErrors
             logger.warning("widget image %s not readable (%s): example left out", folder / path, error)
             continue
         examples.append(

@@ -1,6 +1,7 @@
 """A Gradio demo Space for a pushed model: zero-shot classification of any uploaded image with comma-separated labels.
 
     python -m hf_unified.hub.space ORG/MODEL [--space_id ORG/MODEL-demo] [--native_model_id ORG/MODEL-clip]
+        [--hub_private false]
 
 The Space repository (`repo_type="space"`) holds `app.py` (this subpackage's `space_app.py`, byte for byte), the
 files it serves through, byte for byte too: `handler.py` (the Inference Endpoints handler, which reads and bounds each
@@ -8,7 +9,9 @@ request) and `image_processing.py` (bounded decoding), `space_config.json` (whic
 `trust_remote_code`), `requirements.txt` (hf-unified's runtime requirements; gradio comes with the Space's SDK) and a
 README whose metadata links the model page to the Space (`models:`). The app runs the native CLIP export when there is
 one (`--native_model_id`, or a model repository without `auto_map`), and the model's own code otherwise. Gradio is
-needed only to run the app, not to push it (`pip install hf-unified[space]` to try it locally).
+needed only to run the app, not to push it (`pip install hf-unified[space]` to try it locally). A new Space is
+created private, as a model repository is (`hub.push`): `--hub_private false` makes it public (an existing Space keeps
+its visibility).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, SpaceCardData, hf_hub_download
+from transformers.hf_argparser import string_to_bool
 
 from .. import image_processing
 from .endpoint import HANDLER_FILE, handler_source, runtime_requirements
@@ -122,7 +126,7 @@ def push_space(
     space_id: str | None = None,
     *,
     native_model_id: str | None = None,
-    private: bool = False,
+    private: bool = True,
     token: str | None = None,
     endpoint: str | None = None,
 ) -> PushResult:
@@ -132,7 +136,7 @@ def push_space(
         model_id: the hf-unified model on the Hub.
         space_id: the Space, `"org/name"`; default `"{model_id}-demo"`.
         native_model_id: its native CLIPModel export, if pushed: the app then runs that (no custom code).
-        private: create the Space private.
+        private: create the Space private (the default; an existing Space keeps its visibility).
         token: Hub token; default `HF_TOKEN` or the saved login. Never printed.
         endpoint: Hub URL; default `HF_ENDPOINT`, else huggingface.co.
 
@@ -172,14 +176,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("model_id", help="the model on the Hub, ORG/NAME")
     parser.add_argument("--space_id", default=None, help="the Space, ORG/NAME (default: MODEL_ID-demo)")
     parser.add_argument("--native_model_id", default=None, help="its native CLIP export on the Hub, if pushed")
-    parser.add_argument("--private", action="store_true", help="create the Space private")
+    parser.add_argument(
+        "--hub_private",
+        type=string_to_bool,
+        nargs="?",
+        const=True,
+        default=True,
+        help="create a new Space private (default true; `--hub_private false` makes it public; an existing Space "
+        "keeps its visibility)",
+    )
+    parser.add_argument("--private", dest="hub_private", action="store_true", help="same as --hub_private true")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        result = push_space(args.model_id, args.space_id, native_model_id=args.native_model_id, private=args.private)
+        result = push_space(
+            args.model_id, args.space_id, native_model_id=args.native_model_id, private=args.hub_private
+        )
     except (HubPushError, ValueError) as error:
         print(f"hf_unified.hub.space: {error}", file=sys.stderr)
         return 1

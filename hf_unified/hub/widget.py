@@ -3,8 +3,9 @@
 - A model trained by `training/train.py` (its folder has `training_args.json`) shows images from the start of its
   evaluation split (`eval_data`), of different classes, with its class names (`class_names_file`) as the candidate
   labels. The images are uploaded with the model (`widget/eval-<i>.png`, at most 512 px a side), so the widget needs
-  nothing else. The rows are read, checked and decoded as evaluation reads them (`training.data.read_sample`):
-  damaged, oversized and out-of-range samples are skipped and logged, as evaluation skips them.
+  nothing else. The rows are read, checked and decoded as evaluation reads them (`training.data.read_sample`, under
+  the run's `max_image_pixels` and `max_aspect_ratio`): damaged, oversized and out-of-range samples are skipped and
+  logged, as evaluation skips them.
 - A model without a training record (a converted release checkpoint, an ImageNet-scale model) shows the Hub's usual
   photo examples (`mishig/sample_images`), read through the Hub endpoint to compute their outputs.
 
@@ -101,9 +102,15 @@ def eval_split_examples(training_args: dict, repo_id: str, revision: str, endpoi
         format=training_args.get("eval_format") or None,
         split=training_args.get("eval_split") or "validation",
     )
-    # Rows are read, checked and decoded exactly as evaluation reads them (`data.read_sample`): a damaged or
-    # oversized sample is skipped and logged, never the end of the final save.
-    decode = data_lib.DecodeConfig(image_transform=None, class_names=names)
+    # Rows are read, checked and decoded exactly as evaluation reads them (`data.read_sample`, under the run's
+    # `max_image_pixels` / `max_aspect_ratio`): a damaged or oversized sample is skipped and logged, never the end of
+    # the final save.
+    limits = {
+        key: training_args[key]
+        for key in ("max_image_pixels", "max_aspect_ratio")
+        if isinstance(training_args.get(key), (int, float)) and not isinstance(training_args.get(key), bool)
+    }
+    decode = data_lib.DecodeConfig(image_transform=None, class_names=names, **limits)
     damage_log, rng = data_lib.DamageLog(), random.Random(0)
     examples, seen = [], set()
     for row in data_lib.open_source(spec).take(EXAMPLE_ROWS):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import sys
 import types
 import typing
@@ -31,6 +32,11 @@ VIEW_PRESET_CHOICES = ("auto", "simclr", "small")
 OBJECTIVE_NAMES = ("clip", "unicl", "uniclip", "uniclip+unicl")
 ADAM_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for-loop")
 CALIBRATION_CHOICES = ("auto", "true", "false")
+# The input limits' defaults: `image_processing.MAX_IMAGE_PIXELS` / `MAX_ASPECT_RATIO` and `sources.MAX_CAPTION_CHARS`
+# (spelled here so that parsing imports neither; tests/test_training_cli.py checks they agree).
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+DEFAULT_MAX_ASPECT_RATIO = 20.0
+DEFAULT_MAX_CAPTION_CHARS = 10_000
 
 
 class ConfigError(ValueError):
@@ -225,6 +231,26 @@ class DataArguments:
         metadata={"help": "side of the canvas workers decode to (views_on_device); default: the view size"},
     )
     embedded_data_dir: str = field(default="data/shapes", metadata={"help": "generated here when a source uses it"})
+    # Input limits, checked before anything is decoded, resized or tokenised (training, evaluation, the card's example
+    # images); a sample over one is skipped and counted like other damage.
+    max_image_pixels: int = field(
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        metadata={
+            "help": "skip images declaring more pixels (width x height, read from the header before decoding); the "
+            "saved processor refuses larger ones on the pipeline route too"
+        },
+    )
+    max_aspect_ratio: float = field(
+        default=DEFAULT_MAX_ASPECT_RATIO,
+        metadata={
+            "help": "skip images whose long side / short side is larger (a thin image resized to the crop's short "
+            "side would take gigabytes); the saved processor refuses them too"
+        },
+    )
+    max_caption_chars: int = field(
+        default=DEFAULT_MAX_CAPTION_CHARS,
+        metadata={"help": "skip captions longer than this many characters, before tokenising (training, evaluation)"},
+    )
 
     def __post_init__(self):
         self.augmentation_kwargs = _mapping("augmentation_kwargs", self.augmentation_kwargs)
@@ -243,6 +269,18 @@ class DataArguments:
             raise ConfigError(
                 f"view_canvas_size must be a positive number of pixels or null, got {self.view_canvas_size}"
             )
+        for name in ("max_image_pixels", "max_caption_chars"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive whole number, got {getattr(self, name)}")
+        if not (math.isfinite(self.max_aspect_ratio) and self.max_aspect_ratio >= 1):
+            raise ConfigError(
+                f"max_aspect_ratio must be a finite number >= 1 (long side / short side), got {self.max_aspect_ratio}"
+            )
+
+    @property
+    def image_limits(self) -> dict:
+        """`max_image_pixels` and `max_aspect_ratio`, as `data.DecodeConfig` and the image processor take them."""
+        return {"max_image_pixels": self.max_image_pixels, "max_aspect_ratio": self.max_aspect_ratio}
 
 
 @dataclass
@@ -588,6 +626,9 @@ __all__ = [
     "ARGUMENT_CLASSES",
     "CALIBRATION_CHOICES",
     "ConfigError",
+    "DEFAULT_MAX_ASPECT_RATIO",
+    "DEFAULT_MAX_CAPTION_CHARS",
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "DataArguments",
     "GRADIENT_ACCUMULATION_MODES",
     "ModelArguments",

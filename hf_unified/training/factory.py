@@ -14,6 +14,7 @@ the other methods a random resized crop.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ from transformers import AutoImageProcessor, AutoModel, AutoProcessor, AutoToken
 
 from .. import prompts
 from ..files import StagedFolder
+from ..image_processing import DualEncoderImageProcessor, DualEncoderImagesKwargs
 from . import data as data_lib
 from . import runs, synthetic_data
 from .arguments import DataArguments, ModelArguments, TrainArguments, flat_arguments
@@ -77,7 +79,16 @@ def train_sources(args: DataArguments) -> list[data_lib.SourceSpec]:
     formats, images, texts = per_source(args.train_format), per_source(args.image_column), per_source(args.text_column)
     labels, weights = per_source(args.label_column), per_source(args.train_probabilities, 1.0)
     return [
-        data_lib.SourceSpec(path, images[i], texts[i], labels[i], float(weights[i]), formats[i], args.train_split)
+        data_lib.SourceSpec(
+            path,
+            images[i],
+            texts[i],
+            labels[i],
+            float(weights[i]),
+            formats[i],
+            args.train_split,
+            max_caption_chars=args.max_caption_chars,
+        )
         for i, path in enumerate(args.train_data)
     ]
 
@@ -93,16 +104,18 @@ def eval_source(args: DataArguments) -> data_lib.SourceSpec | None:
         1.0,
         args.eval_format,
         args.eval_split,
+        max_caption_chars=args.max_caption_chars,
     )
 
 
 def ensure_embedded_data(args: DataArguments, accelerator) -> None:
-    """Generates the shapes data when a source points into `embedded_data_dir` and it is not there yet."""
+    """Generates the shapes data when a source points into `embedded_data_dir` and it is not there whole yet
+    (written aside and published at once: `synthetic_data.generate`)."""
     paths = list(args.train_data) + [args.eval_data or "", args.class_names_file or ""]
     root = os.path.normpath(args.embedded_data_dir)
     if any(os.path.normpath(p).startswith(root) for p in paths if p):
         with accelerator.main_process_first():
-            if accelerator.is_main_process and not (Path(root) / "info.json").exists():
+            if accelerator.is_main_process and not synthetic_data.is_complete(root):
                 accelerator.print(f"generating the embedded shapes dataset in {root} ...")
                 synthetic_data.ensure_dataset(root)
 
@@ -200,19 +213,66 @@ def build_model(model_args: ModelArguments, tokenizer, image_size: int) -> torch
     return AutoModel.from_config(config_class(model_args.model_type)(**kwargs))
 
 
+def _only_settings_over(image_processor, cls: type) -> bool:
+    """Whether `image_processor` preprocesses as `cls` does given the same settings: its class derives from a class
+    of `cls`'s lineage (`CLIPImageProcessor`, or the generic backend they share) and adds only default values to it,
+    no method of its own (as CLIP's, ViT's, BiT's and DINOv2's image processors do)."""
+    for klass in type(image_processor).__mro__:
+        if klass in cls.__mro__:
+            return klass is not object
+        if any(
+            inspect.isfunction(value) or isinstance(value, (classmethod, staticmethod, property))
+            for value in vars(klass).values()
+        ):
+            return False
+    return False
+
+
+def bounded_image_processor(image_processor, max_image_pixels: int, max_aspect_ratio: float):
+    """The image processor a model is trained and saved with: a `DualEncoderImageProcessor` (every input held
+    against `max_image_pixels` and `max_aspect_ratio` before it is resized, on the zero-shot pipeline route too) with
+    `image_processor`'s settings.
+
+    A pretrained start brings transformers' own image processor (a CLIP checkpoint's, a vision tower's ViT one),
+    which resizes whatever it is given: where its preprocessing is the bounded class's with other settings
+    (`_only_settings_over`), it is replaced by the bounded class holding every one of its settings (the pixels are
+    the same). A processor with steps of its own (a class that overrides a method, or another backend) is kept, with
+    a warning: the bounded class would change what the tower was trained on. The run's data are bounded either way
+    (`data.DecodeConfig`); only a bare pipeline on the saved folder is then not.
+    """
+    if not _only_settings_over(image_processor, DualEncoderImageProcessor):
+        logger.warning(
+            f"the starting model's image processor ({type(image_processor).__name__}) has preprocessing steps of its "
+            "own: it is kept, and the saved model's pipeline route does not bound its input images (max_image_pixels, "
+            "max_aspect_ratio); the training and evaluation data are bounded"
+        )
+        return image_processor
+    keys = [
+        key for key in DualEncoderImagesKwargs.__annotations__ if key not in ("max_image_pixels", "max_aspect_ratio")
+    ]
+    settings = {key: getattr(image_processor, key) for key in keys if hasattr(image_processor, key)}
+    return DualEncoderImageProcessor(**settings, max_image_pixels=max_image_pixels, max_aspect_ratio=max_aspect_ratio)
+
+
 def build_processor(model, tokenizer, model_args: ModelArguments, data_args: DataArguments):
     """A saved model keeps its processor; a pretrained start uses its checkpoint's image processor; a model built
-    here gets its method's evaluation preprocessing at `image_size` (resize by `resize_ratio`, centre crop)."""
+    here gets its method's evaluation preprocessing at `image_size` (resize by `resize_ratio`, centre crop). The image
+    processor is bounded by the run's `max_image_pixels` and `max_aspect_ratio` (`bounded_image_processor`), so that
+    the evaluation, and the pipeline on the saved model, refuse what the data streams skip."""
     if model_args.model_name_or_path:
-        return AutoProcessor.from_pretrained(model_args.model_name_or_path)
+        processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
+        processor.image_processor = bounded_image_processor(processor.image_processor, **data_args.image_limits)
+        return processor
     cls = processor_class(model.config)
     image_source = model_args.init_from_clip or model_args.vision_model_name_or_path
     if image_source:
-        return cls(image_processor=AutoImageProcessor.from_pretrained(image_source), tokenizer=tokenizer)
-    size = data_args.image_size
-    image_processor = cls.default_image_processor(size)
-    image_processor.size = {"shortest_edge": max(size, round(size * data_args.resize_ratio))}
-    image_processor.crop_size = {"height": size, "width": size}
+        image_processor = AutoImageProcessor.from_pretrained(image_source)
+    else:
+        size = data_args.image_size
+        image_processor = cls.default_image_processor(size)
+        image_processor.size = {"shortest_edge": max(size, round(size * data_args.resize_ratio))}
+        image_processor.crop_size = {"height": size, "width": size}
+    image_processor = bounded_image_processor(image_processor, **data_args.image_limits)
     return cls(image_processor=image_processor, tokenizer=tokenizer)
 
 
@@ -321,7 +381,9 @@ def build_evaluation(spec, processor, class_names, templates, text_length, data_
     def loader():
         batches = data_lib.eval_dataloader(
             spec,
-            data_lib.DecodeConfig(ProcessorTransform(processor.image_processor), class_names, templates),
+            data_lib.DecodeConfig(
+                ProcessorTransform(processor.image_processor), class_names, templates, **data_args.image_limits
+            ),
             processor.tokenizer,
             text_length,
             train_args.per_device_eval_batch_size,
@@ -405,6 +467,7 @@ def _build_trainer(model_args, data_args, train_args, accelerator, run_folder: r
         label_vocabulary=vocabulary,
         with_labels=trains_with_labels(model.config),
         multi_view=trains_with_views(model.config),
+        **data_args.image_limits,
     )
     train_stream = data_lib.TrainStream(
         stream,
@@ -450,6 +513,7 @@ __all__ = [
     "build_processor",
     "build_tokenizer",
     "build_trainer",
+    "bounded_image_processor",
     "check_starting_point",
     "check_view_arguments",
     "ensure_embedded_data",

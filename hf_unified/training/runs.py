@@ -63,6 +63,9 @@ TRAJECTORY_ARGUMENTS = (
     "stream_lanes",
     "seed",
     # the inputs
+    "max_image_pixels",
+    "max_aspect_ratio",
+    "max_caption_chars",
     "image_size",
     "crop_scale_min",
     "horizontal_flip",
@@ -265,9 +268,15 @@ def _check_other_work(args) -> None:
     folder = Path(args.output_dir)
     work = _other_work(args, folder)
     if work and not args.overwrite_output_dir:
+        # Only checkpoints can be resumed; a saved model alone can be trained further from another output_dir.
+        go_on = (
+            "continue it with --resume_from_checkpoint latest"
+            if checkpoints.list_checkpoints(folder)
+            else f"train it further in another output_dir with --model_name_or_path {folder}"
+        )
         raise RunFolderError(
-            f"output_dir {folder} {work}: continue it with --resume_from_checkpoint latest, start over there with "
-            "--overwrite_output_dir, or choose another output_dir"
+            f"output_dir {folder} {work}: {go_on}, start over there with --overwrite_output_dir, or choose another "
+            "output_dir"
         )
 
 

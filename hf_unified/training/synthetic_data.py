@@ -22,12 +22,18 @@ Files (img2dataset layout; `cls` is the shape id, `json` holds every attribute):
     <output>/classes.json                               ["circle", "square", ...]
     <output>/info.json                                  generation settings and counts
 
+The folder is written whole or not at all (`files.StagedFolder`): generated aside, then published by a rename, so a
+kill or a full disk mid-generation never leaves a partial set that a glob over `train-*.tar` would read. Generating
+into an existing folder replaces the files a generation writes (`GENERATED_FILES`: also shards of an earlier, larger
+generation) and keeps every other entry.
+
 Command line: `python -m hf_unified.training.synthetic_data --output data/shapes`.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import io
 import json
 import math
@@ -38,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from ..files import StagedFolder, carry_over
 
 SHAPES = ("circle", "square", "triangle", "cross", "diamond", "ring")
 COLOURS = {
@@ -74,6 +82,8 @@ SHAPES_TEMPLATES = (
 )
 # (shape, colour) pairs absent from the training split: shape i is never seen in colour i.
 HELD_OUT_COMBINATIONS = tuple(zip(SHAPES, COLOURS))
+# What a generation writes into its folder (name patterns); a new generation replaces these and keeps the rest.
+GENERATED_FILES = ("train-*.tar", "eval-*.tar", "classes.json", "info.json")
 
 
 def _shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
@@ -180,8 +190,9 @@ def generate(
 ) -> Path:
     """Writes the shapes dataset to `output` (created if needed) and returns it.
 
-    The same arguments always give byte-identical files. `info.json` is written last, so its presence marks a
-    complete dataset (`ensure_dataset` relies on that).
+    The same arguments always give byte-identical files. The set is generated in a staging folder beside `output`
+    and published whole (module docstring): until then `output` is as it was; on an error (a full disk) nothing is
+    left behind.
     """
     if num_train < num_train_shards or num_eval < 1 or num_train_shards < 1:
         raise ValueError(
@@ -189,28 +200,45 @@ def generate(
             f"{num_train_shards}, {num_eval}"
         )
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    write_split(output, "train", num_train, num_train_shards, image_size, seed)
-    write_split(output, "eval", num_eval, 1, image_size, seed)
-    (output / "classes.json").write_text(json.dumps(list(SHAPES)))
-    info = {
-        "num_train": num_train,
-        "num_eval": num_eval,
-        "num_train_shards": num_train_shards,
-        "image_size": image_size,
-        "seed": seed,
-        "classes": list(SHAPES),
-        "held_out_combinations": [list(c) for c in HELD_OUT_COMBINATIONS],
-        "zero_shot_chance": 1 / len(SHAPES),
-    }
-    (output / "info.json").write_text(json.dumps(info, indent=2))
+    with StagedFolder(output) as staging:
+        write_split(staging, "train", num_train, num_train_shards, image_size, seed)
+        write_split(staging, "eval", num_eval, 1, image_size, seed)
+        (staging / "classes.json").write_text(json.dumps(list(SHAPES)))
+        info = {
+            "num_train": num_train,
+            "num_eval": num_eval,
+            "num_train_shards": num_train_shards,
+            "image_size": image_size,
+            "seed": seed,
+            "classes": list(SHAPES),
+            "held_out_combinations": [list(c) for c in HELD_OUT_COMBINATIONS],
+            "zero_shot_chance": 1 / len(SHAPES),
+        }
+        (staging / "info.json").write_text(json.dumps(info, indent=2))
+        carry_over(output, staging, keep=lambda entry: not _generated(entry.name))  # the user's other files
     return output
 
 
-def ensure_dataset(output: str | Path, **kwargs) -> Path:
-    """Generates the dataset unless `output/info.json` already exists (a complete earlier run)."""
+def _generated(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in GENERATED_FILES)
+
+
+def is_complete(output: str | Path) -> bool:
+    """Whether `output` holds a whole generated set: a readable `info.json` and every file it counts."""
     output = Path(output)
-    if not (output / "info.json").exists():
+    try:
+        info = json.loads((output / "info.json").read_text())
+        shards = [f"train-{index:05d}.tar" for index in range(int(info["num_train_shards"]))]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return all((output / name).is_file() for name in [*shards, "eval-00000.tar", "classes.json"])
+
+
+def ensure_dataset(output: str | Path, **kwargs) -> Path:
+    """Generates the dataset (`generate(output, **kwargs)`) unless `output` already holds a whole one
+    (`is_complete`; a set cut by a kill before generation was atomic is generated again)."""
+    output = Path(output)
+    if not is_complete(output):
         generate(output, **kwargs)
     return output
 
@@ -345,6 +373,7 @@ if __name__ == "__main__":
 __all__ = [
     "COLOURS",
     "DamagedShards",
+    "GENERATED_FILES",
     "HELD_OUT_COMBINATIONS",
     "POSITIONS",
     "SHAPES",
@@ -353,6 +382,7 @@ __all__ = [
     "caption",
     "ensure_dataset",
     "generate",
+    "is_complete",
     "render",
     "sample_attributes",
     "write_damaged_shards",
