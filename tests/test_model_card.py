@@ -530,3 +530,11 @@ def test_carried_widget_images_are_read_bounded_and_converted_as_every_image(tmp
     logged = caplog.text
     assert "widget/thin.png not readable (the image is 1000000 x 1, an aspect ratio of 1,000,000:1" in logged
     assert "widget/bomb.png not readable (the image is larger than PIL accepts" in logged
+
+
+def test_a_source_card_without_widget_examples_carries_none(tmp_path):
+    """A card whose metadata has no `widget` key (a run without a labelled evaluation split) carries no example."""
+    from hf_unified.hub.model_card import card_examples
+
+    (tmp_path / "README.md").write_text("---\nlicense: apache-2.0\n---\n# a model\n")
+    assert card_examples(tmp_path, "org/m") == []

@@ -456,7 +456,8 @@ def card_examples(folder: Path, model_id: str, endpoint: str | None = None) -> l
     if not readme.is_file():
         return []
     try:
-        entries = ModelCard.load(readme).data.widget or []
+        # ModelCardData keeps only the metadata keys a card has: a card without examples has no `widget`.
+        entries = getattr(ModelCard.load(readme).data, "widget", None) or []
     except ValueError as error:  # not a card whose metadata parses: it shows no example to carry
         logger.warning("%s: no widget examples carried over (%s)", readme, error)
         return []
