@@ -309,7 +309,7 @@ def as_dataset(split: Split, label_items: bool):
 def caption_tokenizer(data: StudyData, max_length: int, vocab_size: int = 400):
     """The caption BPE `training/train.py` trains (`tokenization.train_caption_tokenizer`) on the training texts and
     the class prompts of every template set."""
-    from hf_unified.training.tokenization import train_caption_tokenizer
+    from hf_unified.tokenization import train_caption_tokenizer
 
     templates = data.train_templates + data.eval_templates + (data.held_out.templates if data.held_out else ())
     names = data.class_names + (data.held_out.class_names if data.held_out else [])

@@ -271,8 +271,8 @@ def prepare(args) -> Setup:
     """Shards, the CLIP BPE tokenizer folder and both trainers' model configs in `args.work_dir`."""
     import throughput
 
+    from hf_unified.tokenization import clip_tokenizer_from_bpe_gz
     from hf_unified.training import synthetic_data
-    from hf_unified.training.tokenization import clip_tokenizer_from_bpe_gz
 
     work = Path(args.work_dir).resolve()
     sizes = throughput.Sizes.from_args(args)  # CLIP's 49408-token vocabulary

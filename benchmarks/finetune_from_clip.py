@@ -64,7 +64,7 @@ METRICS = {
 @lru_cache(maxsize=1)
 def study_data(num_train: int, num_eval: int, image_size: int, text_len: int):
     """The shapes data and CLIP's tokenizer, truncating at the text tower's positions."""
-    from hf_unified.training.tokenization import clip_tokenizer_from_bpe_gz
+    from hf_unified.tokenization import clip_tokenizer_from_bpe_gz
 
     return common.shapes_data(num_train, num_eval, image_size), clip_tokenizer_from_bpe_gz(model_max_length=text_len)
 

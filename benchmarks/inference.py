@@ -35,7 +35,7 @@ def build_folder(args, folder: str) -> None:
     """A random `CLIPModel` with a processor, saved like a Hub CLIP folder."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from hf_unified.training.tokenization import train_caption_tokenizer
+    from hf_unified.tokenization import train_caption_tokenizer
 
     tokenizer = train_caption_tokenizer([f"a photo of a {i}." for i in range(50)] * 4, vocab_size=400)
     towers = dict(intermediate_size=4 * args.width, num_hidden_layers=args.layers)

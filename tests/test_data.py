@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from hf_unified.tokenization import train_caption_tokenizer
 from hf_unified.training import data as data_lib
 from hf_unified.training import synthetic_data
 from hf_unified.training.batch_augmentation import ImageCanvas
-from hf_unified.training.tokenization import train_caption_tokenizer
 
 TO_TENSOR = v2.Compose([v2.ToImage(), v2.Resize(16), v2.CenterCrop(16), v2.ToDtype(torch.float32, scale=True)])
 

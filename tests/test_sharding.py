@@ -83,8 +83,8 @@ def _worker(rank: int, folder: str, tokenizer_dir: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule
 
+    from hf_unified.tokenization import clip_tokenizer_from_files
     from hf_unified.training.evaluation import evaluate_model
-    from hf_unified.training.tokenization import clip_tokenizer_from_files
 
     init_gloo(rank, WORLD_SIZE, folder)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), LOCAL_RANK=str(rank))

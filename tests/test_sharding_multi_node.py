@@ -31,7 +31,7 @@ import torch
 from accelerate import Accelerator
 from torchvision.transforms import v2
 from hf_unified.training import data as data_lib
-from hf_unified.training.tokenization import train_caption_tokenizer
+from hf_unified.tokenization import train_caption_tokenizer
 
 config = json.load(open(sys.argv[sys.argv.index("--config") + 1]))
 accelerator = Accelerator(cpu=True)

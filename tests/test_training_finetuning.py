@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from hf_unified.training.tokenization import train_caption_tokenizer
+    from hf_unified.tokenization import train_caption_tokenizer
 
     return train_caption_tokenizer(["a red circle.", "a blue square in the top left."] * 5, vocab_size=280)
 

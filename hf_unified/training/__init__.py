@@ -20,5 +20,5 @@ vectors), `batch_augmentation` (the same views on whole batches, on the training
 embedded shapes data), `tokenization`; and `clip_benchmark` (an adapter for LAION's CLIP_benchmark).
 
 Import the modules you need (`from hf_unified.training import data`); importing the subpackage itself pulls in
-nothing heavy, so `hf_unified.training.tokenization` works on the core install.
+nothing heavy, so `hf_unified.tokenization` works on the core install.
 """

@@ -31,6 +31,7 @@ from transformers import AutoImageProcessor, AutoModel, AutoProcessor, AutoToken
 from .. import prompts
 from ..files import StagedFolder
 from ..image_processing import DualEncoderImageProcessor, DualEncoderImagesKwargs
+from ..tokenization import train_caption_tokenizer
 from . import data as data_lib
 from . import runs, synthetic_data
 from .arguments import DataArguments, ModelArguments, TrainArguments, flat_arguments
@@ -153,8 +154,6 @@ def build_tokenizer(model_args, specs, seed: int, class_names, templates, output
     source = pretrained_text_source(model_args)
     if source:
         return AutoTokenizer.from_pretrained(source)
-    from .tokenization import train_caption_tokenizer
-
     folder = Path(output_dir) / "tokenizer"
     with accelerator.main_process_first():
         if accelerator.is_main_process and _saved_tokenizer(folder) is None:
