@@ -8,9 +8,9 @@
 
 A study run is one `Trainer` run, the loop `training/train.py` runs: the data pipeline (`data.TrainStream`:
 decoding, prompts from class names, the method's augmentation from `factory.train_augmentation`), AdamW groups, warmup
-+ cosine schedule, temperature clamp, evaluation (`hf_unified.training.evaluation`). Only the data source differs:
-an in-memory `datasets.Dataset` instead of shards on disk. `StudyTrainer` is the `Trainer` with one addition: each
-evaluation also computes the study's own metrics, with the library's functions (`evaluation.embed_dataset`,
++ cosine schedule, temperature clamp, evaluation (`hf_unified.training.outputs.evaluation`). Only the data source
+differs: an in-memory `datasets.Dataset` instead of shards on disk. `StudyTrainer` is the `Trainer` with one addition:
+each evaluation also computes the study's own metrics, with the library's functions (`evaluation.embed_dataset`,
 `prompts.build_zero_shot_classifier`, `evaluation.zero_shot_accuracy`) and a scikit-learn linear probe, and is kept
 in its `history`.
 """
@@ -218,10 +218,10 @@ class StudyData:
 
 
 def shapes_data(num_train: int, num_eval: int, image_size: int, seed: int = 0) -> StudyData:
-    """The procedural shapes (`hf_unified.training.synthetic_data`; 6 shape classes). Six (shape, colour) pairs never
-    occur in training; the evaluation split holds them for half its images, and `held_out` asks which of the 36
+    """The procedural shapes (`hf_unified.training.data.synthetic_data`; 6 shape classes). Six (shape, colour) pairs
+    never occur in training; the evaluation split holds them for half its images, and `held_out` asks which of the 36
     (colour, shape) classes an image of those pairs shows: classes never seen in training, named with known words."""
-    from hf_unified.training import synthetic_data
+    from hf_unified.training.data import synthetic_data
 
     splits, attributes = {}, {}
     for split, count in (("train", num_train), ("eval", num_eval)):
@@ -289,7 +289,7 @@ def as_dataset(split: Split, label_items: bool):
     builds a prompt from the class name) and the odd rows image-text data (no label): UniCL's training mix."""
     from datasets import Dataset
 
-    from hf_unified.training.sources import RAW_FEATURES
+    from hf_unified.training.data.sources import RAW_FEATURES
 
     rows = {name: [] for name in RAW_FEATURES}
     for index, (image, caption, label) in enumerate(zip(split.images, split.captions, split.labels)):
@@ -556,7 +556,7 @@ class StudyEvaluation:
         import torch
 
         from hf_unified.prompts import build_zero_shot_classifier
-        from hf_unified.training.evaluation import embed_dataset, zero_shot_accuracy
+        from hf_unified.training.outputs.evaluation import embed_dataset, zero_shot_accuracy
 
         evaluated = embed_dataset(model, self.eval_loader())
         results = {"linear_probe_top1": linear_probe(embed_dataset(model, self.probe_loader()), evaluated)}
@@ -627,7 +627,7 @@ def processor_for(model, tokenizer, data_args, clip_folder: str | None = None):
     """The processor `training/train.py` gives the model (`factory.build_processor`): built at the image size, or a
     CLIP start's own."""
     from hf_unified.training.arguments import ModelArguments
-    from hf_unified.training.factory import build_processor
+    from hf_unified.training.builders import build_processor
 
     return build_processor(model, tokenizer, ModelArguments(init_from_clip=clip_folder), data_args)
 
@@ -649,7 +649,7 @@ def study_accelerator(output_dir: str):
     """The accelerator (accelerate's process state, CPU, float32) every run of a study process shares; each run
     writes into its own temporary folder."""
     from hf_unified.training.arguments import TrainArguments
-    from hf_unified.training.engine import build_accelerator
+    from hf_unified.training.engine.launch import build_accelerator
 
     return build_accelerator(TrainArguments(output_dir=output_dir, mixed_precision="no", use_cpu=True))
 
@@ -672,15 +672,15 @@ def train_run(
         clip_folder: the CLIPModel folder a `from_clip` model started from (its processor is used).
         export_clip: also write the trained model as a transformers CLIPModel folder there (`--export_clip`).
     """
-    from hf_unified.training.data import DecodeConfig, TrainStream, decode_example
-    from hf_unified.training.factory import (
+    from hf_unified.training.builders import (
         ProcessorTransform,
         fit_text_length,
         processor_image_size,
         train_augmentation,
     )
+    from hf_unified.training.data import DecodeConfig, TrainStream, decode_example
+    from hf_unified.training.engine.steps import build_step
     from hf_unified.training.methods import trains_with_labels, trains_with_views
-    from hf_unified.training.steps import build_step
     from hf_unified.training.trainer import EvaluationData, TrainingData
 
     text_len = fit_text_length(model, tokenizer, tokenizer.model_max_length)

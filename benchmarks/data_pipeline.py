@@ -64,9 +64,9 @@ from torchvision.transforms import v2
 
 from hf_unified.tokenization import train_caption_tokenizer
 from hf_unified.training import data as data_lib
-from hf_unified.training import synthetic_data
-from hf_unified.training.augmentation import CLIP_MEAN, CLIP_STD, MultiViewAugmentation
-from hf_unified.training.batch_augmentation import BatchMultiViewAugmentation, compiled_jitter
+from hf_unified.training.data import synthetic_data
+from hf_unified.training.data.augmentation import CLIP_MEAN, CLIP_STD, MultiViewAugmentation
+from hf_unified.training.data.batch_augmentation import BatchMultiViewAugmentation, compiled_jitter
 
 
 def crop_flip(size: int):

@@ -87,7 +87,7 @@ def cpu_seconds(fn) -> float:
 @torch.no_grad()
 def zero_shot(model, tokenizer, images: torch.Tensor, labels: torch.Tensor, classes: list[str], batch: int) -> float:
     from hf_unified.prompts import build_zero_shot_classifier
-    from hf_unified.training.evaluation import zero_shot_accuracy
+    from hf_unified.training.outputs.evaluation import zero_shot_accuracy
 
     classifier = build_zero_shot_classifier(model, tokenizer, classes, ["a photo of a {}.", "a {}."])
     embeds = [

@@ -5,7 +5,7 @@ The package defaults at the reviewer's setting (3 seeds, 120 steps, the training
 probe, paired differences, curves). Every run goes through `hf_unified.training.trainer.Trainer` on in-memory data
 (`common.train_run`), the loop `training/train.py` runs.
 
-Data: the embedded procedural "shapes" set (`hf_unified.training.synthetic_data`: 6 shape classes, colour / size /
+Data: the embedded procedural "shapes" set (`hf_unified.training.data.synthetic_data`: 6 shape classes, colour / size /
 position captions; the evaluation split holds (shape, colour) pairs never seen in training for half its samples),
 rendered in memory at 32 px; or scikit-learn's bundled handwritten digits (real 8x8 scans, 10 classes) upscaled to
 32 px with captions "a handwritten {digit}." / "the digit {digit}, written by hand." (`--dataset digits`).

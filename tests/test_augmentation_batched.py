@@ -18,14 +18,14 @@ from torchvision.transforms.v2 import functional as TF
 
 from hf_unified.tokenization import train_caption_tokenizer
 from hf_unified.training import data as data_lib
-from hf_unified.training import synthetic_data
-from hf_unified.training.augmentation import (
+from hf_unified.training.data import synthetic_data
+from hf_unified.training.data.augmentation import (
     AUGMENTATION_PARAM_NAMES,
     IDENTITY_PARAMS,
     MultiViewAugmentation,
     sample_crop_boxes,
 )
-from hf_unified.training.batch_augmentation import (
+from hf_unified.training.data.batch_augmentation import (
     BatchMultiViewAugmentation,
     ImageCanvas,
     adjust_brightness_,

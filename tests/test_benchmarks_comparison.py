@@ -101,7 +101,7 @@ def test_msclip_s_layout_is_the_released_one_at_vit_b32_and_the_shipped_tiny_con
 def test_study_data_zero_shot_prompts_and_held_out_classes_are_unseen_in_training():
     import common
 
-    from hf_unified.training import synthetic_data
+    from hf_unified.training.data import synthetic_data
 
     shapes = common.shapes_data(num_train=300, num_eval=120, image_size=16)
     digits = common.digits_data(num_eval=50, image_size=16, num_train=100)

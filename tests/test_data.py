@@ -15,8 +15,8 @@ from torchvision.transforms import v2
 
 from hf_unified.tokenization import train_caption_tokenizer
 from hf_unified.training import data as data_lib
-from hf_unified.training import synthetic_data
-from hf_unified.training.batch_augmentation import ImageCanvas
+from hf_unified.training.data import synthetic_data
+from hf_unified.training.data.batch_augmentation import ImageCanvas
 
 TO_TENSOR = v2.Compose([v2.ToImage(), v2.Resize(16), v2.CenterCrop(16), v2.ToDtype(torch.float32, scale=True)])
 

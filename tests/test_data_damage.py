@@ -20,8 +20,8 @@ from torchvision.transforms import v2
 
 from hf_unified.tokenization import train_caption_tokenizer
 from hf_unified.training import data as data_lib
-from hf_unified.training import synthetic_data
-from hf_unified.training.sources import RAW_FEATURES, damaged_row
+from hf_unified.training.data import synthetic_data
+from hf_unified.training.data.sources import RAW_FEATURES, damaged_row
 
 TO_TENSOR = v2.Compose([v2.ToImage(), v2.Resize(16), v2.CenterCrop(16), v2.ToDtype(torch.float32, scale=True)])
 CLASS_NAMES = [[name] for name in synthetic_data.SHAPES]
@@ -98,7 +98,7 @@ def test_damaged_stream_resumes_exactly_whatever_the_worker_count(damaged, token
 
 
 def test_warnings_name_each_damaged_shard_once_and_are_rate_limited(damaged, tokenizer, caplog):
-    with caplog.at_level(logging.WARNING, logger="hf_unified.training.data_health"):
+    with caplog.at_level(logging.WARNING, logger="hf_unified.training.data.health"):
         _train_batches(_spec(damaged), tokenizer, 0, count=2 * damaged.num_rows // BATCH)  # two passes
     messages = [record.getMessage() for record in caplog.records]
     for shard, kind in damaged.damaged_shards.items():

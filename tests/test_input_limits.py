@@ -40,8 +40,8 @@ from hf_unified.image_processing import (
     to_rgb,
 )
 from hf_unified.training import data as data_lib
-from hf_unified.training.augmentation import MultiViewAugmentation
-from hf_unified.training.batch_augmentation import ImageCanvas
+from hf_unified.training.data.augmentation import MultiViewAugmentation
+from hf_unified.training.data.batch_augmentation import ImageCanvas
 
 GREY_46 = (117, 117, 117)  # 46% of 255: what a 16-bit 30,146 / 65,535 means
 

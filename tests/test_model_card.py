@@ -308,7 +308,7 @@ def shapes_model_folder(tmp_path_factory, tiny_clip_tokenizer):
 
     from hf_unified import UniCLConfig, UniCLModel, UniCLProcessor
     from hf_unified.processing_unicl import unicl_image_processor
-    from hf_unified.training import synthetic_data
+    from hf_unified.training.data import synthetic_data
 
     root = tmp_path_factory.mktemp("shapes")
     data = synthetic_data.generate(root / "data", num_train=8, num_eval=24, num_train_shards=1, image_size=32)
@@ -332,7 +332,7 @@ def test_widget_shows_the_models_own_data_with_outputs_it_computed(shapes_model_
     from PIL import Image
     from transformers import pipeline
 
-    from hf_unified.training.synthetic_data import SHAPES
+    from hf_unified.training.data.synthetic_data import SHAPES
 
     folder = shapes_model_folder
     path = write_model_card(folder, repo_id="my-org/shapes")

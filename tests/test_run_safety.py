@@ -30,8 +30,8 @@ from training_helpers import (
     write_config,
 )
 
-from hf_unified.training import checkpoint as checkpoints
-from hf_unified.training.preemption import REQUEUE_EXIT_CODE, RunStopped
+from hf_unified.training.engine import checkpoint as checkpoints
+from hf_unified.training.engine.preemption import REQUEUE_EXIT_CODE, RunStopped
 from hf_unified.training.runs import ADJUSTABLE_SETTINGS, RunFolderError
 from hf_unified.training.trainer import SaveError, Trainer
 

@@ -18,9 +18,9 @@ from accelerate.utils import FullyShardedDataParallelPlugin
 from scale_models import build_model, init_gloo, micro_batches
 from torch import nn
 
-from hf_unified.training import sharding
-from hf_unified.training.grad_cache import FullBatchStep
-from hf_unified.training.sharding import gradient_sync
+from hf_unified.training.engine import sharding
+from hf_unified.training.engine.grad_cache import FullBatchStep
+from hf_unified.training.engine.sharding import gradient_sync
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORLD_SIZE, STEPS, RESUME_AT, MICRO_BATCH_SIZE = 2, 10, 5, 4
@@ -84,7 +84,7 @@ def _worker(rank: int, folder: str, tokenizer_dir: str) -> None:
     from torch.distributed.fsdp import FSDPModule
 
     from hf_unified.tokenization import clip_tokenizer_from_files
-    from hf_unified.training.evaluation import evaluate_model
+    from hf_unified.training.outputs.evaluation import evaluate_model
 
     init_gloo(rank, WORLD_SIZE, folder)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), LOCAL_RANK=str(rank))

@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-from hf_unified.training import sharding
+from hf_unified.training.engine import sharding
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "training" / "accelerate"
@@ -52,7 +52,7 @@ def test_fsdp_launch_is_refused_on_a_machine_without_gpu(tmp_path):
             import sys
             sys.path.insert(0, {str(REPO_ROOT)!r})
             from accelerate import Accelerator
-            from hf_unified.training.sharding import check_engine
+            from hf_unified.training.engine.sharding import check_engine
             accelerator = Accelerator(cpu=True)
             print("accelerate set up", accelerator.distributed_type)
             check_engine(accelerator)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from hf_unified.training import data as data_lib
-from hf_unified.training import synthetic_data
+from hf_unified.training.data import synthetic_data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO_ROOT / "training" / "slurm" / "train_multi_node.sbatch"

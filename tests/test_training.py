@@ -135,7 +135,7 @@ def test_two_processes_match_one_process(tmp_path, shapes):
 
 def test_the_trainer_streams_with_the_configured_shuffle_and_lanes(tmp_path, shapes, monkeypatch):
     from hf_unified.training import data as data_lib
-    from hf_unified.training.factory import build_trainer
+    from hf_unified.training.builders import build_trainer
 
     calls, build_lanes = [], data_lib.build_lanes
     monkeypatch.setattr(data_lib, "build_lanes", lambda *a, **k: calls.append((a, k)) or build_lanes(*a, **k))

@@ -14,10 +14,10 @@ import torch
 from safetensors.torch import load_file
 from training_helpers import ROOT, TINY_TEXT, TINY_VISION, train_script, write_config
 
-from hf_unified.training import checkpoint as checkpoints
-from hf_unified.training import synthetic_data
-from hf_unified.training.data_health import DataError
-from hf_unified.training.factory import build_trainer
+from hf_unified.training.builders import build_trainer
+from hf_unified.training.data import synthetic_data
+from hf_unified.training.data.health import DataError
+from hf_unified.training.engine import checkpoint as checkpoints
 from hf_unified.training.trainer import NonFiniteLossError
 
 pytest_plugins = ("training_fixtures",)  # shapes, fresh_accelerate_state

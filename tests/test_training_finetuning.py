@@ -15,7 +15,7 @@ from training_helpers import (
 )
 
 from hf_unified.training.arguments import TrainArguments
-from hf_unified.training.factory import build_trainer
+from hf_unified.training.builders import build_trainer
 from hf_unified.training.finetuning import example_inputs, freeze_parameters, trace_parameter_roles
 from hf_unified.training.optim import parameter_groups
 

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 from training_helpers import ROOT, launch_two_processes, log_records, losses, train_script, write_config
 
-from hf_unified.training import checkpoint as checkpoints
-from hf_unified.training import sharding
+from hf_unified.training.engine import checkpoint as checkpoints
+from hf_unified.training.engine import sharding
 
 pytest_plugins = ("training_fixtures",)  # shapes, fresh_accelerate_state
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")

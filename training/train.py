@@ -15,7 +15,7 @@ Outputs in `output_dir`: `checkpoint-<step>/` (JSON + safetensors, written atomi
 the end the model and processor (`save_pretrained`), `eval_results.json`, `training_args.json` and a model card,
 all swapped in at once. One run at a time holds the folder (`run.lock`); a folder holding another run's work is
 refused unless `--resume_from_checkpoint` or `--overwrite_output_dir` says what to do with it. The work itself is
-`hf_unified.training.factory.build_trainer(...).train()`.
+`hf_unified.training.builders.build_trainer(...).train()`.
 
 Exit status: 0 done (or stopped at `--stop_at_step`), 1 with one `error:` line (bad input, a refused folder or
 checkpoint, non-finite steps, a failed save), 2 a bad flag or config value, 75 stopped by SIGTERM / SIGUSR1 with a
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
         arguments.build_parser().error(str(error))
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer also runs in DataLoader workers
-    from hf_unified.training.factory import build_trainer  # torch, accelerate, datasets and the models
+    from hf_unified.training.builders import build_trainer  # torch, accelerate, datasets and the models
     from hf_unified.training.logs import quiet_progress_bars
 
     if train_args.disable_tqdm or not sys.stderr.isatty():  # a log file: plain lines only
@@ -89,7 +89,7 @@ def _run() -> int:
         )
         return 130
     except Exception as error:
-        from hf_unified.training.preemption import REQUEUE_EXIT_CODE, RunStopped
+        from hf_unified.training.engine.preemption import REQUEUE_EXIT_CODE, RunStopped
         from hf_unified.training.trainer import NonFiniteLossError, SaveError
 
         if isinstance(error, RunStopped):

@@ -17,7 +17,7 @@ folder gives `model_name`).
 Evaluation results are read from `eval_results.json` next to the model (written by `training/train.py`). Two layouts
 are accepted:
 
-- flat, as `hf_unified.training.evaluation.evaluate_model` returns it: `{"zero_shot_top1_accuracy": 0.8,
+- flat, as `hf_unified.training.outputs.evaluation.evaluate_model` returns it: `{"zero_shot_top1_accuracy": 0.8,
   "zero_shot_top5_accuracy": 0.99, "zero_shot_chance": 0.1, "image_to_text_R@1": 0.3, "text_to_image_R@1": 0.2,
   ..., "num_examples": 500, "num_skipped": 0, "step": 1000, "dataset": "optional name"}`;
 - nested: `{"zero_shot": {"dataset": "imagenet-1k", "top1": 0.8, "top5": 0.95}, "retrieval": {"dataset": "coco",

@@ -32,7 +32,7 @@ from pathlib import Path
 from accelerate.utils import broadcast_object_list
 
 from ..files import FolderLock, FolderLockedError, real_path, recover_folder
-from . import checkpoint as checkpoints
+from .engine import checkpoint as checkpoints
 
 # Arguments that decide what a run computes; the model's own config is compared too (`model_config.*`), so the
 # arguments that only build it (model_type, objective, model_config) are not listed.

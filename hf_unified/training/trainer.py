@@ -12,7 +12,7 @@ and the temperatures are clamped. A model with UniCLIP's domain-dependent simila
 its logit offsets calibrated on the first batch (`calibrate_logit_offsets`). Around the loop: the engine check
 and FSDP2 sharding (`sharding.py`), fine-tuning controls (`finetuning.py`), AdamW groups (`optim.py`), checkpoints
 and exact resume without pickle (`checkpoint.py`, sharded per rank under FSDP2), evaluation
-(`hf_unified.training.evaluation`), the log (`logs.py`), and at the end an atomic save of the model (gathered from
+(`outputs/evaluation.py`), the log (`logs.py`), and at the end an atomic save of the model (gathered from
 its shards), processor, `eval_results.json` and model card into `output_dir`, then the optional Hub push and CLIP
 export. The run holds `output_dir` (`runs.py`: its lock, its own checkpoints, the settings a resume must keep) and
 stops at a step boundary, checkpointed, on SIGTERM or SIGUSR1 (`preemption.py`).
@@ -36,18 +36,19 @@ from safetensors import SafetensorError
 
 from ..files import StagedFolder, carry_over
 from ..losses import DOMAIN_PAIRS
-from . import checkpoint as checkpoints
-from . import runs, sharding
-from .data_health import DataHealth
-from .engine import build_accelerator
-from .evaluation import evaluate_model
+from . import runs
+from .data.health import DataHealth
+from .engine import checkpoint as checkpoints
+from .engine import sharding
+from .engine.grad_cache import RandomState, restored_buffers
+from .engine.launch import build_accelerator
+from .engine.preemption import RunStopped, StopRequest, ignore_stop_signals
+from .engine.steps import StepStrategy, build_step
 from .finetuning import describe_roles, example_inputs, freeze_parameters, frozen_subtrees, trace_parameter_roles
-from .grad_cache import RandomState, restored_buffers
 from .logs import LOG_NAME, Progress, TrainingLog, finite_or_none
 from .methods import model_inputs
 from .optim import base_learning_rate, build_optimizer, build_scheduler, clamp_logit_scale
-from .preemption import RunStopped, StopRequest, ignore_stop_signals
-from .steps import StepStrategy, build_step
+from .outputs.evaluation import evaluate_model
 
 # Entries of an earlier output that the final save does not carry over: its weights (a stale shard could be loaded
 # instead of the new weights).

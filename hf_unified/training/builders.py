@@ -33,11 +33,12 @@ from ..files import StagedFolder
 from ..image_processing import DualEncoderImageProcessor, DualEncoderImagesKwargs
 from ..tokenization import train_caption_tokenizer
 from . import data as data_lib
-from . import runs, synthetic_data
+from . import runs
 from .arguments import DataArguments, ModelArguments, TrainArguments, flat_arguments
-from .augmentation import RECIPE_FIELDS, MultiViewAugmentation, view_recipe
-from .batch_augmentation import BatchMultiViewAugmentation
-from .engine import build_accelerator
+from .data import synthetic_data
+from .data.augmentation import RECIPE_FIELDS, MultiViewAugmentation, view_recipe
+from .data.batch_augmentation import BatchMultiViewAugmentation
+from .engine.launch import build_accelerator
 from .methods import config_class, model_class, num_views, processor_class, trains_with_labels, trains_with_views
 from .trainer import EvaluationData, Trainer, TrainingData
 

@@ -64,18 +64,9 @@ from datasets import IterableDataset
 from datasets.distributed import split_dataset_by_node
 from PIL import Image
 
-from ..image_processing import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS, ImageTooLarge, load_image
-from .data_health import SAMPLE_DAMAGE, SHARD_DAMAGE, DamageLog, DataError, DataHealth, Skipped
-from .sources import (
-    FORMATS,
-    RAW_FEATURES,
-    SourceSpec,
-    build_lanes,
-    build_stream,
-    detect_format,
-    iter_texts,
-    open_source,
-)
+from ...image_processing import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS, ImageTooLarge, load_image
+from .health import SAMPLE_DAMAGE, SHARD_DAMAGE, DamageLog, DataError, DataHealth, Skipped
+from .sources import FORMATS, RAW_FEATURES, SourceSpec, build_lanes, build_stream, detect_format, iter_texts, open_source
 
 
 def load_class_names(path: str | None) -> list[list[str]] | None:

@@ -72,8 +72,8 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from ..configuration_uniclip import AUGMENTATION_PARAM_DIM, AUGMENTATION_PARAM_NAMES, IDENTITY_PARAMS
-from ..image_processing import to_rgb
+from ...configuration_uniclip import AUGMENTATION_PARAM_DIM, AUGMENTATION_PARAM_NAMES, IDENTITY_PARAMS
+from ...image_processing import to_rgb
 
 # CLIP's normalisation (transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD), the default of UniCLIPProcessor too.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -27,7 +27,7 @@ kill or a full disk mid-generation never leaves a partial set that a glob over `
 into an existing folder replaces the files a generation writes (`GENERATED_FILES`: also shards of an earlier, larger
 generation) and keeps every other entry.
 
-Command line: `python -m hf_unified.training.synthetic_data --output data/shapes`.
+Command line: `python -m hf_unified.training.data.synthetic_data --output data/shapes`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..files import StagedFolder, carry_over
+from ...files import StagedFolder, carry_over
 
 SHAPES = ("circle", "square", "triangle", "cross", "diamond", "ring")
 COLOURS = {

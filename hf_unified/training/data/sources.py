@@ -43,7 +43,7 @@ from datasets import Image as ImageFeature
 from datasets.distributed import split_dataset_by_node
 from datasets.packaged_modules.webdataset.webdataset import base_plus_ext
 
-from .data_health import DataError
+from .health import DataError
 
 FORMATS = ("webdataset", "parquet", "imagefolder", "hub")
 # One row of every source. `image` is undecoded: bytes, or the path of a local file.

@@ -62,7 +62,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from ..image_processing import to_rgb
+from ...image_processing import to_rgb
 from .augmentation import AUGMENTATION_PARAM_DIM, IDENTITY_PARAMS, ViewAugmentation, sample_view_params, size_pair
 
 # The batch fields `ImageCanvas` adds to every decoded sample (and `data.collate` stacks).

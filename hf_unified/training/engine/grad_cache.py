@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..losses import text_identity_keys
+from ...losses import text_identity_keys
 from .sharding import gradient_sync, is_fsdp2, register_forward_methods
 
 

@@ -43,7 +43,7 @@ from accelerate.utils import DistributedType, broadcast_object_list
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from ..files import StagedFolder
+from ...files import StagedFolder
 from . import sharding
 
 FORMAT = "hf-unified-trainer-checkpoint"

@@ -1,0 +1,58 @@
+"""The data a run trains and evaluates on: raw rows streamed from shards, decoded in DataLoader workers, collated.
+
+- `sources`: the raw `{image, text, label}` rows of every format (webdataset shards, parquet, imagefolder, Hub
+  datasets), mixed, shuffled and split per rank by `datasets`; damage becomes a row, never an exception;
+- `health`: the kinds of damage, their counters (`DataHealth`) and the rate-limited log;
+- `decoding`: one raw row -> a checked, decoded sample and its model inputs; batches (`collate`); streams
+  (`TrainStream`, exactly resumable) and the evaluation loader;
+- `augmentation` (views with their parameter vectors, one image at a time) and `batch_augmentation` (the same views
+  on whole batches, on the training device);
+- `synthetic_data`: the embedded shapes data set.
+
+The pipeline's names are importable from here (`from hf_unified.training import data; data.TrainStream`); the
+augmentations and the shapes data are imported as modules.
+"""
+
+from .decoding import (
+    DecodeConfig,
+    EvalDataLoader,
+    LabelVocabulary,
+    Sample,
+    TrainStream,
+    collate,
+    decode_example,
+    decode_image,
+    eval_dataloader,
+    load_class_names,
+    read_sample,
+)
+from .health import SAMPLE_DAMAGE, SHARD_DAMAGE, DamageLog, DataError, DataHealth, Skipped
+from .sources import FORMATS, RAW_FEATURES, SourceSpec, build_lanes, build_stream, detect_format, iter_texts, open_source
+
+__all__ = [
+    "FORMATS",
+    "RAW_FEATURES",
+    "SAMPLE_DAMAGE",
+    "SHARD_DAMAGE",
+    "DataError",
+    "DamageLog",
+    "DataHealth",
+    "DecodeConfig",
+    "EvalDataLoader",
+    "LabelVocabulary",
+    "Sample",
+    "Skipped",
+    "SourceSpec",
+    "TrainStream",
+    "build_lanes",
+    "build_stream",
+    "collate",
+    "decode_example",
+    "decode_image",
+    "detect_format",
+    "eval_dataloader",
+    "iter_texts",
+    "load_class_names",
+    "open_source",
+    "read_sample",
+]
