@@ -41,7 +41,7 @@ from .data.health import DataHealth
 from .engine import checkpoint as checkpoints
 from .engine import sharding
 from .engine.grad_cache import RandomState, restored_buffers
-from .engine.launch import build_accelerator
+from .engine.launch import build_accelerator, check_engine
 from .engine.preemption import RunStopped, StopRequest, ignore_stop_signals
 from .engine.steps import StepStrategy, build_step
 from .finetuning import describe_roles, example_inputs, freeze_parameters, frozen_subtrees, trace_parameter_roles
@@ -531,7 +531,7 @@ class Trainer:
             self.run_folder = runs.claim_output_dir(args, acc)
         acc.wait_for_everyone()
         self.run.settings = runs.trajectory_settings(self.run_arguments, args, self.model.config)
-        acc.print(f"engine: {sharding.check_engine(acc, args.gradient_accumulation_mode, model=self.model)}")
+        acc.print(f"engine: {check_engine(acc, args.gradient_accumulation_mode, model=self.model)}")
         self._preflight()
         roles = self._setup_parameters()
         if args.gradient_checkpointing:

@@ -1,158 +1,36 @@
-"""Sharded training: which engine runs, FSDP2 for the dual encoders, and sharded state as safetensors + JSON.
+"""FSDP2 for the dual encoders: sharding a model, serving its forward methods and evaluating it sharded.
 
-**The engine.** accelerate reads the launch configuration (`accelerate launch --config_file
-training/accelerate/fsdp.yaml ...`) from the environment, and on a machine without a GPU silently ignores an FSDP
-config (`Accelerator(cpu=True)` under `distributed_type: FSDP` prepares a `DistributedDataParallel`): a CPU run that
-"works" proves nothing. [`check_engine`] says which engine runs and refuses what the trainer cannot honour.
+[`shard_model`] applies `torch.distributed.fsdp.fully_shard` to one unit per block class the model names in
+`_no_split_modules` (transformer blocks; MS-CLIP's `MSCLIPEncoderLayer` holds a block's shared and modality-specific
+sub-layers, so a shared block is one unit) and one root unit for the rest (embeddings that are not blocks, heads,
+temperatures). The trainer calls it before `accelerator.prepare` on GPUs, which then finds an FSDP module and leaves
+it as it is; CPU tests call the same function on a gloo CPU device mesh. accelerate's own FSDP2 preparation is not
+used because it fails on these models (measured, accelerate 1.15): it calls `get_input_embeddings()`, which
+transformers' dual encoders do not implement (`NotImplementedError` for UniCL and UniCLIP), and it wraps the input
+embedding in its own unit after the block class containing it (`MSCLIPTextEmbeddings`, `BertEmbeddings`) already
+manages it, which FSDP2 rejects. [`register_forward_methods`] makes `get_image_features`, `get_text_features`
+(zero-shot evaluation) and `contrastive_loss` (exact large-batch accumulation) FSDP forward methods, so that they
+see unsharded parameters. Evaluating a sharded model: every rank must run it equally often ([`lockstep`]: ranks'
+shares of an evaluation set differ by up to a batch) and with the same buffers ([`synchronize_buffers`]: BatchNorm
+statistics differ between ranks after training, under DDP too). [`full_state_dict`] gathers the whole model on rank
+0 for `save_pretrained`.
 
-**FSDP2.** [`shard_model`] applies `torch.distributed.fsdp.fully_shard` to one unit per block class the model names
-in `_no_split_modules` (transformer blocks; MS-CLIP's `MSCLIPEncoderLayer` holds a block's shared and
-modality-specific sub-layers, so a shared block is one unit) and one root unit for the rest (embeddings that are not
-blocks, heads, temperatures). The trainer calls it before `accelerator.prepare` on GPUs, which then finds an FSDP
-module and leaves it as it is; CPU tests call the same function on a gloo CPU device mesh. accelerate's own
-FSDP2 preparation is not used because it fails on these models (measured, accelerate 1.15): it calls
-`get_input_embeddings()`, which transformers' dual encoders do not implement (`NotImplementedError` for UniCL and
-UniCLIP), and it wraps the input embedding in its own unit after the block class containing it
-(`MSCLIPTextEmbeddings`, `BertEmbeddings`) already manages it, which FSDP2 rejects. [`register_forward_methods`]
-makes `get_image_features`, `get_text_features` (zero-shot evaluation) and `contrastive_loss` (exact large-batch
-accumulation) FSDP forward methods, so that they see unsharded parameters. Evaluating a sharded model: every rank
-must run it equally often ([`lockstep`]: ranks' shares of an evaluation set differ by up to a batch) and with the
-same buffers ([`synchronize_buffers`]: BatchNorm statistics differ between ranks after training, under DDP too).
-
-**Sharded state.** Every rank writes its own shards of the model and optimizer state with safetensors, and their
-layout as JSON ([`write_sharded_state`], [`read_sharded_state`]); nothing is pickled (torch's distributed checkpoint
-writer pickles its metadata). [`full_state_dict`] gathers the whole model on rank 0 for `save_pretrained`.
+Which engine a launch really set up is `launch.check_engine`; the sharded state beside checkpoints is
+`sharded_state`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 FORWARD_METHODS = ("get_image_features", "get_text_features", "contrastive_loss")
 _END = object()
-SHARDED_FORMAT = "hf-unified-sharded-state"
-SHARDED_FORMAT_VERSION = 1
 _REGISTERED = "_hf_unified_fsdp_forward_methods"
-
-
-class EngineError(ValueError):
-    """The launch asks for an engine or a combination this trainer cannot honour; the message says what to do."""
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Which engine runs
-
-
-def requested_engine(environ: dict | None = None) -> str | None:
-    """The engine the launch configuration asks for, as accelerate passes it to the processes: `"FSDP"`,
-    `"DEEPSPEED"` or None (DDP / single process)."""
-    environ = os.environ if environ is None else environ
-    for variable, engine in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
-        if str(environ.get(variable, "false")).lower() in ("1", "true", "yes"):
-            return engine
-    return None
-
-
-def describe_engine(accelerator) -> str:
-    """One line: the engine, the processes (and machines), the backend and the device, e.g.
-    `DDP, 2 processes (gloo, cpu)` or `FSDP2, 16 processes on 2 machines (nccl, cuda:0), bf16 mixed precision`."""
-    from accelerate.utils import DistributedType
-
-    state = accelerator.state
-    kind = state.distributed_type
-    if kind == DistributedType.FSDP:
-        name = f"FSDP{state.fsdp_plugin.fsdp_version}"
-    elif kind == DistributedType.DEEPSPEED:
-        name = f"DeepSpeed ZeRO-{state.deepspeed_plugin.zero_stage}"
-    elif kind in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
-        name = "DDP"
-    elif kind == DistributedType.NO:
-        name = "single process"
-    else:
-        name = kind.value
-    processes = f", {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""
-    machines = int(os.environ.get("ACCELERATE_NUM_MACHINES") or os.environ.get("NNODES") or 1)
-    nodes = f" on {machines} machines" if machines > 1 else ""
-    backend = f"{state.backend}, " if state.backend else ""
-    precision = f", {accelerator.mixed_precision} mixed precision" if accelerator.mixed_precision != "no" else ""
-    return f"{name}{processes}{nodes} ({backend}{accelerator.device}){precision}"
-
-
-def check_engine(
-    accelerator, gradient_accumulation_mode: str = "micro_batch", environ: dict | None = None, model=None
-) -> str:
-    """Returns [`describe_engine`], or raises [`EngineError`] when the run would not be what was asked for.
-
-    A `model` already sharded with FSDP2 by its caller (its own device mesh; the CPU tests' gloo mesh) under an
-    accelerate state that is not FSDP is described as such: `FSDP2 over 2 shards (sharded by the caller), DDP, ...`
-    ([`prepare_for_engine`] keeps its sharding).
-
-    Refused: an FSDP or DeepSpeed launch that accelerate did not set up (no GPU: it falls back to DDP silently);
-    FSDP version 1 (flat parameters: the temperatures and the `get_*_features` calls of evaluation cannot be
-    served outside `forward`); an accelerate auto-wrap policy ([`shard_model`] wraps); accelerate's FSDP activation
-    checkpointing (it would wrap blocks after
-    [`shard_model`] sharded them: use `--gradient_checkpointing`); DeepSpeed with `full_batch` accumulation
-    (DeepSpeed counts backward passes as its own accumulation steps and ZeRO-3 partitions the temperatures outside
-    `forward`).
-    """
-    from accelerate.utils import DistributedType
-
-    requested = requested_engine(environ)
-    actual = accelerator.distributed_type
-    description = describe_engine(accelerator)
-    wanted = {"FSDP": DistributedType.FSDP, "DEEPSPEED": DistributedType.DEEPSPEED}.get(requested)
-    if wanted is not None and actual != wanted:
-        raise EngineError(
-            f"the launch configuration asks for {requested} (ACCELERATE_USE_{requested}=true) but accelerate set up "
-            f"{description}: accelerate falls back to DDP without telling where {requested} cannot run (no GPU). "
-            "Launch with a DDP configuration on this machine (`accelerate launch --multi_gpu --num_processes N`, "
-            f"which trains over gloo on CPUs), or run the {requested} configuration on GPUs"
-        )
-    if actual == DistributedType.FSDP:
-        plugin = accelerator.state.fsdp_plugin
-        if plugin.fsdp_version != 2:
-            raise EngineError(
-                f"FSDP version {plugin.fsdp_version} is not supported: set `fsdp_version: 2` in the fsdp_config of "
-                "the accelerate configuration (see training/accelerate/fsdp.yaml); FSDP1's flat parameters cannot "
-                "serve the temperatures and get_*_features outside forward"
-            )
-        if plugin.auto_wrap_policy is not None:
-            raise EngineError(
-                "set `fsdp_auto_wrap_policy: NO_WRAP` in the fsdp_config (see training/accelerate/fsdp.yaml): the "
-                "trainer shards one unit per block class itself (sharding.shard_model), and accelerate's auto-wrap "
-                "cannot find these models' block classes (it looks for every class `_no_split_modules` lists, and "
-                "for the unprefixed names of blocks already sharded)"
-            )
-        if plugin.activation_checkpointing:
-            raise EngineError(
-                "fsdp_activation_checkpointing: true is not supported (accelerate would apply it after the model is "
-                "sharded); set it to false and pass --gradient_checkpointing instead"
-            )
-    if actual == DistributedType.DEEPSPEED and gradient_accumulation_mode == "full_batch":
-        raise EngineError(
-            "gradient_accumulation_mode full_batch is not supported with DeepSpeed (it counts backward passes as its "
-            "own accumulation steps, and ZeRO-3 partitions the temperatures outside forward): use micro_batch, or "
-            "shard with FSDP (training/accelerate/fsdp.yaml), which runs full_batch"
-        )
-    if model is not None and is_fsdp2(model) and actual != DistributedType.FSDP:
-        if actual == DistributedType.DEEPSPEED:
-            raise EngineError(
-                "the model is sharded with FSDP2 but the launch configuration runs DeepSpeed: launch with "
-                "training/accelerate/fsdp.yaml (or a DDP configuration) instead"
-            )
-        shards = dist.get_world_size() if dist.is_initialized() else 1
-        description = f"FSDP2 over {shards} shards (sharded by the caller), {description}"
-    return description
 
 
 def full_tensor(value: torch.Tensor) -> torch.Tensor:
@@ -394,193 +272,10 @@ def unsharded_model(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn
     return plain.train(model.training)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Sharded state: safetensors shards + JSON layout, one pair of files per rank
-
-
-def sharded_state_files(rank: int, world_size: int) -> tuple[str, str]:
-    """File names of rank `rank`'s shards: `(tensors, layout)`."""
-    stem = f"sharded_state_rank{rank:05d}-of-{world_size:05d}"
-    return f"{stem}.safetensors", f"{stem}.json"
-
-
-def _local(value: torch.Tensor) -> torch.Tensor:
-    from torch.distributed.tensor import DTensor
-
-    local = value.to_local() if isinstance(value, DTensor) else value
-    return local.detach().to("cpu").contiguous()
-
-
-def _to_json(value):
-    if isinstance(value, tuple):
-        return {"tuple": [_to_json(v) for v in value]}
-    if isinstance(value, list):
-        return [_to_json(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _to_json(v) for k, v in value.items()}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise TypeError(f"a {type(value).__name__} in the optimizer's state is not plain JSON")
-
-
-def _from_json(value):
-    if isinstance(value, dict):
-        if set(value) == {"tuple"}:
-            return tuple(_from_json(v) for v in value["tuple"])
-        return {k: _from_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_from_json(v) for v in value]
-    return value
-
-
-def write_sharded_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Writes this rank's shards of `model` (parameters and buffers) and `optimizer` into `folder`.
-
-    A collective (every rank calls it, with its own rank's files as the result). The caller stages the folder and
-    publishes it with one rename once every rank has written (the trainer's checkpoint writer does).
-
-    Files: [`sharded_state_files`]; the safetensors file holds `model.<name>` and `optimizer.<name>.<state key>`
-    local shards, the JSON file the world size, each tensor's global shape and the optimizer's parameter groups
-    and non-tensor state, keyed by parameter name.
-    """
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    model_state, optimizer_state = get_state_dict(model, optimizers=[] if optimizer is None else optimizer)
-    tensors, shapes, optimizer_meta = {}, {}, {}
-    for name, value in model_state.items():
-        tensors[f"model.{name}"], shapes[f"model.{name}"] = _local(value), list(value.shape)
-    if optimizer is not None:
-        for name, values in optimizer_state["state"].items():
-            for key, value in values.items():
-                if torch.is_tensor(value):
-                    tensors[f"optimizer.{name}.{key}"] = _local(value)
-                    shapes[f"optimizer.{name}.{key}"] = list(value.shape)
-                else:
-                    optimizer_meta.setdefault(name, {})[key] = _to_json(value)
-    layout = {
-        "format": SHARDED_FORMAT,
-        "format_version": SHARDED_FORMAT_VERSION,
-        "rank": rank,
-        "world_size": world_size,
-        "global_shapes": shapes,
-        "optimizer": None
-        if optimizer is None
-        else {"param_groups": _to_json(optimizer_state["param_groups"]), "state": optimizer_meta},
-    }
-    tensor_file, layout_file = sharded_state_files(rank, world_size)
-    folder = Path(folder)
-    save_file(tensors, str(folder / tensor_file), metadata={"format": SHARDED_FORMAT})
-    (folder / layout_file).write_text(json.dumps(layout, indent=1, allow_nan=False), encoding="utf-8")
-
-
-def _read_layout(folder: Path, rank: int, world_size: int) -> tuple[dict, Path]:
-    tensor_file, layout_file = sharded_state_files(rank, world_size)
-    layout_path, tensor_path = folder / layout_file, folder / tensor_file
-    if not layout_path.is_file():
-        saved = sorted(p.name for p in folder.glob("sharded_state_rank*.json"))
-        hint = f"it holds {saved[:4]}" if saved else "it holds no sharded state"
-        raise ValueError(
-            f"{folder} has no {layout_file} for rank {rank} of {world_size} ({hint}): resume with the number of "
-            "processes the checkpoint was saved with"
-        )
-    try:
-        layout = json.loads(layout_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{layout_path} is not valid JSON ({error})") from None
-    if layout.get("format") != SHARDED_FORMAT or layout.get("world_size") != world_size:
-        raise ValueError(
-            f"{layout_path} is not a {SHARDED_FORMAT} file of {world_size} ranks (format {layout.get('format')!r}, "
-            f"world_size {layout.get('world_size')!r})"
-        )
-    if not tensor_path.is_file():
-        raise ValueError(f"{folder} has {layout_file} but not {tensor_file}")
-    return layout, tensor_path
-
-
-def read_sharded_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Loads the shards [`write_sharded_state`] wrote into the same sharding (world size) of `model` and
-    `optimizer`. Every file is read and checked against the model before anything is applied; a missing,
-    foreign or mismatched file raises `ValueError` naming it."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
-    from torch.distributed.tensor import DTensor
-
-    folder = Path(folder)
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    layout, tensor_path = _read_layout(folder, rank, world_size)
-    if optimizer is None and layout["optimizer"] is not None:
-        raise ValueError(f"{folder} holds optimizer state: pass the optimizer to resume it")
-    if optimizer is not None and layout["optimizer"] is None:
-        raise ValueError(f"{folder} holds no optimizer state (it was written without an optimizer)")
-    current_model, current_optimizer = get_state_dict(model, optimizers=[] if optimizer is None else optimizer)
-    shapes = layout["global_shapes"]
-
-    def rebuild(key: str, local: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        if list(like.shape) != shapes.get(key):
-            raise ValueError(
-                f"{tensor_path.name}: {key} has shape {shapes.get(key)}, the model's is {list(like.shape)}"
-            )
-        if isinstance(like, DTensor):
-            if local.shape != like.to_local().shape:
-                raise ValueError(
-                    f"{tensor_path.name}: the local shard of {key} has shape {list(local.shape)}, this rank's is "
-                    f"{list(like.to_local().shape)} (a different sharding)"
-                )
-            local = local.to(device=like.to_local().device, dtype=like.dtype)
-            return DTensor.from_local(local, like.device_mesh, like.placements, shape=like.shape, stride=like.stride())
-        return local.to(device=like.device, dtype=like.dtype)
-
-    try:
-        with safe_open(str(tensor_path), framework="pt") as handle:
-            saved = {key: handle.get_tensor(key) for key in handle.keys()}
-    except (OSError, SafetensorError) as error:
-        raise ValueError(f"{tensor_path} is not a readable safetensors file ({error})") from None
-    expected = {f"model.{name}" for name in current_model}
-    found = {key for key in saved if key.startswith("model.")}
-    if expected != found:
-        raise ValueError(
-            f"{tensor_path.name} does not match the model: missing {sorted(expected - found)[:5]}, "
-            f"unexpected {sorted(found - expected)[:5]}"
-        )
-    model_state = {
-        name: rebuild(f"model.{name}", saved[f"model.{name}"], like) for name, like in current_model.items()
-    }
-    optimizer_state = None
-    if optimizer is not None:
-        meta = layout["optimizer"]
-        groups = _from_json(meta["param_groups"])
-        if [sorted(g["params"]) for g in groups] != [sorted(g["params"]) for g in current_optimizer["param_groups"]]:
-            raise ValueError(f"{folder}: the optimizer's parameter groups differ from the saved ones")
-        state: dict[str, dict] = {name: dict(_from_json(values)) for name, values in meta["state"].items()}
-        for key, local in saved.items():
-            if not key.startswith("optimizer."):
-                continue
-            name, state_key = key[len("optimizer.") :].rsplit(".", 1)
-            if name not in current_model:
-                raise ValueError(f"{tensor_path.name}: optimizer state of {name}, which the model does not have")
-            # Moments are sharded like their parameter; scalars (the step count) are plain on every rank.
-            like = current_optimizer["state"].get(name, {}).get(state_key)
-            if like is None:
-                parameter = current_model[name]
-                like = parameter if shapes[key] == list(parameter.shape) else local
-            state.setdefault(name, {})[state_key] = rebuild(key, local, like)
-        optimizer_state = {"state": state, "param_groups": groups}
-    set_state_dict(
-        model,
-        optimizers=[] if optimizer is None else optimizer,
-        model_state_dict=model_state,
-        optim_state_dict=optimizer_state or {},
-        options=StateDictOptions(strict=True),
-    )
-
-
 __all__ = [
     "FORWARD_METHODS",
-    "EngineError",
     "block_classes",
-    "check_engine",
     "check_shardable",
-    "describe_engine",
     "fsdp_kwargs",
     "full_state_dict",
     "full_tensor",
@@ -588,14 +283,10 @@ __all__ = [
     "is_fsdp2",
     "lockstep",
     "prepare_for_engine",
-    "read_sharded_state",
     "register_forward_methods",
     "replicated_writes",
-    "requested_engine",
     "shard_for_engine",
     "shard_model",
     "synchronize_buffers",
-    "sharded_state_files",
     "unsharded_model",
-    "write_sharded_state",
 ]
