@@ -16,6 +16,7 @@ from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
 from hf_unified.training.engine import launch, sharding
+from hf_unified.training.engine.steps import build_step
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "training" / "accelerate"
@@ -82,7 +83,7 @@ def test_deepspeed_launch_is_refused_without_gpu(stage):
 def test_plain_launches_are_described():
     accelerator = Accelerator(cpu=True)
     assert launch.requested_engine({}) is None
-    assert launch.check_engine(accelerator, "full_batch", environ={}) == "single process (cpu)"
+    assert launch.check_engine(accelerator, build_step("full_batch"), environ={}) == "single process (cpu)"
 
 
 def fake_accelerator(kind: DistributedType, **state) -> SimpleNamespace:
@@ -109,7 +110,7 @@ def test_fsdp_version_1_auto_wrap_and_accelerate_activation_checkpointing_are_re
         launch.check_engine(fake_accelerator(DistributedType.FSDP, fsdp_plugin=plugin), environ=environ)
     plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
     description = launch.check_engine(
-        fake_accelerator(DistributedType.FSDP, fsdp_plugin=plugin), "full_batch", environ
+        fake_accelerator(DistributedType.FSDP, fsdp_plugin=plugin), build_step("full_batch"), environ
     )
     assert description == "FSDP2, 8 processes (nccl, cuda:0), bf16 mixed precision"
 
@@ -117,11 +118,31 @@ def test_fsdp_version_1_auto_wrap_and_accelerate_activation_checkpointing_are_re
 def test_full_batch_with_deepspeed_is_refused():
     deepspeed = fake_accelerator(DistributedType.DEEPSPEED, deepspeed_plugin=SimpleNamespace(zero_stage=3))
     environ = {"ACCELERATE_USE_DEEPSPEED": "true"}
-    assert launch.check_engine(deepspeed, "micro_batch", environ) == (
+    assert launch.check_engine(deepspeed, build_step("micro_batch"), environ) == (
         "DeepSpeed ZeRO-3, 8 processes (nccl, cuda:0), bf16 mixed precision"
     )
     with pytest.raises(launch.EngineError, match="full_batch is not supported with DeepSpeed"):
-        launch.check_engine(deepspeed, "full_batch", environ)
+        launch.check_engine(deepspeed, build_step("full_batch"), environ)
+
+
+def test_the_engine_check_asks_the_step_strategy_that_runs():
+    """Not the accumulation mode's string: a strategy of one's own says itself whether DeepSpeed can run it."""
+
+    class ExactStep:
+        name = "exact_on_the_side"
+        deepspeed_unsupported = "it gathers the whole batch outside DeepSpeed's engine"
+
+        def __call__(self, model, micro_batches, accelerator):
+            raise AssertionError("not run by the check")
+
+    deepspeed = fake_accelerator(DistributedType.DEEPSPEED, deepspeed_plugin=SimpleNamespace(zero_stage=2))
+    environ = {"ACCELERATE_USE_DEEPSPEED": "true"}
+    with pytest.raises(
+        launch.EngineError,
+        match=r"exact_on_the_side is not supported with DeepSpeed \(it gathers the whole batch outside",
+    ):
+        launch.check_engine(deepspeed, ExactStep(), environ)
+    assert launch.check_engine(deepspeed, None, environ).startswith("DeepSpeed ZeRO-2")
 
 
 def test_fsdp_kwargs_follow_the_plugin():

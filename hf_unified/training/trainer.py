@@ -531,7 +531,7 @@ class Trainer:
             self.run_folder = runs.claim_output_dir(args, acc)
         acc.wait_for_everyone()
         self.run.settings = runs.trajectory_settings(self.run_arguments, args, self.model.config)
-        acc.print(f"engine: {check_engine(acc, args.gradient_accumulation_mode, model=self.model)}")
+        acc.print(f"engine: {check_engine(acc, self.step_strategy, model=self.model)}")
         self._preflight()
         roles = self._setup_parameters()
         if args.gradient_checkpointing:

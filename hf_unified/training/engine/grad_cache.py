@@ -149,6 +149,10 @@ class FullBatchStep:
     """
 
     name = "full_batch"
+    deepspeed_unsupported = (
+        "it counts backward passes as its own accumulation steps, and ZeRO-3 partitions the temperatures outside "
+        "forward"
+    )
 
     def __call__(self, model: nn.Module, micro_batches: list[dict], accelerator) -> torch.Tensor:
         if not micro_batches:

@@ -13,8 +13,10 @@ import os
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
+from torch import nn
 
 from .sharding import is_fsdp2
+from .steps import StepStrategy
 
 
 class EngineError(ValueError):
@@ -57,9 +59,12 @@ def describe_engine(accelerator) -> str:
 
 
 def check_engine(
-    accelerator, gradient_accumulation_mode: str = "micro_batch", environ: dict | None = None, model=None
+    accelerator, step: StepStrategy | None = None, environ: dict | None = None, model: nn.Module | None = None
 ) -> str:
     """Returns [`describe_engine`], or raises [`EngineError`] when the run would not be what was asked for.
+
+    `step` is the step strategy the run uses (`steps.build_step`; None: plain accumulation), whose
+    `deepspeed_unsupported` says whether it can run under DeepSpeed.
 
     A `model` already sharded with FSDP2 by its caller (its own device mesh; the CPU tests' gloo mesh) under an
     accelerate state that is not FSDP is described as such: `FSDP2 over 2 shards (sharded by the caller), DDP, ...`
@@ -69,8 +74,8 @@ def check_engine(
     FSDP version 1 (flat parameters: the temperatures and the `get_*_features` calls of evaluation cannot be
     served outside `forward`); an accelerate auto-wrap policy (`sharding.shard_model` wraps); accelerate's FSDP
     activation checkpointing (it would wrap blocks after `sharding.shard_model` sharded them: use
-    `--gradient_checkpointing`); DeepSpeed with `full_batch` accumulation (DeepSpeed counts backward passes as its own
-    accumulation steps and ZeRO-3 partitions the temperatures outside `forward`).
+    `--gradient_checkpointing`); DeepSpeed with a step strategy that cannot run under it (`full_batch`: DeepSpeed
+    counts backward passes as its own accumulation steps and ZeRO-3 partitions the temperatures outside `forward`).
     """
     from accelerate.utils import DistributedType
 
@@ -105,11 +110,12 @@ def check_engine(
                 "fsdp_activation_checkpointing: true is not supported (accelerate would apply it after the model is "
                 "sharded); set it to false and pass --gradient_checkpointing instead"
             )
-    if actual == DistributedType.DEEPSPEED and gradient_accumulation_mode == "full_batch":
+    unsupported = getattr(step, "deepspeed_unsupported", None)
+    if actual == DistributedType.DEEPSPEED and unsupported:
+        name = getattr(step, "name", type(step).__name__)
         raise EngineError(
-            "gradient_accumulation_mode full_batch is not supported with DeepSpeed (it counts backward passes as its "
-            "own accumulation steps, and ZeRO-3 partitions the temperatures outside forward): use micro_batch, or "
-            "shard with FSDP (training/accelerate/fsdp.yaml), which runs full_batch"
+            f"gradient_accumulation_mode {name} is not supported with DeepSpeed ({unsupported}): use micro_batch, or "
+            f"shard with FSDP (training/accelerate/fsdp.yaml), which runs {name}"
         )
     if model is not None and is_fsdp2(model) and actual != DistributedType.FSDP:
         if actual == DistributedType.DEEPSPEED:
