@@ -36,8 +36,9 @@ from . import data as data_lib
 from . import runs
 from .arguments import DataArguments, ModelArguments, TrainArguments, flat_arguments
 from .data import synthetic_data
-from .data.augmentation import RECIPE_FIELDS, MultiViewAugmentation, view_recipe
+from .data.augmentation import MultiViewAugmentation
 from .data.batch_augmentation import BatchMultiViewAugmentation
+from .data.view_recipe import RECIPE_FIELDS, view_recipe
 from .engine.launch import build_accelerator
 from .methods import config_class, model_class, num_views, processor_class, trains_with_labels, trains_with_views
 from .trainer import EvaluationData, Trainer, TrainingData
