@@ -3,8 +3,8 @@
 - `sources`: the raw `{image, text, label}` rows of every format (webdataset shards, parquet, imagefolder, Hub
   datasets), mixed, shuffled and split per rank by `datasets`; damage becomes a row, never an exception;
 - `health`: the kinds of damage, their counters (`DataHealth`) and the rate-limited log;
-- `decoding`: one raw row -> a checked, decoded sample and its model inputs; batches (`collate`); streams
-  (`TrainStream`, exactly resumable) and the evaluation loader;
+- `decoding`: one raw row -> a checked, decoded sample and its model inputs; batches (`collate`);
+- `stream`: the training stream (`TrainStream`, exactly resumable) and the evaluation loader;
 - `augmentation` (views with their parameter vectors, one image at a time) and `batch_augmentation` (the same views
   on whole batches, on the training device);
 - `synthetic_data`: the embedded shapes data set.
@@ -15,19 +15,26 @@ augmentations and the shapes data are imported as modules.
 
 from .decoding import (
     DecodeConfig,
-    EvalDataLoader,
     LabelVocabulary,
     Sample,
-    TrainStream,
     collate,
     decode_example,
     decode_image,
-    eval_dataloader,
     load_class_names,
     read_sample,
 )
 from .health import SAMPLE_DAMAGE, SHARD_DAMAGE, DamageLog, DataError, DataHealth, Skipped
-from .sources import FORMATS, RAW_FEATURES, SourceSpec, build_lanes, build_stream, detect_format, iter_texts, open_source
+from .sources import (
+    FORMATS,
+    RAW_FEATURES,
+    SourceSpec,
+    build_lanes,
+    build_stream,
+    detect_format,
+    iter_texts,
+    open_source,
+)
+from .stream import EvalDataLoader, TrainStream, eval_dataloader
 
 __all__ = [
     "FORMATS",
