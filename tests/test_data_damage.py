@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from damaged_shards import DamagedShards, write_damaged_shards
 from datasets import IterableDataset
 from PIL import Image
 from torchvision.transforms import v2
@@ -29,8 +30,8 @@ BATCH = 4  # divides the 24 samples of a pass over the damaged shards
 
 
 @pytest.fixture(scope="module")
-def damaged(tmp_path_factory) -> synthetic_data.DamagedShards:
-    return synthetic_data.write_damaged_shards(tmp_path_factory.mktemp("damaged"))
+def damaged(tmp_path_factory) -> DamagedShards:
+    return write_damaged_shards(tmp_path_factory.mktemp("damaged"))
 
 
 @pytest.fixture(scope="module")
