@@ -122,6 +122,33 @@ def test_caption_mapping_and_class_prompts_in_decoding():
     assert out_of_range == data_lib.Skipped("label_out_of_range", "", None, "label 7, expected in [0, 2)")
 
 
+def test_class_prompts_come_from_the_one_prompt_builder():
+    """A labelled sample without a caption gets `prompts.class_prompt`'s text: UniCL's cleaning (commas dropped, '+'
+    a space), a template then a synonym drawn from the batch's generator: the draws decoding made before it used
+    the builder, so names without commas or '+' (the embedded shapes and digits) keep their prompts."""
+    import random
+
+    from hf_unified.prompts import class_prompt
+
+    names, templates = ["red, panda", "lesser+panda"], ("a photo of a {}.", "{}.", "a {} in a tree.")
+    config = data_lib.DecodeConfig(TO_TENSOR, class_names=[names, ["circle"]], templates=templates)
+    image = {"bytes": _jpeg((0, 0, 255)), "path": None}
+    texts = []
+    for seed in range(40):
+        text = data_lib.decode_example({"image": image, "text": None, "label": 0}, config, random.Random(seed))["text"]
+        rng = random.Random(seed)
+        drawn = rng.choice(templates).format(rng.choice(names))  # how decoding drew a prompt before the builder
+        assert text == class_prompt(names, templates, random.Random(seed))
+        assert text == drawn.replace(",", "").replace("+", " ")
+        texts.append(text)
+    assert {"a photo of a red panda.", "lesser panda.", "a lesser panda in a tree."} <= set(texts)
+    for seed in range(10):  # a plain name: exactly the text of the draws before
+        rng = random.Random(seed)
+        before = rng.choice(templates).format(rng.choice(["circle"]))
+        item = data_lib.decode_example({"image": image, "text": None, "label": 1}, config, random.Random(seed))
+        assert item["text"] == before
+
+
 def test_stream_batches_do_not_depend_on_workers_and_resume_exactly(tmp_path, tokenizer):
     shapes = synthetic_data.generate(tmp_path / "shapes", num_train=48, num_eval=4, num_train_shards=2, image_size=16)
     spec = data_lib.SourceSpec(f"{shapes}/train-*.tar")

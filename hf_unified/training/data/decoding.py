@@ -50,6 +50,7 @@ import torch
 from PIL import Image
 
 from ...image_processing import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS, ImageTooLarge, load_image
+from ...prompts import class_prompt
 from .health import SHARD_DAMAGE, DamageLog, Skipped
 
 
@@ -176,7 +177,7 @@ def read_sample(example: dict, config: DecodeConfig, rng: random.Random) -> Samp
     if not text:
         if label is None or config.class_names is None:
             return skipped("missing_text", "no caption, and no class names to build a prompt from its label")
-        text = rng.choice(list(config.templates)).format(rng.choice(config.class_names[label]))
+        text = class_prompt(config.class_names[label], config.templates, rng)
     return Sample(image, text, -1 if label is None else label, mapped)
 
 
