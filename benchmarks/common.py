@@ -680,7 +680,7 @@ def train_run(
     )
     from hf_unified.training.data import DecodeConfig, TrainStream, decode_example
     from hf_unified.training.engine.steps import build_step
-    from hf_unified.training.methods import trains_with_labels, trains_with_views
+    from hf_unified.training.methods import trains_with_labels
     from hf_unified.training.trainer import EvaluationData, TrainingData
 
     text_len = fit_text_length(model, tokenizer, tokenizer.model_max_length)
@@ -696,7 +696,6 @@ def train_run(
             class_names=class_names,
             templates=data.train_templates,
             with_labels=trains_with_labels(model.config),
-            multi_view=trains_with_views(model.config),
         )
         train = data.rows("train", settings.label_items).to_iterable_dataset(num_shards=1)
         train = train.shuffle(seed=seed, buffer_size=len(data.train.images))  # reshuffled every pass

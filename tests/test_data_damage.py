@@ -24,7 +24,9 @@ from hf_unified.training import data as data_lib
 from hf_unified.training.data import synthetic_data
 from hf_unified.training.data.sources import RAW_FEATURES, damaged_row
 
-TO_TENSOR = v2.Compose([v2.ToImage(), v2.Resize(16), v2.CenterCrop(16), v2.ToDtype(torch.float32, scale=True)])
+TO_TENSOR = data_lib.ImageFields(
+    v2.Compose([v2.ToImage(), v2.Resize(16), v2.CenterCrop(16), v2.ToDtype(torch.float32, scale=True)])
+)
 CLASS_NAMES = [[name] for name in synthetic_data.SHAPES]
 BATCH = 4  # divides the 24 samples of a pass over the damaged shards
 
@@ -73,8 +75,8 @@ def test_every_kind_of_damage_is_skipped_counted_and_named(damaged, tokenizer, n
 
 
 def test_damaged_stream_resumes_exactly_whatever_the_worker_count(damaged, tokenizer):
-    crop = v2.Compose(
-        [v2.ToImage(), v2.RandomResizedCrop(16, scale=(0.3, 1.0)), v2.ToDtype(torch.float32, scale=True)]
+    crop = data_lib.ImageFields(
+        v2.Compose([v2.ToImage(), v2.RandomResizedCrop(16, scale=(0.3, 1.0)), v2.ToDtype(torch.float32, scale=True)])
     )
 
     def batches(num_workers, start, count):

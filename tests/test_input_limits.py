@@ -174,7 +174,7 @@ def test_thin_images_and_bombs_cost_no_run_under_an_address_space_cap(tmp_path, 
         # What training and evaluation run when they resize before cropping.
         resize = v2.Compose([v2.ToImage(), v2.Resize(224), v2.CenterCrop(224), v2.ToDtype(torch.float32, scale=True)])
         spec = data_lib.SourceSpec(shards, image_column="png", text_column=None, label_column="cls")
-        decode = data_lib.DecodeConfig(resize, class_names=data_lib.load_class_names(classes))
+        decode = data_lib.DecodeConfig(data_lib.ImageFields(resize), class_names=data_lib.load_class_names(classes))
         stream = data_lib.build_stream([spec], seed=0, rank=0, world_size=1, shuffle_buffer_size=0)
         train = data_lib.TrainStream(stream, decode, classifier.tokenizer, 16, batch_size=7, seed=0, rank=0)
         batch = next(iter(train))

@@ -42,7 +42,7 @@ rows = [
     for row in data_lib.build_stream(specs, 0, rank, world, shuffle_buffer_size=8)
 ]
 # The trainer's batches of this rank, built from this rank's share of the stream.
-transform = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+transform = data_lib.ImageFields(v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]))
 tokenizer = train_caption_tokenizer([text for _, text in rows] * 2, vocab_size=300)
 batches = data_lib.TrainStream(
     data_lib.build_stream(specs, 0, rank, world, shuffle_buffer_size=8),

@@ -286,13 +286,14 @@ def processor_image_size(image_processor) -> int:
 
 
 class ProcessorTransform:
-    """Evaluation images go through the saved processor's own preprocessing (what inference will use)."""
+    """Evaluation images go through the saved processor's own preprocessing (what inference will use): the image
+    transform `{"pixel_values": [C, H, W]}` (`data.DecodeConfig`)."""
 
     def __init__(self, image_processor):
         self.image_processor = image_processor
 
-    def __call__(self, image):
-        return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+    def __call__(self, image) -> dict[str, torch.Tensor]:
+        return {"pixel_values": self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]}
 
 
 @dataclass
@@ -300,7 +301,8 @@ class TrainAugmentation:
     """The training augmentation of a run, in its two places.
 
     Args:
-        image_transform: what the DataLoader workers run on each decoded image (`data.DecodeConfig`'s).
+        image_transform: what the DataLoader workers run on each decoded image: its batch fields
+            (`data.DecodeConfig`).
         views: for views made on the training device, what the step runs on each batch of canvases
             (`TrainingData.views`); None when the workers make the whole input.
     """
@@ -348,14 +350,15 @@ def train_augmentation(
                 canvas_size=data_args.view_canvas_size, torch_compile=torch_compile, **kwargs
             )
             return TrainAugmentation(views.canvas, views)
-        return TrainAugmentation(MultiViewAugmentation(**kwargs))
+        return TrainAugmentation(data_lib.ImageFields(MultiViewAugmentation(**kwargs), data_lib.VIEW_FIELDS))
     if data_args.crop_scale_min >= 1.0:
         steps = [v2.ToImage(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
     else:
         steps = [v2.ToImage(), v2.RandomResizedCrop(image_size, scale=(data_args.crop_scale_min, 1.0), antialias=True)]
     if data_args.horizontal_flip:
         steps.append(v2.RandomHorizontalFlip())
-    return TrainAugmentation(v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]))
+    transform = v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+    return TrainAugmentation(data_lib.ImageFields(transform))
 
 
 def take_samples(loader, limit: int):
@@ -467,7 +470,6 @@ def _build_trainer(model_args, data_args, train_args, accelerator, run_folder: r
         templates=templates,
         label_vocabulary=vocabulary,
         with_labels=trains_with_labels(model.config),
-        multi_view=trains_with_views(model.config),
         **data_args.image_limits,
     )
     train_stream = data_lib.TrainStream(

@@ -14,7 +14,9 @@ augmentations and the shapes data are imported as modules.
 """
 
 from .decoding import (
+    VIEW_FIELDS,
     DecodeConfig,
+    ImageFields,
     LabelVocabulary,
     Sample,
     collate,
@@ -41,10 +43,12 @@ __all__ = [
     "RAW_FEATURES",
     "SAMPLE_DAMAGE",
     "SHARD_DAMAGE",
+    "VIEW_FIELDS",
     "DataError",
     "DamageLog",
     "DataHealth",
     "DecodeConfig",
+    "ImageFields",
     "EvalDataLoader",
     "LabelVocabulary",
     "Sample",

@@ -94,18 +94,54 @@ class LabelVocabulary:
         return labels.pop() if len(labels) == 1 else None
 
 
+class ImageFields:
+    """Names the output of an image transform as the batch fields it gives, the one output an image transform of
+    the pipeline has (`DecodeConfig.image_transform`).
+
+    Args:
+        transform: takes the decoded RGB PIL image; returns one tensor, or one tensor per name.
+        names: the batch field of each output, in order.
+
+    `ImageFields(v2.Compose([...]))` gives `{"pixel_values": [C, H, W]}`;
+    `ImageFields(MultiViewAugmentation(...), VIEW_FIELDS)` gives `{"pixel_values": [V, C, H, W],
+    "augmentation_params": [V, P]}`.
+    """
+
+    def __init__(self, transform: Callable, names: Sequence[str] = ("pixel_values",)):
+        if not names:
+            raise ValueError("ImageFields needs at least one field name")
+        self.transform, self.names = transform, tuple(names)
+
+    def __call__(self, image: Image.Image) -> dict[str, torch.Tensor]:
+        outputs = self.transform(image)
+        outputs = (outputs,) if len(self.names) == 1 else tuple(outputs)
+        if len(outputs) != len(self.names):
+            raise ValueError(
+                f"{type(self.transform).__name__} returned {len(outputs)} outputs for the fields {list(self.names)}"
+            )
+        return dict(zip(self.names, outputs))
+
+    def __repr__(self) -> str:
+        return f"ImageFields({self.transform!r}, {list(self.names)})"
+
+
+# The fields of a per-image multi-view augmentation (`augmentation.MultiViewAugmentation` returns them in this order).
+VIEW_FIELDS = ("pixel_values", "augmentation_params")
+
+
 @dataclass
 class DecodeConfig:
     """What a worker does to one raw example; picklable so DataLoader workers get a copy.
 
-    `image_transform` takes the decoded RGB PIL image and returns one of:
+    `image_transform` takes the decoded RGB PIL image and returns the sample's image fields, a mapping of field name
+    to tensor, stacked into the batch as they are (`collate`):
 
-    - a tensor: the sample's `pixel_values` (a single-view transform, or an evaluation processor);
-    - `(views, params)` when `multi_view` is set: `pixel_values` and `augmentation_params` of a per-image multi-view
-      augmentation (`augmentation.MultiViewAugmentation`);
-    - a mapping of batch fields, stacked as they are (whatever `multi_view` says): `batch_augmentation.ImageCanvas`
-      gives `images` (uint8), `image_sizes` and `resized_image_sizes`, from which `BatchMultiViewAugmentation`
-      makes the views on the training device (the workers then only decode).
+    - `{"pixel_values": [C, H, W]}`: a single-view transform (`ImageFields(v2.Compose(...))`) or an evaluation
+      processor (`builders.ProcessorTransform`);
+    - `{"pixel_values": [V, C, H, W], "augmentation_params": [V, P]}`: a per-image multi-view augmentation
+      (`ImageFields(augmentation.MultiViewAugmentation(...), VIEW_FIELDS)`);
+    - `{"images": uint8 [3, H, W], "image_sizes": [2], "resized_image_sizes": [2]}`: `batch_augmentation.ImageCanvas`,
+      from which `BatchMultiViewAugmentation` makes the views on the training device (the workers then only decode).
 
     It may be None where only `read_sample` runs (the model card's example images keep the PIL image).
 
@@ -118,7 +154,6 @@ class DecodeConfig:
     templates: Sequence[str] = ("{}.",)
     label_vocabulary: LabelVocabulary | None = None
     with_labels: bool = True  # UniCL: give labels (-1 = image-text pair) to the loss
-    multi_view: bool = False
     max_image_pixels: int = MAX_IMAGE_PIXELS
     max_aspect_ratio: float = MAX_ASPECT_RATIO
 
@@ -187,15 +222,15 @@ def decode_example(example: dict, config: DecodeConfig, rng: random.Random) -> d
     sample = read_sample(example, config, rng)
     if isinstance(sample, Skipped):
         return sample
-    transformed = config.image_transform(sample.image)
-    item = {"text": sample.text, "label": sample.label, "mapped": sample.mapped}
-    if isinstance(transformed, Mapping):  # whatever `multi_view` says: the canvas of batched views
-        item.update(transformed)
-    elif config.multi_view:
-        item["pixel_values"], item["augmentation_params"] = transformed
-    else:
-        item["pixel_values"] = transformed
-    return item
+    fields = config.image_transform(sample.image)
+    if not isinstance(fields, Mapping):
+        given = f"a tensor ({type(fields).__name__})" if torch.is_tensor(fields) else f"a {type(fields).__name__}"
+        raise TypeError(
+            f"DecodeConfig.image_transform must return the sample's image fields as a mapping (e.g. "
+            f"{{'pixel_values': tensor}}), got {given}: wrap a transform that returns tensors in "
+            "ImageFields(transform, names)"
+        )
+    return {"text": sample.text, "label": sample.label, "mapped": sample.mapped, **fields}
 
 
 def collate(
@@ -230,7 +265,9 @@ def collate(
 
 
 __all__ = [
+    "VIEW_FIELDS",
     "DecodeConfig",
+    "ImageFields",
     "LabelVocabulary",
     "Sample",
     "collate",
