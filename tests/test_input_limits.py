@@ -163,7 +163,7 @@ def test_thin_images_and_bombs_cost_no_run_under_an_address_space_cap(tmp_path, 
         from PIL import Image
         from torchvision.transforms import v2
         from transformers import pipeline
-        from hf_unified.hub import widget
+        from hf_unified.training.outputs.model_folder import CardExamples
         from hf_unified.training import data as data_lib
 
         folder, shards, classes = {str(folder)!r}, {str(tmp_path / "eval-*.tar")!r}, {str(tmp_path / "classes.json")!r}
@@ -183,9 +183,8 @@ def test_thin_images_and_bombs_cost_no_run_under_an_address_space_cap(tmp_path, 
         used = sum(len(batch.get("texts", [])) for batch in loader)
         results["evaluation"] = [dict(loader.health.skipped), used]
 
-        record = {{"eval_data": shards, "eval_label_column": "cls", "eval_image_column": "png",
-                  "class_names_file": classes}}
-        examples = widget.widget_examples(Path(folder), record, "org/model")
+        split = CardExamples(shards, data_lib.load_class_names(classes), image_column="png", label_column="cls")
+        examples = split.widget_examples(Path(folder))
         results["card"] = [[example.title, example.output is not None] for example in examples]
 
         try:
