@@ -3,10 +3,11 @@
 - `sources`: the raw `{image, text, label}` rows of every format (webdataset shards, parquet, imagefolder, Hub
   datasets), mixed, shuffled and split per rank by `datasets`; damage becomes a row, never an exception;
 - `health`: the kinds of damage, their counters (`DataHealth`) and the rate-limited log;
-- `decoding`: one raw row -> a checked, decoded sample and its model inputs; batches (`collate`);
+- `decoding`: one raw row -> a checked, decoded sample (`read_sample`, class prompts from `prompts.class_prompt`)
+  -> its image fields (`DecodeConfig.image_transform`, one output shape: `ImageFields`); batches (`collate`);
 - `stream`: the training stream (`TrainStream`, exactly resumable) and the evaluation loader;
-- `augmentation` (views with their parameter vectors, one image at a time) and `batch_augmentation` (the same views
-  on whole batches, on the training device);
+- `view_recipe` (the strength of UniCLIP's views, torch-free), `augmentation` (views with their parameter vectors, one
+  image at a time) and `batch_augmentation` (the same views on whole batches, on the training device);
 - `synthetic_data`: the embedded shapes data set.
 
 The pipeline's names are importable from here (`from hf_unified.training import data; data.TrainStream`); the

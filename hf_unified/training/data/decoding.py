@@ -8,7 +8,7 @@ The sources (`sources.py`) stream undecoded `{image, text, label}` rows mixed, s
 Damaged data never stops a run. A sample that cannot be used (undecodable image, an image over `max_image_pixels`
 or `max_aspect_ratio` (refused from its header, before decoding or resizing), caption that is not UTF-8 or is longer
 than `max_caption_chars`, label that is not an integer or is outside the class list, a stray tar member, a missing
-value: the kinds are `data_health.SAMPLE_DAMAGE`) is skipped and counted by kind; a shard that cannot be opened or
+value: the kinds are `health.SAMPLE_DAMAGE`) is skipped and counted by kind; a shard that cannot be opened or
 ends early is read up to where it broke, named, and the stream goes on with the next one. A column name that a
 source lacks raises `ValueError` when the source is opened, before any training step.
 

@@ -54,7 +54,7 @@ RAW_FEATURES = Features(
         "label": Value("int64"),  # None when absent
         "key": Value("string"),  # the sample's key (tar) or row number (parquet) within its shard, for messages
         "shard": Value("string"),  # the file (or source) the row came from
-        "damage": Value("string"),  # a kind of `data_health.SAMPLE_DAMAGE` / `SHARD_DAMAGE`, or None
+        "damage": Value("string"),  # a kind of `health.SAMPLE_DAMAGE` / `SHARD_DAMAGE`, or None
         "detail": Value("string"),  # what exactly was wrong
     }
 )
