@@ -99,7 +99,8 @@ def register() -> None:
 
 
 def main() -> None:
-    """`python -m hf_unified.training.outputs.clip_benchmark ...`: CLIP_benchmark's own command line, with `hf_unified`."""
+    """`python -m hf_unified.training.outputs.clip_benchmark ...`: CLIP_benchmark's own command line, with
+    `hf_unified`."""
     register()
     from clip_benchmark import cli
 
