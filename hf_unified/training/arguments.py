@@ -20,7 +20,9 @@ PER_SOURCE_FIELDS = ("train_format", "image_column", "text_column", "label_colum
 GRADIENT_ACCUMULATION_MODES = ("micro_batch", "full_batch")
 # `configuration_contrastive.OBJECTIVE_PRESETS`' names, spelled here so that parsing does not import torch.
 OBJECTIVE_NAMES = ("clip", "unicl", "uniclip", "uniclip+unicl")
-ADAM_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for-loop")
+# `adam_implementation` -> `torch.optim.AdamW`'s kernel arguments (`optim.adam_kernel`; "auto" picks one per device).
+ADAM_KERNELS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False, "fused": False}}
+ADAM_IMPLEMENTATIONS = ("auto", *ADAM_KERNELS)
 CALIBRATION_CHOICES = ("auto", "true", "false")
 # The input limits' defaults: `image_processing.MAX_IMAGE_PIXELS` / `MAX_ASPECT_RATIO` and `sources.MAX_CAPTION_CHARS`
 # (spelled here so that parsing imports neither; tests/test_training_cli.py checks they agree).
@@ -456,6 +458,7 @@ def flat_arguments(*arguments) -> dict:
 
 __all__ = [
     "ADAM_IMPLEMENTATIONS",
+    "ADAM_KERNELS",
     "OBJECTIVE_NAMES",
     "ARGUMENT_CLASSES",
     "CALIBRATION_CHOICES",
