@@ -1,14 +1,14 @@
 """A fair comparison on the shipped trainer: CLIP, UniCL, UniCLIP, MS-CLIP-S, MS-CLIP separate at a matched parameter
 count and two composed objectives, on both embedded data sets, over seeds and two budgets; and UniCLIP's ablations.
 
-Every run is one `hf_unified.training.trainer.Trainer` run (`common.train_run`): the pipeline, augmentation,
+Every run is one `hf_unified.training.trainer.Trainer` run (`studies.train_run`): the pipeline, augmentation,
 optimizer, schedule and evaluation `training/train.py` uses, on the data held in memory. What every method shares:
 the data and its order for a seed (UniCL's mix: even training images are image-label items whose text is a prompt
-from the training templates, odd ones image-text pairs), the widths (`common.Sizes`: both towers, or MS-CLIP's one
+from the training templates, odd ones image-text pairs), the widths (`studies.Sizes`: both towers, or MS-CLIP's one
 stack), optimizer steps, batch size, learning rate and schedule, the temperature initialisation (CLIP's), and the
 crop distribution (single-view methods crop area `crop_scale_min`-1; UniCLIP's views come from the shipped
 `view_preset: auto`, which is `small` at 32 px: crop area 0.85-1, no colour jitter). The objective comes from
-`OBJECTIVE_PRESETS` and the architecture from `common.build_config`; nothing else differs. UniCLIP encodes two views
+`OBJECTIVE_PRESETS` and the architecture from `studies.build_config`; nothing else differs. UniCLIP encodes two views
 per image, so a step costs it more: the tables give the FLOPs of one training step.
 
 Methods of the `comparison` study (`METHODS`):
@@ -27,7 +27,7 @@ The `uniclip-ablations` study (`ABLATIONS`) changes one thing of UniCLIP at a ti
 MP-NCE vs SupCon, the augmentation-aware head, intra-domain pairs), next to `clip` and `uniclip`.
 
 Metrics at every evaluation, on the held-out split: zero-shot top-1 with prompts no training text contains
-(`common.SHAPES_UNSEEN_TEMPLATES` / `DIGIT_UNSEEN_TEMPLATES`) and with the training prompts; on shapes, zero-shot over
+(`studies.SHAPES_UNSEEN_TEMPLATES` / `DIGIT_UNSEEN_TEMPLATES`) and with the training prompts; on shapes, zero-shot over
 the 36 (colour, shape) classes for the images of the six pairs no training image shows (held-out classes, chance
 2.8%); a linear probe (logistic regression) on the frozen image embeddings of the training images; image->text and
 text->image R@1. Tables: mean +- std over seeds, and the same-seed difference to CLIP in points with its 95%
@@ -61,14 +61,16 @@ from functools import lru_cache
 from pathlib import Path
 
 import common
-from common import Sizes, markdown_table, percent_difference, percent_spread, spread
+import studies
+from common import markdown_table, percent_difference, percent_spread, spread
+from studies import Sizes
 
 FIGURES = Path(__file__).resolve().parent / "figures"
 
 
 @dataclasses.dataclass
 class Method:
-    """A point of the study: an architecture of `common.ARCHITECTURES` with a named objective.
+    """A point of the study: an architecture of `studies.ARCHITECTURES` with a named objective.
 
     Args:
         config: config fields on top of the objective preset.
@@ -153,10 +155,10 @@ PLOTTED = ("zero_shot_top1_accuracy", "held_out_classes_top1", "linear_probe_top
 def study_data(dataset: str, num_train: int, num_eval: int, image_size: int, text_len: int):
     """The data set and its caption tokenizer (deterministic: every worker process builds the same)."""
     if dataset == "shapes":
-        data = common.shapes_data(num_train, num_eval, image_size)
+        data = studies.shapes_data(num_train, num_eval, image_size)
     else:
-        data = common.digits_data(num_eval, image_size, num_train=min(num_train, 1797 - num_eval))
-    return data, common.caption_tokenizer(data, text_len)
+        data = studies.digits_data(num_eval, image_size, num_train=min(num_train, 1797 - num_eval))
+    return data, studies.caption_tokenizer(data, text_len)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +170,7 @@ class Job:
     method: Method
     sizes: Sizes
     seed: int
-    settings: common.RunSettings
+    settings: studies.RunSettings
     num_train: int
     num_eval: int
 
@@ -185,12 +187,12 @@ def run_job(job: Job, threads: int = 1) -> dict:
     quiet_progress_bars()
     data, tokenizer = study_data(job.dataset, job.num_train, job.num_eval, job.sizes.image_size, job.sizes.text_len)
     set_seed(job.seed)
-    model = common.build_model(
+    model = studies.build_model(
         job.method.architecture, job.method.objective, tokenizer, job.sizes, **job.method.config
     )
     settings = dataclasses.replace(job.settings, data_overrides=job.method.data, train_overrides=job.method.train)
-    result = common.train_run(
-        model, tokenizer, data, settings, job.seed, common.study_accelerator("outputs/comparison")
+    result = studies.train_run(
+        model, tokenizer, data, settings, job.seed, studies.study_accelerator("outputs/comparison")
     )
     similarity = {
         name: getattr(model, name).detach().reshape(-1).tolist()
@@ -220,10 +222,10 @@ def resolve_sizes(methods: dict[str, Method], dataset: str, sizes: Sizes, num_tr
             resolved[name] = sizes
             continue
         target = methods[method.match_parameters_of]
-        config = common.build_config(target.architecture, target.objective, tokenizer, sizes)
+        config = studies.build_config(target.architecture, target.objective, tokenizer, sizes)
         with torch.device("meta"):
-            count = common.parameter_count(model_class(config)(config))
-        width = common.matched_width(method.architecture, count, tokenizer, sizes)
+            count = studies.parameter_count(model_class(config)(config))
+        width = studies.matched_width(method.architecture, count, tokenizer, sizes)
         resolved[name] = dataclasses.replace(sizes, width=width)
     return resolved
 
@@ -468,7 +470,7 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     sizes = Sizes(width=args.width, layers=args.layers)
-    settings = common.RunSettings(
+    settings = studies.RunSettings(
         steps=args.steps,
         batch_size=args.batch_size,
         learning_rate=args.lr,

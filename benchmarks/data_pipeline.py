@@ -62,11 +62,11 @@ from common import describe_machine, markdown_table
 from PIL import Image
 from torchvision.transforms import v2
 
+from hf_unified.tokenization import train_caption_tokenizer
 from hf_unified.training import data as data_lib
-from hf_unified.training import synthetic_data
-from hf_unified.training.augmentation import CLIP_MEAN, CLIP_STD, MultiViewAugmentation
-from hf_unified.training.batch_augmentation import BatchMultiViewAugmentation, compiled_jitter
-from hf_unified.training.tokenization import train_caption_tokenizer
+from hf_unified.training.data import synthetic_data
+from hf_unified.training.data.augmentation import CLIP_MEAN, CLIP_STD, MultiViewAugmentation
+from hf_unified.training.data.batch_augmentation import BatchMultiViewAugmentation, compiled_jitter
 
 
 def crop_flip(size: int):
@@ -98,17 +98,17 @@ class Candidate:
         self.compiled = compiled
         self.views = None
         if transform == "crop-flip":
-            self.image_transform, self.multi_view = crop_flip(image_size), False
+            self.image_transform = data_lib.ImageFields(crop_flip(image_size))
         elif transform.startswith("multiview-"):
             num_views = int(transform.split("-")[1])
-            self.image_transform = MultiViewAugmentation(num_views=num_views, size=image_size, preset=preset)
-            self.multi_view = True
+            views = MultiViewAugmentation(num_views=num_views, size=image_size, preset=preset)
+            self.image_transform = data_lib.ImageFields(views, data_lib.VIEW_FIELDS)
         elif transform.startswith("batched-"):
             num_views = int(transform.split("-")[1])
             self.views = BatchMultiViewAugmentation(
                 num_views=num_views, size=image_size, preset=preset, torch_compile=compiled
             )
-            self.image_transform, self.multi_view = self.views.canvas, False
+            self.image_transform = self.views.canvas
         else:
             raise ValueError(f"unknown transform {transform!r}: crop-flip, multiview-N or batched-N")
         self.device = torch.device(device)
@@ -119,9 +119,7 @@ class Candidate:
     def loader(self, shards: Path, tokenizer, batch_size: int, shuffle_buffer: int, input_shards: int):
         classes = json.loads((shards / "classes.json").read_text())
         stream = raw_lanes(shards, shuffle_buffer, input_shards, self.lanes)
-        decode = data_lib.DecodeConfig(
-            image_transform=self.image_transform, class_names=[[c] for c in classes], multi_view=self.multi_view
-        )
+        decode = data_lib.DecodeConfig(image_transform=self.image_transform, class_names=[[c] for c in classes])
         dataset = data_lib.TrainStream(stream, decode, tokenizer, max_length=32, batch_size=batch_size, seed=0, rank=0)
         # batch_size=None: TrainStream already yields collated batches.
         return torch.utils.data.DataLoader(

@@ -1,7 +1,7 @@
 """End to end: `training/train.py` against open_clip's own trainer (`open_clip_train`) on the same shards.
 
 Both trainers run as a user runs them, one process each (plus their DataLoader workers), on the same webdataset
-shards (`hf_unified.training.synthetic_data`: 64 px JPEG + caption pairs), at the same model dims (the towers of
+shards (`hf_unified.training.data.synthetic_data`: 64 px JPEG + caption pairs), at the same model dims (the towers of
 `throughput.py`: ViT 192 wide x 4 layers, patch 16, text 128 wide x 4 layers, 32 positions, the CLIP BPE
 vocabulary of 49408 tokens, 128-d embeddings, QuickGELU; open_clip gets them as a model config JSON, ours as a UniCL
 config with transformers' CLIP towers and CLIP's loss), the same batch, precision (fp32 on CPU), data workers,
@@ -271,8 +271,8 @@ def prepare(args) -> Setup:
     """Shards, the CLIP BPE tokenizer folder and both trainers' model configs in `args.work_dir`."""
     import throughput
 
-    from hf_unified.training import synthetic_data
-    from hf_unified.training.tokenization import clip_tokenizer_from_bpe_gz
+    from hf_unified.tokenization import clip_tokenizer_from_bpe_gz
+    from hf_unified.training.data import synthetic_data
 
     work = Path(args.work_dir).resolve()
     sizes = throughput.Sizes.from_args(args)  # CLIP's 49408-token vocabulary

@@ -1,6 +1,6 @@
 """Fine-tuning a CLIP checkpoint with UniCL's labels or UniCLIP's views, against continuing with CLIP's objective.
 
-Issue 15, item 5, on the embedded shapes data, through the shipped `Trainer` (`common.train_run`):
+Issue 15, item 5, on the embedded shapes data, through the shipped `Trainer` (`studies.train_run`):
 
 1. Per seed, a tiny CLIP is pre-trained from scratch with the `clip` objective (UniCLModel, two CLIP towers) on the
    captions alone (image-text pairs, as web data comes) for `--pretrain-steps`, and exported by the trainer
@@ -20,7 +20,7 @@ The tokenizer is CLIP's byte-level BPE (49408 ids, from the vocabulary file open
 brings it: the caption BPE the other studies train gives `<|endoftext|>` the id 2, which transformers' CLIPTextModel
 reads as its legacy "pool at the largest id" flag, so such a model is refused by the CLIP export.
 
-Metrics (held-out split, `common.StudyEvaluation`): zero-shot with unseen prompts and with the training prompts,
+Metrics (held-out split, `studies.StudyEvaluation`): zero-shot with unseen prompts and with the training prompts,
 the 36 held-out (colour, shape) classes, a linear probe on the frozen image embeddings, retrieval; mean +- std over
 seeds and the same-seed difference to `continue clip` with its 95% interval.
 
@@ -39,8 +39,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import common
-from common import Sizes, markdown_table, percent_difference, percent_spread
+import studies
+from common import markdown_table, percent_difference, percent_spread
 from comparison import run_jobs, write_json
+from studies import Sizes
 
 # row name -> objective preset of the fine-tuning run
 FINETUNE_OBJECTIVES = {
@@ -64,9 +66,9 @@ METRICS = {
 @lru_cache(maxsize=1)
 def study_data(num_train: int, num_eval: int, image_size: int, text_len: int):
     """The shapes data and CLIP's tokenizer, truncating at the text tower's positions."""
-    from hf_unified.training.tokenization import clip_tokenizer_from_bpe_gz
+    from hf_unified.tokenization import clip_tokenizer_from_bpe_gz
 
-    return common.shapes_data(num_train, num_eval, image_size), clip_tokenizer_from_bpe_gz(model_max_length=text_len)
+    return studies.shapes_data(num_train, num_eval, image_size), clip_tokenizer_from_bpe_gz(model_max_length=text_len)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +77,7 @@ class Job:
 
     seed: int
     clip_folder: str
-    settings: common.RunSettings
+    settings: studies.RunSettings
     sizes: Sizes
     num_train: int
     num_eval: int
@@ -94,21 +96,21 @@ def run_job(job: Job, threads: int = 1) -> dict:
     quiet_progress_bars()
     data, tokenizer = study_data(job.num_train, job.num_eval, job.sizes.image_size, job.sizes.text_len)
     set_seed(job.seed)
-    accelerator = common.study_accelerator("outputs/finetune_from_clip")
+    accelerator = studies.study_accelerator("outputs/finetune_from_clip")
     if job.objective is None:
-        model = common.build_model("towers", "clip", tokenizer, job.sizes)
-        run = common.train_run(
+        model = studies.build_model("towers", "clip", tokenizer, job.sizes)
+        run = studies.train_run(
             model, tokenizer, data, job.settings, job.seed, accelerator, export_clip=job.clip_folder
         )
     else:
         from hf_unified.configuration_contrastive import OBJECTIVE_PRESETS
         from hf_unified.training.methods import model_class
 
-        model = model_class(common.tower_model_type(job.objective)).from_clip(
+        model = model_class(studies.tower_model_type(job.objective)).from_clip(
             job.clip_folder, **OBJECTIVE_PRESETS[job.objective]
         )
         model.set_attn_implementation("sdpa")
-        run = common.train_run(
+        run = studies.train_run(
             model, tokenizer, data, job.settings, job.seed, accelerator, clip_folder=job.clip_folder
         )
     return {"dataset": "shapes", "method": job.name, "seed": job.seed, **run.to_dict()}
@@ -172,10 +174,10 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     sizes = Sizes(width=args.width, layers=args.layers)
     shared = dict(batch_size=args.batch_size, crop_scale_min=args.crop_scale_min)
-    pretrain = common.RunSettings(
+    pretrain = studies.RunSettings(
         steps=args.pretrain_steps, learning_rate=args.pretrain_lr, label_items=False, **shared
     )
-    finetune = common.RunSettings(steps=args.finetune_steps, learning_rate=args.finetune_lr, **shared)
+    finetune = studies.RunSettings(steps=args.finetune_steps, learning_rate=args.finetune_lr, **shared)
     folders = {seed: str((args.output / f"clip-seed{seed}").resolve()) for seed in args.seeds}
     start = time.perf_counter()
     print(f"pre-training {len(args.seeds)} tiny CLIPs ({args.pretrain_steps} steps, captions only)", flush=True)

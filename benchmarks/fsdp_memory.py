@@ -2,8 +2,8 @@
 
 Measured on the meta device (no memory is allocated, shapes are real): each base config's model is built from its
 YAML (`training/configs/*-base.yaml`), and for FSDP sharded by the trainer's own code
-(`hf_unified.training.sharding.shard_model`: one unit per `_no_split_modules` block, the rest in the root) inside a
-process group of W ranks simulated in this one process (torch's fake process group, which answers collectives
+(`hf_unified.training.engine.sharding.shard_model`: one unit per `_no_split_modules` block, the rest in the root)
+inside a process group of W ranks simulated in this one process (torch's fake process group, which answers collectives
 without communicating; rank 0 is measured). AdamW takes one step on zero gradients so that its state exists; every
 figure is the sum of the bytes of this rank's tensors: its local shards under FSDP, whole tensors under DDP.
 
@@ -35,7 +35,7 @@ from torch.distributed.tensor import DTensor
 from transformers import AutoConfig, AutoModel
 
 import hf_unified  # noqa: F401  (registers the model types with the Auto classes)
-from hf_unified.training import sharding
+from hf_unified.training.engine import sharding
 
 BASE_CONFIGS = ("unicl-base.yaml", "uniclip-base.yaml", "msclip-base.yaml")
 SMOKE_OVERRIDES = {

@@ -35,7 +35,7 @@ def build_folder(args, folder: str) -> None:
     """A random `CLIPModel` with a processor, saved like a Hub CLIP folder."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from hf_unified.training.tokenization import train_caption_tokenizer
+    from hf_unified.tokenization import train_caption_tokenizer
 
     tokenizer = train_caption_tokenizer([f"a photo of a {i}." for i in range(50)] * 4, vocab_size=400)
     towers = dict(intermediate_size=4 * args.width, num_hidden_layers=args.layers)
@@ -87,7 +87,7 @@ def cpu_seconds(fn) -> float:
 @torch.no_grad()
 def zero_shot(model, tokenizer, images: torch.Tensor, labels: torch.Tensor, classes: list[str], batch: int) -> float:
     from hf_unified.prompts import build_zero_shot_classifier
-    from hf_unified.training.evaluation import zero_shot_accuracy
+    from hf_unified.training.outputs.evaluation import zero_shot_accuracy
 
     classifier = build_zero_shot_classifier(model, tokenizer, classes, ["a photo of a {}.", "a {}."])
     embeds = [

@@ -5,9 +5,9 @@ One optimizer step's forward and backward passes (the optimizer update is the sa
 small UniCL model (CLIP towers, CLIP loss) on synthetic inputs, in four modes:
 
 - `one batch`: the reference, all 4096 samples in one forward pass (where memory allows);
-- `full_batch`: `hf_unified.training.grad_cache.FullBatchStep` (GradCache): a no-grad pass over the 16 micro-batches,
-  the loss once over all 4096 embeddings, then each micro-batch re-run from its random state with its cached
-  embedding gradients; the same loss and gradient as `one batch`;
+- `full_batch`: `hf_unified.training.engine.grad_cache.FullBatchStep` (GradCache): a no-grad pass over the 16
+  micro-batches, the loss once over all 4096 embeddings, then each micro-batch re-run from its random state with its
+  cached embedding gradients; the same loss and gradient as `one batch`;
 - `accum_freq`: open_clip's `--accum-freq 16` (`open_clip_train/train.py`, re-implemented here on the same model): a
   no-grad pass, then each micro-batch re-run with its live embeddings spliced into the cached ones, the loss over all
   4096 computed and back-propagated once per micro-batch (16 loss evaluations, no random state restored);
@@ -43,7 +43,7 @@ from loss_scaling import _allocate_large_tensors_with_mmap, _reset_high_water_ma
 from transformers import CLIPTextConfig, CLIPVisionConfig
 
 from hf_unified import UniCLConfig, UniCLModel
-from hf_unified.training.grad_cache import FullBatchStep
+from hf_unified.training.engine.grad_cache import FullBatchStep
 
 MODES = ("one batch", "full_batch", "accum_freq", "micro_batch", "loss alone")
 

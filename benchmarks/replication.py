@@ -3,9 +3,9 @@
 The package defaults at the reviewer's setting (3 seeds, 120 steps, the training prompts for zero-shot);
 `benchmarks/comparison.py` is the fuller study (more methods, 5 seeds, unseen prompts, held-out classes, linear
 probe, paired differences, curves). Every run goes through `hf_unified.training.trainer.Trainer` on in-memory data
-(`common.train_run`), the loop `training/train.py` runs.
+(`studies.train_run`), the loop `training/train.py` runs.
 
-Data: the embedded procedural "shapes" set (`hf_unified.training.synthetic_data`: 6 shape classes, colour / size /
+Data: the embedded procedural "shapes" set (`hf_unified.training.data.synthetic_data`: 6 shape classes, colour / size /
 position captions; the evaluation split holds (shape, colour) pairs never seen in training for half its samples),
 rendered in memory at 32 px; or scikit-learn's bundled handwritten digits (real 8x8 scans, 10 classes) upscaled to
 32 px with captions "a handwritten {digit}." / "the digit {digit}, written by hand." (`--dataset digits`).
@@ -38,13 +38,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-import common
+import studies
 import torch
 from accelerate.utils import set_seed
-from common import Sizes, describe_machine, markdown_table, percent_spread, spread
+from common import describe_machine, markdown_table, percent_spread, spread
+from studies import Sizes
 
 METHODS = ("clip", "unicl", "uniclip", "msclip-shared", "msclip-separate")
-# method -> (architecture, objective) of `common.build_model`
+# method -> (architecture, objective) of `studies.build_model`
 RECIPES = {
     "clip": ("towers", "clip"),
     "unicl": ("towers", "unicl"),
@@ -105,13 +106,13 @@ def main(argv=None) -> dict:
     quiet_progress_bars()
     print(f"machine: {describe_machine()}")
     if args.dataset == "shapes":
-        data = common.shapes_data(args.num_train, args.num_eval, args.image_size)
+        data = studies.shapes_data(args.num_train, args.num_eval, args.image_size)
     else:
-        data = common.digits_data(args.num_eval, args.image_size)
+        data = studies.digits_data(args.num_eval, args.image_size)
     data = dataclasses.replace(data, eval_templates=data.train_templates)  # zero-shot with the training prompts
-    tokenizer = common.caption_tokenizer(data, args.text_len)
+    tokenizer = studies.caption_tokenizer(data, args.text_len)
     sizes = Sizes(args.width, args.layers, args.patch_size, args.projection_dim, args.image_size, args.text_len)
-    settings = common.RunSettings(
+    settings = studies.RunSettings(
         steps=args.steps,
         batch_size=args.batch_size,
         learning_rate=args.lr,
@@ -119,14 +120,14 @@ def main(argv=None) -> dict:
         data_overrides={"augmentation_kwargs": dict(VIEW_AUGMENTATION)},
         num_workers=args.num_workers,
     )
-    accelerator = common.study_accelerator("outputs/replication")
+    accelerator = studies.study_accelerator("outputs/replication")
 
     results: dict[str, list[dict]] = {}
     for method in args.methods:
         for seed in args.seeds:
             set_seed(seed)
-            model = common.build_model(*RECIPES[method], tokenizer, sizes)
-            run = common.train_run(model, tokenizer, data, settings, seed, accelerator)
+            model = studies.build_model(*RECIPES[method], tokenizer, sizes)
+            run = studies.train_run(model, tokenizer, data, settings, seed, accelerator)
             final = run.history[-1]
             metrics = {
                 "zero_shot_top1": final["zero_shot_top1_accuracy"],

@@ -265,7 +265,7 @@ def build_unicl(sizes: Sizes, with_labels: bool = False, equal_width: bool = Fal
 def build_uniclip(sizes: Sizes, num_views: int = 2):
     modeling = importlib.import_module("hf_unified.modeling_uniclip")
     configuration = importlib.import_module("hf_unified.configuration_uniclip")
-    augmentation = importlib.import_module("hf_unified.training.augmentation")
+    augmentation = importlib.import_module("hf_unified.training.data.augmentation")
 
     config = configuration.UniCLIPConfig(
         vision_config=_clip_vision_config(sizes),

@@ -43,6 +43,7 @@ from .processing_msclip import MSCLIPProcessor, msclip_image_processor
 from .processing_unicl import UniCLProcessor
 from .processing_uniclip import UniCLIPProcessor
 from .prompts import OPENAI_IMAGENET_TEMPLATES, UNICL_TEMPLATES, build_zero_shot_classifier
+from .tokenization import clip_tokenizer_from_bpe_gz, clip_tokenizer_from_files, train_caption_tokenizer
 
 __version__ = "0.1.0"
 
@@ -91,9 +92,12 @@ __all__ = [
     "UniCLIPVisionModelWithProjection",
     "build_zero_shot_classifier",
     "clip_loss",
+    "clip_tokenizer_from_bpe_gz",
+    "clip_tokenizer_from_files",
     "gather_with_grad",
     "msclip_image_processor",
     "global_mean",
     "multi_positive_loss",
+    "train_caption_tokenizer",
     "unicl_loss",
 ]

@@ -3,7 +3,7 @@
 Three components on top of a dual encoder (any transformers image tower, any transformers text tower):
 
 1. **Augmentation-aware embedding.** Each image view comes with the parameter vector of its augmentation
-   (`hf_unified.training.augmentation.MultiViewAugmentation`); a small MLP encodes it and the code conditions the
+   (`hf_unified.training.data.augmentation.MultiViewAugmentation`); a small MLP encodes it and the code conditions the
    image projection head (added to, or concatenated with, the pooled feature). The backbone never sees the
    parameters. Un-augmented images (inference) use the identity parameters.
 2. **Domain-dependent similarity.** `s(a, b) = exp(logit_scale[D]) * (cos(z_a, z_b) - logit_offset[D])` with a
@@ -71,7 +71,7 @@ class UniCLIPModel(ContrastiveModel, PretrainedTowersMixin, TowerEncoders, UniCL
     >>> import torch
     >>> from transformers import CLIPTextConfig, CLIPVisionConfig
     >>> from hf_unified import UniCLIPConfig, UniCLIPModel
-    >>> from hf_unified.training.augmentation import MultiViewAugmentation
+    >>> from hf_unified.training.data.augmentation import MultiViewAugmentation
     >>> config = UniCLIPConfig(vision_config=CLIPVisionConfig(hidden_size=64, image_size=64, patch_size=16),
     ...                        text_config=CLIPTextConfig(hidden_size=64))
     >>> model = UniCLIPModel(config)

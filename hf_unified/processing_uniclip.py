@@ -1,7 +1,7 @@
 """UniCLIP processor: CLIP's evaluation preprocessing and any tokenizer.
 
 The processor prepares *un-augmented* images (inference, zero-shot, retrieval): the model then uses the identity
-augmentation parameters. Training views come from `hf_unified.training.augmentation.MultiViewAugmentation`, which
+augmentation parameters. Training views come from `hf_unified.training.data.augmentation.MultiViewAugmentation`, which
 normalises with the same mean/std.
 """
 

@@ -100,13 +100,13 @@ UNICL_TEMPLATES = ("{}.",) + OPENAI_IMAGENET_TEMPLATES
 
 
 def class_prompt(class_name: str | Sequence[str], templates: Sequence[str] = UNICL_TEMPLATES, rng=random) -> str:
-    """A random prompt for a class, as UniCL builds its image-label training text.
-
-    A list of synonyms picks one at random; commas and '+' are dropped from the name as in the official code.
-    """
+    """A random prompt for a class, as UniCL builds its image-label training text: a template drawn at random, then
+    (for a list of synonyms) a name drawn at random, with commas dropped and '+' made a space as in the official code.
+    The training data's class prompts come from here (`training.data.decoding.read_sample`)."""
+    template = rng.choice(list(templates))
     if not isinstance(class_name, str):
         class_name = rng.choice(list(class_name))
-    return rng.choice(list(templates)).format(class_name.replace(",", "").replace("+", " "))
+    return template.format(class_name.replace(",", "").replace("+", " "))
 
 
 @torch.no_grad()

@@ -66,7 +66,7 @@ def tiny_tokenizer_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_clip_tokenizer(tiny_tokenizer_dir):
     """The fixtures' 600-id CLIP BPE tokenizer: bos 598, eos 599 (the largest id), padded with eos."""
-    from hf_unified.training.tokenization import clip_tokenizer_from_files
+    from hf_unified.tokenization import clip_tokenizer_from_files
 
     return clip_tokenizer_from_files(tiny_tokenizer_dir / "vocab.json", tiny_tokenizer_dir / "merges.txt")
 

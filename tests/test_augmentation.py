@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from hf_unified.training.augmentation import (
+from hf_unified.training.data.augmentation import (
     AUGMENTATION_PARAM_DIM,
     AUGMENTATION_PARAM_NAMES,
     CLIP_MEAN,

@@ -16,15 +16,16 @@ from PIL import Image, ImageOps
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from hf_unified.tokenization import train_caption_tokenizer
 from hf_unified.training import data as data_lib
-from hf_unified.training import synthetic_data
-from hf_unified.training.augmentation import (
+from hf_unified.training.data import synthetic_data
+from hf_unified.training.data.augmentation import (
     AUGMENTATION_PARAM_NAMES,
     IDENTITY_PARAMS,
     MultiViewAugmentation,
     sample_crop_boxes,
 )
-from hf_unified.training.batch_augmentation import (
+from hf_unified.training.data.batch_augmentation import (
     BatchMultiViewAugmentation,
     ImageCanvas,
     adjust_brightness_,
@@ -35,7 +36,6 @@ from hf_unified.training.batch_augmentation import (
     gaussian_blur_matrices,
     jitter_views_,
 )
-from hf_unified.training.tokenization import train_caption_tokenizer
 
 SLOT = {name: i for i, name in enumerate(AUGMENTATION_PARAM_NAMES)}
 BILINEAR, BICUBIC = v2.InterpolationMode.BILINEAR, v2.InterpolationMode.BICUBIC

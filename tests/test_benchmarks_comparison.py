@@ -1,5 +1,5 @@
 """Smoke and unit tests of the comparison and fine-tune-from-CLIP studies (`benchmarks/comparison.py`,
-`benchmarks/finetune_from_clip.py`) and of the study harness in `benchmarks/common.py`."""
+`benchmarks/finetune_from_clip.py`) and of the study harness in `benchmarks/studies.py`."""
 
 import json
 import math
@@ -99,12 +99,12 @@ def test_msclip_s_layout_is_the_released_one_at_vit_b32_and_the_shipped_tiny_con
 
 
 def test_study_data_zero_shot_prompts_and_held_out_classes_are_unseen_in_training():
-    import common
+    import studies
 
-    from hf_unified.training import synthetic_data
+    from hf_unified.training.data import synthetic_data
 
-    shapes = common.shapes_data(num_train=300, num_eval=120, image_size=16)
-    digits = common.digits_data(num_eval=50, image_size=16, num_train=100)
+    shapes = studies.shapes_data(num_train=300, num_eval=120, image_size=16)
+    digits = studies.digits_data(num_eval=50, image_size=16, num_train=100)
     assert len(digits.train.images) == 100 and len(digits.eval.images) == 50
     for data in (shapes, digits):
         seen = set(data.train.captions) | {t.format(n) for n in data.class_names for t in data.train_templates}

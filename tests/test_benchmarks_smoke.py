@@ -122,7 +122,7 @@ def test_replication_views_come_from_the_shipped_augmentation():
     import replication
     import torch
 
-    from hf_unified.training.augmentation import MultiViewAugmentation
+    from hf_unified.training.data.augmentation import MultiViewAugmentation
 
     augmentation = MultiViewAugmentation(num_views=2, size=16, **replication.VIEW_AUGMENTATION)
     torch.manual_seed(0)

@@ -13,10 +13,10 @@ from tiny_models import tiny_config
 
 from hf_unified import UniCLModel, UniCLProcessor
 from hf_unified.prompts import build_zero_shot_classifier
-from hf_unified.training import synthetic_data
-from hf_unified.training.clip_benchmark import load_hf_unified, register
-from hf_unified.training.evaluation import zero_shot_accuracy
-from hf_unified.training.tokenization import train_caption_tokenizer
+from hf_unified.tokenization import train_caption_tokenizer
+from hf_unified.training.data import synthetic_data
+from hf_unified.training.outputs.clip_benchmark import load_hf_unified, register
+from hf_unified.training.outputs.evaluation import zero_shot_accuracy
 
 CLASSES = list(synthetic_data.SHAPES)
 

@@ -13,12 +13,14 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from hf_unified.tokenization import train_caption_tokenizer
 from hf_unified.training import data as data_lib
-from hf_unified.training import synthetic_data
-from hf_unified.training.batch_augmentation import ImageCanvas
-from hf_unified.training.tokenization import train_caption_tokenizer
+from hf_unified.training.data import synthetic_data
+from hf_unified.training.data.batch_augmentation import ImageCanvas
 
-TO_TENSOR = v2.Compose([v2.ToImage(), v2.Resize(16), v2.CenterCrop(16), v2.ToDtype(torch.float32, scale=True)])
+TO_TENSOR = data_lib.ImageFields(
+    v2.Compose([v2.ToImage(), v2.Resize(16), v2.CenterCrop(16), v2.ToDtype(torch.float32, scale=True)])
+)
 
 
 def _member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
@@ -74,7 +76,7 @@ def test_canvas_transform_gives_uint8_batches_with_their_seed_and_still_counts_d
     stream = data_lib.build_stream(
         [data_lib.SourceSpec(str(shard_with_bad_samples))], seed=0, rank=0, world_size=1, shuffle_buffer_size=0
     )
-    decode = data_lib.DecodeConfig(ImageCanvas(24), with_labels=False, multi_view=True)  # a method with views
+    decode = data_lib.DecodeConfig(ImageCanvas(24), with_labels=False)  # a method with views
     train = data_lib.TrainStream(stream, decode, tokenizer, 16, batch_size=8, seed=0, rank=0)
     batch = next(iter(train))
     assert batch["num_skipped"] == 3 and batch["skipped"] == {"corrupt_image": 2, "missing_text": 1}
@@ -85,6 +87,32 @@ def test_canvas_transform_gives_uint8_batches_with_their_seed_and_still_counts_d
     other = next(iter(data_lib.TrainStream(stream, decode, tokenizer, 16, batch_size=8, seed=1, rank=0)))
     assert isinstance(batch["augmentation_seed"], int) and batch["augmentation_seed"] == again["augmentation_seed"]
     assert other["augmentation_seed"] != batch["augmentation_seed"]
+
+
+def test_every_image_transform_gives_the_samples_image_fields(shard_with_bad_samples, tokenizer):
+    """One output shape: a mapping of batch fields, whatever the transform (one view, views with their parameters, a
+    canvas); a transform that returns a bare tensor is refused with the fix."""
+    from hf_unified.training.data.augmentation import MultiViewAugmentation
+
+    stream = data_lib.build_stream(
+        [data_lib.SourceSpec(str(shard_with_bad_samples))], seed=0, rank=0, world_size=1, shuffle_buffer_size=0
+    )
+    views = data_lib.ImageFields(MultiViewAugmentation(num_views=2, size=16, preset="small"), data_lib.VIEW_FIELDS)
+    for transform, shapes in [
+        (TO_TENSOR, {"pixel_values": (5, 3, 16, 16)}),
+        (views, {"pixel_values": (5, 2, 3, 16, 16), "augmentation_params": (5, 2, 11)}),
+        (ImageCanvas(24), {"images": (5, 3, 24, 24), "image_sizes": (5, 2), "resized_image_sizes": (5, 2)}),
+    ]:
+        decode = data_lib.DecodeConfig(transform, with_labels=False)
+        batch = next(iter(data_lib.TrainStream(stream, decode, tokenizer, 16, batch_size=8, seed=0, rank=0)))
+        assert {name: tuple(batch[name].shape) for name in shapes} == shapes
+        assert not {"pixel_values", "images"} - set(shapes) & set(batch)
+
+    bare = data_lib.DecodeConfig(TO_TENSOR.transform, with_labels=False)
+    with pytest.raises(
+        TypeError, match=r"must return the sample's image fields as a mapping.*got a tensor.*ImageFields"
+    ):
+        next(iter(data_lib.TrainStream(stream, bare, tokenizer, 16, batch_size=8, seed=0, rank=0)))
 
 
 def test_wrong_column_names_the_columns_it_has(shard_with_bad_samples):
@@ -122,11 +150,38 @@ def test_caption_mapping_and_class_prompts_in_decoding():
     assert out_of_range == data_lib.Skipped("label_out_of_range", "", None, "label 7, expected in [0, 2)")
 
 
+def test_class_prompts_come_from_the_one_prompt_builder():
+    """A labelled sample without a caption gets `prompts.class_prompt`'s text: UniCL's cleaning (commas dropped, '+'
+    a space), a template then a synonym drawn from the batch's generator: the draws decoding made before it used
+    the builder, so names without commas or '+' (the embedded shapes and digits) keep their prompts."""
+    import random
+
+    from hf_unified.prompts import class_prompt
+
+    names, templates = ["red, panda", "lesser+panda"], ("a photo of a {}.", "{}.", "a {} in a tree.")
+    config = data_lib.DecodeConfig(TO_TENSOR, class_names=[names, ["circle"]], templates=templates)
+    image = {"bytes": _jpeg((0, 0, 255)), "path": None}
+    texts = []
+    for seed in range(40):
+        text = data_lib.decode_example({"image": image, "text": None, "label": 0}, config, random.Random(seed))["text"]
+        rng = random.Random(seed)
+        drawn = rng.choice(templates).format(rng.choice(names))  # how decoding drew a prompt before the builder
+        assert text == class_prompt(names, templates, random.Random(seed))
+        assert text == drawn.replace(",", "").replace("+", " ")
+        texts.append(text)
+    assert {"a photo of a red panda.", "lesser panda.", "a lesser panda in a tree."} <= set(texts)
+    for seed in range(10):  # a plain name: exactly the text of the draws before
+        rng = random.Random(seed)
+        before = rng.choice(templates).format(rng.choice(["circle"]))
+        item = data_lib.decode_example({"image": image, "text": None, "label": 1}, config, random.Random(seed))
+        assert item["text"] == before
+
+
 def test_stream_batches_do_not_depend_on_workers_and_resume_exactly(tmp_path, tokenizer):
     shapes = synthetic_data.generate(tmp_path / "shapes", num_train=48, num_eval=4, num_train_shards=2, image_size=16)
     spec = data_lib.SourceSpec(f"{shapes}/train-*.tar")
-    transform = v2.Compose(
-        [v2.ToImage(), v2.RandomResizedCrop(16, scale=(0.3, 1.0)), v2.ToDtype(torch.float32, scale=True)]
+    transform = data_lib.ImageFields(
+        v2.Compose([v2.ToImage(), v2.RandomResizedCrop(16, scale=(0.3, 1.0)), v2.ToDtype(torch.float32, scale=True)])
     )
 
     def batches(num_workers: int, start: int, count: int) -> list[dict]:
@@ -241,8 +296,8 @@ def test_stream_arguments_must_be_positive(field, message):
 
 def _lane_batches(spec, tokenizer, lanes: int, num_workers: int, start: int, count: int) -> list[dict]:
     stream = data_lib.build_lanes([spec], seed=3, rank=0, world_size=1, shuffle_buffer_size=6, lanes=lanes)
-    transform = v2.Compose(
-        [v2.ToImage(), v2.RandomResizedCrop(16, scale=(0.3, 1.0)), v2.ToDtype(torch.float32, scale=True)]
+    transform = data_lib.ImageFields(
+        v2.Compose([v2.ToImage(), v2.RandomResizedCrop(16, scale=(0.3, 1.0)), v2.ToDtype(torch.float32, scale=True)])
     )
     train = data_lib.TrainStream(
         stream, data_lib.DecodeConfig(transform, with_labels=False), tokenizer, 16, batch_size=4, seed=3, rank=0

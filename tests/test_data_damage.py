@@ -14,23 +14,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from damaged_shards import DamagedShards, write_damaged_shards
 from datasets import IterableDataset
 from PIL import Image
 from torchvision.transforms import v2
 
+from hf_unified.tokenization import train_caption_tokenizer
 from hf_unified.training import data as data_lib
-from hf_unified.training import synthetic_data
-from hf_unified.training.sources import RAW_FEATURES, damaged_row
-from hf_unified.training.tokenization import train_caption_tokenizer
+from hf_unified.training.data import synthetic_data
+from hf_unified.training.data.sources import RAW_FEATURES, damaged_row
 
-TO_TENSOR = v2.Compose([v2.ToImage(), v2.Resize(16), v2.CenterCrop(16), v2.ToDtype(torch.float32, scale=True)])
+TO_TENSOR = data_lib.ImageFields(
+    v2.Compose([v2.ToImage(), v2.Resize(16), v2.CenterCrop(16), v2.ToDtype(torch.float32, scale=True)])
+)
 CLASS_NAMES = [[name] for name in synthetic_data.SHAPES]
 BATCH = 4  # divides the 24 samples of a pass over the damaged shards
 
 
 @pytest.fixture(scope="module")
-def damaged(tmp_path_factory) -> synthetic_data.DamagedShards:
-    return synthetic_data.write_damaged_shards(tmp_path_factory.mktemp("damaged"))
+def damaged(tmp_path_factory) -> DamagedShards:
+    return write_damaged_shards(tmp_path_factory.mktemp("damaged"))
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +75,8 @@ def test_every_kind_of_damage_is_skipped_counted_and_named(damaged, tokenizer, n
 
 
 def test_damaged_stream_resumes_exactly_whatever_the_worker_count(damaged, tokenizer):
-    crop = v2.Compose(
-        [v2.ToImage(), v2.RandomResizedCrop(16, scale=(0.3, 1.0)), v2.ToDtype(torch.float32, scale=True)]
+    crop = data_lib.ImageFields(
+        v2.Compose([v2.ToImage(), v2.RandomResizedCrop(16, scale=(0.3, 1.0)), v2.ToDtype(torch.float32, scale=True)])
     )
 
     def batches(num_workers, start, count):
@@ -98,7 +101,7 @@ def test_damaged_stream_resumes_exactly_whatever_the_worker_count(damaged, token
 
 
 def test_warnings_name_each_damaged_shard_once_and_are_rate_limited(damaged, tokenizer, caplog):
-    with caplog.at_level(logging.WARNING, logger="hf_unified.training.data_health"):
+    with caplog.at_level(logging.WARNING, logger="hf_unified.training.data.health"):
         _train_batches(_spec(damaged), tokenizer, 0, count=2 * damaged.num_rows // BATCH)  # two passes
     messages = [record.getMessage() for record in caplog.records]
     for shard, kind in damaged.damaged_shards.items():

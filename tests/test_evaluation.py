@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_unified.training.evaluation import gather_rows, retrieval_recall, zero_shot_accuracy
+from hf_unified.training.outputs.evaluation import gather_rows, retrieval_recall, zero_shot_accuracy
 
 # similarity[i, j] of image i and text j, chosen by hand.
 SIMILARITY = torch.tensor(

@@ -13,7 +13,7 @@ from accelerate import Accelerator
 from scale_models import KINDS, build_model, concatenate, gradients, init_gloo, micro_batches
 
 from hf_unified.losses import text_identity_keys
-from hf_unified.training.grad_cache import FullBatchStep, RandomState
+from hf_unified.training.engine.grad_cache import FullBatchStep, RandomState
 
 MICRO_BATCHES, MICRO_BATCH_SIZE, SEED = 3, 4, 5
 

@@ -40,8 +40,8 @@ from hf_unified.image_processing import (
     to_rgb,
 )
 from hf_unified.training import data as data_lib
-from hf_unified.training.augmentation import MultiViewAugmentation
-from hf_unified.training.batch_augmentation import ImageCanvas
+from hf_unified.training.data.augmentation import MultiViewAugmentation
+from hf_unified.training.data.batch_augmentation import ImageCanvas
 
 GREY_46 = (117, 117, 117)  # 46% of 255: what a 16-bit 30,146 / 65,535 means
 
@@ -163,7 +163,7 @@ def test_thin_images_and_bombs_cost_no_run_under_an_address_space_cap(tmp_path, 
         from PIL import Image
         from torchvision.transforms import v2
         from transformers import pipeline
-        from hf_unified.hub import widget
+        from hf_unified.training.outputs.model_folder import CardExamples
         from hf_unified.training import data as data_lib
 
         folder, shards, classes = {str(folder)!r}, {str(tmp_path / "eval-*.tar")!r}, {str(tmp_path / "classes.json")!r}
@@ -174,7 +174,7 @@ def test_thin_images_and_bombs_cost_no_run_under_an_address_space_cap(tmp_path, 
         # What training and evaluation run when they resize before cropping.
         resize = v2.Compose([v2.ToImage(), v2.Resize(224), v2.CenterCrop(224), v2.ToDtype(torch.float32, scale=True)])
         spec = data_lib.SourceSpec(shards, image_column="png", text_column=None, label_column="cls")
-        decode = data_lib.DecodeConfig(resize, class_names=data_lib.load_class_names(classes))
+        decode = data_lib.DecodeConfig(data_lib.ImageFields(resize), class_names=data_lib.load_class_names(classes))
         stream = data_lib.build_stream([spec], seed=0, rank=0, world_size=1, shuffle_buffer_size=0)
         train = data_lib.TrainStream(stream, decode, classifier.tokenizer, 16, batch_size=7, seed=0, rank=0)
         batch = next(iter(train))
@@ -183,9 +183,8 @@ def test_thin_images_and_bombs_cost_no_run_under_an_address_space_cap(tmp_path, 
         used = sum(len(batch.get("texts", [])) for batch in loader)
         results["evaluation"] = [dict(loader.health.skipped), used]
 
-        record = {{"eval_data": shards, "eval_label_column": "cls", "eval_image_column": "png",
-                  "class_names_file": classes}}
-        examples = widget.widget_examples(Path(folder), record, "org/model")
+        split = CardExamples(shards, data_lib.load_class_names(classes), image_column="png", label_column="cls")
+        examples = split.widget_examples(Path(folder))
         results["card"] = [[example.title, example.output is not None] for example in examples]
 
         try:

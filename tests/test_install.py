@@ -43,7 +43,7 @@ def test_hub_code_imports_neither_subpackages_nor_training_packages():
 
 
 def test_a_saved_uniclip_folder_runs_without_the_training_packages(tmp_path):
-    from hf_unified.training.tokenization import train_caption_tokenizer
+    from hf_unified.tokenization import train_caption_tokenizer
 
     model = tiny_model("uniclip")
     tokenizer = train_caption_tokenizer(["a red square", "a blue circle", "a photo"] * 3, vocab_size=64)

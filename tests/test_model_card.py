@@ -308,7 +308,7 @@ def shapes_model_folder(tmp_path_factory, tiny_clip_tokenizer):
 
     from hf_unified import UniCLConfig, UniCLModel, UniCLProcessor
     from hf_unified.processing_unicl import unicl_image_processor
-    from hf_unified.training import synthetic_data
+    from hf_unified.training.data import synthetic_data
 
     root = tmp_path_factory.mktemp("shapes")
     data = synthetic_data.generate(root / "data", num_train=8, num_eval=24, num_train_shards=1, image_size=32)
@@ -328,14 +328,25 @@ def shapes_model_folder(tmp_path_factory, tiny_clip_tokenizer):
     return folder
 
 
+def run_card_examples(folder: Path) -> list:
+    """What the trainer hands the card of the run recorded in `folder`: its evaluation split's images, answered."""
+    from hf_unified.training.data import load_class_names
+    from hf_unified.training.outputs.model_folder import CardExamples
+
+    record = json.loads((folder / "training_args.json").read_text())
+    names = load_class_names(record["class_names_file"])
+    split = CardExamples(record["eval_data"], names, record["eval_image_column"], record["eval_label_column"])
+    return split.widget_examples(folder)
+
+
 def test_widget_shows_the_models_own_data_with_outputs_it_computed(shapes_model_folder):
     from PIL import Image
     from transformers import pipeline
 
-    from hf_unified.training.synthetic_data import SHAPES
+    from hf_unified.training.data.synthetic_data import SHAPES
 
     folder = shapes_model_folder
-    path = write_model_card(folder, repo_id="my-org/shapes")
+    path = write_model_card(folder, repo_id="my-org/shapes", examples=run_card_examples(folder))
     widget = metadata_load(path)["widget"]
     assert len(widget) == 2 and len({entry["example_title"] for entry in widget}) == 2
     classifier = pipeline("zero-shot-image-classification", model=str(folder))
@@ -480,7 +491,7 @@ def test_export_made_outside_the_checkout_carries_its_widget_images(shapes_model
     from hf_unified.hub.export import export_clip
 
     source = Path(shutil.copytree(shapes_model_folder, tmp_path / "shapes"))
-    shown = metadata_load(write_model_card(source))["widget"]  # read from the run's evaluation split
+    shown = metadata_load(write_model_card(source, examples=run_card_examples(source)))["widget"]  # the run's split
     assert len(shown) == 2
     training_args = json.loads((source / "training_args.json").read_text())
     (source / "training_args.json").write_text(json.dumps({**training_args, "eval_data": "data/shapes/eval-*.tar"}))
@@ -523,7 +534,7 @@ def test_carried_widget_images_are_read_bounded_and_converted_as_every_image(tmp
     (tmp_path / "README.md").write_text(f"---\n{ModelCardData(widget=widget).to_yaml()}\n---\n# m\n")
 
     with caplog.at_level(logging.WARNING):
-        examples = {example.title: example for example in card_examples(tmp_path, "org/m")}
+        examples = {example.title: example for example in card_examples(tmp_path)}
     assert sorted(examples) == ["grey16", "ok"]
     assert examples["grey16"].image.getpixel((0, 0)) == (117, 117, 117)
     assert examples["ok"].path_in_repo == "widget/ok.png" and examples["ok"].candidate_labels == ["a", "b"]
@@ -537,4 +548,4 @@ def test_a_source_card_without_widget_examples_carries_none(tmp_path):
     from hf_unified.hub.model_card import card_examples
 
     (tmp_path / "README.md").write_text("---\nlicense: apache-2.0\n---\n# a model\n")
-    assert card_examples(tmp_path, "org/m") == []
+    assert card_examples(tmp_path) == []

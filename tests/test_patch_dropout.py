@@ -16,7 +16,7 @@ from tiny_models import batch, tiny_config, tiny_model, tiny_vision
 from hf_unified import MSCLIPConfig, UniCLConfig, UniCLIPConfig, UniCLModel
 from hf_unified.losses import text_identity_keys
 from hf_unified.patch_dropout import keep_tokens, num_kept_patches
-from hf_unified.training.grad_cache import FullBatchStep, RandomState
+from hf_unified.training.engine.grad_cache import FullBatchStep, RandomState
 
 # Model kinds: (model_type, config overrides, MS-CLIP preset). Tower models run at patch 4: 64 patches per image;
 # MS-CLIP's tiny stack has 16.

@@ -21,7 +21,7 @@ from hf_unified.configuration_contrastive import OBJECTIVE_PRESETS
 
 
 def _tokenizer() -> PreTrainedTokenizerFast:
-    from hf_unified.training.tokenization import train_caption_tokenizer
+    from hf_unified.tokenization import train_caption_tokenizer
 
     return train_caption_tokenizer(["a photo of a cat", "a red square", "the digit three"] * 4, vocab_size=64)
 

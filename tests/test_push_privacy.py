@@ -198,7 +198,7 @@ def created_visibility(hub: FakeHub) -> list[str]:
 
 
 def test_new_repositories_are_private_unless_asked(model_folder, hub_env, capsys):
-    from hf_unified.training.arguments import parse_arguments
+    from hf_unified.training.parsing import parse_arguments
 
     hub = hub_env()
     push_folder(model_folder, REPO_ID)

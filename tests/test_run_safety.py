@@ -30,8 +30,8 @@ from training_helpers import (
     write_config,
 )
 
-from hf_unified.training import checkpoint as checkpoints
-from hf_unified.training.preemption import REQUEUE_EXIT_CODE, RunStopped
+from hf_unified.training.engine import checkpoint as checkpoints
+from hf_unified.training.engine.preemption import REQUEUE_EXIT_CODE, RunStopped
 from hf_unified.training.runs import ADJUSTABLE_SETTINGS, RunFolderError
 from hf_unified.training.trainer import SaveError, Trainer
 
@@ -463,7 +463,7 @@ def test_a_half_written_tokenizer_folder_is_trained_again(tmp_path, shapes):
     later run; it is now written atomically, and a damaged one is trained again."""
     from transformers import AutoTokenizer
 
-    from hf_unified.training.tokenization import train_caption_tokenizer
+    from hf_unified.tokenization import train_caption_tokenizer
 
     out = tmp_path / "run"
     train_caption_tokenizer(["a red circle", "a blue square"], vocab_size=300).save_pretrained(out / "tokenizer")

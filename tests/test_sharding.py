@@ -18,9 +18,9 @@ from accelerate.utils import FullyShardedDataParallelPlugin
 from scale_models import build_model, init_gloo, micro_batches
 from torch import nn
 
-from hf_unified.training import sharding
-from hf_unified.training.grad_cache import FullBatchStep
-from hf_unified.training.sharding import gradient_sync
+from hf_unified.training.engine import sharded_state, sharding
+from hf_unified.training.engine.grad_cache import FullBatchStep
+from hf_unified.training.engine.sharding import gradient_sync
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORLD_SIZE, STEPS, RESUME_AT, MICRO_BATCH_SIZE = 2, 10, 5, 4
@@ -83,8 +83,8 @@ def _worker(rank: int, folder: str, tokenizer_dir: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule
 
-    from hf_unified.training.evaluation import evaluate_model
-    from hf_unified.training.tokenization import clip_tokenizer_from_files
+    from hf_unified.tokenization import clip_tokenizer_from_files
+    from hf_unified.training.outputs.evaluation import evaluate_model
 
     init_gloo(rank, WORLD_SIZE, folder)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), LOCAL_RANK=str(rank))
@@ -118,7 +118,7 @@ def _worker(rank: int, folder: str, tokenizer_dir: str) -> None:
             if rank == 0:
                 os.makedirs(checkpoint)
             dist.barrier()
-            sharding.write_sharded_state(checkpoint, fsdp, fsdp_optimizer)
+            sharded_state.write_sharded_state(checkpoint, fsdp, fsdp_optimizer)
             dist.barrier()
             fsdp_losses += train(fsdp, fsdp_optimizer, accelerator, config, accumulation, rank, steps[RESUME_AT:])
 
@@ -128,7 +128,7 @@ def _worker(rank: int, folder: str, tokenizer_dir: str) -> None:
             settings = sharding.fsdp_kwargs(SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin)))
             resumed = sharding.shard_model(build_model(kind, clip_towers=True, seed=1), mesh, **settings)
             resumed_optimizer = adamw(resumed)
-            sharding.read_sharded_state(checkpoint, resumed, resumed_optimizer)
+            sharded_state.read_sharded_state(checkpoint, resumed, resumed_optimizer)
             resumed_losses = train(
                 resumed, resumed_optimizer, accelerator, config, accumulation, rank, steps[RESUME_AT:]
             )
@@ -223,7 +223,9 @@ def test_fsdp_resumes_exactly_from_sharded_safetensors(two_process_run, kind, ac
     assert run["resumed_state_equal"]
     checkpoint = folder / f"{kind}-k{accumulation}-checkpoint"
     names = sorted(p.name for p in checkpoint.iterdir())
-    assert names == sorted(n for rank in range(WORLD_SIZE) for n in sharding.sharded_state_files(rank, WORLD_SIZE))
+    assert names == sorted(
+        n for rank in range(WORLD_SIZE) for n in sharded_state.sharded_state_files(rank, WORLD_SIZE)
+    )
 
 
 @pytest.mark.parametrize("kind, accumulation", RUNS)
@@ -302,14 +304,14 @@ def test_base_configs_shard_by_the_block_classes_they_hold(name, blocks):
 
 def test_sharded_state_of_another_world_size_is_refused(tmp_path):
     model = build_model("msclip-shared")
-    sharding.write_sharded_state(tmp_path, model)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(sharding.sharded_state_files(0, 1))
+    sharded_state.write_sharded_state(tmp_path, model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(sharded_state.sharded_state_files(0, 1))
     other = tmp_path / "other"
     other.mkdir()
-    for name in sharding.sharded_state_files(0, 1):
+    for name in sharded_state.sharded_state_files(0, 1):
         (tmp_path / name).rename(other / name.replace("-of-00001", "-of-00002").replace("rank00000", "rank00001"))
     with pytest.raises(ValueError, match="rank 0 of 1 .* resume with the number of processes"):
-        sharding.read_sharded_state(other, model)
+        sharded_state.read_sharded_state(other, model)
 
 
 def test_sharded_state_round_trip_in_one_process(tmp_path):
@@ -317,9 +319,9 @@ def test_sharded_state_round_trip_in_one_process(tmp_path):
     optimizer = adamw(source)
     source(**micro_batches(source.config, 1, 4)[0], return_loss=True).loss.backward()
     optimizer.step()
-    sharding.write_sharded_state(tmp_path, source, optimizer)
+    sharded_state.write_sharded_state(tmp_path, source, optimizer)
     target_optimizer = adamw(target)
-    sharding.read_sharded_state(tmp_path, target, target_optimizer)
+    sharded_state.read_sharded_state(tmp_path, target, target_optimizer)
     for (name, a), b in zip(source.state_dict().items(), target.state_dict().values()):
         assert torch.equal(a, b), name
     assert target_optimizer.state_dict()["param_groups"] == optimizer.state_dict()["param_groups"]
@@ -328,9 +330,9 @@ def test_sharded_state_round_trip_in_one_process(tmp_path):
     # A model that does not match the files is refused before anything is applied.
     other = build_model("msclip-shared")
     with pytest.raises(ValueError, match="does not match the model"):
-        sharding.read_sharded_state(tmp_path, other, adamw(other))
+        sharded_state.read_sharded_state(tmp_path, other, adamw(other))
     with pytest.raises(ValueError, match="holds optimizer state: pass the optimizer"):
-        sharding.read_sharded_state(tmp_path, target)
+        sharded_state.read_sharded_state(tmp_path, target)
 
 
 @pytest.mark.parametrize("kind, accumulation", RUNS)

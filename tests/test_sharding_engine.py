@@ -15,7 +15,8 @@ from accelerate import Accelerator
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-from hf_unified.training import sharding
+from hf_unified.training.engine import launch, sharding
+from hf_unified.training.engine.steps import build_step
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "training" / "accelerate"
@@ -52,7 +53,7 @@ def test_fsdp_launch_is_refused_on_a_machine_without_gpu(tmp_path):
             import sys
             sys.path.insert(0, {str(REPO_ROOT)!r})
             from accelerate import Accelerator
-            from hf_unified.training.sharding import check_engine
+            from hf_unified.training.engine.launch import check_engine
             accelerator = Accelerator(cpu=True)
             print("accelerate set up", accelerator.distributed_type)
             check_engine(accelerator)
@@ -74,15 +75,15 @@ def test_deepspeed_launch_is_refused_without_gpu(stage):
     """accelerate itself refuses to launch the DeepSpeed files here (DeepSpeed is not installed); what it would
     pass to the processes is refused by the check too."""
     environ = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": stage}
-    assert sharding.requested_engine(environ) == "DEEPSPEED"
-    with pytest.raises(sharding.EngineError, match=r"asks for DEEPSPEED .* but accelerate set up single process"):
-        sharding.check_engine(Accelerator(cpu=True), environ=environ)
+    assert launch.requested_engine(environ) == "DEEPSPEED"
+    with pytest.raises(launch.EngineError, match=r"asks for DEEPSPEED .* but accelerate set up single process"):
+        launch.check_engine(Accelerator(cpu=True), environ=environ)
 
 
 def test_plain_launches_are_described():
     accelerator = Accelerator(cpu=True)
-    assert sharding.requested_engine({}) is None
-    assert sharding.check_engine(accelerator, "full_batch", environ={}) == "single process (cpu)"
+    assert launch.requested_engine({}) is None
+    assert launch.check_engine(accelerator, build_step("full_batch"), environ={}) == "single process (cpu)"
 
 
 def fake_accelerator(kind: DistributedType, **state) -> SimpleNamespace:
@@ -99,17 +100,17 @@ def fake_accelerator(kind: DistributedType, **state) -> SimpleNamespace:
 def test_fsdp_version_1_auto_wrap_and_accelerate_activation_checkpointing_are_refused():
     environ = {"ACCELERATE_USE_FSDP": "true"}
     version_1 = fake_accelerator(DistributedType.FSDP, fsdp_plugin=FullyShardedDataParallelPlugin(fsdp_version=1))
-    with pytest.raises(sharding.EngineError, match="FSDP version 1 is not supported: set `fsdp_version: 2`"):
-        sharding.check_engine(version_1, environ=environ)
+    with pytest.raises(launch.EngineError, match="FSDP version 1 is not supported: set `fsdp_version: 2`"):
+        launch.check_engine(version_1, environ=environ)
     plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap")
-    with pytest.raises(sharding.EngineError, match="set `fsdp_auto_wrap_policy: NO_WRAP`"):
-        sharding.check_engine(fake_accelerator(DistributedType.FSDP, fsdp_plugin=plugin), environ=environ)
+    with pytest.raises(launch.EngineError, match="set `fsdp_auto_wrap_policy: NO_WRAP`"):
+        launch.check_engine(fake_accelerator(DistributedType.FSDP, fsdp_plugin=plugin), environ=environ)
     plugin = FullyShardedDataParallelPlugin(fsdp_version=2, activation_checkpointing=True)
-    with pytest.raises(sharding.EngineError, match="pass --gradient_checkpointing instead"):
-        sharding.check_engine(fake_accelerator(DistributedType.FSDP, fsdp_plugin=plugin), environ=environ)
+    with pytest.raises(launch.EngineError, match="pass --gradient_checkpointing instead"):
+        launch.check_engine(fake_accelerator(DistributedType.FSDP, fsdp_plugin=plugin), environ=environ)
     plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
-    description = sharding.check_engine(
-        fake_accelerator(DistributedType.FSDP, fsdp_plugin=plugin), "full_batch", environ
+    description = launch.check_engine(
+        fake_accelerator(DistributedType.FSDP, fsdp_plugin=plugin), build_step("full_batch"), environ
     )
     assert description == "FSDP2, 8 processes (nccl, cuda:0), bf16 mixed precision"
 
@@ -117,11 +118,31 @@ def test_fsdp_version_1_auto_wrap_and_accelerate_activation_checkpointing_are_re
 def test_full_batch_with_deepspeed_is_refused():
     deepspeed = fake_accelerator(DistributedType.DEEPSPEED, deepspeed_plugin=SimpleNamespace(zero_stage=3))
     environ = {"ACCELERATE_USE_DEEPSPEED": "true"}
-    assert sharding.check_engine(deepspeed, "micro_batch", environ) == (
+    assert launch.check_engine(deepspeed, build_step("micro_batch"), environ) == (
         "DeepSpeed ZeRO-3, 8 processes (nccl, cuda:0), bf16 mixed precision"
     )
-    with pytest.raises(sharding.EngineError, match="full_batch is not supported with DeepSpeed"):
-        sharding.check_engine(deepspeed, "full_batch", environ)
+    with pytest.raises(launch.EngineError, match="full_batch is not supported with DeepSpeed"):
+        launch.check_engine(deepspeed, build_step("full_batch"), environ)
+
+
+def test_the_engine_check_asks_the_step_strategy_that_runs():
+    """Not the accumulation mode's string: a strategy of one's own says itself whether DeepSpeed can run it."""
+
+    class ExactStep:
+        name = "exact_on_the_side"
+        deepspeed_unsupported = "it gathers the whole batch outside DeepSpeed's engine"
+
+        def __call__(self, model, micro_batches, accelerator):
+            raise AssertionError("not run by the check")
+
+    deepspeed = fake_accelerator(DistributedType.DEEPSPEED, deepspeed_plugin=SimpleNamespace(zero_stage=2))
+    environ = {"ACCELERATE_USE_DEEPSPEED": "true"}
+    with pytest.raises(
+        launch.EngineError,
+        match=r"exact_on_the_side is not supported with DeepSpeed \(it gathers the whole batch outside",
+    ):
+        launch.check_engine(deepspeed, ExactStep(), environ)
+    assert launch.check_engine(deepspeed, None, environ).startswith("DeepSpeed ZeRO-2")
 
 
 def test_fsdp_kwargs_follow_the_plugin():

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from hf_unified.training import data as data_lib
-from hf_unified.training import synthetic_data
+from hf_unified.training.data import synthetic_data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO_ROOT / "training" / "slurm" / "train_multi_node.sbatch"
@@ -31,7 +31,7 @@ import torch
 from accelerate import Accelerator
 from torchvision.transforms import v2
 from hf_unified.training import data as data_lib
-from hf_unified.training.tokenization import train_caption_tokenizer
+from hf_unified.tokenization import train_caption_tokenizer
 
 config = json.load(open(sys.argv[sys.argv.index("--config") + 1]))
 accelerator = Accelerator(cpu=True)
@@ -42,7 +42,7 @@ rows = [
     for row in data_lib.build_stream(specs, 0, rank, world, shuffle_buffer_size=8)
 ]
 # The trainer's batches of this rank, built from this rank's share of the stream.
-transform = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+transform = data_lib.ImageFields(v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]))
 tokenizer = train_caption_tokenizer([text for _, text in rows] * 2, vocab_size=300)
 batches = data_lib.TrainStream(
     data_lib.build_stream(specs, 0, rank, world, shuffle_buffer_size=8),

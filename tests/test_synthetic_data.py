@@ -12,13 +12,13 @@ import sys
 import textwrap
 from pathlib import Path
 
-from hf_unified.training import synthetic_data
+from hf_unified.training.data import synthetic_data
 
 SETTINGS = dict(num_train=12, num_eval=2, num_train_shards=3, image_size=8)
 
 KILLED_MIDWAY = """
 import os, signal
-from hf_unified.training import synthetic_data
+from hf_unified.training.data import synthetic_data
 
 members = 0
 add_member = synthetic_data._add_member

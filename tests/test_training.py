@@ -135,7 +135,7 @@ def test_two_processes_match_one_process(tmp_path, shapes):
 
 def test_the_trainer_streams_with_the_configured_shuffle_and_lanes(tmp_path, shapes, monkeypatch):
     from hf_unified.training import data as data_lib
-    from hf_unified.training.factory import build_trainer
+    from hf_unified.training.builders import build_trainer
 
     calls, build_lanes = [], data_lib.build_lanes
     monkeypatch.setattr(data_lib, "build_lanes", lambda *a, **k: calls.append((a, k)) or build_lanes(*a, **k))
@@ -144,6 +144,29 @@ def test_the_trainer_streams_with_the_configured_shuffle_and_lanes(tmp_path, sha
     ((arguments, keywords),) = calls
     assert arguments[-1] == 12 and keywords == {"shuffle_input_shards": 1, "lanes": 3}
     assert len(trainer.data.stream.lanes) == 3  # one per shard of the 3
+
+
+def test_on_evaluate_adds_metrics_of_ones_own_to_every_evaluation(tmp_path, shapes):
+    """The `Trainer`'s hook (what the benchmarks' studies use): called after each evaluation with the model in eval
+    mode, the step and the trainer's results; what it returns joins the results, the log and eval_results.json."""
+    from hf_unified.training.builders import build_trainer
+
+    config = write_config(tmp_path, shapes, eval_steps=1)
+    out = tmp_path / "run"
+    flags = ["--config", str(config), "--output_dir", str(out), "--max_steps", "2"]
+    trainer = build_trainer(*train_script.parse_arguments(flags))
+    calls = []
+
+    def hook(model, step, results):
+        calls.append((step, model.training, "zero_shot_top1_accuracy" in results))
+        return {"my_metric": float(step)}
+
+    trainer.on_evaluate = hook
+    result = trainer.train()
+    assert calls == [(1, False, True), (2, False, True)]  # every eval_steps, then the final evaluation
+    assert result["eval_results"]["my_metric"] == 2.0
+    assert json.loads((out / "eval_results.json").read_text())["my_metric"] == 2.0
+    assert trainer.unwrapped.training  # back in training mode after each call
 
 
 def test_bad_column_fails_before_training(tmp_path, shapes):

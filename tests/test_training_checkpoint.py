@@ -26,8 +26,8 @@ from training_helpers import (
     write_config,
 )
 
-from hf_unified.training import checkpoint as checkpoints
 from hf_unified.training.arguments import TrainArguments
+from hf_unified.training.engine import checkpoint as checkpoints
 from hf_unified.training.optim import build_optimizer, build_scheduler
 
 pytest_plugins = ("training_fixtures",)  # shapes, fresh_accelerate_state

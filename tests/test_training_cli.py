@@ -114,7 +114,7 @@ def test_shipped_ddp_launch_config_loads():
 
 def test_every_accumulation_mode_the_parser_accepts_has_a_strategy():
     from hf_unified.training.arguments import GRADIENT_ACCUMULATION_MODES
-    from hf_unified.training.steps import STEP_STRATEGIES
+    from hf_unified.training.engine.steps import STEP_STRATEGIES
 
     assert set(GRADIENT_ACCUMULATION_MODES) == set(STEP_STRATEGIES)
 
@@ -122,7 +122,7 @@ def test_every_accumulation_mode_the_parser_accepts_has_a_strategy():
 def test_input_limits_are_checked_options_whose_defaults_are_the_librarys():
     from hf_unified.image_processing import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS
     from hf_unified.training.arguments import ConfigError
-    from hf_unified.training.sources import MAX_CAPTION_CHARS
+    from hf_unified.training.data.sources import MAX_CAPTION_CHARS
 
     data_args = train_script.parse_arguments([])[1]
     assert (data_args.max_image_pixels, data_args.max_aspect_ratio, data_args.max_caption_chars) == (

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from damaged_shards import write_damaged_shards
 from safetensors.torch import load_file
 from training_helpers import ROOT, TINY_TEXT, TINY_VISION, train_script, write_config
 
-from hf_unified.training import checkpoint as checkpoints
-from hf_unified.training import synthetic_data
-from hf_unified.training.data_health import DataError
-from hf_unified.training.factory import build_trainer
+from hf_unified.training.builders import build_trainer
+from hf_unified.training.data.health import DataError
+from hf_unified.training.engine import checkpoint as checkpoints
 from hf_unified.training.trainer import NonFiniteLossError
 
 pytest_plugins = ("training_fixtures",)  # shapes, fresh_accelerate_state
@@ -105,8 +105,8 @@ def test_consecutive_nan_steps_stop_the_run_with_the_last_checkpoint_intact(tmp_
 
 
 def _damaged_source(tmp_path, shapes, **overrides) -> tuple[Path, object]:
-    """A config training on `synthetic_data.write_damaged_shards`: every kind of damage, 24 samples a pass."""
-    damaged = synthetic_data.write_damaged_shards(tmp_path / "damaged")
+    """A config training on `damaged_shards.write_damaged_shards`: every kind of damage, 24 samples a pass."""
+    damaged = write_damaged_shards(tmp_path / "damaged")
     config = write_config(
         tmp_path,
         shapes,

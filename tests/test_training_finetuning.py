@@ -15,7 +15,7 @@ from training_helpers import (
 )
 
 from hf_unified.training.arguments import TrainArguments
-from hf_unified.training.factory import build_trainer
+from hf_unified.training.builders import build_trainer
 from hf_unified.training.finetuning import example_inputs, freeze_parameters, trace_parameter_roles
 from hf_unified.training.optim import parameter_groups
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from hf_unified.training.tokenization import train_caption_tokenizer
+    from hf_unified.tokenization import train_caption_tokenizer
 
     return train_caption_tokenizer(["a red circle.", "a blue square in the top left."] * 5, vocab_size=280)
 

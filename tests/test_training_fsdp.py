@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 from training_helpers import ROOT, launch_two_processes, log_records, losses, train_script, write_config
 
-from hf_unified.training import checkpoint as checkpoints
-from hf_unified.training import sharding
+from hf_unified.training.engine import checkpoint as checkpoints
+from hf_unified.training.engine import launch, sharded_state
 
 pytest_plugins = ("training_fixtures",)  # shapes, fresh_accelerate_state
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -53,7 +53,7 @@ def test_fsdp_resumes_exactly_from_per_rank_shards(runs):
     checkpoint = runs["fsdp"] / f"checkpoint-{RESUME_AT}"
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert state["sharded"] is True and state["world_size"] == 2
-    shards = {name for rank in range(2) for name in sharding.sharded_state_files(rank, 2)}
+    shards = {name for rank in range(2) for name in sharded_state.sharded_state_files(rank, 2)}
     assert shards <= set(os.listdir(checkpoint)) and not (checkpoint / "model.safetensors").exists()
     assert losses(runs["resumed"]) == losses(runs["fsdp"])[RESUME_AT:]
     expected, resumed = load_file(runs["fsdp"] / "model.safetensors"), load_file(runs["resumed"] / "model.safetensors")
@@ -94,6 +94,6 @@ def test_an_fsdp_launch_accelerate_cannot_honour_is_refused_before_training(tmp_
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     config = write_config(tmp_path, shapes)
     out = tmp_path / "run"
-    with pytest.raises(sharding.EngineError, match=r"asks for FSDP .* but accelerate set up single process"):
+    with pytest.raises(launch.EngineError, match=r"asks for FSDP .* but accelerate set up single process"):
         train_script.main(["--config", str(config), "--output_dir", str(out)])
     assert not (out / "training_log.jsonl").exists()

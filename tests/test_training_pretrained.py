@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from training_helpers import train_script, write_config
 
-from hf_unified.training.tokenization import train_caption_tokenizer
+from hf_unified.tokenization import train_caption_tokenizer
 
 pytest_plugins = ("training_fixtures",)  # shapes, fresh_accelerate_state
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")

@@ -48,7 +48,7 @@ def test_the_preset_follows_the_setting(tmp_path, shapes, capsys):
 
 @pytest.mark.parametrize("torch_compile", [False, True])
 def test_torch_compile_also_compiles_the_views_jitter(tmp_path, shapes, torch_compile):
-    from hf_unified.training.factory import build_trainer
+    from hf_unified.training.builders import build_trainer
 
     config = write_config(tmp_path, shapes, "uniclip", do_eval=False)
     flags = ["--config", str(config)] + (["--torch_compile"] if torch_compile else [])

@@ -32,7 +32,7 @@ from hf_unified.modeling_uniclip import (
     UniCLIPVisionModelWithProjection,
 )
 from hf_unified.processing_uniclip import UniCLIPProcessor, uniclip_image_processor
-from hf_unified.training.augmentation import (
+from hf_unified.training.data.augmentation import (
     AUGMENTATION_PARAM_DIM,
     IDENTITY_PARAMS,
     MultiViewAugmentation,

@@ -21,9 +21,9 @@ def main(argv: list[str]) -> None:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    from hf_unified.training import sharding
-    from hf_unified.training.arguments import parse_arguments
-    from hf_unified.training.factory import build_trainer
+    from hf_unified.training.builders import build_trainer
+    from hf_unified.training.engine import sharding
+    from hf_unified.training.parsing import parse_arguments
 
     trainer = build_trainer(*parse_arguments(argv))  # initialises the gloo process group (accelerate)
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from hf_unified.training import synthetic_data
+from hf_unified.training.data import synthetic_data
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("train_script", ROOT / "training" / "train.py")

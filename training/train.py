@@ -5,8 +5,9 @@
     accelerate launch --config_file training/accelerate/ddp.yaml training/train.py --config ...
 
 The YAML holds the fields of `ModelArguments`, `DataArguments` and `TrainArguments`
-(`hf_unified/training/arguments.py`, all listed by `--help`); flags given on the command line override it. The
-model's config decides the objective: each model computes its own distributed-exact loss with `return_loss=True`.
+(`hf_unified/training/arguments.py`, all listed by `--help`; read by `parsing.py`); flags given on the command line
+override it. The model's config decides the objective: each model computes its own distributed-exact loss with
+`return_loss=True`.
 
 Without `train_data` pointing elsewhere the run uses the embedded "shapes" data, generated into `data/shapes` on
 first use, and a caption tokenizer trained on the training texts, so it runs offline.
@@ -15,7 +16,7 @@ Outputs in `output_dir`: `checkpoint-<step>/` (JSON + safetensors, written atomi
 the end the model and processor (`save_pretrained`), `eval_results.json`, `training_args.json` and a model card,
 all swapped in at once. One run at a time holds the folder (`run.lock`); a folder holding another run's work is
 refused unless `--resume_from_checkpoint` or `--overwrite_output_dir` says what to do with it. The work itself is
-`hf_unified.training.factory.build_trainer(...).train()`.
+`hf_unified.training.builders.build_trainer(...).train()`.
 
 Exit status: 0 done (or stopped at `--stop_at_step`), 1 with one `error:` line (bad input, a refused folder or
 checkpoint, non-finite steps, a failed save), 2 a bad flag or config value, 75 stopped by SIGTERM / SIGUSR1 with a
@@ -34,24 +35,31 @@ if str(REPO_ROOT) not in sys.path:  # `python training/train.py` from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
 
-def _load_arguments_module():
-    """`hf_unified.training.arguments` without running `hf_unified/__init__.py`, which imports torch and every
-    model (seconds): a bad flag or YAML value must fail at once. The module needs only yaml and transformers'
-    argument parser; it is registered under its own name, so later imports of it return this same module."""
-    name = "hf_unified.training.arguments"
+# The settings and their parsing, with the one module of the package they import, in import order: all torch-free.
+SETTINGS_MODULES = ("data/view_recipe.py", "arguments.py", "parsing.py")
+
+
+def _load_settings_modules():
+    """`hf_unified.training.parsing` (and what it imports) without running `hf_unified/__init__.py`, which imports
+    torch and every model (seconds): a bad flag or YAML value must fail at once. Each module is loaded from its file
+    and registered under its own name, so their relative imports find each other and later imports of them return
+    these same modules."""
+    name = "hf_unified.training.parsing"
     if "hf_unified" in sys.modules:  # imported already (tests, a notebook): nothing to save
         return importlib.import_module(name)
     package = importlib.util.find_spec("hf_unified")  # finds the package without importing it
-    path = Path(package.submodule_search_locations[0]) / "training" / "arguments.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    training = Path(package.submodule_search_locations[0]) / "training"
+    for relative in SETTINGS_MODULES:
+        module_name = "hf_unified.training." + relative.removesuffix(".py").replace("/", ".")
+        spec = importlib.util.spec_from_file_location(module_name, training / relative)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
-arguments = _load_arguments_module()
-parse_arguments = arguments.parse_arguments
+parsing = _load_settings_modules()
+parse_arguments = parsing.parse_arguments
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -61,11 +69,11 @@ def main(argv: list[str] | None = None) -> dict:
     """
     try:
         model_args, data_args, train_args = parse_arguments(argv)
-    except arguments.ConfigError as error:
-        arguments.build_parser().error(str(error))
+    except parsing.ConfigError as error:
+        parsing.build_parser().error(str(error))
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer also runs in DataLoader workers
-    from hf_unified.training.factory import build_trainer  # torch, accelerate, datasets and the models
+    from hf_unified.training.builders import build_trainer  # torch, accelerate, datasets and the models
     from hf_unified.training.logs import quiet_progress_bars
 
     if train_args.disable_tqdm or not sys.stderr.isatty():  # a log file: plain lines only
@@ -89,7 +97,7 @@ def _run() -> int:
         )
         return 130
     except Exception as error:
-        from hf_unified.training.preemption import REQUEUE_EXIT_CODE, RunStopped
+        from hf_unified.training.engine.preemption import REQUEUE_EXIT_CODE, RunStopped
         from hf_unified.training.trainer import NonFiniteLossError, SaveError
 
         if isinstance(error, RunStopped):

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..tokenization import clip_tokenizer_from_bpe_gz, clip_tokenizer_from_files
 from .safe_load import UnsafeCheckpointError, load_checkpoint
 
 
@@ -331,8 +332,6 @@ def build_clip_tokenizer(tokenizer_dir: str | Path | None, pad_token: str, model
     Raises:
         ConversionError: no folder given and open_clip is not installed, or the folder lacks the files.
     """
-    from ..training.tokenization import clip_tokenizer_from_bpe_gz, clip_tokenizer_from_files
-
     if tokenizer_dir is None:
         try:
             return clip_tokenizer_from_bpe_gz(None, pad_token=pad_token, model_max_length=model_max_length)

@@ -17,7 +17,7 @@ folder gives `model_name`).
 Evaluation results are read from `eval_results.json` next to the model (written by `training/train.py`). Two layouts
 are accepted:
 
-- flat, as `hf_unified.training.evaluation.evaluate_model` returns it: `{"zero_shot_top1_accuracy": 0.8,
+- flat, as `hf_unified.training.outputs.evaluation.evaluate_model` returns it: `{"zero_shot_top1_accuracy": 0.8,
   "zero_shot_top5_accuracy": 0.99, "zero_shot_chance": 0.1, "image_to_text_R@1": 0.3, "text_to_image_R@1": 0.2,
   ..., "num_examples": 500, "num_skipped": 0, "step": 1000, "dataset": "optional name"}`;
 - nested: `{"zero_shot": {"dataset": "imagenet-1k", "top1": 0.8, "top5": 0.95}, "retrieval": {"dataset": "coco",
@@ -47,13 +47,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jinja2
-from huggingface_hub import EvalResult, ModelCard, ModelCardData, hf_hub_url
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import SafetensorError, safe_open
 
 from ..files import write_file
 from ..image_processing import load_image
 from .folder import code_files, is_custom_code, is_local_path, read_json
-from .widget import WIDGET_DIR, WidgetExample, compute_outputs, image_bytes, resolve_endpoint, widget_examples
+from .widget import WIDGET_DIR, WidgetExample, compute_outputs, image_bytes, photo_examples
 
 logger = logging.getLogger(__name__)
 
@@ -449,9 +449,9 @@ def _carried_image(folder: Path, src: Any) -> str | None:
     return match.group(1)
 
 
-def card_examples(folder: Path, model_id: str, endpoint: str | None = None) -> list[WidgetExample]:
-    """The widget examples of the card in `folder` whose images the folder carries (`widget/`), with those images,
-    linked at `model_id`'s copy of them (outputs not computed: `widget.compute_outputs` does that for a model)."""
+def card_examples(folder: Path) -> list[WidgetExample]:
+    """The widget examples of the card in `folder` whose images the folder carries (`widget/`), with those images
+    (outputs not computed: `widget.compute_outputs` does that for a model)."""
     readme = folder / "README.md"
     if not readme.is_file():
         return []
@@ -473,7 +473,6 @@ def card_examples(folder: Path, model_id: str, endpoint: str | None = None) -> l
             continue
         examples.append(
             WidgetExample(
-                src=hf_hub_url(model_id, path, endpoint=resolve_endpoint(endpoint)),
                 candidate_labels=[label.strip() for label in str(entry.get("candidate_labels", "")).split(",")],
                 title=str(entry.get("example_title", path)),
                 image=image,
@@ -484,20 +483,16 @@ def card_examples(folder: Path, model_id: str, endpoint: str | None = None) -> l
 
 
 def _examples(
-    folder: Path,
-    training_args: dict | None,
-    model_id: str,
-    endpoint: str | None,
-    examples_from: Path | None,
+    folder: Path, training_args: dict | None, endpoint: str | None, examples_from: Path | None
 ) -> list[WidgetExample]:
-    """The examples `examples_from`'s card carries, answered by the model in `folder`; else those the widget module
-    chooses for the model's data."""
-    if examples_from is not None:
-        examples = card_examples(Path(examples_from), model_id, endpoint)
-        if examples:
-            compute_outputs(folder, examples)
-            return examples
-    return widget_examples(folder, training_args, model_id, endpoint=endpoint)
+    """The examples a card shows when its caller hands none, answered by the model in `folder`: those the card of
+    `examples_from` (default: `folder`'s own card) carries; else, for a model without a training record, the Hub's
+    photo examples. A trained model's examples of its own data come from its trainer (`examples=`)."""
+    examples = card_examples(Path(examples_from) if examples_from is not None else folder)
+    if not examples and training_args is None:
+        examples = photo_examples(endpoint)
+    compute_outputs(folder, examples)
+    return examples
 
 
 def _run_record(folder: Path, training_args: dict | None, repo_id: str | None) -> tuple[dict | None, str | None]:
@@ -542,10 +537,13 @@ def render_model_card(
             `push_folder` replaces.
         model_name: the model's name (title, model-index) when `repo_id` is not known; default: `folder`'s name.
             A caller that writes into a staging folder gives the final folder's name.
-        examples: widget examples; default: `examples_from`'s, else chosen by `widget.widget_examples` (their images
-            are then not written anywhere: use `render_card_files` to get them too).
+        examples: widget examples, shown as given (a trainer hands the images of its evaluation split, answered by
+            the model: `widget.labelled_examples`, `widget.compute_outputs`); default: those `examples_from`'s card
+            carries, else, for a model without a training record, the Hub's photo examples (images uploaded with the
+            model are not written anywhere here: use `render_card_files` to get them too).
         examples_from: a folder whose card's examples (with the images it carries) this card shows, answered by
-            this model: a native export shows its source's.
+            this model: a native export shows its source's; default `folder` (a card rendered again keeps its
+            examples).
         endpoint: the Hub URL the widget images are linked on (default: `HF_ENDPOINT`, else huggingface.co).
 
     Returns:
@@ -567,7 +565,7 @@ def render_model_card(
     model_id = repo_id or HUB_ID_PLACEHOLDER
     model_name = repo_id.split("/")[-1] if repo_id else (model_name or folder.name)
     if examples is None:
-        examples = _examples(folder, training_args, model_id, endpoint, examples_from)
+        examples = _examples(folder, training_args, endpoint, examples_from)
     custom_code = is_custom_code(config)
     base_model = _hub_id(base_model or (export_info or {}).get("source_repo_id"))  # a local start is no Hub model
     sections = eval_sections(eval_results, _default_eval_dataset(training_args))
@@ -584,7 +582,7 @@ def render_model_card(
         base_model=base_model,
         model_name=model_name,
         eval_results=_eval_results_for_index(sections) or None,
-        widget=[example.metadata() for example in examples] or None,
+        widget=[example.metadata(model_id, endpoint) for example in examples] or None,
     )
     run_kind = _run_kind(training_args, eval_results, source_checkpoint)
     # What `ModelCard.from_template` does, through an environment whose loader lets templates extend and include.
@@ -621,8 +619,7 @@ def render_card_files(folder: str | Path, method: str | None = None, **kwargs) -
     training_args, repo_id = _run_record(folder, kwargs.pop("training_args", None), kwargs.pop("repo_id", None))
     examples = kwargs.pop("examples", None)
     if examples is None:
-        model_id = repo_id or HUB_ID_PLACEHOLDER
-        examples = _examples(folder, training_args, model_id, kwargs.get("endpoint"), kwargs.get("examples_from"))
+        examples = _examples(folder, training_args, kwargs.get("endpoint"), kwargs.get("examples_from"))
     card = render_model_card(folder, method, training_args=training_args, repo_id=repo_id, examples=examples, **kwargs)
     files = {"README.md": str(card).encode()}
     files |= {example.path_in_repo: image_bytes(example) for example in examples if example.path_in_repo}

@@ -1,24 +1,25 @@
 """Training-side code that Hub users never load; the model files never import this subpackage.
 
-The trainer (`training/train.py` is its command line):
+The trainer (`training/train.py` is its command line), grouped by concern:
 
-- `arguments`: the three argument dataclasses, read from YAML and the command line (no torch: fast errors);
-- `factory`: from the arguments to a ready `Trainer` (tokenizer, model, processor, augmentation, streams);
-- `trainer`: the `Trainer`, one loop for every method;
-- `steps`: the gradient-accumulation strategies (`micro_batch`, and `full_batch` from `grad_cache`: exact large
-  batches);
-- `engine` and `sharding`: the `Accelerator`, which engine really runs, FSDP2 sharding, sharded state;
-- `optim`: AdamW groups and kernels, the schedule; `finetuning`: frozen towers, LiT, per-parameter roles;
-- `checkpoint`: resumable state as JSON + safetensors, written atomically (`hf_unified.files`);
-- `runs`: one run per `output_dir` (its lock, its own checkpoints, the settings a resume must keep); `preemption`:
-  SIGTERM / SIGUSR1 -> a checkpoint at the next step and the exit status a scheduler requeues on;
-- `evaluation`: zero-shot classification and retrieval across ranks; `logs`: the log and the console;
-- `methods`: what a method trains with, read from its config and the Auto classes.
+- the settings: `arguments` (the three settings dataclasses, checked when made) and `parsing` (YAML and the
+  command line); both import no torch, so a bad flag fails at once;
+- `builders`: the parts of a run built from the settings (data sources, tokenizer, model, processor, training data,
+  evaluation, the card's examples) and `build_trainer`, which composes them;
+- the loop: `trainer` (the `Trainer`, one loop for every method, with an `on_evaluate` hook), `optim` (AdamW
+  groups and kernels, the schedule), `finetuning` (frozen towers, LiT, per-parameter roles), `methods` (what a
+  method trains with, read from its config and the Auto classes), `runs` (one run per `output_dir`: its lock, its own
+  checkpoints, the settings a resume must keep), `logs` (the log and the console);
+- `data/`: the streamed data (sources, damage health, decoding, the resumable stream, the view recipe, per-image and
+  batched augmentation, the embedded shapes data);
+- `engine/`: how a run executes (the `Accelerator` and the engine it really set up, FSDP2 sharding, sharded state,
+  checkpoints, the gradient-accumulation strategies, preemption);
+- `outputs/`: what a run gives back (evaluation, the final model folder and its card's examples, publishing to the
+  Hub, the CLIP_benchmark adapter).
 
-Data: `data` (streams, decoding, exact resume), `sources`, `data_health`, `augmentation` (views with their parameter
-vectors), `batch_augmentation` (the same views on whole batches, on the training device), `synthetic_data` (the
-embedded shapes data), `tokenization`; and `clip_benchmark` (an adapter for LAION's CLIP_benchmark).
+Imports point one way (tests/test_import_directions.py): training may use the core and `hf_unified.hub`, never the
+reverse; `data/` and `engine/` import nothing else of training; `outputs/` never imports the loop.
 
 Import the modules you need (`from hf_unified.training import data`); importing the subpackage itself pulls in
-nothing heavy, so `hf_unified.training.tokenization` works on the core install.
+nothing heavy. The tokenizer builders are in the core (`hf_unified.tokenization`).
 """

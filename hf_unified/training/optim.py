@@ -31,6 +31,7 @@ import re
 import torch
 from transformers import get_scheduler
 
+from .arguments import ADAM_IMPLEMENTATIONS, ADAM_KERNELS
 from .finetuning import ParameterRole
 
 _NO_DECAY_MODULES = (torch.nn.LayerNorm, torch.nn.Embedding, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm)
@@ -108,10 +109,9 @@ def adam_kernel(implementation: str, device: torch.device | str) -> dict:
     """`torch.optim.AdamW` keyword arguments of `adam_implementation` for parameters on `device`."""
     if implementation == "auto":
         implementation = "fused" if torch.device(device).type in FUSED_ADAM_DEVICES else "foreach"
-    kernels = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False, "fused": False}}
-    if implementation not in kernels:
-        raise ValueError(f"adam_implementation must be one of {['auto', *kernels]}, got {implementation!r}")
-    return kernels[implementation]
+    if implementation not in ADAM_KERNELS:
+        raise ValueError(f"adam_implementation must be one of {list(ADAM_IMPLEMENTATIONS)}, got {implementation!r}")
+    return dict(ADAM_KERNELS[implementation])
 
 
 def build_optimizer(

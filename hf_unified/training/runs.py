@@ -32,7 +32,8 @@ from pathlib import Path
 from accelerate.utils import broadcast_object_list
 
 from ..files import FolderLock, FolderLockedError, real_path, recover_folder
-from . import checkpoint as checkpoints
+from .engine import checkpoint as checkpoints
+from .outputs import publish
 
 # Arguments that decide what a run computes; the model's own config is compared too (`model_config.*`), so the
 # arguments that only build it (model_type, objective, model_config) are not listed.
@@ -252,13 +253,9 @@ def _other_work(args, folder: Path) -> str | None:
 def _check_targets(args) -> None:
     """Refusals before anything is created: the export target, a file in the way."""
     folder = Path(args.output_dir)
-    if args.export_clip:
-        from ..hub.export import check_export_target
-
-        try:
-            check_export_target(args.export_clip, folder, args.overwrite_export_clip, flag="--overwrite_export_clip")
-        except (ValueError, OSError) as error:
-            raise RunFolderError(f"--export_clip: {error}") from None
+    problem = publish.check_targets(args)
+    if problem:
+        raise RunFolderError(problem)
     if folder.exists() and not folder.is_dir():
         raise RunFolderError(f"output_dir {folder} exists and is not a folder")
 

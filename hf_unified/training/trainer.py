@@ -12,18 +12,18 @@ and the temperatures are clamped. A model with UniCLIP's domain-dependent simila
 its logit offsets calibrated on the first batch (`calibrate_logit_offsets`). Around the loop: the engine check
 and FSDP2 sharding (`sharding.py`), fine-tuning controls (`finetuning.py`), AdamW groups (`optim.py`), checkpoints
 and exact resume without pickle (`checkpoint.py`, sharded per rank under FSDP2), evaluation
-(`hf_unified.training.evaluation`), the log (`logs.py`), and at the end an atomic save of the model (gathered from
-its shards), processor, `eval_results.json` and model card into `output_dir`, then the optional Hub push and CLIP
-export. The run holds `output_dir` (`runs.py`: its lock, its own checkpoints, the settings a resume must keep) and
-stops at a step boundary, checkpointed, on SIGTERM or SIGUSR1 (`preemption.py`).
+(`outputs/evaluation.py`, with an `on_evaluate` hook for metrics of one's own), the log (`logs.py`), and at the end
+an atomic save of the model (gathered from its shards), processor, `eval_results.json` and model card into
+`output_dir` (`outputs/model_folder.py`), then the optional Hub push and CLIP export (`outputs/publish.py`, checked
+before training). The run holds `output_dir` (`runs.py`: its lock, its own checkpoints, the settings a resume must
+keep) and stops at a step boundary, checkpointed, on SIGTERM or SIGUSR1 (`preemption.py`).
 
-`training/train.py` builds a `Trainer` from its command line (`factory.build_trainer`); `benchmarks/replication.py`
-builds one on in-memory data.
+`training/train.py` builds a `Trainer` from its command line (`builders.build_trainer`, which composes the public
+builders of `builders.py`); the benchmarks' studies compose the same builders on in-memory data.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -34,37 +34,26 @@ import torch
 from accelerate.utils import broadcast_object_list, gather_object
 from safetensors import SafetensorError
 
-from ..files import StagedFolder, carry_over
 from ..losses import DOMAIN_PAIRS
-from . import checkpoint as checkpoints
-from . import runs, sharding
-from .data_health import DataHealth
-from .engine import build_accelerator
-from .evaluation import evaluate_model
+from . import runs
+from .data.health import DataHealth
+from .engine import checkpoint as checkpoints
+from .engine import sharding
+from .engine.grad_cache import RandomState, restored_buffers
+from .engine.launch import build_accelerator, check_engine
+from .engine.preemption import RunStopped, StopRequest, ignore_stop_signals
+from .engine.steps import StepStrategy, build_step
 from .finetuning import describe_roles, example_inputs, freeze_parameters, frozen_subtrees, trace_parameter_roles
-from .grad_cache import RandomState, restored_buffers
 from .logs import LOG_NAME, Progress, TrainingLog, finite_or_none
 from .methods import model_inputs
 from .optim import base_learning_rate, build_optimizer, build_scheduler, clamp_logit_scale
-from .preemption import RunStopped, StopRequest, ignore_stop_signals
-from .steps import StepStrategy, build_step
-
-# Entries of an earlier output that the final save does not carry over: its weights (a stale shard could be loaded
-# instead of the new weights).
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json")
+from .outputs import publish
+from .outputs.evaluation import evaluate_model
+from .outputs.model_folder import CardExamples, SaveError, one_line, save_model_folder
 
 
 class NonFiniteLossError(RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss or gradient norm."""
-
-
-class SaveError(RuntimeError):
-    """Writing the run's output failed (a full disk, ...); the one-line message says what failed, what is left and
-    where the trained weights are."""
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(f"{type(error).__name__}: {error}".split())
 
 
 @dataclass
@@ -124,8 +113,14 @@ class Trainer:
         base_model: the checkpoint the run started from, for the card's `base_model`.
         pretrained: the model starts from pretrained weights (a saved model, a CLIP checkpoint, pretrained towers):
             `calibrate_logit_offsets: auto` then keeps its offsets.
-        run_folder: `output_dir` already claimed for this run (`runs.claim_output_dir`, as `factory.build_trainer`
+        run_folder: `output_dir` already claimed for this run (`runs.claim_output_dir`, as `builders.build_trainer`
             does before it writes anything there); claimed by `train` otherwise. Released when `train` ends.
+        card_examples: the evaluation split whose images the model card shows (`model_folder.CardExamples`), or
+            None for a card without widget examples.
+        on_evaluate: called after every evaluation as `on_evaluate(model, step, results)`, on every rank (a sharded
+            model's collectives need them all), with the unwrapped model in eval mode and the trainer's results;
+            the metrics it returns (a dict, or None) join the results: logged, printed, returned by `evaluate`, and
+            for the final evaluation saved in `eval_results.json`. The model is put back in training mode after.
     """
 
     def __init__(
@@ -141,6 +136,8 @@ class Trainer:
         base_model: str | None = None,
         pretrained: bool = False,
         run_folder: runs.RunFolder | None = None,
+        card_examples: CardExamples | None = None,
+        on_evaluate: Callable[[torch.nn.Module, int, dict], dict | None] | None = None,
     ):
         self.model, self.processor, self.args, self.data = model, processor, args, data
         self.accelerator = accelerator or build_accelerator(args)
@@ -148,6 +145,8 @@ class Trainer:
         self.run_arguments = dict(run_arguments or {})
         self.base_model = base_model
         self.pretrained = pretrained
+        self.card_examples = card_examples
+        self.on_evaluate = on_evaluate
         self._calibrate_on_first_step = False
         self._first_step_notes: dict = {}  # added to the first logged step's record (the calibrated offsets)
         self.output_dir = Path(args.output_dir)
@@ -173,28 +172,9 @@ class Trainer:
             raise ValueError(message[0])
 
     def _preflight(self) -> None:
-        """What would fail after training is checked before it: the Hub target (token, offline mode, repo id) and
-        whether the model can be exported as a `CLIPModel` (the export folder was checked when `output_dir` was
-        claimed: `runs.claim_output_dir`)."""
-        args = self.args
-
-        def check() -> str | None:
-            if args.push_to_hub:
-                from ..hub.push import check_can_push
-
-                try:
-                    check_can_push(args.hub_model_id)
-                except Exception as error:  # noqa: BLE001 - any refusal becomes the run's one-line error
-                    return f"--push_to_hub {args.hub_model_id}: {error}"
-            if args.export_clip:
-                from ..hub.export import export_problems
-
-                problems = export_problems(self.model)
-                if problems:
-                    return f"--export_clip: this model cannot be exported as a CLIPModel: {'; '.join(problems)}"
-            return None
-
-        self._on_main_then_everywhere(check)
+        """What would fail after training is checked before it (`publish.preflight`: the Hub target, whether the
+        model exports as a `CLIPModel`; the export folder was checked when `output_dir` was claimed)."""
+        self._on_main_then_everywhere(lambda: publish.preflight(self.args, self.model))
 
     def _setup_parameters(self) -> dict | None:
         """Applies the fine-tuning controls; returns the parameter roles when a control needs them."""
@@ -392,7 +372,8 @@ class Trainer:
     # Evaluation and saving
 
     def evaluate(self, step: int) -> dict:
-        """Zero-shot and retrieval metrics over the whole evaluation set (all ranks take part)."""
+        """Zero-shot and retrieval metrics over the whole evaluation set (all ranks take part), with what
+        `on_evaluate` adds."""
         evaluation = self.data.evaluation
         results = evaluate_model(
             self.unwrapped,
@@ -403,6 +384,9 @@ class Trainer:
             self.accelerator,
             retrieval=evaluation.retrieval,
         )
+        if self.on_evaluate is not None:
+            self.unwrapped.eval()  # BatchNorm (MS-CLIP's stem) must not update on evaluation images
+            results.update(self.on_evaluate(self.unwrapped, step, dict(results)) or {})
         self._train_mode()
         self.accelerator.log({f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))}, step=step)
         summary = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in results.items())
@@ -427,97 +411,30 @@ class Trainer:
         except (OSError, SafetensorError) as error:
             last = f"the last one is {self._last_checkpoint}" if self._last_checkpoint else "no earlier one exists"
             raise SaveError(
-                f"could not write checkpoint-{step} in {self.output_dir} ({_one_line(error)}); nothing of it was left "
+                f"could not write checkpoint-{step} in {self.output_dir} ({one_line(error)}); nothing of it was left "
                 f"behind, {last}"
             ) from error
         return self._last_checkpoint
 
-    def _write_model(self, folder: Path, eval_results: dict) -> None:
-        """The trained model's files after its weights: processor, `eval_results.json`, `training_args.json`."""
-        self.processor.save_pretrained(folder)
-        (folder / "eval_results.json").write_text(json.dumps(eval_results, indent=2))
-        (folder / "training_args.json").write_text(json.dumps(self.run_arguments, indent=2, default=str))
-
-    def _unsaved_name(self, target: Path) -> str:
-        """A visible name beside `target` for weights whose save could not be completed (never one in use)."""
-        name = f"{target.name}.unsaved-step{self.args.max_steps}-{self.run.id}"
-        count = 1
-        while (target.parent / name).exists():
-            count += 1
-            name = f"{target.name}.unsaved-step{self.args.max_steps}-{self.run.id}-{count}"
-        return name
-
-    def _save_final_folder(self, eval_results: dict, state_dict: dict) -> None:
-        """Main process: stages the new version of `output_dir` beside it and swaps it in (`files.StagedFolder`;
-        through a symbolic link, the folder it points to). A failure before the weights are whole leaves
-        `output_dir` as it was and nothing behind; an error after them keeps the weights in a visible folder beside
-        it that the message names; a model card that cannot be written does not cost the model (it is saved
-        without one, then reported)."""
-        out = self.output_dir
-        staged = StagedFolder(out)
-        folder = staged.path
-        try:
-            sharding.unsharded_model(self.unwrapped, state_dict).save_pretrained(folder, state_dict=state_dict)
-        except BaseException as error:  # Ctrl-C too: the previous output stays, nothing is left behind
-            staged.discard()
-            if isinstance(error, (OSError, SafetensorError)):
-                raise SaveError(
-                    f"could not save the trained model to {out}: writing its weights failed ({_one_line(error)}); "
-                    f"{out} is as it was and nothing was left behind"
-                ) from error
-            raise
-        try:
-            self._write_model(folder, eval_results)
-        except Exception as error:
-            kept = staged.keep_as(self._unsaved_name(staged.target))
-            raise SaveError(
-                f"the final save to {out} failed after the weights were written ({_one_line(error)}): the trained "
-                f"model's weights and config are in {kept}; {out} is as it was"
-            ) from error
-        card_error = None
-        try:
-            from ..hub.model_card import write_model_card
-
-            write_model_card(
-                folder,
-                eval_results=eval_results,
-                training_args=self.run_arguments,
-                base_model=self.base_model,
-                model_name=self.output_dir.name,
-            )
-        except Exception as error:  # noqa: BLE001 - whatever fails in the card, the model is saved first
-            card_error = error
-        stale = ("README.md", "widget") if card_error else ()  # never the earlier model's card for this one
-        carry_over(out, folder, lambda entry: not entry.name.endswith(WEIGHT_SUFFIXES) and entry.name not in stale)
-        staged.commit()
-        if card_error is not None:
-            raise SaveError(
-                f"the model was saved to {out} without its model card: writing README.md failed "
-                f"({_one_line(card_error)})"
-            ) from card_error
-
     def save_final(self, eval_results: dict) -> None:
-        """Writes the model folder beside `output_dir` and swaps it in (`_save_final_folder`): a kill at any moment
-        leaves the previous output whole. Checkpoints, the log and other entries are carried over; weight files of
-        an earlier save are not (a stale one could be loaded instead of the new weights). A sharded model is
-        gathered whole on the main process first (every rank takes part)."""
+        """Writes the model folder beside `output_dir` and swaps it in (`model_folder.save_model_folder`): a kill at
+        any moment leaves the previous output whole. A sharded model is gathered whole on the main process first
+        (every rank takes part)."""
         state_dict = sharding.full_state_dict(self.unwrapped)
         if self.accelerator.is_main_process:
-            self._save_final_folder(eval_results, state_dict)
+            save_model_folder(
+                self.output_dir,
+                self.unwrapped,
+                state_dict,
+                self.processor,
+                eval_results,
+                self.run_arguments,
+                base_model=self.base_model,
+                card_examples=self.card_examples,
+                step=self.args.max_steps,
+                run_id=self.run.id,
+            )
         self.accelerator.wait_for_everyone()
-
-    def _publish(self) -> None:
-        args = self.args
-        if args.push_to_hub:
-            from ..hub import push
-
-            result = push.push_folder(self.output_dir, args.hub_model_id, private=args.hub_private)
-            self.accelerator.print(f"pushed {len(result.files)} files to {result.repo_url}")
-        if args.export_clip:
-            from ..hub.export import export_clip
-
-            export_clip(self.output_dir, args.export_clip, overwrite=args.overwrite_export_clip)
-            self.accelerator.print(f"exported a transformers CLIPModel folder to {args.export_clip}")
 
     # ------------------------------------------------------------------------------------------------------------
     # The run
@@ -530,7 +447,7 @@ class Trainer:
             self.run_folder = runs.claim_output_dir(args, acc)
         acc.wait_for_everyone()
         self.run.settings = runs.trajectory_settings(self.run_arguments, args, self.model.config)
-        acc.print(f"engine: {sharding.check_engine(acc, args.gradient_accumulation_mode, model=self.model)}")
+        acc.print(f"engine: {check_engine(acc, self.step_strategy, model=self.model)}")
         self._preflight()
         roles = self._setup_parameters()
         if args.gradient_checkpointing:
@@ -634,7 +551,8 @@ class Trainer:
             )
         acc.print(f"model, processor and eval_results.json saved to {self.output_dir} ({LOG_NAME}: the log)")
         if acc.is_main_process:
-            self._publish()
+            for done in publish.publish(self.output_dir, self.args):
+                acc.print(done)
         acc.wait_for_everyone()
         return eval_results
 

@@ -26,6 +26,12 @@ from .sharding import gradient_sync
 
 
 class StepStrategy(Protocol):
+    """A step strategy: `name` (its `gradient_accumulation_mode`), `deepspeed_unsupported` (why it cannot run under
+    DeepSpeed, or None: `launch.check_engine` refuses that launch with the reason), and the call."""
+
+    name: str
+    deepspeed_unsupported: str | None
+
     def __call__(self, model: torch.nn.Module, micro_batches: list[dict], accelerator) -> torch.Tensor: ...
 
 
@@ -34,6 +40,7 @@ class MicroBatchStep:
     ranks' same micro-batch); the step's gradient is the mean of the micro-batch gradients."""
 
     name = "micro_batch"
+    deepspeed_unsupported = None
 
     def __call__(self, model: torch.nn.Module, micro_batches: list[dict], accelerator) -> torch.Tensor:
         step_loss = torch.zeros((), device=accelerator.device)

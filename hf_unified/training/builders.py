@@ -1,6 +1,20 @@
-"""From the three argument dataclasses to a ready `Trainer`: tokenizer, model, processor, transforms and streams.
+"""The parts of a training run, each built by a public builder from the settings, and `build_trainer`, which composes
+them into a ready `Trainer` (what `training/train.py` runs):
 
-`build_trainer(model_args, data_args, train_args)` is what `training/train.py` runs. A model starts from one of:
+    sources = build_data_sources(data_args, train_args, accelerator)  # data first: a wrong column fails here
+    tokenizer = build_tokenizer(model_args, sources, seed, output_dir, accelerator)
+    model = build_model(model_args, tokenizer, image_size)
+    processor = build_processor(model, tokenizer, model_args, data_args)
+    evaluation = build_evaluation(sources.evaluation, processor, ...)    # `trainer.EvaluationData`
+    data = build_training_data(sources.raw, model, processor, data_args, train_args, ...)  # `trainer.TrainingData`
+    Trainer(model, processor, train_args, data, card_examples=build_card_examples(data_args, ...))
+
+The optimizer and its schedule are `optim.build_optimizer` / `optim.build_scheduler`, which the `Trainer` calls once
+the model is sharded (the optimizer must see the sharded parameters). Code with data of its own (the benchmarks'
+in-memory studies) composes the same builders: `build_processor`, `fit_text_length`, `build_training_data` over its
+own raw rows, an `EvaluationData` of its own, and `Trainer(on_evaluate=...)` for metrics of its own.
+
+A model starts from one of:
 its config (`model_type` + `model_config`, fitted to the tokenizer and the image size), a saved hf-unified folder
 (`model_name_or_path`), a transformers CLIP checkpoint (`init_from_clip`, through the model class's `from_clip`), or
 two pretrained towers (`vision_model_name_or_path` + `text_model_name_or_path`, through
@@ -31,13 +45,17 @@ from transformers import AutoImageProcessor, AutoModel, AutoProcessor, AutoToken
 from .. import prompts
 from ..files import StagedFolder
 from ..image_processing import DualEncoderImageProcessor, DualEncoderImagesKwargs
+from ..tokenization import train_caption_tokenizer
 from . import data as data_lib
-from . import runs, synthetic_data
+from . import runs
 from .arguments import DataArguments, ModelArguments, TrainArguments, flat_arguments
-from .augmentation import RECIPE_FIELDS, MultiViewAugmentation, view_recipe
-from .batch_augmentation import BatchMultiViewAugmentation
-from .engine import build_accelerator
+from .data import synthetic_data
+from .data.augmentation import MultiViewAugmentation
+from .data.batch_augmentation import BatchMultiViewAugmentation
+from .data.view_recipe import RECIPE_FIELDS, view_recipe
+from .engine.launch import build_accelerator
 from .methods import config_class, model_class, num_views, processor_class, trains_with_labels, trains_with_views
+from .outputs.model_folder import CardExamples
 from .trainer import EvaluationData, Trainer, TrainingData
 
 logger = logging.getLogger(__name__)
@@ -120,6 +138,78 @@ def ensure_embedded_data(args: DataArguments, accelerator) -> None:
                 synthetic_data.ensure_dataset(root)
 
 
+@dataclass
+class DataSources:
+    """The run's data before a model exists (`build_data_sources`).
+
+    Args:
+        train: one `SourceSpec` per `train_data` entry.
+        raw: this rank's raw training rows, one stream per lane (`data.build_lanes`).
+        evaluation: the evaluation source, opened (a wrong column failed already), or None (no `eval_data`, or
+            `do_eval` off).
+        class_names: per class its names, or None.
+        templates: the prompts of labelled training data; `eval_templates` those of zero-shot evaluation.
+        label_vocabulary: maps captions naming one class to its label (`map_captions_to_labels`), or None.
+    """
+
+    train: list[data_lib.SourceSpec]
+    raw: list
+    evaluation: data_lib.SourceSpec | None
+    class_names: list[list[str]] | None
+    templates: tuple[str, ...]
+    eval_templates: tuple[str, ...]
+    label_vocabulary: data_lib.LabelVocabulary | None = None
+
+
+def build_data_sources(data_args: DataArguments, train_args: TrainArguments, accelerator) -> DataSources:
+    """Opens the training and evaluation sources and reads the class names and templates: a wrong column, path or
+    file fails here, before anything is built or trained."""
+    specs = train_sources(data_args)
+    raw = data_lib.build_lanes(
+        specs,
+        train_args.seed,
+        accelerator.process_index,
+        accelerator.num_processes,
+        data_args.shuffle_buffer_size,
+        shuffle_input_shards=data_args.shuffle_input_shards,
+        lanes=data_args.stream_lanes,
+    )
+    readers = max(1, data_args.num_workers)  # without workers the main process reads every lane
+    if data_args.stream_lanes > 1 and data_args.stream_lanes % readers:
+        logger.warning(
+            f"stream_lanes {data_args.stream_lanes} is not a multiple of num_workers {data_args.num_workers}: each "
+            f"worker reads 1/{math.gcd(data_args.stream_lanes, readers)} of the raw stream"
+        )
+    evaluation = eval_source(data_args) if train_args.do_eval else None
+    if evaluation is not None:
+        data_lib.open_source(evaluation)
+    class_names = data_lib.load_class_names(data_args.class_names_file)
+    templates = load_templates(data_args.templates)
+    eval_templates = load_templates(data_args.eval_templates or data_args.templates)
+    if any(s.text_column is None for s in specs) and not class_names:
+        raise ValueError("a source without text_column needs class_names_file to build its prompts")
+    vocabulary = None
+    if data_args.map_captions_to_labels:
+        names = data_lib.load_class_names(data_args.label_vocabulary_file) or class_names
+        if not names:
+            raise ValueError("map_captions_to_labels needs label_vocabulary_file or class_names_file")
+        vocabulary = data_lib.LabelVocabulary(names)
+    return DataSources(specs, raw, evaluation, class_names, templates, eval_templates, vocabulary)
+
+
+def build_card_examples(data_args: DataArguments, class_names: list[list[str]] | None) -> CardExamples:
+    """The evaluation split the model card shows examples of (`eval_data`, whether or not the run evaluates)."""
+    return CardExamples(
+        data_args.eval_data or None,
+        class_names,
+        image_column=data_args.eval_image_column or "jpg",
+        label_column=_none_if_empty(data_args.eval_label_column),
+        format=data_args.eval_format or None,
+        split=data_args.eval_split or "validation",
+        **data_args.image_limits,
+    )
+
+
 def pretrained_text_source(model_args: ModelArguments) -> str | None:
     """Where a pretrained start keeps its tokenizer."""
     return (
@@ -146,21 +236,20 @@ def _saved_tokenizer(folder: Path):
     return tokenizer
 
 
-def build_tokenizer(model_args, specs, seed: int, class_names, templates, output_dir: Path, accelerator):
-    """The pretrained start's tokenizer, or a caption BPE trained on the training texts (once, in
-    `output_dir/tokenizer`, written atomically, on the whole unsplit stream so that every world size trains the same
-    one; a damaged folder is trained again)."""
+def build_tokenizer(model_args: ModelArguments, sources: DataSources, seed: int, output_dir: str | Path, accelerator):
+    """The pretrained start's tokenizer, or a caption BPE trained on the training texts and the class prompts of
+    `sources` (once, in `output_dir/tokenizer`, written atomically, on the whole unsplit stream so that every world
+    size trains the same one; a damaged folder is trained again)."""
     source = pretrained_text_source(model_args)
     if source:
         return AutoTokenizer.from_pretrained(source)
-    from .tokenization import train_caption_tokenizer
-
     folder = Path(output_dir) / "tokenizer"
     with accelerator.main_process_first():
         if accelerator.is_main_process and _saved_tokenizer(folder) is None:
-            texts = list(data_lib.iter_texts(specs, model_args.tokenizer_train_samples, seed))
-            if class_names:
-                texts += [t.format(name) for names in class_names for name in names for t in templates]
+            texts = list(data_lib.iter_texts(sources.train, model_args.tokenizer_train_samples, seed))
+            if sources.class_names:
+                templates = sources.templates + sources.eval_templates
+                texts += [t.format(name) for names in sources.class_names for name in names for t in templates]
             tokenizer = train_caption_tokenizer(
                 texts, vocab_size=model_args.tokenizer_vocab_size, model_max_length=model_args.max_text_length
             )
@@ -285,13 +374,14 @@ def processor_image_size(image_processor) -> int:
 
 
 class ProcessorTransform:
-    """Evaluation images go through the saved processor's own preprocessing (what inference will use)."""
+    """Evaluation images go through the saved processor's own preprocessing (what inference will use): the image
+    transform `{"pixel_values": [C, H, W]}` (`data.DecodeConfig`)."""
 
     def __init__(self, image_processor):
         self.image_processor = image_processor
 
-    def __call__(self, image):
-        return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+    def __call__(self, image) -> dict[str, torch.Tensor]:
+        return {"pixel_values": self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]}
 
 
 @dataclass
@@ -299,7 +389,8 @@ class TrainAugmentation:
     """The training augmentation of a run, in its two places.
 
     Args:
-        image_transform: what the DataLoader workers run on each decoded image (`data.DecodeConfig`'s).
+        image_transform: what the DataLoader workers run on each decoded image: its batch fields
+            (`data.DecodeConfig`).
         views: for views made on the training device, what the step runs on each batch of canvases
             (`TrainingData.views`); None when the workers make the whole input.
     """
@@ -347,14 +438,15 @@ def train_augmentation(
                 canvas_size=data_args.view_canvas_size, torch_compile=torch_compile, **kwargs
             )
             return TrainAugmentation(views.canvas, views)
-        return TrainAugmentation(MultiViewAugmentation(**kwargs))
+        return TrainAugmentation(data_lib.ImageFields(MultiViewAugmentation(**kwargs), data_lib.VIEW_FIELDS))
     if data_args.crop_scale_min >= 1.0:
         steps = [v2.ToImage(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
     else:
         steps = [v2.ToImage(), v2.RandomResizedCrop(image_size, scale=(data_args.crop_scale_min, 1.0), antialias=True)]
     if data_args.horizontal_flip:
         steps.append(v2.RandomHorizontalFlip())
-    return TrainAugmentation(v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]))
+    transform = v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+    return TrainAugmentation(data_lib.ImageFields(transform))
 
 
 def take_samples(loader, limit: int):
@@ -377,7 +469,20 @@ def fit_text_length(model, tokenizer, max_text_length: int) -> int:
     return min(max_text_length, positions)
 
 
-def build_evaluation(spec, processor, class_names, templates, text_length, data_args, train_args, accelerator):
+def build_evaluation(
+    spec: data_lib.SourceSpec,
+    processor,
+    class_names: list[list[str]] | None,
+    templates: tuple[str, ...],
+    text_length: int,
+    data_args: DataArguments,
+    train_args: TrainArguments,
+    accelerator,
+) -> EvaluationData:
+    """Evaluation on `spec`: this rank's share of it, each pass decoded afresh through the processor's own
+    preprocessing (`ProcessorTransform`: what inference uses), capped at `eval_max_samples`; zero-shot over
+    `class_names` with `templates`, retrieval when the source has captions."""
+
     def loader():
         batches = data_lib.eval_dataloader(
             spec,
@@ -396,67 +501,26 @@ def build_evaluation(spec, processor, class_names, templates, text_length, data_
     return EvaluationData(loader, class_names, templates, retrieval=spec.text_column is not None)
 
 
-def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_args: TrainArguments) -> Trainer:
-    """Everything `training/train.py` runs, from its three argument dataclasses. `output_dir` is claimed for the run
-    first (`runs.claim_output_dir`: checked and locked before anything is written there)."""
-    check_starting_point(model_args)
-    check_view_arguments(data_args)
-    accelerator = build_accelerator(train_args)
-    run_folder = runs.claim_output_dir(train_args, accelerator)
-    try:
-        return _build_trainer(model_args, data_args, train_args, accelerator, run_folder)
-    except BaseException:
-        run_folder.release()  # the trainer that would have released it does not exist
-        raise
-
-
-def _build_trainer(model_args, data_args, train_args, accelerator, run_folder: runs.RunFolder) -> Trainer:
-    set_seed(train_args.seed)
-    output_dir = Path(train_args.output_dir)
-    ensure_embedded_data(data_args, accelerator)
-
-    # Data first: a wrong column or path fails here, before anything is built or trained.
-    specs = train_sources(data_args)
-    stream = data_lib.build_lanes(
-        specs,
-        train_args.seed,
-        accelerator.process_index,
-        accelerator.num_processes,
-        data_args.shuffle_buffer_size,
-        shuffle_input_shards=data_args.shuffle_input_shards,
-        lanes=data_args.stream_lanes,
-    )
-    readers = max(1, data_args.num_workers)  # without workers the main process reads every lane
-    if data_args.stream_lanes > 1 and data_args.stream_lanes % readers:
-        logger.warning(
-            f"stream_lanes {data_args.stream_lanes} is not a multiple of num_workers {data_args.num_workers}: each "
-            f"worker reads 1/{math.gcd(data_args.stream_lanes, readers)} of the raw stream"
-        )
-    spec = eval_source(data_args) if train_args.do_eval else None
-    if spec is not None:
-        data_lib.open_source(spec)
-    class_names = data_lib.load_class_names(data_args.class_names_file)
-    templates = load_templates(data_args.templates)
-    eval_templates = load_templates(data_args.eval_templates or data_args.templates)
-    if any(s.text_column is None for s in specs) and not class_names:
-        raise ValueError("a source without text_column needs class_names_file to build its prompts")
-    vocabulary = None
-    if data_args.map_captions_to_labels:
-        names = data_lib.load_class_names(data_args.label_vocabulary_file) or class_names
-        if not names:
-            raise ValueError("map_captions_to_labels needs label_vocabulary_file or class_names_file")
-        vocabulary = data_lib.LabelVocabulary(names)
-
-    tokenizer = build_tokenizer(
-        model_args, specs, train_args.seed, class_names, templates + eval_templates, output_dir, accelerator
-    )
-    model = build_model(model_args, tokenizer, data_args.image_size)
-    model_args.model_type = model.config.model_type  # a loaded model decides the method
-    text_length = fit_text_length(model, tokenizer, model_args.max_text_length)
-    processor = build_processor(model, tokenizer, model_args, data_args)
+def build_training_data(
+    raw,
+    model: torch.nn.Module,
+    processor,
+    data_args: DataArguments,
+    train_args: TrainArguments,
+    *,
+    tokenizer,
+    text_length: int,
+    class_names: list[list[str]] | None = None,
+    templates: tuple[str, ...] = ("{}.",),
+    label_vocabulary: data_lib.LabelVocabulary | None = None,
+    rank: int = 0,
+    evaluation: EvaluationData | None = None,
+) -> TrainingData:
+    """The training side of a run over this rank's raw rows `raw` (a `datasets.IterableDataset` of
+    `sources.RAW_FEATURES` rows, or a list of lanes): decoded with the method's augmentation (`train_augmentation`,
+    at the processor's image size), prompts built from `class_names` and `templates`, tokenised to `text_length`,
+    cut into `per_device_train_batch_size` batches (`data.TrainStream`, exactly resumable)."""
     image_size = processor_image_size(processor.image_processor)
-    if image_size != data_args.image_size:
-        accelerator.print(f"training at {image_size} pixels, the size of the starting model's processor")
     augmentation = train_augmentation(
         model.config, data_args, processor.image_processor, image_size, torch_compile=train_args.torch_compile
     )
@@ -464,55 +528,101 @@ def _build_trainer(model_args, data_args, train_args, accelerator, run_folder: r
         image_transform=augmentation.image_transform,
         class_names=class_names,
         templates=templates,
-        label_vocabulary=vocabulary,
+        label_vocabulary=label_vocabulary,
         with_labels=trains_with_labels(model.config),
-        multi_view=trains_with_views(model.config),
         **data_args.image_limits,
     )
-    train_stream = data_lib.TrainStream(
-        stream,
-        decode,
-        tokenizer,
-        text_length,
-        train_args.per_device_train_batch_size,
-        train_args.seed,
-        accelerator.process_index,
+    stream = data_lib.TrainStream(
+        raw, decode, tokenizer, text_length, train_args.per_device_train_batch_size, train_args.seed, rank
     )
-    evaluation = None
-    if spec is not None:
-        evaluation = build_evaluation(
-            spec, processor, class_names, eval_templates, text_length, data_args, train_args, accelerator
-        )
-    data = TrainingData(
-        train_stream,
+    return TrainingData(
+        stream,
         num_workers=data_args.num_workers,
         evaluation=evaluation,
         max_skipped_fraction=data_args.max_skipped_fraction,
         skipped_check_after=data_args.skipped_check_after,
         views=augmentation.views,
     )
-    return Trainer(
-        model,
-        processor,
-        train_args,
-        data,
-        accelerator=accelerator,
-        run_arguments=flat_arguments(model_args, data_args, train_args),
-        base_model=model_args.pretrained_start,
-        pretrained=model_args.starts_pretrained,
-        run_folder=run_folder,
-    )
+
+
+def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_args: TrainArguments) -> Trainer:
+    """Everything `training/train.py` runs, from its three argument dataclasses (the module docstring's
+    composition). `output_dir` is claimed for the run first (`runs.claim_output_dir`: checked and locked before
+    anything is written there)."""
+    check_starting_point(model_args)
+    check_view_arguments(data_args)
+    accelerator = build_accelerator(train_args)
+    run_folder = runs.claim_output_dir(train_args, accelerator)
+    try:
+        set_seed(train_args.seed)
+        ensure_embedded_data(data_args, accelerator)
+        sources = build_data_sources(data_args, train_args, accelerator)
+        tokenizer = build_tokenizer(model_args, sources, train_args.seed, train_args.output_dir, accelerator)
+        model = build_model(model_args, tokenizer, data_args.image_size)
+        model_args.model_type = model.config.model_type  # a loaded model decides the method
+        text_length = fit_text_length(model, tokenizer, model_args.max_text_length)
+        processor = build_processor(model, tokenizer, model_args, data_args)
+        if processor_image_size(processor.image_processor) != data_args.image_size:
+            accelerator.print(
+                f"training at {processor_image_size(processor.image_processor)} pixels, the size of the starting "
+                "model's processor"
+            )
+        evaluation = None
+        if sources.evaluation is not None:
+            evaluation = build_evaluation(
+                sources.evaluation,
+                processor,
+                sources.class_names,
+                sources.eval_templates,
+                text_length,
+                data_args,
+                train_args,
+                accelerator,
+            )
+        data = build_training_data(
+            sources.raw,
+            model,
+            processor,
+            data_args,
+            train_args,
+            tokenizer=tokenizer,
+            text_length=text_length,
+            class_names=sources.class_names,
+            templates=sources.templates,
+            label_vocabulary=sources.label_vocabulary,
+            rank=accelerator.process_index,
+            evaluation=evaluation,
+        )
+        return Trainer(
+            model,
+            processor,
+            train_args,
+            data,
+            accelerator=accelerator,
+            run_arguments=flat_arguments(model_args, data_args, train_args),
+            base_model=model_args.pretrained_start,
+            pretrained=model_args.starts_pretrained,
+            run_folder=run_folder,
+            card_examples=build_card_examples(data_args, sources.class_names),
+        )
+    except BaseException:
+        run_folder.release()  # the trainer that would have released it does not exist
+        raise
 
 
 __all__ = [
+    "DataSources",
     "ProcessorTransform",
     "TEMPLATE_SETS",
     "TrainAugmentation",
+    "build_card_examples",
+    "build_data_sources",
     "build_evaluation",
     "build_model",
     "build_processor",
     "build_tokenizer",
     "build_trainer",
+    "build_training_data",
     "bounded_image_processor",
     "check_starting_point",
     "check_view_arguments",

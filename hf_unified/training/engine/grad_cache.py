@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..losses import text_identity_keys
+from ...losses import text_identity_keys
 from .sharding import gradient_sync, is_fsdp2, register_forward_methods
 
 
@@ -149,6 +149,10 @@ class FullBatchStep:
     """
 
     name = "full_batch"
+    deepspeed_unsupported = (
+        "it counts backward passes as its own accumulation steps, and ZeRO-3 partitions the temperatures outside "
+        "forward"
+    )
 
     def __call__(self, model: nn.Module, micro_batches: list[dict], accelerator) -> torch.Tensor:
         if not micro_batches:

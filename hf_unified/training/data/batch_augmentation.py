@@ -62,8 +62,9 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from ..image_processing import to_rgb
-from .augmentation import AUGMENTATION_PARAM_DIM, IDENTITY_PARAMS, ViewAugmentation, sample_view_params, size_pair
+from ...image_processing import to_rgb
+from .augmentation import AUGMENTATION_PARAM_DIM, IDENTITY_PARAMS, ViewAugmentation, sample_view_params
+from .view_recipe import size_pair
 
 # The batch fields `ImageCanvas` adds to every decoded sample (and `data.collate` stacks).
 CANVAS_FIELDS = ("images", "image_sizes", "resized_image_sizes")

@@ -26,8 +26,8 @@ import evaluate
 import torch
 import torch.nn.functional as F
 
-from ..prompts import build_zero_shot_classifier
-from .sharding import is_fsdp2, lockstep, synchronize_buffers
+from ...prompts import build_zero_shot_classifier
+from ..engine.sharding import is_fsdp2, lockstep, synchronize_buffers
 
 
 class TopKAccuracy(evaluate.Metric):

@@ -43,7 +43,7 @@ from datasets import Image as ImageFeature
 from datasets.distributed import split_dataset_by_node
 from datasets.packaged_modules.webdataset.webdataset import base_plus_ext
 
-from .data_health import DataError
+from .health import DataError
 
 FORMATS = ("webdataset", "parquet", "imagefolder", "hub")
 # One row of every source. `image` is undecoded: bytes, or the path of a local file.
@@ -54,7 +54,7 @@ RAW_FEATURES = Features(
         "label": Value("int64"),  # None when absent
         "key": Value("string"),  # the sample's key (tar) or row number (parquet) within its shard, for messages
         "shard": Value("string"),  # the file (or source) the row came from
-        "damage": Value("string"),  # a kind of `data_health.SAMPLE_DAMAGE` / `SHARD_DAMAGE`, or None
+        "damage": Value("string"),  # a kind of `health.SAMPLE_DAMAGE` / `SHARD_DAMAGE`, or None
         "detail": Value("string"),  # what exactly was wrong
     }
 )

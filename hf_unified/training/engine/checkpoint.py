@@ -23,9 +23,9 @@ untouched. accelerate's `save_state` / `load_state` are not used: they pickle th
 
 Model and optimizer are saved from the main process when they are replicated (single process, DDP). A model
 sharded with FSDP2 has no whole copy anywhere: every rank writes its own shards of the model and optimizer instead
-of `model.safetensors` / `optimizer.*` (`sharding.write_sharded_state`: safetensors + a JSON layout per rank,
+of `model.safetensors` / `optimizer.*` (`sharded_state.write_sharded_state`: safetensors + a JSON layout per rank,
 `sharded_state_rank<r>-of-<n>.{safetensors,json}`), and resuming reads them back into the same sharding
-(`sharding.read_sharded_state`). `trainer_state.json` records which of the two a checkpoint holds; resuming with
+(`sharded_state.read_sharded_state`). `trainer_state.json` records which of the two a checkpoint holds; resuming with
 the other engine is refused. DeepSpeed state is refused here with a clear error.
 """
 
@@ -43,8 +43,8 @@ from accelerate.utils import DistributedType, broadcast_object_list
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from ..files import StagedFolder
-from . import sharding
+from ...files import StagedFolder
+from . import sharded_state, sharding
 
 FORMAT = "hf-unified-trainer-checkpoint"
 FORMAT_VERSION = 1
@@ -66,7 +66,7 @@ def checkpoint_files(world_size: int, with_scaler: bool, sharded: bool = False) 
     names += [] if sharded else list(REPLICATED_FILES)
     for rank in range(world_size):
         names += [pattern.format(rank=rank) for pattern in RANK_FILES]
-        names += list(sharding.sharded_state_files(rank, world_size)) if sharded else []
+        names += list(sharded_state.sharded_state_files(rank, world_size)) if sharded else []
     return names
 
 
@@ -191,7 +191,7 @@ def write_checkpoint(
         _write_json(temporary / f"rng_state_rank{rank}.json", meta)
         _write_json(temporary / f"data_state_rank{rank}.json", rank_state)
         if sharded:  # a collective: every rank writes its own shards
-            sharding.write_sharded_state(temporary, model, _torch_optimizer(optimizer))
+            sharded_state.write_sharded_state(temporary, model, _torch_optimizer(optimizer))
         if accelerator.is_main_process:
             if not sharded:
                 save_model(model, str(temporary / "model.safetensors"), metadata={"format": "pt"})
@@ -347,7 +347,7 @@ def read_checkpoint(folder: Path, rank: int, world_size: int, sharded: bool = Fa
     for name in expected:
         if name.endswith(".json") and name != TRAINER_STATE:
             _read_json(folder, name)
-    model_file = sharding.sharded_state_files(rank, world_size)[0] if sharded else "model.safetensors"
+    model_file = sharded_state.sharded_state_files(rank, world_size)[0] if sharded else "model.safetensors"
     _safetensors_keys(folder, model_file)
     scaler = _read_json(folder, SCALER_FILE) if (folder / SCALER_FILE).exists() else None
     checkpoint = Checkpoint(
@@ -410,7 +410,7 @@ def _restore_replicated(checkpoint: Checkpoint, device, model: torch.nn.Module, 
 def _restore_shards(folder: Path, model: torch.nn.Module, optimizer) -> None:
     """This rank's shards, checked against the model and optimizer before they are applied (a collective)."""
     try:
-        sharding.read_sharded_state(folder, model, _torch_optimizer(optimizer))
+        sharded_state.read_sharded_state(folder, model, _torch_optimizer(optimizer))
     except ValueError as error:
         raise CheckpointError(f"cannot resume from {folder}: {error}") from None
 

@@ -8,7 +8,7 @@ adds it to CLIP_benchmark as `--model_type hf_unified`:
 
 ```bash
 pip install clip-benchmark
-python -m hf_unified.training.clip_benchmark eval --model_type hf_unified --model outputs/unicl-tiny \\
+python -m hf_unified.training.outputs.clip_benchmark eval --model_type hf_unified --model outputs/unicl-tiny \\
     --pretrained none --dataset cifar10 --dataset_root data/cifar10
 ```
 
@@ -99,7 +99,8 @@ def register() -> None:
 
 
 def main() -> None:
-    """`python -m hf_unified.training.clip_benchmark ...`: CLIP_benchmark's own command line, with `hf_unified`."""
+    """`python -m hf_unified.training.outputs.clip_benchmark ...`: CLIP_benchmark's own command line, with
+    `hf_unified`."""
     register()
     from clip_benchmark import cli
 

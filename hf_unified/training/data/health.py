@@ -1,6 +1,6 @@
 """What damaged data is, and how the stream counts, reports and bounds it.
 
-Damage is never raised: a source reader (`sources.py`) or a DataLoader worker (`data.decode_example`) turns it into
+Damage is never raised: a source reader (`sources.py`) or a DataLoader worker (`decoding.decode_example`) turns it into
 a `Skipped` record of one of the kinds below, `data.collate` counts the records of a batch (`batch["skipped"]`,
 `batch["damaged_shards"]`) and logs them through a `DamageLog`, and the trainer sums the batches in a `DataHealth`,
 which stops a run whose skipped share says the dataset is wrong rather than damaged.
