@@ -642,12 +642,8 @@ def _join_columns(
         candidates, columns, _ = blocks[0]
     else:
         candidates = torch.cat([embeds for embeds, _, _ in blocks])
-        columns = _MaskKeys(
-            *(
-                None if parts[0] is None else torch.cat(parts)
-                for parts in zip(*(dataclasses.astuple(keys) for _, keys, _ in blocks))
-            )
-        )
+        parts = [[getattr(keys, field.name) for _, keys, _ in blocks] for field in dataclasses.fields(_MaskKeys)]
+        columns = _MaskKeys(*(None if part[0] is None else torch.cat(part) for part in parts))
     pairs = torch.cat(
         [torch.full((embeds.shape[0],), anchor_domain + domain, device=embeds.device) for embeds, _, domain in blocks]
     )
