@@ -424,7 +424,9 @@ class _ChunkedRows(torch.autograd.Function):
         column_offset = None if column_offset is None else column_offset.to(dtype)
         total = anchors.new_zeros(())
         count = torch.zeros((), dtype=torch.long, device=anchors.device)
-        normalisers = []
+        # Written in place: nothing made in the loop outlives its block, so each block reuses the last one's memory
+        # (a small tensor kept per block would pin the allocator's heap above every block and grow the process).
+        normalisers = None if variant == "sigmoid" else anchors.new_empty(anchors.shape[0])
         with _without_autocast(anchors.device):
             for start in range(0, anchors.shape[0], rows_per_block):
                 block = slice(start, start + rows_per_block)
@@ -434,9 +436,9 @@ class _ChunkedRows(torch.autograd.Function):
                 row_loss, terms, normaliser = _row_losses(logits, positives, keep, variant)
                 total += row_loss.sum()
                 count += terms
-                normalisers.append(normaliser)
-        normaliser = None if variant == "sigmoid" else torch.cat(normalisers) if normalisers else None
-        ctx.save_for_backward(anchors, candidates, column_scale, column_offset, normaliser)
+                if normalisers is not None:
+                    normalisers[block] = normaliser
+        ctx.save_for_backward(anchors, candidates, column_scale, column_offset, normalisers)
         ctx.rows, ctx.columns, ctx.variant, ctx.rows_per_block = rows, columns, variant, rows_per_block
         ctx.mark_non_differentiable(count)
         return total, count
@@ -444,7 +446,7 @@ class _ChunkedRows(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_total, _grad_count):
-        anchors, candidates, column_scale, column_offset, normaliser = ctx.saved_tensors
+        anchors, candidates, column_scale, column_offset, normalisers = ctx.saved_tensors
         needs_anchors, needs_candidates, needs_scale, needs_offset = ctx.needs_input_grad[:4]
         grad_anchors = torch.zeros_like(anchors)
         grad_candidates = torch.zeros_like(candidates)
@@ -456,8 +458,8 @@ class _ChunkedRows(torch.autograd.Function):
                 shifted, logits, positives, keep = _tile(
                     anchors, candidates, column_scale, column_offset, ctx.rows, ctx.columns, block
                 )
-                block_normaliser = None if normaliser is None else normaliser[block]
-                gradient = _logit_gradient(logits, positives, keep, ctx.variant, block_normaliser)
+                normaliser = None if normalisers is None else normalisers[block]
+                gradient = _logit_gradient(logits, positives, keep, ctx.variant, normaliser)
                 del logits, positives, keep
                 gradient.mul_(grad_total.to(gradient.dtype))  # d loss / d logits
                 if needs_scale:
