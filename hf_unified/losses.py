@@ -605,27 +605,27 @@ def contrastive_objective(
         TEXT_DOMAIN,
     )
 
-    # Each side: (anchors, their mask keys, their domain, the blocks of candidate columns).
-    if intra_domain_pairs:
-        sides = [
-            (views, view_rows, IMAGE_DOMAIN, [view_columns, text_columns]),
-            (text_embeds, text_rows, TEXT_DOMAIN, [view_columns, text_columns]),
-        ]
+    # Each side: (anchors, their mask keys, their domain, (candidates, their mask keys, their domains)).
+    if intra_domain_pairs:  # both sides meet every embedding
+        everything = _join_columns([view_columns, text_columns])
+        sides = [(views, view_rows, IMAGE_DOMAIN, everything), (text_embeds, text_rows, TEXT_DOMAIN, everything)]
     else:  # cross-domain only: no anchor meets itself, and text anchors meet no text
         sides = [
-            (views, dataclasses.replace(view_rows, ids=None), IMAGE_DOMAIN, [text_columns]),
-            (text_embeds, _MaskKeys(groups), TEXT_DOMAIN, [view_columns]),
+            (views, dataclasses.replace(view_rows, ids=None), IMAGE_DOMAIN, _join_columns([text_columns])),
+            (text_embeds, _MaskKeys(groups), TEXT_DOMAIN, _join_columns([view_columns])),
         ]
 
     total, count = 0, 0
-    for anchors, rows, anchor_domain, blocks in sides:
-        candidates, columns, column_pairs = _join_columns(blocks, anchor_domain)
+    for anchors, rows, anchor_domain, (candidates, columns, column_domains) in sides:
+        column_pairs = anchor_domain + column_domains  # the unordered domain pair's index is the sum
         column_scale = _per_column(scale, column_pairs)
         column_offset = None if offset is None else _per_column(offset, column_pairs)
         rows_per_block = _rows_per_block(anchors.shape[0], candidates.shape[0], chunk_size, device)
         if rows_per_block is None:  # dense: the whole side is one tile, differentiated by autograd
-            tile = _tile(anchors, candidates, column_scale, column_offset, rows, columns, slice(None))
-            row_loss, terms, _ = _row_losses(*tile[1:], variant)
+            _, logits, positives, keep = _tile(
+                anchors, candidates, column_scale, column_offset, rows, columns, slice(None)
+            )
+            row_loss, terms, _ = _row_losses(logits, positives, keep, variant)
             side_total = row_loss.sum()
         else:
             side_total, terms = _ChunkedRows.apply(
@@ -636,20 +636,18 @@ def contrastive_objective(
 
 
 def _join_columns(
-    blocks: list[tuple[torch.Tensor, _MaskKeys, int]], anchor_domain: int
+    blocks: list[tuple[torch.Tensor, _MaskKeys, int]],
 ) -> tuple[torch.Tensor, _MaskKeys, torch.Tensor]:
     """Candidate blocks `(embeddings [m, D], mask keys, domain)` as one: `(candidates [C, D], their mask keys, the
-    domain pair of each column with the anchors [C])`."""
+    domain of each column [C])`."""
     if len(blocks) == 1:
         candidates, columns, _ = blocks[0]
     else:
         candidates = torch.cat([embeds for embeds, _, _ in blocks])
         parts = [[getattr(keys, field.name) for _, keys, _ in blocks] for field in dataclasses.fields(_MaskKeys)]
         columns = _MaskKeys(*(None if part[0] is None else torch.cat(part) for part in parts))
-    pairs = torch.cat(
-        [torch.full((embeds.shape[0],), anchor_domain + domain, device=embeds.device) for embeds, _, domain in blocks]
-    )
-    return candidates, columns, pairs
+    domains = torch.cat([torch.full((embeds.shape[0],), domain, device=embeds.device) for embeds, _, domain in blocks])
+    return candidates, columns, domains
 
 
 def _per_column(values: torch.Tensor, column_pairs: torch.Tensor) -> torch.Tensor:
