@@ -187,8 +187,8 @@ class ContrastiveConfig(PreTrainedConfig):
         loss_chunk_size (`int`, *optional*):
             Anchor rows the loss scores at a time (`losses.contrastive_objective`'s `chunk_size`): the same value and
             gradients in memory `O(loss_chunk_size x global batch)` instead of `O(batch x global batch)`. None
-            (default): automatic, dense for small batches and in blocks once a side's logits pass 2^20 entries on
-            a CPU (2^24 on an accelerator); `0`: always dense.
+            (default): automatic, dense while a side of the loss has at most 2^22 logits on a CPU (2^24 on an
+            accelerator), in blocks above; `0`: always dense.
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the head initialisation.
     """

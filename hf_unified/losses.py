@@ -322,13 +322,17 @@ IMAGE_DOMAIN, TEXT_DOMAIN = 0, 1
 IMAGE_IMAGE, IMAGE_TEXT, TEXT_TEXT = 0, 1, 2
 DOMAIN_PAIRS = ("image-image", "image-text", "text-text")
 
-# `chunk_size=None` computes a side of the objective (image anchors, text anchors) densely while its
-# `anchors x candidates` logits have at most this many entries, and above it in blocks of `elements // candidates`
-# anchor rows. On a CPU, tiles of 2^20 logits (4 MiB in float32, cache-sized) were the fastest measured, faster than
-# the dense matrices from a global batch of 2048 on (`benchmarks/loss_scaling.py`); on an accelerator, larger
-# tiles amortise the kernel launches (2^24, 64 MiB: a choice, not measured here).
-AUTO_CHUNK_ELEMENTS_CPU = 1 << 20
-AUTO_CHUNK_ELEMENTS_ACCELERATOR = 1 << 24
+# What `chunk_size=None` does with a side of the objective (image anchors, text anchors), by its `anchors x
+# candidates` logits. On a CPU (`benchmarks/loss_scaling.py`, one thread): a side of up to 2^22 logits (16 MiB in
+# float32) stays dense, where the dense matrices were as fast or faster (the allocator reuses them; above 32 MiB each
+# is a fresh mmap whose pages fault in every step); a larger side goes in blocks of 2^20 logits (4 MiB,
+# cache-sized: the fastest measured, up to 2x faster than dense), but of at least 64 rows, because every block reads
+# the whole candidate matrix again (16 rows against 65536 candidates were slower than 64). On an accelerator both
+# limits are 2^24 (64 MiB, fewer kernel launches): a choice, not measured here.
+AUTO_DENSE_LOGITS_CPU = 1 << 22
+AUTO_BLOCK_LOGITS_CPU = 1 << 20
+AUTO_LOGITS_ACCELERATOR = 1 << 24
+MIN_ROWS_PER_BLOCK = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -390,10 +394,13 @@ def _rows_per_block(num_rows: int, num_columns: int, chunk_size: int | None, dev
     """The anchor rows of one block, or None for the dense path (see [`contrastive_objective`]'s `chunk_size`)."""
     if chunk_size is not None:
         return None if chunk_size == 0 else chunk_size
-    elements = AUTO_CHUNK_ELEMENTS_CPU if device.type == "cpu" else AUTO_CHUNK_ELEMENTS_ACCELERATOR
-    if num_rows * num_columns <= elements:
+    if device.type == "cpu":
+        dense_logits, block_logits = AUTO_DENSE_LOGITS_CPU, AUTO_BLOCK_LOGITS_CPU
+    else:
+        dense_logits = block_logits = AUTO_LOGITS_ACCELERATOR
+    if num_rows * num_columns <= dense_logits:
         return None
-    return max(1, elements // max(1, num_columns))
+    return max(MIN_ROWS_PER_BLOCK, block_logits // max(1, num_columns))
 
 
 def _without_autocast(device: torch.device):
@@ -537,9 +544,10 @@ def contrastive_objective(
         variant (`str`): `"supcon"`, `"mp_nce"`, `"infonce"` or `"sigmoid"` ([`multi_positive_loss`]).
         chunk_size (`int`, *optional*): at most this many anchor rows at a time, in bounded memory with the same
             value and gradients ([`_ChunkedRows`]); `0`: the dense path (each side's `anchors x candidates` logits
-            and masks at once, autograd through them); None (default): dense while a side's logits have at most
-            `AUTO_CHUNK_ELEMENTS_CPU` (2^20) entries on a CPU, `AUTO_CHUNK_ELEMENTS_ACCELERATOR` (2^24) elsewhere, and
-            above it in blocks of `elements // candidates` rows.
+            and masks at once, autograd through them); None (default): automatic, dense while a side has at most
+            2^22 logits on a CPU and in blocks of 2^20 logits (at least 64 rows) above; 2^24 and 2^24 on an
+            accelerator (`AUTO_DENSE_LOGITS_CPU`, `AUTO_BLOCK_LOGITS_CPU`, `MIN_ROWS_PER_BLOCK`,
+            `AUTO_LOGITS_ACCELERATOR`).
 
     Returns:
         `torch.Tensor` of shape `()`: this rank's share of the global mean loss.

@@ -121,9 +121,17 @@ def test_no_anchors_by_candidates_tensor_is_built_in_blocks(variant):
 
 
 def test_the_automatic_block_size_chunks_large_sides(monkeypatch):
-    monkeypatch.setattr(losses, "AUTO_CHUNK_ELEMENTS_CPU", 4 * 72)
-    assert _largest_tensor(None) <= 72 * 4  # blocks of 4 rows
-    monkeypatch.setattr(losses, "AUTO_CHUNK_ELEMENTS_CPU", 48 * 72)
+    cpu = torch.device("cpu")
+    assert losses._rows_per_block(2048, 2048, None, cpu) is None  # 2^22 logits: dense
+    assert losses._rows_per_block(4096, 4096, None, cpu) == 256  # blocks of 2^20 logits
+    assert losses._rows_per_block(1024, 65536, None, cpu) == 64  # ... of at least 64 rows
+    assert losses._rows_per_block(4096, 4096, 100, cpu) == 100 and losses._rows_per_block(8, 8, 0, cpu) is None
+    # The default at work: blocks where the side is large, dense where it is not.
+    monkeypatch.setattr(losses, "AUTO_BLOCK_LOGITS_CPU", 4 * 72)
+    monkeypatch.setattr(losses, "MIN_ROWS_PER_BLOCK", 2)
+    monkeypatch.setattr(losses, "AUTO_DENSE_LOGITS_CPU", 4 * 72)
+    assert _largest_tensor(None) <= 72 * 4  # blocks of 4 rows on both sides (48 and 24 anchors x 72 candidates)
+    monkeypatch.setattr(losses, "AUTO_DENSE_LOGITS_CPU", 48 * 72)
     assert _largest_tensor(None) >= 48 * 72  # small enough to stay dense
 
 
