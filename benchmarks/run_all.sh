@@ -27,7 +27,7 @@ run inference benchmarks/inference.py
 run data_pipeline benchmarks/data_pipeline.py
 run large_batch benchmarks/large_batch.py
 run fsdp_memory benchmarks/fsdp_memory.py
-run loss_scaling benchmarks/loss_scaling.py --repeats 2
+run loss_scaling benchmarks/loss_scaling.py --rounds 2
 run comparison benchmarks/comparison.py --preset "$PRESET" --output "$OUT/comparison-$PRESET.json"
 run finetune_from_clip benchmarks/finetune_from_clip.py --output "$OUT/finetune_from_clip"
 echo "tables in $OUT/*.md"

@@ -4,11 +4,13 @@ The three papers each unify one thing: UniCL the label space (positives from lab
 views and texts in one space, augmentation-aware embeddings, a domain-dependent similarity, MP-NCE), MS-CLIP the
 parameters (one shared transformer). Here the first two are orthogonal fields of [`ContrastiveConfig`], so that any
 model (any two transformers towers in `UniCLConfig` / `UniCLIPConfig`, or MS-CLIP's shared stack in
-`MSCLIPConfig`) trains with any point of the objective. CLIP, UniCL and UniCLIP are named points
+`MSCLIPConfig`) trains with any point of the objective. CLIP, UniCL, UniCLIP and SigLIP are named points
 (`OBJECTIVE_PRESETS`); `UniCLConfig()` and `UniCLIPConfig()` default to their own.
 """
 
 from __future__ import annotations
+
+import math
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
@@ -19,7 +21,7 @@ from .patch_dropout import check_patch_dropout
 from .towers import check_dual_encoder_fields, check_tower_dicts
 
 # The augmentation parameter vector each image view carries (its layout is documented, and produced, by
-# `hf_unified.training.augmentation.MultiViewAugmentation`); the model only needs its width and identity point.
+# `hf_unified.training.data.augmentation.MultiViewAugmentation`); the model only needs its width and identity point.
 AUGMENTATION_PARAM_NAMES: tuple[str, ...] = (
     "crop_left",
     "crop_top",
@@ -48,6 +50,7 @@ OBJECTIVE_PRESETS: dict[str, dict] = {
         "augmentation_aware": False,
         "intra_domain_pairs": False,
         "domain_similarity": False,
+        "similarity_offset": False,
         "contrastive_loss": "supcon",
         "mask_duplicate_texts": False,
     },
@@ -58,6 +61,7 @@ OBJECTIVE_PRESETS: dict[str, dict] = {
         "augmentation_aware": False,
         "intra_domain_pairs": False,
         "domain_similarity": False,
+        "similarity_offset": False,
         "contrastive_loss": "supcon",
         "mask_duplicate_texts": False,
     },
@@ -68,6 +72,7 @@ OBJECTIVE_PRESETS: dict[str, dict] = {
         "augmentation_aware": True,
         "intra_domain_pairs": True,
         "domain_similarity": True,
+        "similarity_offset": False,
         "contrastive_loss": "mp_nce",
         "mask_duplicate_texts": True,
     },
@@ -78,8 +83,36 @@ OBJECTIVE_PRESETS: dict[str, dict] = {
         "augmentation_aware": True,
         "intra_domain_pairs": True,
         "domain_similarity": True,
+        "similarity_offset": False,
         "contrastive_loss": "mp_nce",
         "mask_duplicate_texts": True,
+    },
+    # SigLIP: CLIP's pairs, each an independent binary term (sigmoid loss) of `t * (cos - o)` with one learnable
+    # scale and offset (SigLIP's bias b = -t * o), initialised as SigLIP: t = 10, b = -10.
+    "siglip": {
+        "use_labels": False,
+        "num_views": 1,
+        "augmentation_aware": False,
+        "intra_domain_pairs": False,
+        "domain_similarity": False,
+        "similarity_offset": True,
+        "contrastive_loss": "sigmoid",
+        "mask_duplicate_texts": False,
+        "logit_scale_init_value": math.log(10.0),
+        "logit_offset_init_value": 1.0,
+    },
+    # SigLIP with UniCL's target matrix: every same-label pair is a positive term.
+    "siglip+unicl": {
+        "use_labels": True,
+        "num_views": 1,
+        "augmentation_aware": False,
+        "intra_domain_pairs": False,
+        "domain_similarity": False,
+        "similarity_offset": True,
+        "contrastive_loss": "sigmoid",
+        "mask_duplicate_texts": False,
+        "logit_scale_init_value": math.log(10.0),
+        "logit_offset_init_value": 1.0,
     },
 }
 
@@ -121,7 +154,7 @@ class ContrastiveConfig(PreTrainedConfig):
             parameters. The backbone never sees them.
         augmentation_param_dim (`int`, defaults to 11):
             Width `P` of an augmentation parameter vector; 11 is the layout of
-            `hf_unified.training.augmentation.MultiViewAugmentation` (`AUGMENTATION_PARAM_NAMES`).
+            `hf_unified.training.data.augmentation.MultiViewAugmentation` (`AUGMENTATION_PARAM_NAMES`).
         identity_augmentation_params (`list[float]`, *optional*):
             The `P` parameters of an un-augmented image. Defaults to `IDENTITY_PARAMS`; must be given when
             `augmentation_param_dim` differs from that layout.
@@ -138,13 +171,26 @@ class ContrastiveConfig(PreTrainedConfig):
             UniCLIP's domain-dependent similarity `s = exp(logit_scale[D]) * (cos - logit_offset[D])` with a
             learnable log-scale and offset per domain pair D. `False`: one log-scale, no offset.
         logit_offset_init_value (`float` or 3 floats, defaults to 0.0):
-            Initial offset per domain pair (image-image, image-text, text-text); used with `domain_similarity`.
+            Initial offset per domain pair (image-image, image-text, text-text) with `domain_similarity`; the one
+            offset with `similarity_offset` alone (SigLIP's 1.0: b = -t).
+        similarity_offset (`bool`, defaults to `False`):
+            A learnable offset in the one similarity, `s = exp(logit_scale) * (cos - logit_offset)`: SigLIP's
+            learnable bias `b = -exp(logit_scale) * logit_offset`, one scale and one offset. `domain_similarity`
+            implies offsets (one per domain pair). A constant offset changes no ranking and no softmax: only the
+            sigmoid loss, and the logits the model returns, depend on it.
         contrastive_loss (`str`, defaults to `"supcon"`):
             How an anchor's positives are scored (`losses.multi_positive_loss`): `"supcon"` (SupCon's L_out; with
             labels this is UniCL's target-normalised cross-entropy), `"mp_nce"` (UniCLIP's MP-NCE: each positive
-            against the negatives only) or `"infonce"`. With one positive per anchor (CLIP) all three agree.
+            against the negatives only), `"infonce"` or `"sigmoid"` (SigLIP's: every anchor-candidate pair one
+            binary term, summed and divided by the number of anchors). With one positive per anchor (CLIP) the first
+            three agree.
         mask_duplicate_texts (`bool`, defaults to `False`):
             Identical texts of different items are not used as each other's negatives (templated captions repeat).
+        loss_chunk_size (`int`, *optional*):
+            Anchor rows the loss scores at a time (`losses.contrastive_objective`'s `chunk_size`): the same value and
+            gradients in memory `O(loss_chunk_size x global batch)` instead of `O(batch x global batch)`. None
+            (default): automatic, dense while a side of the loss has at most 2^22 logits on a CPU (2^24 on an
+            accelerator), in blocks above; `0`: always dense.
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the head initialisation.
         patch_dropout (`float`, defaults to 0.0):
@@ -166,8 +212,10 @@ class ContrastiveConfig(PreTrainedConfig):
     intra_domain_pairs: bool = False
     domain_similarity: bool = False
     logit_offset_init_value: float | list[float] = 0.0
+    similarity_offset: bool = False
     contrastive_loss: str = "supcon"
     mask_duplicate_texts: bool = False
+    loss_chunk_size: int | None = None
     initializer_range: float = 0.02
     patch_dropout: float = 0.0
 
@@ -195,14 +243,21 @@ class ContrastiveConfig(PreTrainedConfig):
                 f"identity_augmentation_params has {len(self.identity_augmentation_params)} values, "
                 f"augmentation_param_dim is {self.augmentation_param_dim}"
             )
+        if self.loss_chunk_size is not None and (isinstance(self.loss_chunk_size, bool) or self.loss_chunk_size < 0):
+            raise ValueError(
+                f"loss_chunk_size must be None (automatic), 0 (dense) or a positive number of anchor rows; got "
+                f"{self.loss_chunk_size!r}"
+            )
         if self.domain_similarity:
             per_domain_pair("logit_scale_init_value", self.logit_scale_init_value)
             per_domain_pair("logit_offset_init_value", self.logit_offset_init_value)
-        elif not isinstance(self.logit_scale_init_value, (int, float)):
-            raise ValueError(
-                "logit_scale_init_value must be a single float without domain_similarity (one temperature), got "
-                f"{self.logit_scale_init_value}; set domain_similarity=True for one per domain pair"
-            )
+        else:  # one similarity: one scale, and one offset with similarity_offset
+            for name in ("logit_scale_init_value", "logit_offset_init_value")[: 1 + self.similarity_offset]:
+                if not isinstance(getattr(self, name), (int, float)):
+                    raise ValueError(
+                        f"{name} must be a single float without domain_similarity (one similarity), got "
+                        f"{getattr(self, name)}; set domain_similarity=True for one per domain pair"
+                    )
         self.check_values()
 
     def check_values(self) -> None:
@@ -216,8 +271,8 @@ class ContrastiveConfig(PreTrainedConfig):
 
     @classmethod
     def from_objective(cls, name: str, **overrides) -> ContrastiveConfig:
-        """This config class with a named objective (`"clip"`, `"unicl"`, `"uniclip"`, `"uniclip+unicl"`); any
-        field in `overrides` wins over the preset."""
+        """This config class with a named objective (`"clip"`, `"unicl"`, `"uniclip"`, `"uniclip+unicl"`,
+        `"siglip"`, `"siglip+unicl"`); any field in `overrides` wins over the preset."""
         if name not in OBJECTIVE_PRESETS:
             raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVE_PRESETS)}")
         return cls(**{**OBJECTIVE_PRESETS[name], **overrides})
@@ -228,9 +283,12 @@ class ContrastiveConfig(PreTrainedConfig):
             return per_domain_pair("logit_scale_init_value", self.logit_scale_init_value)
         return [float(self.logit_scale_init_value)]
 
-    def logit_offset_init(self) -> list[float]:
-        """Initial offsets per domain pair (image-image, image-text, text-text)."""
-        return per_domain_pair("logit_offset_init_value", self.logit_offset_init_value)
+    def logit_offset_init(self) -> list[float] | None:
+        """Initial offsets: 3 (image-image, image-text, text-text) with domain similarity, 1 with
+        `similarity_offset` alone, None without an offset."""
+        if self.domain_similarity:
+            return per_domain_pair("logit_offset_init_value", self.logit_offset_init_value)
+        return [float(self.logit_offset_init_value)] if self.similarity_offset else None
 
 
 @strict

@@ -185,9 +185,8 @@ class ContrastiveHeads:
         if VISION in modalities and TEXT in modalities:
             # Never 0-D (FSDP shards parameters along their first dimension).
             self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init()))
-            self.logit_offset = (
-                nn.Parameter(torch.tensor(config.logit_offset_init())) if config.domain_similarity else None
-            )
+            offsets = config.logit_offset_init()  # per domain pair, one (similarity_offset) or none
+            self.logit_offset = nn.Parameter(torch.tensor(offsets)) if offsets is not None else None
 
     # ------------------------------------------------------------------------------------------------------------
     # Validation: a clear ValueError naming the field, before any library code sees bad input.
@@ -395,7 +394,7 @@ class ContrastiveModel(ContrastiveHeads):
             image_view_embeds (`torch.Tensor` of shape `(batch_size, num_views, projection_dim)`): L2-normalised.
             text_embeds (`torch.Tensor` of shape `(batch_size, projection_dim)`): L2-normalised.
         """
-        if self.logit_offset is None:
+        if not self.config.domain_similarity:
             raise ValueError("calibrate_logit_offsets needs domain_similarity=True (per-pair offsets)")
         n, num_views, _ = image_view_embeds.shape
         views = image_view_embeds.reshape(n * num_views, -1).float()
@@ -459,6 +458,7 @@ class ContrastiveModel(ContrastiveHeads):
             text_keys=text_keys if config.mask_duplicate_texts else None,
             intra_domain_pairs=config.intra_domain_pairs,
             variant=config.contrastive_loss,
+            chunk_size=config.loss_chunk_size,
         )
 
     @can_return_tuple

@@ -5,7 +5,8 @@ Every loss here follows one recipe (open_clip's ``local_loss=True`` + ``gather_w
 1. each rank L2-normalises its own ``n_local`` rows;
 2. the rows are all-gathered **with gradient** (``torch.distributed.nn.functional.all_gather``) into the
    ``N_global`` columns;
-3. each rank computes the loss of its own rows against all columns (memory ``O(n_local x N_global)``);
+3. each rank computes the loss of its own rows against all columns (memory ``O(n_local x N_global)``, or
+   ``O(K x N_global)`` in blocks of ``K`` rows: :func:`contrastive_objective`'s ``chunk_size``);
 4. the local sum is divided by the global number of terms and multiplied by the world size
    (:func:`global_mean`), so that the data-parallel *average* of the per-rank losses, and of their gradients,
    equals the loss and gradient of one process holding the whole global batch.
@@ -16,8 +17,13 @@ plain mean. ``accelerate``'s ``gather`` carries no gradient and cannot replace s
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 
 def _distributed() -> bool:
@@ -148,35 +154,98 @@ def unique_pair_labels(labels: torch.Tensor, offset: int) -> torch.Tensor:
     return torch.where(labels < 0, -1 - positions, labels)
 
 
-MULTI_POSITIVE_VARIANTS = ("mp_nce", "supcon", "infonce")
+# How an anchor's candidates are scored ([`multi_positive_loss`]); the config's `contrastive_loss` takes these.
+MULTI_POSITIVE_VARIANTS = ("mp_nce", "supcon", "infonce", "sigmoid")
 
 
-def _multi_positive_terms(
-    logits: torch.Tensor, positive_mask: torch.Tensor, candidate_mask: torch.Tensor, variant: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of this rank's loss terms, their count) for [`multi_positive_loss`]; see there for the variants."""
+def _check_variant(variant: str) -> None:
     if variant not in MULTI_POSITIVE_VARIANTS:
         raise ValueError(f"variant must be one of {MULTI_POSITIVE_VARIANTS}, got {variant!r}")
-    if logits.ndim != 2 or positive_mask.shape != logits.shape or candidate_mask.shape != logits.shape:
-        raise ValueError(
-            "logits, positive_mask and candidate_mask must share one [anchors, candidates] shape; got "
-            f"{tuple(logits.shape)}, {tuple(positive_mask.shape)}, {tuple(candidate_mask.shape)}"
-        )
-    positives = positive_mask & candidate_mask
-    masked = logits.masked_fill(~candidate_mask, float("-inf"))
+
+
+def _row_losses(
+    logits: torch.Tensor, positives: torch.Tensor, keep: torch.Tensor | None, variant: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Each anchor row's loss, the number of terms the rows add to the mean, and the row statistic the gradient
+    needs ([`_logit_gradient`]); see [`multi_positive_loss`] for the variants.
+
+    Args:
+        logits (`torch.Tensor` of shape `(rows, candidates)`): scaled similarities.
+        positives (`torch.BoolTensor` of shape `(rows, candidates)`): the candidate shares the anchor's group.
+        keep (`torch.BoolTensor` of shape `(rows, candidates)` or None): False for excluded candidates (the anchor
+            itself, masked duplicates); None: every candidate counts.
+
+    Returns:
+        `(loss per row of shape (rows,), number of terms of shape (), log-normaliser of shape (rows,) or None)`. The
+        log-normaliser is the log-sum-exp over the row's candidates (`"supcon"`, `"infonce"`) or over its negatives
+        only (`"mp_nce"`); `"sigmoid"` has none (every pair is its own binary term).
+    """
+    if keep is not None:
+        positives = positives & keep
+    if variant == "sigmoid":
+        per_pair = -F.logsigmoid(torch.where(positives, logits, -logits))  # -log sigmoid(z s), z = +1 / -1
+        if keep is not None:
+            per_pair = per_pair.masked_fill(~keep, 0)
+        return per_pair.sum(dim=1), logits.new_full((), logits.shape[0], dtype=torch.long), None
+    # Left-out candidates are filled with the dtype's lowest finite value, not -inf: exp() of it is exactly 0 next to
+    # any real logit, and a row with nothing left (an MP-NCE anchor without negatives: its terms are 0) keeps a
+    # finite log-normaliser, so its gradient is 0 rather than NaN.
+    lowest = torch.finfo(logits.dtype).min
+    left_out = positives if variant == "mp_nce" else None
+    if keep is not None:
+        left_out = ~keep if left_out is None else left_out | ~keep
+    log_normaliser = torch.logsumexp(logits if left_out is None else logits.masked_fill(left_out, lowest), dim=1)
     if variant == "mp_nce":
-        negatives = masked.masked_fill(positives, float("-inf"))
-        negative_lse = torch.logsumexp(negatives, dim=1, keepdim=True)  # [R, 1]; -inf when there is no negative
-        per_pair = torch.logaddexp(logits, negative_lse) - logits  # [R, C]
-        return per_pair.masked_fill(~positives, 0).sum(), positives.sum()
-    log_prob = logits - torch.logsumexp(masked, dim=1, keepdim=True)
-    per_pair = (-log_prob).masked_fill(~positives, 0)
-    if variant == "infonce":
-        return per_pair.sum(), positives.sum()
+        # -log(exp(s_p) / (exp(s_p) + sum_n exp(s_n))) for every positive p.
+        per_pair = torch.logaddexp(logits, log_normaliser[:, None]) - logits
+        return per_pair.masked_fill(~positives, 0).sum(dim=1), positives.sum(), log_normaliser
+    per_pair = (log_normaliser[:, None] - logits).masked_fill(~positives, 0)  # -log softmax of each positive
     num_positives = positives.sum(dim=1)
-    has_positive = num_positives > 0
-    per_anchor = per_pair.sum(dim=1)[has_positive] / num_positives[has_positive]
-    return per_anchor.sum(), has_positive.sum()
+    if variant == "infonce":
+        return per_pair.sum(dim=1), num_positives.sum(), log_normaliser
+    # SupCon: the mean over the anchor's positives; an anchor without positives adds no term.
+    return per_pair.sum(dim=1) / num_positives.clamp_min(1), (num_positives > 0).sum(), log_normaliser
+
+
+def _logit_gradient(
+    logits: torch.Tensor,
+    positives: torch.Tensor,
+    keep: torch.Tensor | None,
+    variant: str,
+    log_normaliser: torch.Tensor | None,
+) -> torch.Tensor:
+    """The gradient of the sum of [`_row_losses`] with respect to `logits`, in closed form from the rows' saved
+    log-normalisers (the chunked objective's backward pass; the dense path gets the same from autograd).
+
+    Args: as [`_row_losses`], and `log_normaliser` (`torch.Tensor` of shape `(rows,)`) as it returned.
+
+    Returns:
+        `torch.Tensor` of shape `(rows, candidates)`, zero on excluded candidates.
+    """
+    if keep is not None:
+        positives = positives & keep
+    if variant == "sigmoid":
+        gradient = torch.where(positives, -torch.sigmoid(-logits), torch.sigmoid(logits))  # -z sigmoid(-z s)
+    elif variant == "mp_nce":
+        # Terms softplus(lse_N - s_p): positive p is pulled by sigmoid(lse_N - s_p), negative n pushed by its softmax
+        # among the negatives times the row's total pull, exp(s_n - lse_N) * sum_p sigmoid(lse_N - s_p).
+        normaliser = log_normaliser[:, None]
+        pull = torch.sigmoid(normaliser - logits).masked_fill_(~positives, 0)
+        not_negative = positives if keep is None else positives | ~keep
+        push = torch.exp(logits - normaliser).masked_fill_(not_negative, 0)
+        return push.mul_(pull.sum(dim=1, keepdim=True)).sub_(pull)
+    else:
+        # Each positive's -log softmax: the row's softmax times its number of terms, minus the targets; SupCon
+        # divides both by the anchor's number of positives.
+        num_positives = positives.sum(dim=1, keepdim=True)
+        gradient = torch.exp(logits - log_normaliser[:, None])
+        if variant == "infonce":
+            gradient.mul_(num_positives).sub_(positives.to(logits.dtype))
+        else:
+            gradient.mul_(num_positives > 0).sub_(positives.to(logits.dtype) / num_positives.clamp_min(1))
+    if keep is not None:
+        gradient.masked_fill_(~keep, 0)
+    return gradient
 
 
 def multi_positive_loss(
@@ -193,9 +262,11 @@ def multi_positive_loss(
       `-log(exp(s_ap) / (exp(s_ap) + sum_{n in N(a)} exp(s_an)))`, averaged over all positive pairs;
     - `"infonce"`: every positive competes against all candidates (other positives included),
       `-log(exp(s_ap) / sum_{c} exp(s_ac))`, averaged over all positive pairs;
-    - `"supcon"` (SupCon's L_out): `-1/|P(a)| sum_p log(exp(s_ap) / sum_c exp(s_ac))`, averaged over anchors.
+    - `"supcon"` (SupCon's L_out): `-1/|P(a)| sum_p log(exp(s_ap) / sum_c exp(s_ac))`, averaged over anchors;
+    - `"sigmoid"` (SigLIP's): every candidate is one binary term, `-log sigmoid(s_ap)` for a positive and
+      `-log sigmoid(-s_an)` for a negative, summed over the row and averaged over anchors.
 
-    With one positive per anchor the three are the same loss.
+    With one positive per anchor the first three are the same loss.
 
     Args:
         logits (`torch.Tensor` of shape `(num_anchors, num_candidates)`):
@@ -204,12 +275,25 @@ def multi_positive_loss(
             True where the candidate is a positive of the anchor.
         candidate_mask (`torch.BoolTensor` of shape `(num_anchors, num_candidates)`):
             False for the anchor itself and anything the anchor must ignore.
-        variant (`str`): one of `"mp_nce"`, `"supcon"`, `"infonce"`.
+        variant (`str`): one of `"mp_nce"`, `"supcon"`, `"infonce"`, `"sigmoid"`.
 
     Returns:
         `torch.Tensor` of shape `()`: this rank's share of the global mean (see [`global_mean`]).
     """
-    return global_mean(*_multi_positive_terms(logits, positive_mask, candidate_mask, variant))
+    _check_variant(variant)
+    if logits.ndim != 2 or positive_mask.shape != logits.shape or candidate_mask.shape != logits.shape:
+        raise ValueError(
+            "logits, positive_mask and candidate_mask must share one [anchors, candidates] shape; got "
+            f"{tuple(logits.shape)}, {tuple(positive_mask.shape)}, {tuple(candidate_mask.shape)}"
+        )
+    row_loss, count, _ = _row_losses(logits, positive_mask, candidate_mask, variant)
+    return global_mean(row_loss.sum(), count)
+
+
+def _per_domain_pair(values: torch.Tensor, domain_pair: int | torch.Tensor) -> torch.Tensor:
+    """`values[domain_pair]` for per-domain-pair values of shape `(3,)`; the one value for shape `(1,)` or `()`."""
+    values = values.reshape(-1)
+    return values[domain_pair] if values.numel() > 1 else values[0]
 
 
 def similarity_logits(
@@ -225,11 +309,11 @@ def similarity_logits(
         domain_pair (`int` or `torch.LongTensor` broadcastable to `cosine`): domain-pair index per entry,
             `IMAGE_IMAGE`, `IMAGE_TEXT` or `TEXT_TEXT`.
         scale (`torch.Tensor` of shape `(3,)`, `(1,)` or `()`): multiplicative scale per domain pair, or one shared.
-        offset (`torch.Tensor` of shape `(3,)`, *optional*): similarity offset per domain pair.
+        offset (`torch.Tensor` of shape `(3,)`, `(1,)` or `()`, *optional*): similarity offset per domain pair, or
+            one shared (SigLIP's bias is `-scale * offset`).
     """
-    scale = scale.reshape(-1)
-    shifted = cosine if offset is None else cosine - offset[domain_pair]
-    return (scale[domain_pair] if scale.numel() > 1 else scale[0]) * shifted
+    shifted = cosine if offset is None else cosine - _per_domain_pair(offset, domain_pair)
+    return _per_domain_pair(scale, domain_pair) * shifted
 
 
 # Domain of an embedding and index of an unordered domain pair (= the sum of the two domains) in the per-pair
@@ -237,6 +321,174 @@ def similarity_logits(
 IMAGE_DOMAIN, TEXT_DOMAIN = 0, 1
 IMAGE_IMAGE, IMAGE_TEXT, TEXT_TEXT = 0, 1, 2
 DOMAIN_PAIRS = ("image-image", "image-text", "text-text")
+
+# What `chunk_size=None` does with a side of the objective (image anchors, text anchors), by its `anchors x
+# candidates` logits. On a CPU (`benchmarks/loss_scaling.py`, one thread): a side of up to 2^22 logits (16 MiB in
+# float32) stays dense, where the dense matrices were as fast or faster (the allocator reuses them; above 32 MiB each
+# is a fresh mmap whose pages fault in every step); a larger side goes in blocks of 2^20 logits (4 MiB,
+# cache-sized: the fastest measured, up to 2x faster than dense), but of at least 64 rows, because every block reads
+# the whole candidate matrix again (16 rows against 65536 candidates were slower than 64). On an accelerator both
+# limits are 2^24 (64 MiB, fewer kernel launches): a choice, not measured here.
+AUTO_DENSE_LOGITS_CPU = 1 << 22
+AUTO_BLOCK_LOGITS_CPU = 1 << 20
+AUTO_LOGITS_ACCELERATOR = 1 << 24
+MIN_ROWS_PER_BLOCK = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class _MaskKeys:
+    """What the masks of a tile are built from, one entry per embedding (anchor rows or candidate columns).
+
+    Attributes:
+        groups (`torch.LongTensor` of shape `(m,)`): an anchor's positives are the candidates of its group.
+        ids (`torch.LongTensor` of shape `(m,)` or None): position among all (gathered) embeddings, to exclude the
+            anchor itself; None where rows and columns are different domains.
+        text_keys (`torch.LongTensor` of shape `(m,)` or None): the item's text, renumbered `0..` (`-1` on image
+            columns, which are never duplicates); a text column with the anchor's key from another group is
+            excluded. None: no duplicate masking.
+    """
+
+    groups: torch.Tensor
+    ids: torch.Tensor | None = None
+    text_keys: torch.Tensor | None = None
+
+
+def _tile(
+    anchors: torch.Tensor,
+    candidates: torch.Tensor,
+    column_scale: torch.Tensor,
+    column_offset: torch.Tensor | None,
+    rows: _MaskKeys,
+    columns: _MaskKeys,
+    block: slice,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The anchors in `block` against every candidate: one tile of the objective, the only place its logits and
+    masks are built (the dense path is one tile of all rows).
+
+    Args:
+        anchors (`torch.Tensor` of shape `(rows, dim)`), candidates (`torch.Tensor` of shape `(columns, dim)`).
+        column_scale (`torch.Tensor` of shape `(columns,)`), column_offset (`torch.Tensor` of shape `(columns,)` or
+            None): each column's domain pair's scale and offset (the anchors are of one domain).
+        rows, columns ([`_MaskKeys`]): of all anchors and all candidates.
+        block (`slice`): the anchor rows of this tile, `K` of them.
+
+    Returns:
+        `(cos - offset, logits, positives, keep)`, each of shape `(K, columns)`; `keep` is None when nothing is
+        excluded.
+    """
+    shifted = anchors[block] @ candidates.T
+    if column_offset is not None:
+        shifted = shifted - column_offset
+    logits = shifted * column_scale
+    positives = rows.groups[block, None] == columns.groups
+    excluded = None
+    if rows.ids is not None:
+        excluded = rows.ids[block, None] == columns.ids
+    if rows.text_keys is not None:
+        duplicate = (rows.text_keys[block, None] == columns.text_keys).logical_and_(~positives)
+        excluded = duplicate if excluded is None else excluded.logical_or_(duplicate)
+    return shifted, logits, positives, None if excluded is None else excluded.logical_not_()
+
+
+def _rows_per_block(num_rows: int, num_columns: int, chunk_size: int | None, device: torch.device) -> int | None:
+    """The anchor rows of one block, or None for the dense path (see [`contrastive_objective`]'s `chunk_size`)."""
+    if chunk_size is not None:
+        return None if chunk_size == 0 else chunk_size
+    if device.type == "cpu":
+        dense_logits, block_logits = AUTO_DENSE_LOGITS_CPU, AUTO_BLOCK_LOGITS_CPU
+    else:
+        dense_logits = block_logits = AUTO_LOGITS_ACCELERATOR
+    if num_rows * num_columns <= dense_logits:
+        return None
+    return max(MIN_ROWS_PER_BLOCK, block_logits // max(1, num_columns))
+
+
+def _without_autocast(device: torch.device):
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+class _ChunkedRows(torch.autograd.Function):
+    """The sum of the loss terms of all anchor rows against all candidates, in blocks of at most `K` rows.
+
+    Forward: each block's tile is built ([`_tile`]), its rows' losses summed ([`_row_losses`]) and the tile freed;
+    only one statistic per row is kept, its log-normaliser (the log-sum-exp over its candidates for SupCon and
+    InfoNCE, over its negatives for MP-NCE; none for the sigmoid loss). Backward: each tile is built again and its
+    logits' gradient follows in closed form from the saved statistics ([`_logit_gradient`]); it is turned into the
+    tile's share of the gradients of the anchors, the candidates and every column's scale and offset. Rows are
+    independent given their statistic, so value and gradients are those of the dense tile, and memory is
+    `O(K x candidates + (anchors + candidates) x dim)`: no `anchors x candidates` tensor is ever built.
+
+    Computed in at least float32 with autocast off, so that the backward pass rebuilds exactly the forward's tiles.
+    """
+
+    @staticmethod
+    def forward(ctx, anchors, candidates, column_scale, column_offset, rows, columns, variant, rows_per_block):
+        ctx.dtypes = (anchors.dtype, candidates.dtype, column_scale.dtype)
+        dtype = torch.promote_types(torch.promote_types(anchors.dtype, candidates.dtype), torch.float32)
+        anchors, candidates, column_scale = anchors.to(dtype), candidates.to(dtype), column_scale.to(dtype)
+        column_offset = None if column_offset is None else column_offset.to(dtype)
+        total = anchors.new_zeros(())
+        count = torch.zeros((), dtype=torch.long, device=anchors.device)
+        # Written in place: nothing made in the loop outlives its block, so each block reuses the last one's memory
+        # (a small tensor kept per block would pin the allocator's heap above every block and grow the process).
+        normalisers = None if variant == "sigmoid" else anchors.new_empty(anchors.shape[0])
+        with _without_autocast(anchors.device):
+            for start in range(0, anchors.shape[0], rows_per_block):
+                block = slice(start, start + rows_per_block)
+                _, logits, positives, keep = _tile(
+                    anchors, candidates, column_scale, column_offset, rows, columns, block
+                )
+                row_loss, terms, normaliser = _row_losses(logits, positives, keep, variant)
+                total += row_loss.sum()
+                count += terms
+                if normalisers is not None:
+                    normalisers[block] = normaliser
+        ctx.save_for_backward(anchors, candidates, column_scale, column_offset, normalisers)
+        ctx.rows, ctx.columns, ctx.variant, ctx.rows_per_block = rows, columns, variant, rows_per_block
+        ctx.mark_non_differentiable(count)
+        return total, count
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_total, _grad_count):
+        anchors, candidates, column_scale, column_offset, normalisers = ctx.saved_tensors
+        needs_anchors, needs_candidates, needs_scale, needs_offset = ctx.needs_input_grad[:4]
+        grad_anchors = torch.zeros_like(anchors)
+        grad_candidates = torch.zeros_like(candidates)
+        grad_scale = column_scale.new_zeros(column_scale.shape)
+        grad_offset = column_offset.new_zeros(column_offset.shape) if needs_offset else None
+        with _without_autocast(anchors.device):
+            for start in range(0, anchors.shape[0], ctx.rows_per_block):
+                block = slice(start, start + ctx.rows_per_block)
+                shifted, logits, positives, keep = _tile(
+                    anchors, candidates, column_scale, column_offset, ctx.rows, ctx.columns, block
+                )
+                normaliser = None if normalisers is None else normalisers[block]
+                gradient = _logit_gradient(logits, positives, keep, ctx.variant, normaliser)
+                del logits, positives, keep
+                gradient.mul_(grad_total.to(gradient.dtype))  # d loss / d logits
+                if needs_scale:
+                    grad_scale += shifted.mul_(gradient).sum(dim=0)
+                gradient.mul_(column_scale)  # d loss / d cos
+                if grad_offset is not None:
+                    grad_offset -= gradient.sum(dim=0)
+                if needs_anchors:
+                    grad_anchors[block] = gradient @ candidates
+                if needs_candidates:
+                    grad_candidates.addmm_(gradient.T, anchors[block])
+        anchors_dtype, candidates_dtype, scale_dtype = ctx.dtypes
+        return (
+            grad_anchors.to(anchors_dtype) if needs_anchors else None,
+            grad_candidates.to(candidates_dtype) if needs_candidates else None,
+            grad_scale.to(scale_dtype) if needs_scale else None,
+            None if grad_offset is None else grad_offset.to(scale_dtype),
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def contrastive_objective(
@@ -248,24 +500,33 @@ def contrastive_objective(
     text_keys: torch.Tensor | None = None,
     intra_domain_pairs: bool = False,
     variant: str = "supcon",
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """The one contrastive objective of this package, of which CLIP, UniCL and UniCLIP are points.
+    """The one contrastive objective of this package, of which CLIP, UniCL, UniCLIP and SigLIP are points.
 
     Each of the `n` items of this rank has `V` image views and one text: `(V + 1) n` embeddings in one space. An
     anchor is any of them; its candidates are the embeddings of the other domain (CLIP, UniCL) or of both domains
     (`intra_domain_pairs`, UniCLIP's universal space), never itself. Its positives are the candidates of the same item
     or, with `labels`, of any item with the same label (UniCL's target matrix; `-1` = a label of its own). With
     `text_keys`, a text candidate equal to the anchor's own text (identical captions) is neither a positive nor a
-    negative. The similarity is `scale[D] * (cos - offset[D])` for the domain pair `D` (one shared scale and no offset
-    for CLIP and UniCL). The loss terms are those of [`multi_positive_loss`] (`variant`), averaged over the global
-    batch:
+    negative. The similarity is `scale[D] * (cos - offset[D])` for the domain pair `D` (one shared scale, and one
+    shared offset or none, without domain similarity). The loss terms are those of [`multi_positive_loss`]
+    (`variant`), averaged over the global batch:
 
-    - CLIP: `V = 1`, no labels, cross-domain, any variant (one positive per anchor);
+    - CLIP: `V = 1`, no labels, cross-domain, any softmax variant (one positive per anchor);
     - UniCL: `V = 1`, labels, cross-domain, `"supcon"` (its target-normalised cross-entropy);
-    - UniCLIP: `V = 2`, no labels, `intra_domain_pairs`, per-pair scales and offsets, `"mp_nce"`.
+    - UniCLIP: `V = 2`, no labels, `intra_domain_pairs`, per-pair scales and offsets, `"mp_nce"`;
+    - SigLIP: `V = 1`, no labels, cross-domain, one scale `t` and one offset `o`, `"sigmoid"`.
+
+    The sigmoid loss sums one binary term `-log sigmoid(z * logit)` per admitted anchor-candidate pair (`z = +1` for
+    a positive, `-1` for a negative) and divides by the number of anchors. Image anchors and text anchors both
+    contribute, so every cross-domain pair is counted once from each end over twice as many anchors (a duplicate
+    text is excluded at the image end only, as in the softmax variants). At the CLIP point this is exactly SigLIP's
+    `-1/|B| sum_i sum_j log sigmoid(z_ij (t x_i . y_j + b))` with `b = -t * o` (SigLIP's initialisation t = 10,
+    b = -10 is `o = 1`).
 
     Exact under data parallelism: all ranks' embeddings are gathered with gradient and each rank scores its own
-    anchors against all candidates (memory `O(n_local x N_global)`).
+    anchors against all candidates (memory `O(n_local x N_global)`, or with `chunk_size` `O(K x N_global)`).
 
     Args:
         image_embeds (`torch.Tensor` of shape `(n_local, num_views, dim)`): L2-normalised image-view embeddings.
@@ -273,13 +534,20 @@ def contrastive_objective(
             the views of image `i`.
         scale (`torch.Tensor` of shape `(3,)`, `(1,)` or `()`): multiplicative similarity scale per domain pair
             (image-image, image-text, text-text), or one shared.
-        offset (`torch.Tensor` of shape `(3,)`, *optional*): similarity offset per domain pair.
+        offset (`torch.Tensor` of shape `(3,)`, `(1,)` or `()`, *optional*): similarity offset per domain pair, or
+            one shared.
         labels (`torch.LongTensor` of shape `(n_local,)`, *optional*): class ids, `-1` for an item that is only
             its own positive; None: every item is only its own positive.
         text_keys (`torch.LongTensor` of shape `(n_local,)`, *optional*): equal for identical texts
             ([`text_identity_keys`]); None: no duplicate masking.
         intra_domain_pairs (`bool`): whether image-image and text-text pairs are candidates too.
-        variant (`str`): `"supcon"`, `"mp_nce"` or `"infonce"` ([`multi_positive_loss`]).
+        variant (`str`): `"supcon"`, `"mp_nce"`, `"infonce"` or `"sigmoid"` ([`multi_positive_loss`]).
+        chunk_size (`int`, *optional*): at most this many anchor rows at a time, in bounded memory with the same
+            value and gradients ([`_ChunkedRows`]); `0`: the dense path (each side's `anchors x candidates` logits
+            and masks at once, autograd through them); None (default): automatic, dense while a side has at most
+            2^22 logits on a CPU and in blocks of 2^20 logits (at least 64 rows) above; 2^24 and 2^24 on an
+            accelerator (`AUTO_DENSE_LOGITS_CPU`, `AUTO_BLOCK_LOGITS_CPU`, `MIN_ROWS_PER_BLOCK`,
+            `AUTO_LOGITS_ACCELERATOR`).
 
     Returns:
         `torch.Tensor` of shape `()`: this rank's share of the global mean loss.
@@ -294,6 +562,11 @@ def contrastive_objective(
         raise ValueError(
             f"text_embeds must be [{n_local}, {dim}] to pair with image views {tuple(image_embeds.shape)}; got "
             f"{tuple(text_embeds.shape)}"
+        )
+    _check_variant(variant)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0):
+        raise ValueError(
+            f"chunk_size must be None (automatic), 0 (dense) or a positive number of anchor rows; got {chunk_size!r}"
         )
     device = image_embeds.device
     if labels is None:
@@ -311,49 +584,88 @@ def contrastive_objective(
     all_views, offset_rows = gather_with_grad(image_embeds)
     all_texts, _ = gather_with_grad(text_embeds)
     n_global = all_views.shape[0]
+    num_all_views = n_global * num_views
     groups = unique_pair_labels(labels.to(device), offset_rows)  # [n_local]
     all_groups = _gather_no_grad(groups)  # [N_global]
-    view_groups, all_view_groups = groups.repeat_interleave(num_views), all_groups.repeat_interleave(num_views)
     views, candidate_views = image_embeds.reshape(-1, dim), all_views.reshape(-1, dim)  # [n V, D], [N V, D]
 
-    # Candidates that are not negatives: the anchor itself, and (with text_keys) other items' identical texts.
-    text_is_duplicate = None
-    if text_keys is not None:
-        keys, all_keys = text_keys.to(device), _gather_no_grad(text_keys.to(device))
-        text_is_duplicate = (keys[:, None] == all_keys[None, :]) & (groups[:, None] != all_groups[None, :])
-    local_rows = torch.arange(offset_rows, offset_rows + n_local, device=device)
+    # Mask keys of every embedding, in one numbering: the N V gathered views, then the N texts.
+    local_views = torch.arange(offset_rows * num_views, (offset_rows + n_local) * num_views, device=device)
+    local_texts = num_all_views + torch.arange(offset_rows, offset_rows + n_local, device=device)
+    key_ids = all_key_ids = None
+    if text_keys is not None:  # renumbered 0.. so that -1 can mark the image columns
+        all_key_ids = torch.unique(_gather_no_grad(text_keys.to(device)), return_inverse=True)[1]  # [N_global]
+        key_ids = all_key_ids[offset_rows : offset_rows + n_local]
+    view_rows = _MaskKeys(groups.repeat_interleave(num_views), local_views, _repeat(key_ids, num_views))
+    text_rows = _MaskKeys(groups, local_texts, key_ids)
+    view_columns = (
+        candidate_views,
+        _MaskKeys(
+            all_groups.repeat_interleave(num_views),
+            torch.arange(num_all_views, device=device),
+            None if all_key_ids is None else all_key_ids.new_full((num_all_views,), -1),
+        ),
+        IMAGE_DOMAIN,
+    )
+    text_columns = (
+        all_texts,
+        _MaskKeys(all_groups, num_all_views + torch.arange(n_global, device=device), all_key_ids),
+        TEXT_DOMAIN,
+    )
 
-    def block(anchors, anchor_groups, candidates, candidate_groups, pair, exclude=None):
-        logits = similarity_logits(anchors @ candidates.T, pair, scale, offset)
-        positives = anchor_groups[:, None] == candidate_groups[None, :]
-        keep = torch.ones_like(positives) if exclude is None else ~exclude
-        return logits, positives, keep
-
-    # Image-view anchors: [image-image |] image-text; text anchors: text-image [| text-text].
-    image_rows = [
-        block(views, view_groups, all_texts, all_groups, IMAGE_TEXT, _repeat_rows(text_is_duplicate, num_views))
-    ]
-    text_rows = [block(text_embeds, groups, candidate_views, all_view_groups, IMAGE_TEXT)]
-    if intra_domain_pairs:
-        view_columns = (local_rows[:, None] * num_views + torch.arange(num_views, device=device)).reshape(-1)
-        is_self_view = torch.arange(n_global * num_views, device=device)[None, :] == view_columns[:, None]
-        image_rows.insert(0, block(views, view_groups, candidate_views, all_view_groups, IMAGE_IMAGE, is_self_view))
-        is_self_text = torch.arange(n_global, device=device)[None, :] == local_rows[:, None]
-        if text_is_duplicate is not None:
-            is_self_text = is_self_text | text_is_duplicate
-        text_rows.append(block(text_embeds, groups, all_texts, all_groups, TEXT_TEXT, is_self_text))
+    # Each side: (anchors, their mask keys, their domain, (candidates, their mask keys, their domains)).
+    if intra_domain_pairs:  # both sides meet every embedding
+        everything = _join_columns([view_columns, text_columns])
+        sides = [(views, view_rows, IMAGE_DOMAIN, everything), (text_embeds, text_rows, TEXT_DOMAIN, everything)]
+    else:  # cross-domain only: no anchor meets itself, and text anchors meet no text
+        sides = [
+            (views, dataclasses.replace(view_rows, ids=None), IMAGE_DOMAIN, _join_columns([text_columns])),
+            (text_embeds, _MaskKeys(groups), TEXT_DOMAIN, _join_columns([view_columns])),
+        ]
 
     total, count = 0, 0
-    for rows in (image_rows, text_rows):
-        logits, positives, keep = (torch.cat(parts, dim=1) for parts in zip(*rows))
-        row_sum, row_count = _multi_positive_terms(logits, positives, keep, variant)
-        total, count = total + row_sum, count + row_count
+    for anchors, rows, anchor_domain, (candidates, columns, column_domains) in sides:
+        column_pairs = anchor_domain + column_domains  # the unordered domain pair's index is the sum
+        column_scale = _per_column(scale, column_pairs)
+        column_offset = None if offset is None else _per_column(offset, column_pairs)
+        rows_per_block = _rows_per_block(anchors.shape[0], candidates.shape[0], chunk_size, device)
+        if rows_per_block is None:  # dense: the whole side is one tile, differentiated by autograd
+            _, logits, positives, keep = _tile(
+                anchors, candidates, column_scale, column_offset, rows, columns, slice(None)
+            )
+            row_loss, terms, _ = _row_losses(logits, positives, keep, variant)
+            side_total = row_loss.sum()
+        else:
+            side_total, terms = _ChunkedRows.apply(
+                anchors, candidates, column_scale, column_offset, rows, columns, variant, rows_per_block
+            )
+        total, count = total + side_total, count + terms
     return global_mean(total, count)
 
 
-def _repeat_rows(mask: torch.Tensor | None, times: int) -> torch.Tensor | None:
-    """`[n, C]` -> `[n * times, C]`, each row repeated (one per image view of the item)."""
-    return None if mask is None else mask.repeat_interleave(times, dim=0)
+def _join_columns(
+    blocks: list[tuple[torch.Tensor, _MaskKeys, int]],
+) -> tuple[torch.Tensor, _MaskKeys, torch.Tensor]:
+    """Candidate blocks `(embeddings [m, D], mask keys, domain)` as one: `(candidates [C, D], their mask keys, the
+    domain of each column [C])`."""
+    if len(blocks) == 1:
+        candidates, columns, _ = blocks[0]
+    else:
+        candidates = torch.cat([embeds for embeds, _, _ in blocks])
+        parts = [[getattr(keys, field.name) for _, keys, _ in blocks] for field in dataclasses.fields(_MaskKeys)]
+        columns = _MaskKeys(*(None if part[0] is None else torch.cat(part) for part in parts))
+    domains = torch.cat([torch.full((embeds.shape[0],), domain, device=embeds.device) for embeds, _, domain in blocks])
+    return candidates, columns, domains
+
+
+def _per_column(values: torch.Tensor, column_pairs: torch.Tensor) -> torch.Tensor:
+    """Each column's scale or offset, of shape `(columns,)` (one shared value is expanded, not copied)."""
+    return torch.broadcast_to(_per_domain_pair(values, column_pairs), column_pairs.shape)
+
+
+def _repeat(values: torch.Tensor | None, times: int) -> torch.Tensor | None:
+    """`[n]` -> `[n * times]`, each entry repeated (one per image view of the item)."""
+    return None if values is None else values.repeat_interleave(times)
 
 
 def text_identity_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -42,19 +42,18 @@ def test_throughput_smoke_measures_every_available_candidate_against_clipmodel()
     assert equal["MS-CLIP shared (attn+MLP)"]["params_m"] < equal[throughput.CLIP_REFERENCE]["params_m"]
 
 
-def test_loss_scaling_simulated_rank_restores_the_real_gather_and_skips_large_full_losses():
+def test_loss_scaling_measures_each_path_in_its_own_process_and_skips_large_dense_losses():
     import loss_scaling
 
-    from hf_unified import losses
-
-    real = losses.gather_with_grad
-    results = loss_scaling.main(["--smoke"])  # N = 64 and 128, 32 rows per rank, full loss up to N = 64
-    assert losses.gather_with_grad is real  # the simulation is undone
-    by_key = {(r["loss"], r["N"]): r for r in results}
-    assert by_key[("clip_loss", 64)]["full"] is not None
-    assert by_key[("clip_loss", 128)]["full"] is None  # above --max-full: skipped, not run
-    assert by_key[("unicl_loss", 128)]["ranks"] == 128 // 32
-    assert all(_finite_positive(r["local"]["seconds"]) for r in results)
+    (row,) = loss_scaling.main(["--smoke", "--losses", "clip", "--global-batches", "64"])
+    assert row["dense"] is not None and len(row["ratios"]) == 1
+    for path in ("dense", "chunked"):
+        assert _finite_positive(row[path]["seconds"]) and row[path]["peak_bytes"] >= row[path]["start_bytes"] > 0
+    # UniCLIP's 3 x 64 anchors against 3 x 64 candidates are above the smoke's --max-dense-logits (2 x 64 x 64).
+    args = loss_scaling.parse_args(["--smoke"])
+    assert loss_scaling.paths_to_measure("uniclip", 64, 64, args) == ("chunked",)
+    assert loss_scaling.paths_to_measure("clip", 64, 64, args) == ("dense", "chunked")
+    assert loss_scaling.paths_to_measure("clip", 1 << 20, 1 << 20, args) == ()  # above --max-logits
 
 
 def test_loss_scaling_simulated_gather_gives_the_rank_its_rows_against_all_columns():
@@ -63,12 +62,16 @@ def test_loss_scaling_simulated_gather_gives_the_rank_its_rows_against_all_colum
 
     from hf_unified import losses
 
+    real = losses.gather_with_grad
     local = torch.randn(4, 8, requires_grad=True)
     others = torch.randn(12, 8)
     with loss_scaling.SimulatedRank({"features": others, "labels": torch.zeros(12, dtype=torch.long)}):
         gathered, offset = losses.gather_with_grad(local)
+        views, _ = losses.gather_with_grad(torch.randn(4, 2, 8))
+    assert losses.gather_with_grad is real  # the simulation is undone
     assert gathered.shape == (16, 8) and offset == 0
     assert torch.equal(gathered[:4], local) and torch.equal(gathered[4:], others)
+    assert views.shape == (16, 2, 8) and torch.equal(views[4:, 1], others)  # every view of the other ranks' items
     gathered.sum().backward()
     assert torch.equal(local.grad, torch.ones(4, 8))  # the gradient reaches this rank's rows
 

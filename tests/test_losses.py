@@ -1,6 +1,9 @@
-"""The contrastive losses against naive references, in one process and across two (gloo)."""
+"""The contrastive losses against naive references (SigLIP's against transformers' `SiglipModel`), in one process
+and across two (gloo)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -8,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from hf_unified.losses import clip_loss, multi_positive_loss, unicl_loss
+from hf_unified.losses import clip_loss, contrastive_objective, multi_positive_loss, unicl_loss
 
 
 def _embeds(n: int, d: int = 8, seed: int = 0):
@@ -83,6 +86,10 @@ def naive_multi_positive(logits, positives, candidates, variant):
         pos = [c for c in range(logits.shape[1]) if positives[a, c] and candidates[a, c]]
         neg = [c for c in range(logits.shape[1]) if candidates[a, c] and not positives[a, c]]
         every = pos + neg
+        if variant == "sigmoid":
+            terms = [-F.logsigmoid(logits[a, p]) for p in pos] + [-F.logsigmoid(-logits[a, n]) for n in neg]
+            anchor_losses.append(sum(terms))
+            continue
         per_anchor = []
         for p in pos:
             if variant == "mp_nce":
@@ -96,10 +103,12 @@ def naive_multi_positive(logits, positives, candidates, variant):
             anchor_losses.append(sum(per_anchor) / len(per_anchor))
     if variant == "supcon":
         return sum(anchor_losses) / len(anchor_losses)
+    if variant == "sigmoid":
+        return sum(anchor_losses) / logits.shape[0]  # every anchor counts
     return sum(pair_losses) / len(pair_losses)
 
 
-@pytest.mark.parametrize("variant", ["mp_nce", "supcon", "infonce"])
+@pytest.mark.parametrize("variant", ["mp_nce", "supcon", "infonce", "sigmoid"])
 def test_multi_positive_loss_matches_loop_reference(variant):
     g = torch.Generator().manual_seed(3)
     logits = torch.randn(6, 9, generator=g, dtype=torch.float64) * 3
@@ -119,6 +128,60 @@ def test_mp_nce_differs_from_supcon_with_several_positives():
     )
     with pytest.raises(ValueError, match="variant"):
         multi_positive_loss(logits, positives, candidates, "triplet")
+
+
+def test_sigmoid_loss_on_the_clip_point_is_siglips_formula():
+    image, text = _embeds(6, seed=2)
+    t, b = 10.0, -4.0
+    z = 2 * torch.eye(6, dtype=torch.float64) - 1  # +1 on the diagonal (pairs), -1 elsewhere
+    siglip = -F.logsigmoid(z * (t * image @ text.T + b)).sum() / 6
+    scale, offset = torch.tensor([t], dtype=torch.float64), torch.tensor([-b / t], dtype=torch.float64)
+    for chunk_size in (0, 2):
+        loss = contrastive_objective(image[:, None], text, scale, offset, variant="sigmoid", chunk_size=chunk_size)
+        torch.testing.assert_close(loss, siglip, rtol=1e-12, atol=0)
+
+
+def test_sigmoid_loss_equals_transformers_siglip_model():
+    from transformers import SiglipConfig, SiglipModel
+
+    tower = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    config = SiglipConfig(
+        text_config=dict(vocab_size=50, max_position_embeddings=8, bos_token_id=1, eos_token_id=2, **tower),
+        vision_config=dict(image_size=16, patch_size=8, **tower),
+    )
+    torch.manual_seed(0)
+    model = SiglipModel(config).double()
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(7.0))
+        model.logit_bias.fill_(-3.0)
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(0, 50, (5, 8), generator=generator)
+    pixel_values = torch.randn(5, 3, 16, 16, generator=generator, dtype=torch.float64)
+    out = model(input_ids=input_ids, pixel_values=pixel_values, return_loss=True)
+    # Our parameterisation: t (cos - o) with b = -t o.
+    scale = model.logit_scale.exp()
+    ours = contrastive_objective(
+        out.image_embeds[:, None], out.text_embeds, scale, -model.logit_bias / scale, variant="sigmoid"
+    )
+    torch.testing.assert_close(ours, out.loss, rtol=1e-12, atol=0)
+    # ... and so are the gradients (of the towers and of t and b).
+    expected = torch.autograd.grad(out.loss, list(model.parameters()), retain_graph=True)
+    got = torch.autograd.grad(ours, list(model.parameters()))
+    for name, want, have in zip([n for n, _ in model.named_parameters()], expected, got):
+        torch.testing.assert_close(have, want, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_an_mp_nce_anchor_without_negatives_adds_zero_with_a_finite_gradient():
+    image, text = _embeds(4, seed=6)
+    labels = torch.zeros(4, dtype=torch.long)  # one class: every candidate is a positive
+    for chunk_size in (0, 3):
+        leaves = [image.clone().requires_grad_(), text.clone().requires_grad_()]
+        loss = contrastive_objective(
+            leaves[0][:, None], leaves[1], torch.tensor(5.0), labels=labels, variant="mp_nce", chunk_size=chunk_size
+        )
+        loss.backward()
+        assert loss.item() == 0.0
+        assert all(torch.equal(leaf.grad, torch.zeros_like(leaf)) for leaf in leaves), chunk_size
 
 
 # ---------------------------------------------------------------------------------------------------------------

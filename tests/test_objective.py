@@ -1,6 +1,6 @@
-"""The one objective: every combination of labels x views x one space x similarity x variant against a loop
-reference, across two processes, and trained end to end on every model (UniCL labels on MS-CLIP, UniCLIP views on
-MS-CLIP, UniCLIP with UniCL labels, ...)."""
+"""The one objective: every combination of labels x views x one space x similarity x variant (SigLIP's sigmoid loss
+included) against a loop reference, across two processes (densely and in blocks of rows), and trained end to end on
+every model (UniCL labels on MS-CLIP, UniCLIP views on MS-CLIP, UniCLIP with UniCL labels, SigLIP, ...)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,17 @@ import torch.nn.functional as F
 from tiny_models import MSCLIP_TINY, batch, tiny_model
 
 from hf_unified.configuration_contrastive import OBJECTIVE_PRESETS
-from hf_unified.losses import clip_loss, contrastive_objective, text_identity_keys, unicl_loss
+from hf_unified.losses import (
+    MULTI_POSITIVE_VARIANTS,
+    clip_loss,
+    contrastive_objective,
+    text_identity_keys,
+    unicl_loss,
+)
+
+
+def _log_sigmoid(x: float) -> float:
+    return -math.log1p(math.exp(-x)) if x > 0 else x - math.log1p(math.exp(x))
 
 
 def naive_objective(views, texts, scale, offset, labels, keys, intra, variant):
@@ -22,12 +32,13 @@ def naive_objective(views, texts, scale, offset, labels, keys, intra, variant):
 
     Embeddings are `(item, domain, vector)` with domain 0 = image view, 1 = text; a pair's group is its label, or
     its own index when the label is -1; a text candidate whose key equals the anchor item's text key, from another
-    group, is ignored.
+    group, is ignored. `"sigmoid"`: `-log sigmoid(+-s)` for every candidate, summed, over the number of anchors.
     """
     n, num_views, _ = views.shape
     rows = [(i, 0, views[i, v]) for i in range(n) for v in range(num_views)] + [(i, 1, texts[i]) for i in range(n)]
     group = [labels[i] if labels is not None and labels[i] >= 0 else -1 - i for i in range(n)]
     scale = [float(s) for s in scale.reshape(-1)]
+    offset = None if offset is None else [float(o) for o in offset.reshape(-1)]
     pair_terms, anchor_terms = [], []
     for a, (item, domain, vector) in enumerate(rows):
         candidates = []
@@ -38,10 +49,13 @@ def naive_objective(views, texts, scale, offset, labels, keys, intra, variant):
                 continue
             pair = domain + other_domain
             s = scale[pair] if len(scale) > 1 else scale[0]
-            o = 0.0 if offset is None else float(offset[pair])
+            o = 0.0 if offset is None else offset[pair] if len(offset) > 1 else offset[0]
             candidates.append((group[other] == group[item], s * (float(vector @ other_vector) - o)))
         positives = [sim for positive, sim in candidates if positive]
         negatives = [sim for positive, sim in candidates if not positive]
+        if variant == "sigmoid":
+            anchor_terms.append(-sum(map(_log_sigmoid, positives)) - sum(_log_sigmoid(-x) for x in negatives))
+            continue
         every = sum(math.exp(sim) for _, sim in candidates)
         terms = []
         for sim in positives:
@@ -52,7 +66,7 @@ def naive_objective(views, texts, scale, offset, labels, keys, intra, variant):
         pair_terms += terms
         if terms:
             anchor_terms.append(sum(terms) / len(terms))
-    if variant == "supcon":
+    if variant in ("supcon", "sigmoid"):
         return sum(anchor_terms) / len(anchor_terms)
     return sum(pair_terms) / len(pair_terms)
 
@@ -68,26 +82,52 @@ LABELS = [2, -1, 2, 0, -1, 0]
 KEYS = [7, 7, 3, 5, 5, 9]  # items 0/1 and 3/4 have identical texts
 
 
+# The similarity: one scale; one scale and one offset (SigLIP's bias); a scale and an offset per domain pair.
+SIMILARITIES = ("one", "one+offset", "per-pair")
+
+
+def similarity(kind: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if kind == "per-pair":
+        return torch.tensor([3.0, 5.0, 2.0], dtype=torch.float64), torch.tensor([0.4, -0.1, 0.3], dtype=torch.float64)
+    return torch.tensor([4.0], dtype=torch.float64), torch.tensor(
+        [0.3], dtype=torch.float64
+    ) if kind == "one+offset" else None
+
+
 @pytest.mark.parametrize(
-    "views, labels, keys, intra, domain, variant",
+    "views, labels, keys, intra, kind, variant",
     [
-        (views, labels, keys, intra, domain, variant)
-        for views, labels, keys, intra, domain, variant in itertools.product(
-            (1, 2), (None, LABELS), (None, KEYS), (False, True), (False, True), ("supcon", "mp_nce", "infonce")
+        (views, labels, keys, intra, kind, variant)
+        for views, labels, keys, intra, kind, variant in itertools.product(
+            (1, 2), (None, LABELS), (None, KEYS), (False, True), SIMILARITIES, MULTI_POSITIVE_VARIANTS
         )
-        # one temperature with per-pair offsets is not a configuration; keep the grid to what configs allow
-        if not (domain and not intra and keys is None and labels is None and views == 1)
+        # per-pair offsets on the CLIP point are covered by the other rows, and one shared offset changes no softmax
+        # (test_one_offset_changes_only_the_sigmoid_loss); keep the grid small
+        if not (kind == "per-pair" and not intra and keys is None and labels is None and views == 1)
+        and (kind != "one+offset" or variant == "sigmoid")
     ],
 )
-def test_every_combination_matches_the_loop_reference(views, labels, keys, intra, domain, variant):
+def test_every_combination_matches_the_loop_reference(views, labels, keys, intra, kind, variant):
     image, text = embeddings(6, views, seed=views + 2 * intra)
-    scale = torch.tensor([3.0, 5.0, 2.0] if domain else [4.0], dtype=torch.float64)
-    offset = torch.tensor([0.4, -0.1, 0.3], dtype=torch.float64) if domain else None
+    scale, offset = similarity(kind)
     labels_t = None if labels is None else torch.tensor(labels)
     keys_t = None if keys is None else torch.tensor(keys)
     loss = contrastive_objective(image, text, scale, offset, labels_t, keys_t, intra, variant)
     expected = naive_objective(image, text, scale, offset, labels, keys, intra, variant)
     assert loss.item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_one_offset_changes_only_the_sigmoid_loss():
+    image, text = embeddings(6, 2, seed=4)
+    labels, scale = torch.tensor(LABELS), torch.tensor([4.0], dtype=torch.float64)
+
+    def loss(offset, variant):
+        return contrastive_objective(image, text, scale, offset, labels, intra_domain_pairs=True, variant=variant)
+
+    shifted = torch.tensor([0.7], dtype=torch.float64)
+    for variant in ("supcon", "mp_nce", "infonce"):  # every logit of a row moves by the same constant
+        torch.testing.assert_close(loss(shifted, variant), loss(None, variant))
+    assert abs(loss(shifted, "sigmoid").item() - loss(None, "sigmoid").item()) > 0.1
 
 
 def test_the_named_points_are_the_methods_losses():
@@ -139,34 +179,60 @@ def _distributed_worker(rank, world_size, port, result_file, splits):
         for name, (image, text, kwargs) in _cases().items():
             start = sum(splits[:rank])
             rows = slice(start, start + splits[rank])
-            local = [image[rows].clone().requires_grad_(), text[rows].clone().requires_grad_()]
             local_kwargs = {k: v[rows] if k in ("labels", "text_keys") else v for k, v in kwargs.items()}
-            loss = contrastive_objective(*local, **local_kwargs)
+            leaves = _leaves(image[rows], text[rows], local_kwargs)
+            loss = contrastive_objective(leaves[0], leaves[1], **local_kwargs)
             loss.backward()
             value = loss.detach().clone()
             dist.all_reduce(value)
             out[f"{name}/loss"] = np.array(value.item() / world_size)
-            out[f"{name}/image_grad"] = (local[0].grad / world_size).numpy()
-            out[f"{name}/text_grad"] = (local[1].grad / world_size).numpy()
+            # DDP averages gradients: the embeddings' rows are this rank's, the similarity parameters replicated.
+            for index, leaf in enumerate(leaves):
+                out[f"{name}/grad{index}"] = (leaf.grad / world_size).numpy()
         np.savez(result_file, **out)
         dist.barrier()  # leave together: gloo aborts a rank whose peer is already gone
     finally:
         dist.destroy_process_group()
 
 
+def _leaves(image, text, kwargs):
+    """Fresh leaves of the embeddings and (replacing them in `kwargs`) of the scale and the offset."""
+    for name in ("scale", "offset"):
+        if kwargs.get(name) is not None:
+            kwargs[name] = kwargs[name].clone().requires_grad_()
+    parameters = [kwargs[name] for name in ("scale", "offset") if kwargs.get(name) is not None]
+    return [image.clone().requires_grad_(), text.clone().requires_grad_(), *parameters]
+
+
 def _cases():
+    """(image views, texts, objective arguments) of the global batch; the ranks run them with their `chunk_size`,
+    one process holding the whole batch densely."""
     image, text = embeddings(7, 2, seed=11)
     scale = torch.tensor([3.0, 5.0, 2.0], dtype=torch.float64)
     offset = torch.tensor([0.4, -0.1, 0.3], dtype=torch.float64)
     labels, keys = torch.tensor([1, -1, 1, 4, -1, 4, 1]), torch.tensor([3, 3, 8, 2, 5, 5, 6])
+    uniclip_unicl = dict(scale=scale, offset=offset, labels=labels, text_keys=keys, intra_domain_pairs=True)
     return {
-        "uniclip+unicl": (
+        "uniclip+unicl": (image, text, dict(uniclip_unicl, variant="mp_nce")),
+        "uniclip+unicl, blocks of 2": (image, text, dict(uniclip_unicl, variant="mp_nce", chunk_size=2)),
+        "uniclip+unicl sigmoid, blocks of 1": (image, text, dict(uniclip_unicl, variant="sigmoid", chunk_size=1)),
+        "unicl-views": (image, text, dict(scale=scale[:1], labels=labels, variant="supcon")),
+        "unicl-views, blocks of 3": (
             image,
             text,
-            dict(scale=scale, offset=offset, labels=labels, text_keys=keys, intra_domain_pairs=True, variant="mp_nce"),
+            dict(scale=scale[:1], labels=labels, variant="supcon", chunk_size=3),
         ),
-        "unicl-views": (image, text, dict(scale=scale[:1], labels=labels, variant="supcon")),
         "clip-keys": (image[:, :1], text, dict(scale=scale[:1], text_keys=keys, variant="infonce")),
+        "siglip+unicl": (
+            image[:, :1],
+            text,
+            dict(scale=scale[:1], offset=offset[:1], labels=labels, variant="sigmoid"),
+        ),
+        "siglip-keys, blocks of 3": (
+            image[:, :1],
+            text,
+            dict(scale=scale[:1], offset=offset[:1], text_keys=keys, variant="sigmoid", chunk_size=3),
+        ),
     }
 
 
@@ -174,15 +240,17 @@ def test_two_processes_equal_one_process(run_gloo_workers):
     splits = [4, 3]  # uneven on purpose
     results = run_gloo_workers(_distributed_worker, 2, splits)
     for name, (image, text, kwargs) in _cases().items():
-        leaves = [image.clone().requires_grad_(), text.clone().requires_grad_()]
-        loss = contrastive_objective(*leaves, **kwargs)
+        kwargs = dict(kwargs, chunk_size=0)  # the reference: one process, dense
+        leaves = _leaves(image, text, kwargs)
+        loss = contrastive_objective(leaves[0], leaves[1], **kwargs)
         loss.backward()
-        image_grad = np.concatenate([r[f"{name}/image_grad"] for r in results])
-        text_grad = np.concatenate([r[f"{name}/text_grad"] for r in results])
         for rank_result in results:
-            assert rank_result[f"{name}/loss"] == pytest.approx(loss.item(), rel=1e-12)
-        np.testing.assert_allclose(image_grad, leaves[0].grad.numpy(), rtol=1e-9, atol=1e-13, err_msg=name)
-        np.testing.assert_allclose(text_grad, leaves[1].grad.numpy(), rtol=1e-9, atol=1e-13, err_msg=name)
+            assert rank_result[f"{name}/loss"] == pytest.approx(loss.item(), rel=1e-12), name
+        for index, leaf in enumerate(leaves):
+            parts = [r[f"{name}/grad{index}"] for r in results]
+            # embeddings: each rank holds its rows; scale and offset: the ranks' (averaged) gradients add up
+            got = np.concatenate(parts) if index < 2 else np.sum(parts, axis=0)
+            np.testing.assert_allclose(got, leaf.grad.numpy(), rtol=1e-9, atol=1e-13, err_msg=f"{name}: grad{index}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -195,6 +263,7 @@ COMBINATIONS = [
     ("uniclip", "uniclip+unicl"),  # UniCLIP whose positives come from labels
     ("unicl", "uniclip"),  # the UniCL model type with UniCLIP's objective
     ("uniclip", "clip"),
+    ("msclip", "siglip+unicl"),  # MS-CLIP with SigLIP's sigmoid loss (one scale, one offset) and label positives
 ]
 
 
@@ -233,7 +302,36 @@ def test_objective_presets_are_config_points():
     assert config.shared_sublayers == ["attention", "mlp"] and config.early_specialization  # tower defaults stay
     assert UniCLConfig.from_objective("clip").use_labels is False
     with pytest.raises(ValueError, match="unknown objective"):
-        UniCLConfig.from_objective("siglip")
+        UniCLConfig.from_objective("triplet")
+
+
+@pytest.mark.parametrize("model_type", ["unicl", "uniclip", "msclip"])
+def test_siglip_is_a_config_point_of_every_model_with_one_scale_and_one_offset(model_type):
+    model = tiny_model(model_type, **OBJECTIVE_PRESETS["siglip"])
+    config = model.config
+    assert (config.num_views, config.domain_similarity, config.contrastive_loss) == (1, False, "sigmoid")
+    # SigLIP's initialisation: t = exp(logit_scale) = 10 and b = -t * logit_offset = -10.
+    assert model.logit_scale.exp().tolist() == pytest.approx([10.0])
+    assert (-model.logit_scale.exp() * model.logit_offset).tolist() == pytest.approx([-10.0])
+    # The logits the model returns are SigLIP's t * cos + b.
+    inputs = {k: v for k, v in batch(3).items() if k != "labels"}
+    with torch.no_grad():
+        out = model(**inputs)
+    torch.testing.assert_close(out.logits_per_image, 10.0 * out.image_embeds @ out.text_embeds.T - 10.0)
+    assert type(config).from_objective("siglip+unicl").use_labels is True
+
+
+def test_the_loss_config_fields_are_checked():
+    from hf_unified import UniCLConfig
+
+    for bad in (-1, True):
+        with pytest.raises(ValueError, match="loss_chunk_size"):
+            UniCLConfig(loss_chunk_size=bad)
+    with pytest.raises(ValueError, match="contrastive_loss"):
+        UniCLConfig(contrastive_loss="hinge")
+    with pytest.raises(ValueError, match="logit_offset_init_value must be a single float"):
+        UniCLConfig(similarity_offset=True, logit_offset_init_value=[1.0, 1.0, 1.0])
+    assert UniCLConfig(contrastive_loss="sigmoid", loss_chunk_size=0).loss_chunk_size == 0
 
 
 def test_calibrated_offsets_are_the_mean_cosines_of_different_items():
