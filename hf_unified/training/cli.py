@@ -74,3 +74,7 @@ def run(argv: list[str] | None = None) -> int:
         print(f"{program}: error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":  # `python -m hf_unified.training.cli`, `accelerate launch -m hf_unified.training.cli`
+    sys.exit(run())
