@@ -167,6 +167,10 @@ def test_the_benchmarks_index_names_scripts_and_flags_that_exist():
         assert (ROOT / "benchmarks" / page).is_file(), page
 
 
+def _without_code_blocks(text: str) -> str:
+    return re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+
+
 def _slug(heading: str) -> str:
     """GitHub's anchor of a heading: lower case, punctuation but `-` and `_` dropped, spaces to `-`."""
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
@@ -175,7 +179,7 @@ def _slug(heading: str) -> str:
 def test_links_between_pages_point_to_files_and_headings_that_exist():
     checked = 0
     for page in [*PAGES, *BENCHMARK_PAGES]:
-        text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)
+        text = _without_code_blocks(page.read_text())
         for target in re.findall(r"\]\(([^)\s]+)\)", text):
             if re.match(r"[a-z]+:", target):  # https:, mailto:
                 continue
@@ -186,7 +190,7 @@ def test_links_between_pages_point_to_files_and_headings_that_exist():
                 continue
             assert file.exists(), f"{page.relative_to(ROOT)} links to {target}, which does not exist"
             if anchor:
-                headings = re.findall(r"^#+ (.+)$", file.read_text(), flags=re.M)
+                headings = re.findall(r"^#+ (.+)$", _without_code_blocks(file.read_text()), flags=re.M)
                 assert anchor in {_slug(h) for h in headings}, f"{page.relative_to(ROOT)}: no heading #{anchor}"
             checked += 1
     assert checked > 30
