@@ -162,9 +162,13 @@ def test_the_benchmarks_index_names_scripts_and_flags_that_exist():
         source = script.read_text() + shared
         for flag in (word for word in command[2:] if word.startswith("--")):
             assert f'"{flag}"' in source, f"{command[1]} defines no flag {flag}"
+    linked = set()
     for row in rows:  # every row links its details page, beside its script
         (page,) = re.findall(r"\]\(([\w-]+\.md)\)", row)
         assert (ROOT / "benchmarks" / page).is_file(), page
+        linked.add(page)
+    # and every details page is in the index
+    assert linked == {page.name for page in BENCHMARK_PAGES} - {"README.md", "methodology.md"}
 
 
 def _without_code_blocks(text: str) -> str:
