@@ -109,7 +109,7 @@ def percent_difference(values: Sequence[float], reference: Sequence[float]) -> s
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    """A GitHub-markdown table (printed as is, pasted into benchmarks/README.md)."""
+    """A GitHub-markdown table (printed as is, pasted into the script's page, benchmarks/<script>.md)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates every CPU table of benchmarks/README.md, one script after the other (never two at once: the timing
+# Regenerates every CPU table indexed in benchmarks/README.md, one script after the other (never two at once: the timing
 # tables need the cores to themselves), each script's output in its own file under $OUT (default
 # outputs/benchmarks). About 1 h 30 on 2 cores, most of it the full comparison; `--quick` runs the comparison's
 # reduced preset instead (about 45 min in all).

@@ -16,7 +16,8 @@ Outputs in `output_dir`: `checkpoint-<step>/` (JSON + safetensors, written atomi
 the end the model and processor (`save_pretrained`), `eval_results.json`, `training_args.json` and a model card,
 all swapped in at once. One run at a time holds the folder (`run.lock`); a folder holding another run's work is
 refused unless `--resume_from_checkpoint` or `--overwrite_output_dir` says what to do with it. The work itself is
-`hf_unified.training.builders.build_trainer(...).train()`.
+`hf_unified.training.builders.build_trainer(...).train()`; the command line is `hf_unified.training.cli`, which a
+`pip install` also puts on the PATH as `hf-unified-train`.
 
 Exit status: 0 done (or stopped at `--stop_at_step`), 1 with one `error:` line (bad input, a refused folder or
 checkpoint, non-finite steps, a failed save), 2 a bad flag or config value, 75 stopped by SIGTERM / SIGUSR1 with a
@@ -26,7 +27,6 @@ checkpoint written (requeue and resume: `training/slurm/`), 130 interrupted by C
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
@@ -35,16 +35,17 @@ if str(REPO_ROOT) not in sys.path:  # `python training/train.py` from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
 
-# The settings and their parsing, with the one module of the package they import, in import order: all torch-free.
-SETTINGS_MODULES = ("data/view_recipe.py", "arguments.py", "parsing.py")
+# The command line and the settings it parses, with the one module of the package they import, in import order: all
+# torch-free.
+SETTINGS_MODULES = ("data/view_recipe.py", "arguments.py", "parsing.py", "cli.py")
 
 
 def _load_settings_modules():
-    """`hf_unified.training.parsing` (and what it imports) without running `hf_unified/__init__.py`, which imports
+    """`hf_unified.training.cli` (and what it imports) without running `hf_unified/__init__.py`, which imports
     torch and every model (seconds): a bad flag or YAML value must fail at once. Each module is loaded from its file
     and registered under its own name, so their relative imports find each other and later imports of them return
     these same modules."""
-    name = "hf_unified.training.parsing"
+    name = "hf_unified.training.cli"
     if "hf_unified" in sys.modules:  # imported already (tests, a notebook): nothing to save
         return importlib.import_module(name)
     package = importlib.util.find_spec("hf_unified")  # finds the package without importing it
@@ -58,60 +59,10 @@ def _load_settings_modules():
     return sys.modules[name]
 
 
-parsing = _load_settings_modules()
-parse_arguments = parsing.parse_arguments
-
-
-def main(argv: list[str] | None = None) -> dict:
-    """Parses the command line (exits with status 2 and one message on a bad flag or config value), then trains.
-
-    Returns `Trainer.train()`'s result: `{"eval_results", "counters", "output_dir"}`.
-    """
-    try:
-        model_args, data_args, train_args = parse_arguments(argv)
-    except parsing.ConfigError as error:
-        parsing.build_parser().error(str(error))
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer also runs in DataLoader workers
-    from hf_unified.training.builders import build_trainer  # torch, accelerate, datasets and the models
-    from hf_unified.training.logs import quiet_progress_bars
-
-    if train_args.disable_tqdm or not sys.stderr.isatty():  # a log file: plain lines only
-        quiet_progress_bars()
-    return build_trainer(model_args, data_args, train_args).train()
-
-
-def _run() -> int:
-    """The command line: bad input (a `ValueError`: data, checkpoint, settings, a refused folder), a run stopped by
-    non-finite steps, a failed save or another file-system error (`OSError`: a full disk) ends with its one-line
-    message and status 1, not a traceback; a stop signal with its checkpoint message and `REQUEUE_EXIT_CODE`; Ctrl-C
-    with one line and status 130."""
-    program = Path(sys.argv[0]).name
-    try:
-        main()
-    except KeyboardInterrupt:
-        print(
-            f"{program}: interrupted (Ctrl-C): stopped without a checkpoint of this step; continue from the last one "
-            "with --resume_from_checkpoint latest",
-            file=sys.stderr,
-        )
-        return 130
-    except Exception as error:
-        from hf_unified.training.engine.preemption import REQUEUE_EXIT_CODE, RunStopped
-        from hf_unified.training.trainer import NonFiniteLossError, SaveError
-
-        if isinstance(error, RunStopped):
-            print(f"{program}: {error}", file=sys.stderr)
-            return REQUEUE_EXIT_CODE
-        if isinstance(error, OSError):  # a full disk, a missing file
-            print(f"{program}: error: {' '.join(f'{type(error).__name__}: {error}'.split())}", file=sys.stderr)
-            return 1
-        if not isinstance(error, (ValueError, NonFiniteLossError, SaveError)):
-            raise
-        print(f"{program}: error: {error}", file=sys.stderr)
-        return 1
-    return 0
-
+cli = _load_settings_modules()
+parse_arguments = cli.parse_arguments
+main = cli.main
+_run = cli.run
 
 if __name__ == "__main__":
     sys.exit(_run())

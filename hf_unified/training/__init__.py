@@ -1,9 +1,11 @@
 """Training-side code that Hub users never load; the model files never import this subpackage.
 
-The trainer (`training/train.py` is its command line), grouped by concern:
+The trainer, grouped by concern:
 
 - the settings: `arguments` (the three settings dataclasses, checked when made) and `parsing` (YAML and the
   command line); both import no torch, so a bad flag fails at once;
+- `cli`: the command line (`hf-unified-train`; `training/train.py` in a checkout loads it with the settings, by path,
+  before torch);
 - `builders`: the parts of a run built from the settings (data sources, tokenizer, model, processor, training data,
   evaluation, the card's examples) and `build_trainer`, which composes them;
 - the loop: `trainer` (the `Trainer`, one loop for every method, with an `on_evaluate` hook), `optim` (AdamW

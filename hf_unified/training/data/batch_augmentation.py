@@ -31,7 +31,7 @@ them is known from the parameters, which are sampled on the CPU, so selecting th
 (rendering never waits for the GPU). On a CPU the batch is rendered in chunks of images whose temporaries stay in
 the cache (`CPU_CHUNK_PIXELS`).
 
-Cost (benchmarks/README.md): on one CPU core the views are about 4x faster than `MultiViewAugmentation` at 64 px
+Cost (benchmarks/data_pipeline.md): on one CPU core the views are about 4x faster than `MultiViewAugmentation` at 64 px
 and 5x at 224 px with the `"simclr"` preset, 5x at 64 px with `"small"`. The crop is a dense matrix product, so its
 cost grows with the cube of the side: at 224 px with `"small"` views (crop only) a CPU core makes them about as fast
 as the per-image path. On a GPU the products are small by its standards (about 70 GFLOP for 256 images of two
