@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import tiny_model
+from tiny_models import tiny_model, tiny_text, tiny_vision
 
 pytest.importorskip("onnxruntime", reason="the onnx extra (pip install 'hf-unified[onnx]') is not installed")
 pytest.importorskip("onnxscript", reason="the onnx extra (pip install 'hf-unified[onnx]') is not installed")
@@ -49,8 +49,8 @@ def _train_like(model: torch.nn.Module) -> None:
 
 
 def _save_source(kind: str, folder: Path, tokenizer) -> torch.nn.Module:
-    """A tiny `kind` model (MS-CLIP: the shared stack) saved with its processor; `clip` is the native export of a
-    UniCL model whose graph is CLIP's."""
+    """A tiny `kind` model (MS-CLIP: the shared stack; UniCL: Swin and BERT towers) saved with its processor; `clip`
+    is the native export of a UniCL model whose graph is CLIP's."""
     if kind == "clip":
         model = tiny_model("unicl", vision_pooling="pooler", text_pooling="eos")
         _train_like(model)
@@ -59,7 +59,10 @@ def _save_source(kind: str, folder: Path, tokenizer) -> torch.nn.Module:
         from transformers import CLIPModel
 
         return CLIPModel.from_pretrained(folder).eval()
-    model = tiny_model(kind)
+    # UniCL with the towers of its released checkpoints' kind (Swin images; BERT text, pooled at [CLS]): the CLIP
+    # towers are covered by UniCLIP and the native export.
+    towers = dict(vision_config=tiny_vision("swin"), text_config=tiny_text("bert"), text_pooling="cls")
+    model = tiny_model(kind, **(towers if kind == "unicl" else {}))
     _train_like(model)
     processor_class, image_processor = PROCESSORS[kind]
     model.save_pretrained(folder)
@@ -67,21 +70,30 @@ def _save_source(kind: str, folder: Path, tokenizer) -> torch.nn.Module:
     return model
 
 
-@pytest.fixture(scope="module", params=["unicl", "uniclip", "msclip", "clip"])
-def exported(request, tmp_path_factory, tiny_clip_tokenizer):
-    """`(kind, model, output folder)`: the command run once per model type (for UniCL over an earlier folder, with
-    --overwrite)."""
-    kind = request.param
-    root = tmp_path_factory.mktemp(kind)
-    model = _save_source(kind, root / "model", tiny_clip_tokenizer)
-    output = root / "onnx"
-    arguments = [str(root / "model"), str(output)]
-    if kind == "unicl":
-        output.mkdir()
-        (output / "old.txt").write_text("an earlier export")
-        arguments.append("--overwrite")
-    assert main(arguments) == 0
-    return kind, model, output
+KINDS = ["unicl", "uniclip", "msclip", "clip"]
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, tiny_clip_tokenizer):
+    """`exports(kind) -> (model, output folder)`: the command run once per model type and module (for UniCL over an
+    earlier folder, with --overwrite)."""
+    done = {}
+
+    def export(kind: str):
+        if kind not in done:
+            root = tmp_path_factory.mktemp(kind)
+            model = _save_source(kind, root / "model", tiny_clip_tokenizer)
+            output = root / "onnx"
+            arguments = [str(root / "model"), str(output)]
+            if kind == "unicl":
+                output.mkdir()
+                (output / "old.txt").write_text("an earlier export")
+                arguments.append("--overwrite")
+            assert main(arguments) == 0
+            done[kind] = model, output
+        return done[kind]
+
+    return export
 
 
 def _inputs(folder: Path, texts: list[str], images: int) -> tuple[dict, dict]:
@@ -94,8 +106,9 @@ def _inputs(folder: Path, texts: list[str], images: int) -> tuple[dict, dict]:
     return {"input_ids": text["input_ids"], "attention_mask": text["attention_mask"]}, dict(image)
 
 
-def test_onnxruntime_matches_pytorch(exported):
-    kind, model, folder = exported
+@pytest.mark.parametrize("kind", KINDS)
+def test_onnxruntime_matches_pytorch(exports, kind):
+    model, folder = exports(kind)
     info = json.loads((folder / ONNX_INFO_FILE).read_text())
     image_session = onnxruntime.InferenceSession(str(folder / IMAGE_FILE), providers=["CPUExecutionProvider"])
     text_session = onnxruntime.InferenceSession(str(folder / TEXT_FILE), providers=["CPUExecutionProvider"])
@@ -115,13 +128,26 @@ def test_onnxruntime_matches_pytorch(exported):
         # A cosine off by at most 2 * TOLERANCE, times the scale.
         logits_tolerance = 2 * TOLERANCE * max(1.0, similarity["logit_scale"])
         torch.testing.assert_close(logits, expected.logits_per_image, rtol=0, atol=logits_tolerance)
+        differences = [
+            (got - want).abs().max().item()
+            for got, want in (
+                (image_embeds, expected.image_embeds),
+                (text_embeds, expected.text_embeds),
+                (logits, expected.logits_per_image),
+            )
+        ]
+        print(
+            f"{kind} batch {images}/{len(texts)} length {text['input_ids'].shape[1]}: max |onnxruntime - PyTorch| "
+            "image_embeds {:.1e}, text_embeds {:.1e}, logits {:.1e}".format(*differences)
+        )
         assert image_embeds.shape == (images, info["projection_dim"]) and text_embeds.shape[0] == len(texts)
     assert len(lengths) == 2, lengths
     assert max(info["max_abs_difference"].values()) <= TOLERANCE
 
 
-def test_export_folder_is_self_contained(exported):
-    kind, model, folder = exported
+@pytest.mark.parametrize("kind", KINDS)
+def test_export_folder_is_self_contained(exports, kind):
+    model, folder = exports(kind)
     names = sorted(path.name for path in folder.iterdir())
     assert names == sorted(
         [IMAGE_FILE, TEXT_FILE, ONNX_INFO_FILE, "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"]
@@ -215,12 +241,11 @@ def test_missing_onnx_extra_is_named(monkeypatch, tmp_path, capsys):
     assert "pip install 'hf-unified[onnx]'" in _refusal([str(tmp_path), str(tmp_path / "out")], capsys)
 
 
-def test_user_guide_example_runs_without_the_package(exported, tmp_path, run_without_package):
-    """docs/serving-onnx.md's Python example, run as written on an export (the folder and image paths set), in a
-    Python where hf_unified cannot be imported: the ONNX route needs onnxruntime and transformers' tokenizer only."""
-    kind, model, folder = exported
-    if kind != "msclip":
-        pytest.skip("run once, on the MS-CLIP export (its shared stack)")
+def test_user_guide_example_runs_without_the_package(exports, tmp_path, run_without_package):
+    """docs/serving-onnx.md's Python example, run as written on the MS-CLIP export (the folder and image paths set),
+    in a Python where hf_unified cannot be imported: the ONNX route needs onnxruntime and transformers' tokenizer and
+    image processor only."""
+    _, folder = exports("msclip")
     (code,) = re.findall(r"^```python\n(.*?)^```", GUIDE.read_text(), flags=re.S | re.M)
     image = tmp_path / "image.png"
     Image.new("RGB", (40, 36), (200, 30, 30)).save(image)

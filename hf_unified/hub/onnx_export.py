@@ -22,7 +22,8 @@ MODEL_FOLDER is a saved UniCL, UniCLIP or MS-CLIP folder (model + processor), or
 **Exporter.** `torch.onnx.export(..., dynamo=True)`, torch's maintained exporter (`torch.export` then onnxscript): it
 records symbolic batch and sequence sizes, so dynamic axes are proved, not assumed, and fails loudly where a
 graph would depend on data. The TorchScript exporter (`dynamo=False`) is deprecated since torch 2.9 and traces
-Python branches on example values into the graph (`TracerWarning`s on the model's shape checks).
+Python branches on example values into the graph (`TracerWarning`s on the model's shape checks). The model is
+exported with eager attention (see `export_onnx`).
 
 **Validation outside the graph.** The models check input *values* (token ids inside the vocabulary, texts that are
 not all padding) in eager mode; a graph cannot hold a Python check on data, so those are skipped while exporting
@@ -328,7 +329,10 @@ def export_onnx(
     check_onnx_installed()
     check_model_folder(model_folder)
     check_export_target(output_dir, model_folder, overwrite)
-    model = AutoModel.from_pretrained(model_folder, dtype=torch.float32).eval()
+    # Eager attention: transformers' SDPA path of some towers (Swin) reshapes a transposed output in a way torch's
+    # ONNX decompositions reject under a symbolic batch size. The function is the same, and ONNX (opset < 23) has no
+    # attention operator: either way the graph holds the matmul-softmax-matmul that onnxruntime fuses.
+    model = AutoModel.from_pretrained(model_folder, dtype=torch.float32, attn_implementation="eager").eval()
     processor = AutoProcessor.from_pretrained(model_folder)
     # Two batch sizes and two text lengths: the dynamic axes are checked, not only the traced sizes.
     samples = [
