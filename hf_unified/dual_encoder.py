@@ -102,6 +102,11 @@ class EmbeddingOutput(ModelOutput):
         )
 
 
+# `torch.compiler.is_exporting` is missing from older torch releases; there `is_compiling` (export or torch.compile)
+# is the closest.
+_is_exporting = getattr(torch.compiler, "is_exporting", torch.compiler.is_compiling)
+
+
 def capturing_graph() -> bool:
     """Whether an exporter is recording this call as a graph (`torch.export`, the ONNX exporters, `torch.jit.trace`).
 
@@ -109,7 +114,7 @@ def capturing_graph() -> bool:
     graph cannot hold them (dynamo refuses data-dependent branches, tracing would bake in the example's answer), so
     they are skipped while capturing and the graph's caller validates its inputs. Shape checks stay: they read sizes.
     """
-    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+    return torch.jit.is_tracing() or _is_exporting()
 
 
 def with_pooler_output(encoder_output, pooler_output: torch.Tensor) -> BaseModelOutputWithPooling:
