@@ -102,6 +102,21 @@ class EmbeddingOutput(ModelOutput):
         )
 
 
+# `torch.compiler.is_exporting` is missing from older torch releases; there `is_compiling` (export or torch.compile)
+# is the closest.
+_is_exporting = getattr(torch.compiler, "is_exporting", torch.compiler.is_compiling)
+
+
+def capturing_graph() -> bool:
+    """Whether an exporter is recording this call as a graph (`torch.export`, the ONNX exporters, `torch.jit.trace`).
+
+    Checks of input *values* (token ids in the vocabulary, no all-padding text) read tensors into Python: a captured
+    graph cannot hold them (dynamo refuses data-dependent branches, tracing would bake in the example's answer), so
+    they are skipped while capturing and the graph's caller validates its inputs. Shape checks stay: they read sizes.
+    """
+    return torch.jit.is_tracing() or _is_exporting()
+
+
 def with_pooler_output(encoder_output, pooler_output: torch.Tensor) -> BaseModelOutputWithPooling:
     """The encoder's output with `pooler_output` replaced by the projected embedding (transformers 5's
     `get_*_features` convention)."""
@@ -230,7 +245,7 @@ class ContrastiveHeads:
                 f"{max_positions}, or shorten the prompt template"
             )
         vocab_size = getattr(self.config.text_config, "vocab_size", None)
-        if vocab_size is not None:
+        if vocab_size is not None and not capturing_graph():
             low, high = int(input_ids.min()), int(input_ids.max())
             if low < 0 or high >= vocab_size:
                 raise ValueError(
@@ -244,7 +259,7 @@ class ContrastiveHeads:
                     f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids "
                     f"{tuple(input_ids.shape)}"
                 )
-            empty = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
+            empty = [] if capturing_graph() else (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
             if empty:
                 raise ValueError(f"texts {empty[:10]} are empty (their attention_mask is all 0)")
 

@@ -486,11 +486,11 @@ class MSCLIPLateralAdapter(nn.Module):
         self, hidden_states: torch.Tensor, branch_features: torch.Tensor, kept: torch.Tensor | None = None
     ) -> torch.Tensor:
         """`[B, 1 + N, W]` tokens (or `[B, 1 + K, W]`, the patches at `kept` `[B, K]`) -> the same shape."""
-        batch_size, num_tokens, width = hidden_states.shape
+        batch_size, _, width = hidden_states.shape
         cls, tokens = hidden_states[:, :1], hidden_states[:, 1:]
         branch = conv2d_channels_last(self.branch_depthwise(branch_features), self.branch_pointwise)
         from_branch = branch.permute(0, 2, 3, 1).flatten(1, 2)
-        side = int(round((num_tokens - 1) ** 0.5)) if kept is None else branch.shape[-1]
+        side = branch.shape[-1]  # the branch lands on the token grid (the config checks its kernels)
         if kept is not None:
             index = kept.unsqueeze(-1).expand(-1, -1, width)
             from_branch = from_branch.gather(1, index)

@@ -31,7 +31,6 @@ BENCHMARK_PAGES = sorted((ROOT / "benchmarks").glob("*.md"))
 # Pages the README and docs/README.md link to that are written on other branches (issue 22 item 6 names them);
 # a link to one of them passes while it does not exist yet, and is checked like any other once it does.
 PENDING_PAGES = {
-    "docs/serving-onnx.md",
     "docs/fine-tuning-lora.md",
     "docs/training-objectives-and-speed.md",
 }
