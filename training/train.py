@@ -36,7 +36,7 @@ if str(REPO_ROOT) not in sys.path:  # `python training/train.py` from a checkout
 
 
 # The settings and their parsing, with the one module of the package they import, in import order: all torch-free.
-SETTINGS_MODULES = ("data/view_recipe.py", "arguments.py", "parsing.py")
+SETTINGS_MODULES = ("data/view_recipe.py", "engine/accumulation_modes.py", "arguments.py", "parsing.py")
 
 
 def _load_settings_modules():
