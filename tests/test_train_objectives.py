@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 from safetensors.torch import load_file
-from training_helpers import ROOT, losses, train_script, write_config
+from training_helpers import ROOT, assert_resumes_exactly, losses, train_script, write_config
 
 from hf_unified.configuration_contrastive import OBJECTIVE_PRESETS
 from hf_unified.training.arguments import ConfigError, ModelArguments, TrainArguments
@@ -158,10 +158,4 @@ def test_patch_dropout_resumes_exactly_under_full_batch_accumulation(tmp_path, s
     config = write_config(tmp_path, shapes, num_workers=1, crop_scale_min=0.6, do_eval=False, save_steps=2)
     flags = ["--config", str(config), "--max_steps", "4", "--per_device_train_batch_size", "4"]
     flags += ["--gradient_accumulation_steps", "2", "--patch_dropout", "0.5", "--patch_dropout_final_steps", "1"]
-    full, part = tmp_path / "full", tmp_path / "part"
-    train_script.main([*flags, "--output_dir", str(full)])
-    train_script.main([*flags, "--output_dir", str(part), "--stop_at_step", "2"])
-    train_script.main([*flags, "--output_dir", str(part), "--resume_from_checkpoint", "latest"])
-    assert losses(part) == losses(full)
-    expected, resumed = load_file(full / "model.safetensors"), load_file(part / "model.safetensors")
-    assert all(resumed[name].equal(value) for name, value in expected.items())
+    assert_resumes_exactly(tmp_path, flags, stop_at_step=2)
