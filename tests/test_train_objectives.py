@@ -159,3 +159,14 @@ def test_patch_dropout_resumes_exactly_under_full_batch_accumulation(tmp_path, s
     flags = ["--config", str(config), "--max_steps", "4", "--per_device_train_batch_size", "4"]
     flags += ["--gradient_accumulation_steps", "2", "--patch_dropout", "0.5", "--patch_dropout_final_steps", "1"]
     assert_resumes_exactly(tmp_path, flags, stop_at_step=2)
+
+
+def test_the_native_clip_export_refuses_a_sigmoid_model_naming_its_bias():
+    """CLIPModel's logits have no bias: a SigLIP-initialised model (t = 10, offset 1: b = -10) is refused, and the
+    reason names the sigmoid loss's bias."""
+    from tiny_models import tiny_model
+
+    from hf_unified.hub.export import export_problems
+
+    problems = export_problems(tiny_model("unicl", **OBJECTIVE_PRESETS["siglip"]))
+    assert any("this is the sigmoid loss's bias b = -10: CLIPModel has no bias" in p for p in problems), problems
