@@ -170,3 +170,17 @@ def test_the_native_clip_export_refuses_a_sigmoid_model_naming_its_bias():
 
     problems = export_problems(tiny_model("unicl", **OBJECTIVE_PRESETS["siglip"]))
     assert any("this is the sigmoid loss's bias b = -10: CLIPModel has no bias" in p for p in problems), problems
+
+
+def test_the_training_time_settings_apply_to_a_saved_model(tmp_path):
+    """`--model_name_or_path` keeps the saved objective; `--patch_dropout` and `--loss_chunk_size` still apply, and
+    without them the saved values stay."""
+    from tiny_models import tiny_model
+
+    from hf_unified.training.builders import build_model
+
+    tiny_model("unicl").save_pretrained(tmp_path / "saved")
+    arguments = ModelArguments(model_name_or_path=str(tmp_path / "saved"), patch_dropout=0.5, loss_chunk_size=4)
+    model = build_model(arguments, tokenizer=None, image_size=32)
+    assert (model.config.patch_dropout, model.config.loss_chunk_size) == (0.5, 4)
+    assert build_model(ModelArguments(model_name_or_path=str(tmp_path / "saved")), None, 32).config.patch_dropout == 0
