@@ -3,10 +3,10 @@
     trainer = Trainer(model, processor, train_args, TrainingData(stream, evaluation=...))
     result = trainer.train()   # {"eval_results": {...}, "counters": {...}, "output_dir": "..."}
 
-Per optimizer step: `gradient_accumulation_steps` micro-batches are taken from the stream (for a method that trains
-on views made on the device, `TrainingData.views` renders each micro-batch's views there first), go through the
-step strategy (`steps.py`: `micro_batch` or the exact `full_batch`), the gradient is clipped, the step is applied
-unless its loss or gradient norm is not finite (then it is skipped, counted, logged;
+Per optimizer step: `gradient_accumulation_steps` micro-batches are taken from the stream (for a method that trains on
+views made on the device, `TrainingData.views` renders each micro-batch's views there first), go through the step
+strategy (`steps.py`: the exact `full_batch`, the default with several micro-batches, or `micro_batch`), the gradient
+is clipped, the step is applied unless its loss or gradient norm is not finite (then it is skipped, counted, logged;
 `max_consecutive_nonfinite_steps` in a row stop the run with the last checkpoint intact), the schedule advances
 and the temperatures are clamped. A model with UniCLIP's domain-dependent similarity that starts from scratch has
 its logit offsets calibrated on the first batch (`calibrate_logit_offsets`). Around the loop: the engine check
