@@ -543,6 +543,8 @@ def run_patch_dropout(sizes: Sizes, args) -> list[dict]:
             torch.manual_seed(0)
             candidate = make_candidate(f"{model_name}, p={share}", build(share), batch, device, args)
             entries.append({"model": model_name, "patch_dropout": share, "candidate": candidate})
+    if not entries:  # --models left none of them
+        return []
     for entry in entries:
         for _ in range(args.warmup):
             entry["candidate"].train_step()
@@ -711,7 +713,8 @@ def main(argv=None) -> dict[str, list[dict]]:
         if group == "patch-dropout":
             sizes = dataclasses.replace(base, image_size=args.patch_dropout_image_size)
             all_results[group] = run_patch_dropout(sizes, args)
-            print_patch_dropout(sizes, all_results[group], args)
+            if all_results[group]:
+                print_patch_dropout(sizes, all_results[group], args)
             continue
         sizes = base.equal_width(args.equal_width) if group == "equal-width" else base
         results = run_group(group, sizes, args)
