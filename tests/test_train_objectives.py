@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 from training_helpers import ROOT, assert_resumes_exactly, losses, train_script, write_config
@@ -184,3 +185,28 @@ def test_the_training_time_settings_apply_to_a_saved_model(tmp_path):
     model = build_model(arguments, tokenizer=None, image_size=32)
     assert (model.config.patch_dropout, model.config.loss_chunk_size) == (0.5, 4)
     assert build_model(ModelArguments(model_name_or_path=str(tmp_path / "saved")), None, 32).config.patch_dropout == 0
+
+
+def test_the_zero_shot_pipeline_scores_a_sigmoid_model_by_a_softmax_of_its_logits(tmp_path):
+    """What the card says of a sigmoid model: the pipeline's scores are a softmax over the candidate labels of its
+    logits (bias included), so they rank the labels as the per-pair sigmoid does."""
+    from PIL import Image
+    from tiny_models import IMAGE_SIZE, tiny_model
+    from transformers import pipeline
+
+    from hf_unified.processing_unicl import UniCLProcessor, unicl_image_processor
+    from hf_unified.tokenization import train_caption_tokenizer
+
+    tokenizer = train_caption_tokenizer(["a photo of a cat", "a dog", "the ocean"] * 10, vocab_size=64)
+    processor = UniCLProcessor(unicl_image_processor(IMAGE_SIZE), tokenizer)
+    model = tiny_model("unicl", **OBJECTIVE_PRESETS["siglip"])
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    image, labels = Image.new("RGB", (40, 40), "red"), ["cat", "dog", "ocean"]
+    result = pipeline("zero-shot-image-classification", model=str(tmp_path))(image, candidate_labels=labels)
+    scores = {row["label"]: row["score"] for row in result}
+    inputs = processor(text=[f"This is a photo of {label}." for label in labels], images=[image], padding=True)
+    with torch.no_grad():
+        logits = model(**inputs.convert_to_tensors("pt")).logits_per_image[0]
+    assert [scores[label] for label in labels] == pytest.approx(logits.softmax(-1).tolist(), abs=1e-5)
+    assert max(scores, key=scores.get) == labels[int(logits.sigmoid().argmax())]
