@@ -22,6 +22,11 @@ Groups:
   UniCL with labels (UniCL loss), UniCLIP (2 views, and 1 view).
 - `equal-width` (MS-CLIP shares weights between modalities, so both towers need one width, default 192): CLIPModel,
   UniCL, MS-CLIP "shared", MS-CLIP "separate" and the released MS-CLIP-S layout (conv stem, parallel branch).
+- `patch-dropout` (FLIP): each model type (UniCL with CLIP towers, UniCLIP with 2 views, MS-CLIP-S at the equal
+  width) at patch dropout 0, 0.5 and 0.75, on an image-heavy step (`--patch-dropout-image-size`, default 160 px: 100
+  patches of 16); training samples/s and memory, each against the same model at 0. Memory: on CUDA the step's peak
+  allocated memory; on CPU (no allocator statistics) the activations the step saves for its backward pass (bytes of
+  the distinct tensors autograd keeps, parameters excluded: the part of the peak that patch dropout shrinks).
 
 Usage:
 
@@ -237,7 +242,7 @@ def build_open_clip(sizes: Sizes):
     return model, loss_fn, lambda m, pixels: m.encode_image(pixels)
 
 
-def build_unicl(sizes: Sizes, with_labels: bool = False, equal_width: bool = False):
+def build_unicl(sizes: Sizes, with_labels: bool = False, equal_width: bool = False, **config_fields):
     from hf_unified.configuration_unicl import UniCLConfig
     from hf_unified.modeling_unicl import UniCLModel
 
@@ -246,6 +251,7 @@ def build_unicl(sizes: Sizes, with_labels: bool = False, equal_width: bool = Fal
         text_config=_clip_text_config(sizes),
         projection_dim=sizes.projection_dim,
         logit_scale_init_value=2.6592,
+        **config_fields,
     )
     model = UniCLModel(config)
     model.set_attn_implementation("sdpa")
@@ -262,7 +268,7 @@ def build_unicl(sizes: Sizes, with_labels: bool = False, equal_width: bool = Fal
     return model, loss_fn, lambda m, pixels: m.get_image_features(pixel_values=pixels)
 
 
-def build_uniclip(sizes: Sizes, num_views: int = 2):
+def build_uniclip(sizes: Sizes, num_views: int = 2, **config_fields):
     modeling = importlib.import_module("hf_unified.modeling_uniclip")
     configuration = importlib.import_module("hf_unified.configuration_uniclip")
     augmentation = importlib.import_module("hf_unified.training.data.augmentation")
@@ -272,6 +278,7 @@ def build_uniclip(sizes: Sizes, num_views: int = 2):
         text_config=_clip_text_config(sizes),
         projection_dim=sizes.projection_dim,
         num_views=num_views,
+        **config_fields,
     )
     model = modeling.UniCLIPModel(config)
     model.set_attn_implementation("sdpa")
@@ -298,7 +305,7 @@ def build_uniclip(sizes: Sizes, num_views: int = 2):
     return model, loss_fn, lambda m, pixels: m.get_image_features(pixel_values=pixels)
 
 
-def build_msclip(sizes: Sizes, preset: str):
+def build_msclip(sizes: Sizes, preset: str, **config_fields):
     modeling = importlib.import_module("hf_unified.modeling_msclip")
     configuration = importlib.import_module("hf_unified.configuration_msclip")
     if sizes.vision_width != sizes.text_width:
@@ -321,7 +328,7 @@ def build_msclip(sizes: Sizes, preset: str):
     )
     if preset == "ms-clip-s":
         overrides.update(msclip_s_layout(width, sizes.vision_layers, sizes.image_size, sizes.patch_size))
-    config = configuration.MSCLIPConfig.from_preset(preset, **overrides)
+    config = configuration.MSCLIPConfig.from_preset(preset, **overrides, **config_fields)
     model = modeling.MSCLIPModel(config)
     model.set_attn_implementation("sdpa")
 
@@ -485,6 +492,114 @@ def run_group(group: str, sizes: Sizes, args) -> list[dict]:
     return results
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Patch dropout (FLIP): each model type against itself without it
+
+PATCH_DROPOUT_SHARES = (0.0, 0.5, 0.75)
+
+
+def patch_dropout_models(sizes: Sizes, args) -> list[tuple[str, Callable[[float], tuple]]]:
+    """(model type, builder taking the patch-dropout share) of the patch-dropout group."""
+    equal = sizes.equal_width(args.equal_width)
+    return [
+        ("UniCL, CLIP towers", lambda p: build_unicl(sizes, patch_dropout=p)),
+        ("UniCLIP, 2 views", lambda p: build_uniclip(sizes, num_views=2, patch_dropout=p)),
+        (f"MS-CLIP-S layout ({args.equal_width} wide)", lambda p: build_msclip(equal, "ms-clip-s", patch_dropout=p)),
+    ]
+
+
+def step_memory_bytes(candidate: Candidate, device: str) -> int:
+    """The memory of one training step: on CUDA its peak allocated bytes; on CPU the bytes of the distinct tensors
+    autograd saves for the backward pass, parameters excluded (the activations)."""
+    if device.startswith("cuda"):
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats()
+        candidate.eager_step()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated()
+    parameters = {p.untyped_storage().data_ptr() for p in candidate.model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        candidate.eager_step()
+    return sum(saved.values())
+
+
+def run_patch_dropout(sizes: Sizes, args) -> list[dict]:
+    """Every model type at each share of `PATCH_DROPOUT_SHARES`, interleaved in rounds as the other groups are;
+    rates and memory are read against the same model type at 0 within each round."""
+    device, batch = args.device, make_batch(sizes, args.device)
+    entries = []
+    for model_name, build in patch_dropout_models(sizes, args):
+        if args.models and not any(word.lower() in model_name.lower() for word in args.models):
+            continue
+        for share in PATCH_DROPOUT_SHARES:
+            torch.manual_seed(0)
+            candidate = make_candidate(f"{model_name}, p={share}", build(share), batch, device, args)
+            entries.append({"model": model_name, "patch_dropout": share, "candidate": candidate})
+    if not entries:  # --models left none of them
+        return []
+    for entry in entries:
+        for _ in range(args.warmup):
+            entry["candidate"].train_step()
+        entry["memory_bytes"] = step_memory_bytes(entry["candidate"], device)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    for entry in entries:
+        entry["times"] = []
+    for round_index in range(args.rounds):
+        shift = round_index % len(entries)
+        for entry in entries[shift:] + entries[:shift]:
+            entry["times"].append(timed(entry["candidate"].train_step, args.steps, device, clock))
+        print(f"  [patch-dropout] round {round_index + 1}/{args.rounds} done", flush=True)
+    results = []
+    for entry in entries:
+        base = next(e for e in entries if e["model"] == entry["model"] and e["patch_dropout"] == 0.0)
+        samples = entry["candidate"].samples_per_step
+        results.append(
+            {
+                "model": entry["model"],
+                "patch_dropout": entry["patch_dropout"],
+                "rates": [samples / t for t in entry["times"]],
+                "ratios": [own_base / own for own_base, own in zip(base["times"], entry["times"])],
+                "memory_mib": entry["memory_bytes"] / 2**20,
+                "memory_ratio": entry["memory_bytes"] / base["memory_bytes"],
+            }
+        )
+    return results
+
+
+def print_patch_dropout(sizes: Sizes, results: list[dict], args) -> None:
+    unit = "per CPU-s" if args.clock == "cpu" else "per s"
+    memory = "peak memory (MiB)" if args.device.startswith("cuda") else "activations saved for backward (MiB)"
+    patches = (sizes.image_size // sizes.patch_size) ** 2
+    print(
+        f"\n**patch-dropout: ViT {sizes.vision_width}w/{sizes.vision_layers}L patch {sizes.patch_size} at "
+        f"{sizes.image_size}px ({patches} patches), text {sizes.text_width}w/{sizes.text_layers}L x {sizes.text_len} "
+        f"tokens, MS-CLIP {args.equal_width} wide, batch {sizes.batch_size}, {args.device}, {args.rounds} "
+        f"interleaved rounds x {args.steps} steps; speed-up: median (min-max) of per-round ratios to the same "
+        "model at 0**\n"
+    )
+    header = ["model", "patch dropout", f"training samples {unit}", "speed-up vs 0", memory, "memory vs 0"]
+    rows = [
+        [
+            r["model"],
+            f"{r['patch_dropout']:g}",
+            _spread(r["rates"]),
+            f"{median(r['ratios']):.2f}x ({min(r['ratios']):.2f}-{max(r['ratios']):.2f})",
+            f"{r['memory_mib']:.1f}",
+            f"{r['memory_ratio']:.2f}x",
+        ]
+        for r in results
+    ]
+    print(markdown_table(header, rows) + "\n")
+
+
 def _spread(values: list[float]) -> str:
     return f"{min(values):.1f} / {median(values):.1f} / {max(values):.1f}"
 
@@ -540,7 +655,15 @@ def parse_args(argv=None):
         help="time steps on this process's CPU time (default on CPU: other jobs on shared cores do not inflate it) "
         "or on the wall clock (default on CUDA, after synchronising)",
     )
-    parser.add_argument("--groups", nargs="+", default=["towers", "equal-width"], choices=["towers", "equal-width"])
+    parser.add_argument(
+        "--groups",
+        nargs="+",
+        default=["towers", "equal-width", "patch-dropout"],
+        choices=["towers", "equal-width", "patch-dropout"],
+    )
+    parser.add_argument(
+        "--patch-dropout-image-size", type=int, default=160, help="image size of the patch-dropout group (image-heavy)"
+    )
     add_size_arguments(parser)
     parser.add_argument("--equal-width", type=int, default=192, help="both towers' width in the equal-width group")
     parser.add_argument("--vocab-size", type=int, default=49408)
@@ -570,6 +693,7 @@ def parse_args(argv=None):
         args.image_size, args.patch_size, args.vision_width, args.vision_layers = 32, 16, 64, 2
         args.text_width, args.text_layers, args.text_len, args.vocab_size = 64, 1, 8, 1000
         args.equal_width, args.projection_dim, args.batch_size = 64, 32, 4
+        args.patch_dropout_image_size = 64
         args.rounds, args.steps, args.warmup = 1, 1, 1
     if args.device.startswith("cuda"):
         if args.peak_tflops is None and torch.cuda.is_available():
@@ -586,6 +710,12 @@ def main(argv=None) -> dict[str, list[dict]]:
     base = Sizes.from_args(args)
     all_results = {}
     for group in args.groups:
+        if group == "patch-dropout":
+            sizes = dataclasses.replace(base, image_size=args.patch_dropout_image_size)
+            all_results[group] = run_patch_dropout(sizes, args)
+            if all_results[group]:
+                print_patch_dropout(sizes, all_results[group], args)
+            continue
         sizes = base.equal_width(args.equal_width) if group == "equal-width" else base
         results = run_group(group, sizes, args)
         print_results(group, sizes, results, args)

@@ -549,3 +549,21 @@ def test_a_source_card_without_widget_examples_carries_none(tmp_path):
 
     (tmp_path / "README.md").write_text("---\nlicense: apache-2.0\n---\n# a model\n")
     assert card_examples(tmp_path) == []
+
+
+def test_a_sigmoid_model_card_states_its_bias_and_what_the_pipeline_scores_are(tmp_path):
+    """SigLIP's objective (`similarity_offset`, `contrastive_loss: sigmoid`): the card gives the offset and the bias it
+    is, says the bias changes no zero-shot ranking, and what the pipeline's softmax scores are."""
+    from hf_unified.configuration_contrastive import OBJECTIVE_PRESETS
+
+    saved_config("unicl", tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, **OBJECTIVE_PRESETS["siglip"]}))
+    text = render_model_card(tmp_path, examples=[]).text
+    assert "- **Temperature and bias:** a learnable log-scale `logit_scale` and offset `logit_offset`" in text
+    assert "initialised to 2.302585092994046 and 1.0 (SigLIP's bias is `b = −exp(logit_scale)·logit_offset`)" in text
+    assert "the bias is the same for every pair, so it does not change a zero-shot ranking" in text
+    assert "The pipeline's scores are a softmax over the candidate labels" in text
+    saved_config("unicl", tmp_path)  # the softmax objective: no bias, no pipeline note
+    text = render_model_card(tmp_path, examples=[]).text
+    assert "Temperature and bias" not in text and "The pipeline's scores" not in text

@@ -53,7 +53,7 @@ def test_model_config_fields_win_over_the_objective_and_a_saved_model_keeps_its_
 
 
 def test_an_unknown_objective_is_refused_with_the_choices(tmp_path, shapes, capsys):
-    config = write_config(tmp_path, shapes, objective="siglip")
+    config = write_config(tmp_path, shapes, objective="siglip2")
     with pytest.raises(SystemExit):
         train_script.main(["--config", str(config), "--output_dir", str(tmp_path / "run")])
     error = capsys.readouterr().err

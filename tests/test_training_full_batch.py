@@ -9,8 +9,7 @@ runs see the same samples; they are then the same optimisation, and the losses a
 from __future__ import annotations
 
 import pytest
-from safetensors.torch import load_file
-from training_helpers import ROOT, launch_two_processes, losses, train_script, write_config
+from training_helpers import ROOT, assert_resumes_exactly, launch_two_processes, losses, train_script, write_config
 
 pytest_plugins = ("training_fixtures",)  # shapes, fresh_accelerate_state
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -78,10 +77,4 @@ def test_full_batch_resumes_exactly(tmp_path, shapes):
     # Random crops, one DataLoader worker, labels: the resumed step must re-run the same micro-batches.
     config = write_config(tmp_path, shapes, num_workers=1, crop_scale_min=0.6, do_eval=False, save_steps=2)
     flags = ["--config", str(config), "--max_steps", "4", "--per_device_train_batch_size", "4", *FULL_BATCH]
-    full, part = tmp_path / "full", tmp_path / "part"
-    train_script.main([*flags, "--output_dir", str(full)])
-    train_script.main([*flags, "--output_dir", str(part), "--stop_at_step", "3"])
-    train_script.main([*flags, "--output_dir", str(part), "--resume_from_checkpoint", "latest"])
-    assert losses(part) == losses(full)
-    expected, resumed = load_file(full / "model.safetensors"), load_file(part / "model.safetensors")
-    assert all(resumed[name].equal(value) for name, value in expected.items())
+    assert_resumes_exactly(tmp_path, flags, stop_at_step=3)

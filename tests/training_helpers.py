@@ -127,3 +127,17 @@ def log_records(output_dir: Path) -> list[dict]:
 
 def losses(output_dir: Path) -> list[float]:
     return [record["loss"] for record in log_records(output_dir)]
+
+
+def assert_resumes_exactly(tmp_path: Path, flags: list[str], stop_at_step: int) -> None:
+    """train.py with `flags` (which checkpoint at `stop_at_step`): stopped there and resumed, the run logs the
+    uninterrupted run's losses and ends with its weights, bit for bit."""
+    from safetensors.torch import load_file
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    train_script.main([*flags, "--output_dir", str(full)])
+    train_script.main([*flags, "--output_dir", str(part), "--stop_at_step", str(stop_at_step)])
+    train_script.main([*flags, "--output_dir", str(part), "--resume_from_checkpoint", "latest"])
+    assert losses(part) == losses(full)
+    expected, resumed = load_file(full / "model.safetensors"), load_file(part / "model.safetensors")
+    assert all(resumed[name].equal(value) for name, value in expected.items())

@@ -37,7 +37,7 @@ if str(REPO_ROOT) not in sys.path:  # `python training/train.py` from a checkout
 
 # The command line and the settings it parses, with the one module of the package they import, in import order: all
 # torch-free.
-SETTINGS_MODULES = ("data/view_recipe.py", "arguments.py", "parsing.py", "cli.py")
+SETTINGS_MODULES = ("data/view_recipe.py", "engine/accumulation_modes.py", "arguments.py", "parsing.py", "cli.py")
 
 
 def _load_settings_modules():

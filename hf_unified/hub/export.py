@@ -249,6 +249,12 @@ def export_problems(model: PreTrainedModel, atol: float = 1e-5) -> list[str]:
                 f"{offset:.6g}) and CLIPModel's exp(logit_scale) * cos differ from them by the constant "
                 f"{scale * offset:.6g} (more than atol={atol:g}); the zero-shot softmax scores would still be equal, "
                 "but logits_per_image would not"
+                + (
+                    f" (this is the sigmoid loss's bias b = {-scale * offset:.6g}: CLIPModel has no bias, so "
+                    "sigmoid(logits_per_image) would not be the pairs' match probabilities)"
+                    if getattr(model.config, "contrastive_loss", None) == "sigmoid"
+                    else ""
+                )
             )
     if getattr(model, "augmentation_encoder", None) is not None:
         with torch.no_grad():

@@ -13,13 +13,13 @@ import math
 from dataclasses import dataclass, field, fields
 
 from .data.view_recipe import VIEW_PRESET_CHOICES
+from .engine.accumulation_modes import GRADIENT_ACCUMULATION_MODES, default_accumulation_mode
 
 # Options of `DataArguments` that take one value for every training source or one value per source.
 PER_SOURCE_FIELDS = ("train_format", "image_column", "text_column", "label_column", "train_probabilities")
-# `steps.STEP_STRATEGIES` holds a strategy for each (tests/test_training_cli.py checks they agree).
-GRADIENT_ACCUMULATION_MODES = ("micro_batch", "full_batch")
-# `configuration_contrastive.OBJECTIVE_PRESETS`' names, spelled here so that parsing does not import torch.
-OBJECTIVE_NAMES = ("clip", "unicl", "uniclip", "uniclip+unicl")
+# `configuration_contrastive.OBJECTIVE_PRESETS`' names, spelled here so that parsing does not import torch
+# (tests/test_training_combinations.py checks they agree).
+OBJECTIVE_NAMES = ("clip", "unicl", "uniclip", "uniclip+unicl", "siglip", "siglip+unicl")
 # `adam_implementation` -> `torch.optim.AdamW`'s kernel arguments (`optim.adam_kernel`; "auto" picks one per device).
 ADAM_KERNELS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False, "fused": False}}
 ADAM_IMPLEMENTATIONS = ("auto", *ADAM_KERNELS)
@@ -57,7 +57,9 @@ class ModelArguments:
         metadata={
             "help": "a named objective applied to the model type's config (model_config fields win): clip = "
             "pairs only, unicl = positives from labels, uniclip = two augmentation-aware views in one space, "
-            "uniclip+unicl = both; e.g. model_type msclip with objective uniclip trains MS-CLIP on UniCLIP's views",
+            "uniclip+unicl = both, siglip = CLIP's pairs with SigLIP's sigmoid loss (every pair one binary term; "
+            "t = 10, b = -10), siglip+unicl = the sigmoid loss with positives from labels; e.g. model_type msclip "
+            "with objective uniclip trains MS-CLIP on UniCLIP's views",
             "choices": list(OBJECTIVE_NAMES),
         },
     )
@@ -78,6 +80,25 @@ class ModelArguments:
     text_model_name_or_path: str | None = field(
         default=None, metadata={"help": "start from a pretrained text tower (with vision_model_name_or_path)"}
     )
+    # Settings of the model config that change how it trains, not what it computes at inference: given here they
+    # apply to every starting point, a saved model included (`config_overrides`).
+    loss_chunk_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "anchor rows the loss scores at a time, exact (same value and gradients) in memory O(rows x "
+            "global batch): 0 = dense; default: the model config's, automatic unless set: dense while one side of "
+            "the loss has at most 2^22 logits (anchors x candidates) on a CPU, 2^24 on a GPU; above, blocks of "
+            "2^20 logits (at least 64 rows) on a CPU, 2^24 on a GPU"
+        },
+    )
+    patch_dropout: float | None = field(
+        default=None,
+        metadata={
+            "help": "FLIP's patch dropout: the share of each image's patch tokens left out in training, in [0, 1) "
+            "(0.5-0.75 in FLIP; the class token always kept; nothing dropped in evaluation or in the saved model); "
+            "default: the model config's (0). Image towers with a class token (CLIP/ViT, MS-CLIP), not Swin"
+        },
+    )
     tokenizer_name_or_path: str | None = field(
         default=None,
         metadata={"help": "tokenizer folder or Hub id; default: the starting checkpoint's, else a BPE trained here"},
@@ -97,6 +118,22 @@ class ModelArguments:
         ]
         if len(starts) > 1:
             raise ConfigError(f"choose one starting point, got {starts}")
+        if self.loss_chunk_size is not None and self.loss_chunk_size < 0:
+            raise ConfigError(
+                f"loss_chunk_size must be 0 (dense) or a positive number of anchor rows, got {self.loss_chunk_size}; "
+                "leave it out for the automatic choice"
+            )
+        if self.patch_dropout is not None and not (math.isfinite(self.patch_dropout) and 0 <= self.patch_dropout < 1):
+            raise ConfigError(
+                f"patch_dropout must be a share of patches in [0, 1), got {self.patch_dropout}: e.g. 0.5 (FLIP), or 0 "
+                "to keep every patch"
+            )
+        twice = sorted(name for name in self.config_overrides if name in self.model_config)
+        if twice:
+            raise ConfigError(
+                f"{', '.join(twice)} given both as a setting and in model_config: give each once (the setting "
+                "applies to every starting point, a saved model included)"
+            )
         if self.objective is not None and self.model_name_or_path:
             raise ConfigError(
                 f"objective {self.objective!r} with model_name_or_path: a saved model keeps the objective it was "
@@ -109,7 +146,14 @@ class ModelArguments:
         from ..configuration_contrastive import OBJECTIVE_PRESETS  # imports torch: not at parse time
 
         preset = OBJECTIVE_PRESETS[self.objective] if self.objective else {}
-        return {**preset, **self.model_config}
+        return {**preset, **self.model_config, **self.config_overrides}
+
+    @property
+    def config_overrides(self) -> dict:
+        """The training-time config fields given as settings (`loss_chunk_size`, `patch_dropout`): set on the model
+        whatever it starts from (`from_pretrained` takes them as config attributes)."""
+        names = ("loss_chunk_size", "patch_dropout")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     @property
     def pretrained_start(self) -> str | None:
@@ -339,12 +383,21 @@ class TrainArguments:
         metadata={"help": "stop after this many steps in a row with a non-finite loss or gradient (each is skipped)"},
     )
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    gradient_accumulation_mode: str = field(
-        default="micro_batch",
+    gradient_accumulation_mode: str | None = field(
+        default=None,
         metadata={
             "help": "full_batch: one loss over the whole accumulated batch, exact (GradCache: embeddings cached, "
-            "then each micro-batch re-run); micro_batch: each micro-batch's loss sees only its own negatives",
+            "then each micro-batch re-run); micro_batch: each micro-batch's loss sees only its own negatives (a "
+            "different objective from one big batch); default: full_batch when gradient_accumulation_steps > 1, "
+            "micro_batch (one forward pass) with one micro-batch per step. The startup line says which runs",
             "choices": list(GRADIENT_ACCUMULATION_MODES),
+        },
+    )
+    patch_dropout_final_steps: int = field(
+        default=0,
+        metadata={
+            "help": "FLIP's unmasked tuning: the last N steps train with patch dropout off (the model's "
+            "patch_dropout applies before); 0 = patch dropout to the end"
         },
     )
     # Fine-tuning controls (issue 15): which parameters train, and at which learning rate.
@@ -428,6 +481,14 @@ class TrainArguments:
             minimum = 0 if name == "max_steps" else 1
             if getattr(self, name) < minimum:
                 raise ConfigError(f"{name} must be at least {minimum}, got {getattr(self, name)}")
+        if self.gradient_accumulation_mode is None:
+            self.gradient_accumulation_mode = default_accumulation_mode(self.gradient_accumulation_steps)
+        if not 0 <= self.patch_dropout_final_steps < max(self.max_steps, 1):
+            raise ConfigError(
+                f"patch_dropout_final_steps must be 0 or a number of final steps below max_steps ({self.max_steps}), "
+                f"got {self.patch_dropout_final_steps}: some steps must train with patch dropout before the unmasked "
+                "ones"
+            )
         if self.similarity_learning_rate_multiplier <= 0:
             raise ConfigError(
                 f"similarity_learning_rate_multiplier must be positive, got {self.similarity_learning_rate_multiplier}"

@@ -276,8 +276,10 @@ def check_starting_point(model_args: ModelArguments) -> None:
 
 def build_model(model_args: ModelArguments, tokenizer, image_size: int) -> torch.nn.Module:
     """The model from the starting point the arguments name (see the module docstring)."""
-    if model_args.model_name_or_path:
-        return AutoModel.from_pretrained(model_args.model_name_or_path)
+    if model_args.model_name_or_path:  # its objective stays; the training-time settings apply
+        model = AutoModel.from_pretrained(model_args.model_name_or_path, **model_args.config_overrides)
+        model.config.check_values()
+        return model
     if model_args.init_from_clip:
         return _pretrained_constructor(model_args.model_type, "from_clip")(
             model_args.init_from_clip, **model_args.config_kwargs

@@ -87,6 +87,7 @@ TRAJECTORY_ARGUMENTS = (
     "lock_image_tower",
     "head_learning_rate",
     "layerwise_lr_decay",
+    "patch_dropout_final_steps",
 )
 # Settings a resume may change with --allow_setting_changes: the optimizer and the schedule take them from here on.
 ADJUSTABLE_SETTINGS = (

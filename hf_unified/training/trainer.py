@@ -3,10 +3,10 @@
     trainer = Trainer(model, processor, train_args, TrainingData(stream, evaluation=...))
     result = trainer.train()   # {"eval_results": {...}, "counters": {...}, "output_dir": "..."}
 
-Per optimizer step: `gradient_accumulation_steps` micro-batches are taken from the stream (for a method that trains
-on views made on the device, `TrainingData.views` renders each micro-batch's views there first), go through the
-step strategy (`steps.py`: `micro_batch` or the exact `full_batch`), the gradient is clipped, the step is applied
-unless its loss or gradient norm is not finite (then it is skipped, counted, logged;
+Per optimizer step: `gradient_accumulation_steps` micro-batches are taken from the stream (for a method that trains on
+views made on the device, `TrainingData.views` renders each micro-batch's views there first), go through the step
+strategy (`steps.py`: the exact `full_batch`, the default with several micro-batches, or `micro_batch`), the gradient
+is clipped, the step is applied unless its loss or gradient norm is not finite (then it is skipped, counted, logged;
 `max_consecutive_nonfinite_steps` in a row stop the run with the last checkpoint intact), the schedule advances
 and the temperatures are clamped. A model with UniCLIP's domain-dependent similarity that starts from scratch has
 its logit offsets calibrated on the first batch (`calibrate_logit_offsets`). Around the loop: the engine check
@@ -42,7 +42,7 @@ from .engine import sharding
 from .engine.grad_cache import RandomState, restored_buffers
 from .engine.launch import build_accelerator, check_engine
 from .engine.preemption import RunStopped, StopRequest, ignore_stop_signals
-from .engine.steps import StepStrategy, build_step
+from .engine.steps import StepStrategy, build_step, describe_step
 from .finetuning import describe_roles, example_inputs, freeze_parameters, frozen_subtrees, trace_parameter_roles
 from .logs import LOG_NAME, Progress, TrainingLog, finite_or_none
 from .methods import model_inputs
@@ -254,7 +254,8 @@ class Trainer:
         """Whether `calibrate_logit_offsets` applies to this run (see `TrainArguments`); a setting the model cannot
         honour is refused before training."""
         setting = self.args.calibrate_logit_offsets
-        has_offsets = getattr(self.unwrapped, "logit_offset", None) is not None
+        # Per-domain-pair offsets only: SigLIP's single offset (similarity_offset) starts at its own init (b = -10).
+        has_offsets = bool(getattr(self.unwrapped.config, "domain_similarity", False))
         if setting == "true" and not has_offsets:
             raise ValueError(
                 f"calibrate_logit_offsets: true needs a model with per-domain-pair logit offsets "
@@ -421,6 +422,8 @@ class Trainer:
         any moment leaves the previous output whole. A sharded model is gathered whole on the main process first
         (every rank takes part)."""
         state_dict = sharding.full_state_dict(self.unwrapped)
+        if self.args.patch_dropout_final_steps:  # the saved config states the share the run trained with
+            self.unwrapped.config.patch_dropout = self._patch_dropout
         if self.accelerator.is_main_process:
             save_model_folder(
                 self.output_dir,
@@ -448,6 +451,9 @@ class Trainer:
         acc.wait_for_everyone()
         self.run.settings = runs.trajectory_settings(self.run_arguments, args, self.model.config)
         acc.print(f"engine: {check_engine(acc, self.step_strategy, model=self.model)}")
+        per_device = args.per_device_train_batch_size
+        acc.print(describe_step(self.step_strategy, args.gradient_accumulation_steps, per_device, acc.num_processes))
+        self._check_patch_dropout_phase()
         self._preflight()
         roles = self._setup_parameters()
         if args.gradient_checkpointing:
@@ -471,9 +477,34 @@ class Trainer:
             acc.init_trackers(args.project_name, config=config)
         return start
 
+    def _check_patch_dropout_phase(self) -> None:
+        """`patch_dropout_final_steps` needs patch dropout to switch off; the share the run trains with is kept for
+        the masked steps and for the saved config."""
+        self._patch_dropout = getattr(self.model.config, "patch_dropout", 0.0)
+        final = self.args.patch_dropout_final_steps
+        if final and not self._patch_dropout:
+            raise ValueError(
+                f"patch_dropout_final_steps {final} turns patch dropout off for the last steps, but this model's "
+                "patch_dropout is 0: give --patch_dropout (e.g. 0.5), or leave patch_dropout_final_steps out"
+            )
+        if final:
+            self.accelerator.print(
+                f"patch dropout {self._patch_dropout} up to step {self.args.max_steps - final}, then off for the last "
+                f"{final} steps (FLIP's unmasked tuning)"
+            )
+
+    def _set_patch_dropout_phase(self, step: int) -> None:
+        """FLIP's unmasked tuning: the model's share up to `max_steps - patch_dropout_final_steps`, 0 after. A pure
+        function of the step, so a resumed run is in the same phase as the run it continues."""
+        final = self.args.patch_dropout_final_steps
+        if final:
+            masked = step <= self.args.max_steps - final
+            self.unwrapped.config.patch_dropout = self._patch_dropout if masked else 0.0
+
     def _optimizer_step(self, step: int) -> tuple[torch.Tensor, object, bool]:
         """One optimizer step; returns its loss, gradient norm and whether it was applied (both finite)."""
         args, acc = self.args, self.accelerator
+        self._set_patch_dropout_phase(step)
         micro_batches = [self._next_inputs() for _ in range(args.gradient_accumulation_steps)]
         if self._calibrate_on_first_step:
             self._calibrate_logit_offsets(micro_batches[0])
@@ -500,6 +531,9 @@ class Trainer:
             batch_size=None,
             num_workers=self.data.num_workers,
             worker_init_fn=ignore_stop_signals if self.data.num_workers else None,
+            # Starting the loader draws its workers' base seed: from a generator of its own, not torch's global one,
+            # whose draws (dropout, patch dropout) must be those of the uninterrupted run after a resume.
+            generator=torch.Generator().manual_seed(args.seed),
         )
         self._batches = iter(loader)
         bar = False if args.disable_tqdm else None  # None: a bar only on a terminal

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from ...losses import text_identity_keys
+from .accumulation_modes import FULL_BATCH
 from .sharding import gradient_sync, is_fsdp2, register_forward_methods
 
 
@@ -148,7 +149,7 @@ class FullBatchStep:
     caller.
     """
 
-    name = "full_batch"
+    name = FULL_BATCH
     deepspeed_unsupported = (
         "it counts backward passes as its own accumulation steps, and ZeRO-3 partitions the temperatures outside "
         "forward"

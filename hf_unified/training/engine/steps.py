@@ -21,6 +21,7 @@ from typing import Protocol
 
 import torch
 
+from .accumulation_modes import FULL_BATCH, MICRO_BATCH
 from .grad_cache import FullBatchStep
 from .sharding import gradient_sync
 
@@ -39,7 +40,7 @@ class MicroBatchStep:
     """Plain accumulation: each micro-batch's loss sees only the negatives of its own micro-batch (and of the other
     ranks' same micro-batch); the step's gradient is the mean of the micro-batch gradients."""
 
-    name = "micro_batch"
+    name = MICRO_BATCH
     deepspeed_unsupported = None
 
     def __call__(self, model: torch.nn.Module, micro_batches: list[dict], accelerator) -> torch.Tensor:
@@ -53,8 +54,8 @@ class MicroBatchStep:
         return step_loss
 
 
-# gradient_accumulation_mode -> strategy class (`arguments.GRADIENT_ACCUMULATION_MODES` lists the same names).
-STEP_STRATEGIES: dict[str, type] = {strategy.name: strategy for strategy in (MicroBatchStep, FullBatchStep)}
+# gradient_accumulation_mode -> strategy class, in the order of `accumulation_modes.GRADIENT_ACCUMULATION_MODES`.
+STEP_STRATEGIES: dict[str, type] = {strategy.name: strategy for strategy in (FullBatchStep, MicroBatchStep)}
 
 
 def build_step(mode: str) -> StepStrategy:
@@ -66,4 +67,23 @@ def build_step(mode: str) -> StepStrategy:
         ) from None
 
 
-__all__ = ["STEP_STRATEGIES", "FullBatchStep", "MicroBatchStep", "StepStrategy", "build_step"]
+def describe_step(strategy: StepStrategy, micro_batches: int, per_device: int, processes: int) -> str:
+    """The startup line saying how a step's samples meet in the loss: which strategy runs, over how many samples.
+
+    Example: `gradient accumulation: full_batch, 4 micro-batches of 8 x 2 processes: one loss over the 64 samples
+    of each step (exact)`."""
+    batch = f"{per_device}" + (f" x {processes} processes" if processes > 1 else "")
+    if micro_batches == 1:
+        return f"step: one batch of {batch}, one loss over its {per_device * processes} samples"
+    head = f"gradient accumulation: {strategy.name}, {micro_batches} micro-batches of {batch}"
+    if strategy.name == FULL_BATCH:
+        return f"{head}: one loss over the {micro_batches * per_device * processes} samples of each step (exact)"
+    if strategy.name == MICRO_BATCH:
+        return (
+            f"{head}: each micro-batch's loss sees only its own {per_device * processes} samples (another objective "
+            f"than one batch of {micro_batches * per_device * processes}; {FULL_BATCH} is exact)"
+        )
+    return f"{head} ({type(strategy).__name__})"
+
+
+__all__ = ["STEP_STRATEGIES", "FullBatchStep", "MicroBatchStep", "StepStrategy", "build_step", "describe_step"]
