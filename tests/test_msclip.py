@@ -505,7 +505,7 @@ def test_remote_code_without_package(saved, tmp_path, inputs, model, run_without
 
 
 def test_conv_norm_folds_batch_norm_at_inference_and_trains_unfolded():
-    from hf_unified.modeling_msclip import MSCLIPConvNorm
+    from hf_unified.msclip_convolutions import MSCLIPConvNorm
 
     torch.manual_seed(0)
     layer = MSCLIPConvNorm(4, 6, 3, stride=2, padding=1, eps=1e-5)
@@ -522,7 +522,7 @@ def test_conv_norm_folds_batch_norm_at_inference_and_trains_unfolded():
 
 
 def test_in_place_relus_give_the_out_of_place_loss_and_gradients(monkeypatch):
-    import hf_unified.modeling_msclip as modeling
+    import hf_unified.msclip_convolutions as modeling
 
     torch.manual_seed(0)
     model = MSCLIPModel(tiny_config("ms-clip-s")).train()  # conv stem and parallel branch, BatchNorm training
@@ -550,7 +550,7 @@ def test_in_place_relus_give_the_out_of_place_loss_and_gradients(monkeypatch):
 def test_strided_pointwise_convolution_equals_conv2d():
     """A narrow strided 1x1 convolution runs on the strided slice (oneDNN's kernel for it writes past its buffer):
     forward and both gradients are those of `nn.Conv2d`, for every stride and odd sizes, as a wide one's are."""
-    from hf_unified.modeling_msclip import conv2d_channels_last
+    from hf_unified.msclip_convolutions import conv2d_channels_last
 
     torch.manual_seed(0)
     for channels, stride, size in ((4, (2, 2), 9), (4, (2, 2), 8), (4, (1, 3), 7), (4, (4, 2), 11), (16, (2, 2), 9)):
@@ -570,7 +570,7 @@ def test_strided_pointwise_convolution_equals_conv2d():
 _TRAINING_STEP = """
 import sys, torch
 from hf_unified import MSCLIPModel
-from hf_unified.modeling_msclip import conv2d_channels_last
+from hf_unified.msclip_convolutions import conv2d_channels_last
 
 model = MSCLIPModel.from_pretrained(sys.argv[1]).train()
 inputs = torch.load(sys.argv[2])
