@@ -190,8 +190,7 @@ class DualEncoderPreTrainedModel(ZeroShotAutoMapMixin, PreTrainedModel):
         users expect. (Where this package is imported, transformers passes the task to no class: give the pipeline
         `model=XVisionModelWithProjection.from_pretrained(folder)`, as for CLIP.)
         """
-        task = getattr(kwargs.get("config"), "_pipeline_task", None) or kwargs.get("_from_pipeline")
-        name = cls.pipeline_models.get(task)
+        name = cls.pipeline_models.get(getattr(kwargs.get("config"), "_pipeline_task", None))
         if name is not None:
             single_modality = getattr(sys.modules[cls.__module__], name)
             return single_modality.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
