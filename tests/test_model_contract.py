@@ -387,9 +387,10 @@ for model_type, folder in json.loads(sys.argv[1]).items():
     inputs = {k: expected[k] for k in ("input_ids", "attention_mask", "pixel_values", "augmentation_params")
               if k in expected}
     with torch.no_grad():
-        torch.testing.assert_close(model(**inputs).image_view_embeds, expected["image_view_embeds"])
-        torch.testing.assert_close(model(**inputs).logits_per_image, expected["logits_per_image"])
-        loss = model(**inputs, return_loss=True).loss
+        outputs = model(**inputs, return_loss=True)
+    torch.testing.assert_close(outputs.image_view_embeds, expected["image_view_embeds"])
+    torch.testing.assert_close(outputs.logits_per_image, expected["logits_per_image"])
+    loss = outputs.loss
     image = Image.open(folder + "/image.png")
     classify = pipeline("zero-shot-image-classification", model=folder, trust_remote_code=True)
     scores = classify(image, candidate_labels=["red", "blue"])
