@@ -2,7 +2,10 @@
 
 Importing the package registers every model with the Auto classes, so that `AutoConfig`, `AutoModel`,
 `AutoModelForZeroShotImageClassification`, `AutoProcessor`, `AutoImageProcessor` and the zero-shot pipeline resolve its
-folders without `trust_remote_code`.
+folders without `trust_remote_code`. As with transformers' CLIP, a config type maps to its dual encoder; the image and
+text models with projection (`*VisionModelWithProjection`, `*TextModelWithProjection`, what the feature-extraction
+pipelines want) load from the same folder by their class, or, from the folder's custom code, through
+`pipeline("image-feature-extraction" | "feature-extraction", model=folder, trust_remote_code=True)`.
 """
 
 from transformers import (

@@ -277,6 +277,22 @@ class ContrastiveConfig(PreTrainedConfig):
             raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVE_PRESETS)}")
         return cls(**{**OBJECTIVE_PRESETS[name], **overrides})
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """`PreTrainedConfig.from_pretrained`, remembering the pipeline task that loads it as `_pipeline_task`
+        (never saved): the dual encoder's `from_pretrained` reads it to give the feature-extraction pipelines its
+        single-modality models. Transformers hands the task (`_from_pipeline`) to a remote-code config class here
+        and to neither the model nor a registered config class."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        config._pipeline_task = kwargs.get("_from_pipeline")
+        return loaded
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        output.pop("_pipeline_task", None)
+        return output
+
     def logit_scale_init(self) -> list[float]:
         """Initial log-scales: 3 (image-image, image-text, text-text) with domain similarity, else 1."""
         if self.domain_similarity:

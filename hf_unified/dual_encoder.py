@@ -1,37 +1,30 @@
-"""What every dual encoder in this package shares: the outputs, the heads and the forward skeleton.
+"""What every model in this package shares: the outputs, the heads, input validation and the objective's call.
 
-A method's model file says how images and texts are *encoded* (any transformers towers for UniCL and UniCLIP,
-[`TowerEncoders`]; MS-CLIP's modality-shared stack) by giving two methods, `_encode_image` and `_encode_text`, that
-return the encoder output and one pooled feature per example, plus `_build_encoders`. Everything after that is here,
-once, and driven by the [`ContrastiveConfig`] fields: the augmentation-aware image head, the projections, the
-(domain-dependent) similarity, input validation, the `get_*_features` wrappers, `forward`, and the one contrastive
-objective (`losses.contrastive_objective`). So UniCL labels, UniCLIP views and MS-CLIP sharing combine freely.
+Each method's file holds its models whole, as transformers' `models/clip` does: `XPreTrainedModel` builds the
+method's encoders (`_build_encoders`) and encodes (`get_image_features`, `get_text_features`), and `XModel`,
+`XVisionModelWithProjection` and `XTextModelWithProjection` give their `forward`. What does not depend on the
+method is here, once, in their common base [`DualEncoderPreTrainedModel`] and driven by the [`ContrastiveConfig`]
+fields: the augmentation-aware image head, the projections, the (domain-dependent) similarity, input validation and
+the one contrastive objective (`losses.contrastive_objective`). So UniCL labels, UniCLIP views and MS-CLIP sharing
+combine freely.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils import ModelOutput
 
+from .auto_map import ZeroShotAutoMapMixin
 from .configuration_contrastive import ContrastiveConfig
 from .losses import IMAGE_TEXT, contrastive_objective, similarity_logits, text_identity_keys
-from .patch_dropout import PatchDropout
-from .towers import (
-    PATCH_DROPOUT_TOWERS,
-    attach_patch_dropout,
-    build_tower,
-    patch_dropout_prefix_tokens,
-    pool_image,
-    pool_text,
-    text_tower_inputs,
-)
 
 VISION, TEXT = "vision", "text"
 
@@ -77,18 +70,22 @@ class ContrastiveOutput(ModelOutput):
 
 @dataclass
 class EmbeddingOutput(ModelOutput):
-    """Output of a single-modality model: the projected (not normalised) embedding first, then the encoder's output,
-    so that the (image-)feature-extraction pipelines return the embedding.
+    """Output of a single-modality model (`*VisionModelWithProjection`, `*TextModelWithProjection`): the projected,
+    un-normalised embedding first, then the encoder's output, so that the (image-)feature-extraction pipelines
+    return the embedding, with or without `pool=True` (the pipeline's pooled output is `pooler_output`).
 
     Args:
         embeds (`torch.Tensor` of shape `(batch_size, projection_dim)`): projected pooled features.
         last_hidden_state (`torch.Tensor` of shape `(batch_size, sequence_length, hidden_size)`): encoder tokens.
+        pooler_output (`torch.Tensor` of shape `(batch_size, projection_dim)`): `embeds` again, the tensor
+            transformers' pipelines read as the pooled output (as `get_*_features` return it).
         hidden_states (`tuple(torch.Tensor)`, *optional*): per-layer hidden states when asked for.
         attentions (`tuple(torch.Tensor)`, *optional*): per-layer attention weights when asked for.
     """
 
     embeds: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
 
@@ -97,6 +94,7 @@ class EmbeddingOutput(ModelOutput):
         return cls(
             embeds=features.pooler_output,
             last_hidden_state=features.last_hidden_state,
+            pooler_output=features.pooler_output,
             hidden_states=features.hidden_states,
             attentions=features.attentions,
         )
@@ -153,8 +151,8 @@ class AugmentationEncoder(nn.Module):
 
 
 def init_contrastive_weights(module: nn.Module, config: ContrastiveConfig) -> None:
-    """Initialises what [`ContrastiveHeads`] adds: the similarity's scales and offsets and the augmentation
-    encoder (each method's `_init_weights` calls it; the encoders initialise themselves)."""
+    """Initialises what [`DualEncoderPreTrainedModel`] adds: the similarity's scales and offsets and the
+    augmentation encoder (each method's `_init_weights` calls it; the encoders initialise themselves)."""
     if isinstance(getattr(module, "logit_scale", None), nn.Parameter):
         init.copy_(module.logit_scale, torch.tensor(config.logit_scale_init()))
     if isinstance(getattr(module, "logit_offset", None), nn.Parameter):
@@ -165,29 +163,64 @@ def init_contrastive_weights(module: nn.Module, config: ContrastiveConfig) -> No
             init.zeros_(linear.bias)
 
 
-class ContrastiveHeads:
-    """The heads, validation and forward skeleton on top of a method's encoders (mixed into a `PreTrainedModel`).
+class DualEncoderPreTrainedModel(ZeroShotAutoMapMixin, PreTrainedModel):
+    """The base of every model in this package: heads, validation, similarity and objective on top of a method's
+    encoders.
 
-    The host class provides:
+    A method's `XPreTrainedModel` (its one file) provides:
 
     - `_build_encoders(config, modalities) -> dict[str, int]`: builds the encoders of `modalities` (`"vision"`,
       `"text"`) and returns the width of each one's pooled feature;
-    - `_encode_image(pixel_values, **kwargs) -> (encoder_output, pooled)`, `pooled` of shape `(batch_size, width)`;
-    - `_encode_text(input_ids, attention_mask, position_ids, token_type_ids, **kwargs) -> (encoder_output, pooled)`.
+    - `get_image_features(pixel_values, augmentation_params=None, **kwargs)` and `get_text_features(input_ids,
+      attention_mask, position_ids, token_type_ids, **kwargs)`: validate, encode, pool, project
+      (`_project_image`, `text_projection`).
+
+    Its `XModel`, `XVisionModelWithProjection` and `XTextModelWithProjection` set `modalities` and give `forward`.
     """
 
     config: ContrastiveConfig
     modalities: tuple[str, ...] = (VISION, TEXT)
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    # The single-modality models (class names in the same module) that `pipeline(task, model=folder)` gets for
+    # these tasks (see `from_pretrained`); the dual encoders set it.
+    pipeline_models: dict[str, str] = {}
 
     def __init__(self, config: ContrastiveConfig):
         config.check_values()  # again: fields may have been changed in place since the config was built
         super().__init__(config)
-        self._build(config, self.modalities)
+        self._build_heads(config, self._build_encoders(config, self.modalities))
         self.post_init()
 
-    def _build(self, config: ContrastiveConfig, modalities: tuple[str, ...]) -> None:
-        widths = self._build_encoders(config, modalities)
-        if VISION in modalities:
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        r"""`PreTrainedModel.from_pretrained`, except under a feature-extraction pipeline.
+
+        `pipeline("image-feature-extraction", model=folder, trust_remote_code=True)` loads the folder's custom code
+        with `AutoModel` (the dual encoder); its config remembers the task (`ContrastiveConfig.from_pretrained`).
+        The dual encoder then hands over to its single-modality model of `pipeline_models`, whose output leads with
+        the projected embedding and holds it as `pooler_output` (`pool=True`), as `CLIPVisionModelWithProjection`'s
+        users expect. (Where this package is imported, transformers passes the task to no class: give the pipeline
+        `model=XVisionModelWithProjection.from_pretrained(folder)`, as for CLIP.)
+        """
+        name = cls.pipeline_models.get(getattr(kwargs.get("config"), "_pipeline_task", None))
+        if name is not None:
+            single_modality = getattr(sys.modules[cls.__module__], name)
+            return single_modality.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        # Tower encoders initialise themselves (their own `_init_weights`); this covers the heads.
+        super()._init_weights(module)
+        init_contrastive_weights(module, self.config)
+
+    def _build_heads(self, config: ContrastiveConfig, widths: dict[str, int]) -> None:
+        """The heads of the modalities in `widths` (each one's pooled feature width); the similarity's scale and
+        offsets where both are present."""
+        if VISION in widths:
             width = widths[VISION]
             if config.augmentation_aware:
                 code_width = width if config.augmentation_fusion == "add" else config.augmentation_hidden_size
@@ -195,9 +228,9 @@ class ContrastiveHeads:
                 if config.augmentation_fusion == "concat":
                     width += code_width
             self.visual_projection = nn.Linear(width, config.projection_dim, bias=False)
-        if TEXT in modalities:
+        if TEXT in widths:
             self.text_projection = nn.Linear(widths[TEXT], config.projection_dim, bias=False)
-        if VISION in modalities and TEXT in modalities:
+        if VISION in widths and TEXT in widths:
             # Never 0-D (FSDP shards parameters along their first dimension).
             self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init()))
             offsets = config.logit_offset_init()  # per domain pair, one (similarity_offset) or none
@@ -281,18 +314,34 @@ class ContrastiveHeads:
         attentions = self.config.output_attentions if attentions is None else attentions
         return bool(hidden), bool(attentions)
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Embeddings
+    def _check_forward_inputs(
+        self,
+        input_ids: torch.Tensor | None,
+        pixel_values: torch.Tensor | None,
+        augmentation_params: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        return_loss: bool | None,
+    ) -> bool:
+        """Checks which inputs a dual encoder's `forward` was given together; returns whether a loss is asked."""
+        wants_loss = bool(return_loss) or labels is not None
+        if wants_loss and (input_ids is None or pixel_values is None):
+            raise ValueError("a contrastive loss needs both input_ids and pixel_values")
+        if input_ids is None and pixel_values is None:
+            raise ValueError("give input_ids, pixel_values or both")
+        if labels is not None and not self.config.use_labels:
+            raise ValueError("labels were given but config.use_labels is False: drop them or set use_labels=True")
+        if pixel_values is None and augmentation_params is not None:
+            raise ValueError("augmentation_params were given without pixel_values")
+        return wants_loss
 
-    def _image_embedding(
-        self, pixel_values: torch.Tensor, augmentation_params: torch.Tensor | None = None, **kwargs
-    ) -> BaseModelOutputWithPooling:
-        """`(batch_size, channels, height, width)` images (and their `(batch_size, P)` augmentation parameters,
-        None: identity) -> the encoder output with the projected, un-normalised embedding as `pooler_output`."""
-        self._check_pixel_values(pixel_values)
-        outputs, pooled = self._encode_image(pixel_values, **kwargs)
+    # ------------------------------------------------------------------------------------------------------------
+    # Heads
+
+    def _project_image(self, pooled: torch.Tensor, augmentation_params: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled image features `(batch_size, width)` (and their `(batch_size, P)` augmentation parameters, None:
+        identity) -> the projected, un-normalised embeddings `(batch_size, projection_dim)`."""
         if self.config.augmentation_aware:
-            batch, width = pixel_values.shape[0], self.config.augmentation_param_dim
+            batch, width = pooled.shape[0], self.config.augmentation_param_dim
             if augmentation_params is None:
                 identity = self.config.identity_augmentation_params
                 augmentation_params = torch.tensor(identity, device=pooled.device).expand(batch, width)
@@ -300,32 +349,19 @@ class ContrastiveHeads:
                 self._check_augmentation_params(augmentation_params, (batch,))
             code = self.augmentation_encoder(augmentation_params.to(device=pooled.device, dtype=pooled.dtype))
             pooled = pooled + code if self.config.augmentation_fusion == "add" else torch.cat([pooled, code], dim=-1)
-        return with_pooler_output(outputs, self.visual_projection(pooled))
-
-    def _text_embedding(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        """Token ids -> the encoder output with the projected, un-normalised embedding as `pooler_output`."""
-        self._check_text(input_ids, attention_mask)
-        outputs, pooled = self._encode_text(input_ids, attention_mask, position_ids, token_type_ids, **kwargs)
-        return with_pooler_output(outputs, self.text_projection(pooled))
+        return self.visual_projection(pooled)
 
     def _image_view_embeddings(
         self, pixel_values: torch.Tensor, augmentation_params: torch.Tensor | None, **kwargs
     ) -> tuple[torch.Tensor, BaseModelOutputWithPooling]:
         """Normalised `(batch_size, num_views, projection_dim)` embeddings of `(batch_size, channels, height, width)`
-        images (one view) or of `(batch_size, num_views, channels, height, width)` views."""
+        images (one view) or of `(batch_size, num_views, channels, height, width)` views, and the encoder output."""
         if isinstance(pixel_values, torch.Tensor) and pixel_values.ndim == 4:
             if augmentation_params is not None and augmentation_params.ndim == 3:
                 if self.config.augmentation_aware:
                     self._check_augmentation_params(augmentation_params, (pixel_values.shape[0], 1))
                 augmentation_params = augmentation_params[:, 0]
-            outputs = self._image_embedding(pixel_values, augmentation_params, **kwargs)
+            outputs = self.get_image_features(pixel_values, augmentation_params, return_dict=True, **kwargs)
             return nn.functional.normalize(outputs.pooler_output, dim=-1)[:, None], outputs
         self._check_pixel_values(pixel_values, multi_view=True)
         batch, num_views = pixel_values.shape[:2]
@@ -341,51 +377,12 @@ class ContrastiveHeads:
                 )
             self._check_augmentation_params(augmentation_params, (batch, num_views))
             augmentation_params = augmentation_params.flatten(0, 1)
-        outputs = self._image_embedding(pixel_values.flatten(0, 1), augmentation_params, **kwargs)
+        outputs = self.get_image_features(pixel_values.flatten(0, 1), augmentation_params, return_dict=True, **kwargs)
         embeds = nn.functional.normalize(outputs.pooler_output, dim=-1)
         return embeds.unflatten(0, (batch, num_views)), outputs
 
-    @can_return_tuple
-    def get_image_features(
-        self, pixel_values: torch.Tensor, augmentation_params: torch.Tensor | None = None, **kwargs
-    ) -> BaseModelOutputWithPooling:
-        r"""The image encoder's output whose `pooler_output` is the projected, un-normalised image embedding.
-
-        Args:
-            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
-                Images as prepared by the model's processor.
-            augmentation_params (`torch.FloatTensor` of shape `(batch_size, augmentation_param_dim)`, *optional*):
-                Augmentation-aware models only: the parameters of each image's augmentation; None (the default, and
-                what evaluation should use) means un-augmented images, the identity parameters.
-
-        Returns:
-            `BaseModelOutputWithPooling` with `pooler_output` of shape `(batch_size, projection_dim)`.
-        """
-        return self._image_embedding(pixel_values, augmentation_params, **kwargs)
-
-    @can_return_tuple
-    def get_text_features(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        r"""The text encoder's output whose `pooler_output` is the projected, un-normalised text embedding.
-
-        Args:
-            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): token ids, right-padded.
-            attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*): 1 on real tokens.
-
-        Returns:
-            `BaseModelOutputWithPooling` with `pooler_output` of shape `(batch_size, projection_dim)`.
-        """
-        return self._text_embedding(input_ids, attention_mask, position_ids, token_type_ids, **kwargs)
-
-
-class ContrastiveModel(ContrastiveHeads):
-    """The dual encoder: both modalities, the similarity and the objective (mixed into a method's model class)."""
+    # ------------------------------------------------------------------------------------------------------------
+    # Similarity and objective (dual encoders)
 
     def similarity_scale(self) -> torch.Tensor:
         """`exp(logit_scale)`: of shape `(3,)` (per domain pair) with `domain_similarity`, else `(1,)`."""
@@ -476,70 +473,24 @@ class ContrastiveModel(ContrastiveHeads):
             chunk_size=config.loss_chunk_size,
         )
 
-    @can_return_tuple
-    def forward(
+    def _text_keys(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The texts' identity keys where the config masks duplicate texts (`losses.text_identity_keys`), else None."""
+        return text_identity_keys(input_ids, attention_mask) if self.config.mask_duplicate_texts else None
+
+    def _contrastive_output(
         self,
-        input_ids: torch.LongTensor | None = None,
-        pixel_values: torch.FloatTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        token_type_ids: torch.LongTensor | None = None,
-        augmentation_params: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        return_loss: bool | None = None,
-        **kwargs,
+        loss: torch.Tensor | None,
+        image_view_embeds: torch.Tensor | None,
+        text_embeds: torch.Tensor | None,
+        vision_outputs: BaseModelOutputWithPooling | None,
+        text_outputs: BaseModelOutputWithPooling | None,
     ) -> ContrastiveOutput:
-        r"""
-        Args:
-            input_ids (`torch.LongTensor` of shape `(text_batch_size, sequence_length)`, *optional*):
-                Token ids; right padding with any pad id.
-            pixel_values (`torch.FloatTensor`, *optional*):
-                `(image_batch_size, num_channels, height, width)` images as prepared by the processor, or
-                `(image_batch_size, num_views, num_channels, height, width)` augmented views for training
-                (`num_views` must be `config.num_views`).
-            attention_mask (`torch.Tensor` of shape `(text_batch_size, sequence_length)`, *optional*):
-                1 on real tokens, 0 on padding.
-            augmentation_params (`torch.FloatTensor`, *optional*):
-                Augmentation-aware models: `(image_batch_size, num_views, augmentation_param_dim)` parameters of each
-                view, required with multi-view `pixel_values`; for 4-D `pixel_values`,
-                `(image_batch_size, augmentation_param_dim)` or None (identity). Ignored by other models.
-            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-                Class id of each item, `-1` for an image-text pair (a label of its own); with `config.use_labels`.
-                Giving labels implies `return_loss`.
-            return_loss (`bool`, *optional*):
-                Whether to return the contrastive loss; needs both modalities with one text per image. With 4-D
-                `pixel_values` each image is a single view.
-
-        Either modality may be left out (then only the other one's embeddings are returned), unless a loss is asked.
-        """
-        wants_loss = bool(return_loss) or labels is not None
-        if wants_loss and (input_ids is None or pixel_values is None):
-            raise ValueError("a contrastive loss needs both input_ids and pixel_values")
-        if input_ids is None and pixel_values is None:
-            raise ValueError("give input_ids, pixel_values or both")
-        if labels is not None and not self.config.use_labels:
-            raise ValueError("labels were given but config.use_labels is False: drop them or set use_labels=True")
-
-        image_view_embeds = image_embeds = text_embeds = vision_outputs = text_outputs = None
-        if pixel_values is not None:
-            image_view_embeds, vision_outputs = self._image_view_embeddings(
-                pixel_values, augmentation_params, **kwargs
-            )
-            image_embeds = image_view_embeds[:, 0]
-        elif augmentation_params is not None:
-            raise ValueError("augmentation_params were given without pixel_values")
-        if input_ids is not None:
-            text_outputs = self._text_embedding(input_ids, attention_mask, position_ids, token_type_ids, **kwargs)
-            text_embeds = nn.functional.normalize(text_outputs.pooler_output, dim=-1)
-
-        logits_per_image = logits_per_text = loss = None
+        """A dual encoder's output: view 0 as `image_embeds`, the image-text logits where both modalities ran."""
+        image_embeds = None if image_view_embeds is None else image_view_embeds[:, 0]
+        logits_per_image = logits_per_text = None
         if image_embeds is not None and text_embeds is not None:
             logits_per_image = self.image_text_logits(image_embeds, text_embeds)
             logits_per_text = logits_per_image.T
-            if wants_loss:
-                keys = text_identity_keys(input_ids, attention_mask) if self.config.mask_duplicate_texts else None
-                loss = self.contrastive_loss(image_view_embeds, text_embeds, labels, keys)
-
         return ContrastiveOutput(
             loss=loss,
             logits_per_image=logits_per_image,
@@ -552,130 +503,13 @@ class ContrastiveModel(ContrastiveHeads):
         )
 
 
-class ImageEmbeddingModel(ContrastiveHeads):
-    """The image encoder and its head alone, for image indexing and the image-feature-extraction pipeline (mixed
-    into a method's `*VisionModelWithProjection`; loads from the dual encoder's folder, ignoring the text weights)."""
-
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    modalities = (VISION,)
-
-    @can_return_tuple
-    def forward(
-        self,
-        pixel_values: torch.FloatTensor | None = None,
-        augmentation_params: torch.FloatTensor | None = None,
-        **kwargs,
-    ) -> EmbeddingOutput:
-        r"""`pixel_values` of shape `(batch_size, num_channels, height, width)` (and, for augmentation-aware models,
-        optional `(batch_size, augmentation_param_dim)` parameters, default identity) -> the projected,
-        un-normalised embedding of shape `(batch_size, projection_dim)` first, then the encoder's tokens."""
-        return EmbeddingOutput.from_features(self._image_embedding(pixel_values, augmentation_params, **kwargs))
-
-
-class TextEmbeddingModel(ContrastiveHeads):
-    """The text encoder and its projection alone, for text indexing and the feature-extraction pipeline (mixed into
-    a method's `*TextModelWithProjection`; loads from the dual encoder's folder, ignoring the image weights)."""
-
-    input_modalities = ("text",)
-    modalities = (TEXT,)
-
-    @can_return_tuple
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        token_type_ids: torch.LongTensor | None = None,
-        **kwargs,
-    ) -> EmbeddingOutput:
-        r"""`input_ids` of shape `(batch_size, sequence_length)` -> the projected, un-normalised embedding of shape
-        `(batch_size, projection_dim)` first, then the encoder's tokens."""
-        features = self._text_embedding(input_ids, attention_mask, position_ids, token_type_ids, **kwargs)
-        return EmbeddingOutput.from_features(features)
-
-
-class TowerEncoders:
-    """Encoders made of any transformers image tower and text tower, each pooled to one vector (UniCL, UniCLIP).
-
-    The host config is a `TowerDualEncoderConfig` (`vision_config`, `text_config`, `vision_pooling`,
-    `text_pooling`, `patch_dropout`).
-
-    Patch dropout: an image tower listed in `towers.PATCH_DROPOUT_TOWERS` (CLIP, ViT) gets a [`PatchDropout`]
-    (`vision_patch_dropout`, no parameters) run on its embeddings module's output by a forward hook
-    (`towers.attach_patch_dropout`), whatever `config.patch_dropout` is when the model is built, so that the share can
-    be changed later (an unmasked final phase). Other towers refuse a share above 0.
-    """
-
-    config: PreTrainedConfig
-
-    def _build_encoders(self, config, modalities: tuple[str, ...]) -> dict[str, int]:
-        widths = {}
-        if VISION in modalities:
-            self.vision_model = build_tower(config.vision_config, uses_pooler=config.vision_pooling == "pooler")
-            # Keep one config object per tower so that attention-implementation switches reach the tower.
-            config.vision_config = self.vision_model.config
-            widths[VISION] = config.vision_config.hidden_size
-            if config.vision_config.model_type in PATCH_DROPOUT_TOWERS:
-                prefix = patch_dropout_prefix_tokens(config.vision_config, config.patch_dropout)
-                self.vision_patch_dropout = PatchDropout(config, num_prefix_tokens=prefix)
-                attach_patch_dropout(self.vision_model, self.vision_patch_dropout)
-        if TEXT in modalities:
-            self.text_model = build_tower(config.text_config, uses_pooler=False)  # text pools from tokens
-            config.text_config = self.text_model.config
-            widths[TEXT] = config.text_config.hidden_size
-        self._no_split_modules = sorted(
-            {name for tower in self._towers() for name in (getattr(tower, "_no_split_modules", None) or [])}
-        )
-        return widths
-
-    def post_init(self):
-        super().post_init()
-        # transformers merges the tower classes' lists: keep the block classes this model really contains.
-        present = {type(module).__name__ for module in self.modules()}
-        self._no_split_modules = sorted(name for name in self._no_split_modules if name in present)
-
-    def _towers(self) -> list[PreTrainedModel]:
-        return [tower for tower in (getattr(self, "vision_model", None), getattr(self, "text_model", None)) if tower]
-
-    def _encode_image(self, pixel_values: torch.Tensor, **kwargs) -> tuple[Any, torch.Tensor]:
-        if self.training and self.config.patch_dropout and not hasattr(self, "vision_patch_dropout"):
-            patch_dropout_prefix_tokens(self.config.vision_config, self.config.patch_dropout)  # raises: set in place
-        hidden, attentions = self._recorded_outputs(kwargs)
-        outputs = self.vision_model(
-            pixel_values=pixel_values,
-            output_hidden_states=hidden,
-            output_attentions=attentions,
-            return_dict=True,
-            **kwargs,
-        )
-        return outputs, pool_image(outputs.last_hidden_state, outputs.pooler_output, self.config.vision_pooling)
-
-    def _encode_text(self, input_ids, attention_mask=None, position_ids=None, token_type_ids=None, **kwargs):
-        hidden, attentions = self._recorded_outputs(kwargs)
-        outputs = self.text_model(
-            **text_tower_inputs(input_ids, attention_mask, position_ids, token_type_ids),
-            output_hidden_states=hidden,
-            output_attentions=attentions,
-            return_dict=True,
-            **kwargs,
-        )
-        eos_token_id = getattr(self.config.text_config, "eos_token_id", None)
-        pooled = pool_text(
-            outputs.last_hidden_state, input_ids, attention_mask, self.config.text_pooling, eos_token_id
-        )
-        return outputs, pooled
-
-
 __all__ = [
     "AugmentationEncoder",
-    "ContrastiveHeads",
-    "ContrastiveModel",
     "ContrastiveOutput",
+    "DualEncoderPreTrainedModel",
     "EmbeddingOutput",
-    "ImageEmbeddingModel",
-    "TextEmbeddingModel",
-    "TowerEncoders",
+    "VISION",
+    "TEXT",
     "init_contrastive_weights",
     "with_pooler_output",
 ]

@@ -18,9 +18,8 @@ Module layout (the names a checkpoint converter maps to):
 - Vision: `vision_embeddings.{class_embedding, position_embedding, stem | patch_embedding}`, `vision_pre_layernorm`,
   `vision_post_layernorm`, `vision_parallel_branch.{stages, adapters}`, `visual_projection`.
 - Text: `text_embeddings.{token_embedding, position_embedding}`, `text_final_layer_norm`, `text_projection`.
-- `logit_scale`: 0-d log temperature.
-
-Projections are `nn.Linear(bias=False)`, so an official `[in, out]` matrix `P` (applied `x @ P`) loads as `P.T`.
+- `logit_scale`: `(1,)` log temperature. Projections are `nn.Linear(bias=False)`, so an official `[in, out]` matrix
+  `P` (applied `x @ P`) loads as `P.T`.
 """
 
 from __future__ import annotations
@@ -29,29 +28,35 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import can_return_tuple
 
-from .auto_map import ZeroShotAutoMapMixin
 from .configuration_msclip import MSCLIPConfig
 from .dual_encoder import (
-    ContrastiveModel,
+    TEXT,
+    VISION,
     ContrastiveOutput,
-    ImageEmbeddingModel,
-    TextEmbeddingModel,
+    DualEncoderPreTrainedModel,
+    EmbeddingOutput,
     init_contrastive_weights,
+    with_pooler_output,
+)
+from .msclip_convolutions import (
+    MSCLIPBottleneck,
+    MSCLIPConvNorm,
+    MSCLIPFirstBranchStage,
+    MSCLIPVisionEmbeddings,
+    conv2d_channels_last,
 )
 from .patch_dropout import PatchDropout, keep_tokens
 from .pretrained import register_scalar_checkpoint_shapes
 from .towers import eos_positions
 
-MODALITIES = ("vision", "text")
-
-
+MODALITIES = (VISION, TEXT)
 # [`MSCLIPModel`]'s output: transformers' `CLIPOutput` layout (`dual_encoder.ContrastiveOutput`).
 MSCLIPOutput = ContrastiveOutput
 
@@ -291,171 +296,7 @@ class MSCLIPEncoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Vision: embeddings (patch conv or early-specialization stem), parallel CNN branch, lateral adapters
-
-
-def conv2d_channels_last(x: torch.Tensor, conv: nn.Conv2d, weight=None, bias=None) -> torch.Tensor:
-    """`conv(x)` with input and weight in channels-last memory format (NHWC), the layout CPU (oneDNN) and GPU
-    (cuDNN tensor-core) convolution kernels run fastest in; the output stays channels-last, so a chain of these
-    converts once. The values are those of `conv(x)`.
-
-    On a CPU, a strided 1x1 convolution without padding of fewer than 16 channels runs as a unit-stride one on the
-    strided slice (the same values): oneDNN's 1x1 weight gradient of a strided channels-last input with fewer
-    channels than its vector block (8 floats with AVX2, 16 with AVX-512) writes past its scratch buffer
-    (uxlfoundation/oneDNN#6035: heap corruption, or wrong gradients where threads overrun each other's share); CPUs
-    without AVX-512 crashed on the 4-channel stem of the tests' tiny MS-CLIP-S. Wider ones keep oneDNN's strided
-    kernel (the slice cost 1.4x its time in training at the base model's widths)."""
-    weight = conv.weight if weight is None else weight
-    bias = conv.bias if bias is None else bias
-    stride = conv.stride
-    pointwise = conv.kernel_size == (1, 1) and conv.padding in ((0, 0), "valid")
-    if pointwise and stride != (1, 1) and conv.in_channels < 16 and x.device.type == "cpu":
-        x, stride = x[:, :, :: stride[0], :: stride[1]], 1
-    return nn.functional.conv2d(
-        x.contiguous(memory_format=torch.channels_last),
-        weight.contiguous(memory_format=torch.channels_last),
-        bias,
-        stride,
-        conv.padding,
-        conv.dilation,
-        conv.groups,
-    )
-
-
-class MSCLIPConvNorm(nn.Module):
-    """Conv2d (no bias) + BatchNorm, channels-last. At inference (`eval()`) the BatchNorm is folded into the
-    convolution (`w * gamma / sqrt(var + eps)`, bias `beta - mean * gamma / sqrt(var + eps)`): one kernel instead
-    of a convolution and a normalisation pass, the same values up to float rounding."""
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1, eps=1e-5):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
-        self.norm = nn.BatchNorm2d(out_channels, eps=eps)
-
-    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """`[B, C_in, H, W]` -> `[B, C_out, H', W']`; with `positions` (`[B, K]` flat indices into the `H' x W'`
-        output), only those outputs, as a `[B, C_out, K, 1]` map normalised over them alone (patch dropout: the
-        BatchNorm's statistics are those of the tokens that go on)."""
-        if positions is not None:
-            out = conv2d_channels_last(x, self.conv).flatten(2)
-            out = out.gather(2, positions.unsqueeze(1).expand(-1, out.shape[1], -1))
-            return self.norm(out.unsqueeze(-1))
-        if self.training or not self.norm.track_running_stats:
-            return self.norm(conv2d_channels_last(x, self.conv))
-        norm = self.norm
-        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-        weight = self.conv.weight * scale.to(self.conv.weight.dtype).reshape(-1, 1, 1, 1)
-        bias = (norm.bias - norm.running_mean * scale).to(self.conv.weight.dtype)
-        return conv2d_channels_last(x, self.conv, weight, bias)
-
-
-def relu_(x: torch.Tensor) -> torch.Tensor:
-    """ReLU in place on a convolution's (or BatchNorm's) fresh output, as torchvision's ResNets do: neither backward
-    needs that output, and the separate pass over a new tensor was 11% of MS-CLIP-S's inference time on CPU."""
-    return nn.functional.relu(x, inplace=True)
-
-
-class MSCLIPStemStage(nn.Module):
-    """Residual stage of the stem: `relu(BN(conv3x3_s(x)) + BN(conv1x1_s(x)))`."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int, eps: float):
-        super().__init__()
-        self.main = MSCLIPConvNorm(in_channels, out_channels, 3, stride, 1, eps=eps)
-        self.shortcut = MSCLIPConvNorm(in_channels, out_channels, 1, stride, 0, eps=eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.main(x)
-        out += self.shortcut(x)
-        return relu_(out)
-
-
-class MSCLIPConvStem(nn.Module):
-    """Early specialization of the vision side (replaces the patch embedding and vision block 0):
-    3x3 stride-2 conv + BN + ReLU, residual stages, then a 1x1 conv to the width (no norm, no activation).
-
-    `[B, 3, S, S]` -> `[B, W, S / patch_size, S / patch_size]`.
-    """
-
-    def __init__(self, config: MSCLIPConfig):
-        super().__init__()
-        channels = config.stem_channels
-        self.first = MSCLIPConvNorm(config.num_channels, channels[0], 3, 2, 1, eps=config.batch_norm_eps)
-        self.stages = nn.ModuleList(
-            [
-                MSCLIPStemStage(channels[i], channels[i + 1], stride, config.batch_norm_eps)
-                for i, stride in enumerate(config.stem_strides)
-            ]
-        )
-        self.last_conv = nn.Conv2d(channels[-1], config.hidden_size, 1, bias=False)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        x = relu_(self.first(pixel_values))
-        for stage in self.stages:
-            x = stage(x)
-        return conv2d_channels_last(x, self.last_conv)
-
-
-class MSCLIPVisionEmbeddings(nn.Module):
-    """`[B, 3, S, S]` -> `[B, 1 + grid**2, W]`: CLS token + grid tokens (row-major) + learned positions."""
-
-    def __init__(self, config: MSCLIPConfig):
-        super().__init__()
-        self.config = config
-        self.class_embedding = nn.Parameter(torch.empty(config.hidden_size))
-        if config.early_specialization:
-            self.stem = MSCLIPConvStem(config)
-        else:
-            self.patch_embedding = nn.Conv2d(
-                config.num_channels, config.hidden_size, config.patch_size, config.patch_size, bias=False
-            )
-        self.num_positions = config.grid_size**2 + 1
-        self.position_embedding = nn.Embedding(self.num_positions, config.hidden_size)
-        self.register_buffer("position_ids", torch.arange(self.num_positions).expand((1, -1)), persistent=False)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        size = self.config.image_size
-        if pixel_values.ndim != 4 or pixel_values.shape[1:] != (self.config.num_channels, size, size):
-            raise ValueError(
-                f"pixel_values must have shape [batch, {self.config.num_channels}, {size}, {size}], "
-                f"got {tuple(pixel_values.shape)}"
-            )
-        embed = self.stem if self.config.early_specialization else self.patch_embedding
-        weight_dtype = next(embed.parameters()).dtype
-        grid = embed(pixel_values.to(weight_dtype))
-        tokens = grid.permute(0, 2, 3, 1).flatten(1, 2)  # row-major grid tokens; a view of a channels-last grid
-        cls = self.class_embedding.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
-        return torch.cat([cls, tokens], dim=1) + self.position_embedding(self.position_ids)
-
-
-class MSCLIPBottleneck(nn.Module):
-    """Residual stage of the parallel branch: 1x1 (to out/2) -> 3x3 stride s -> 1x1 (to out), BN + ReLU between,
-    plus a 1x1 stride-s projection shortcut; ReLU after the sum. BatchNorm eps `parallel_batch_norm_eps` (1e-6)."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int, eps: float):
-        super().__init__()
-        mid = out_channels // 2
-        self.reduce = MSCLIPConvNorm(in_channels, mid, 1, eps=eps)
-        self.spatial = MSCLIPConvNorm(mid, mid, 3, stride, 1, eps=eps)
-        self.expand = MSCLIPConvNorm(mid, out_channels, 1, eps=eps)
-        self.shortcut = MSCLIPConvNorm(in_channels, out_channels, 1, stride, eps=eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = relu_(self.reduce(x))
-        out = relu_(self.spatial(out))
-        out = self.expand(out)
-        out += self.shortcut(x)
-        return relu_(out)
-
-
-class MSCLIPFirstBranchStage(nn.Module):
-    """Stage 0 of the parallel branch: 3x3 conv + BN + ReLU."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int, eps: float):
-        super().__init__()
-        self.layer = MSCLIPConvNorm(in_channels, out_channels, 3, stride, 1, eps=eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return relu_(self.layer(x))
+# Vision: the parallel CNN branch's lateral adapters (the embeddings and the stages: `msclip_convolutions.py`)
 
 
 class MSCLIPLateralAdapter(nn.Module):
@@ -587,15 +428,15 @@ def causal_attention_mask(seq_len: int, dtype: torch.dtype, device: torch.device
 # Models
 
 
-class MSCLIPPreTrainedModel(ZeroShotAutoMapMixin, PreTrainedModel):
+class MSCLIPPreTrainedModel(DualEncoderPreTrainedModel):
+    """MS-CLIP's encoders: the modality-specific parts around the one shared stack, for the dual encoder and for
+    the single-modality models (which build the same parameter names, minus the other modality's), under the
+    package's heads ([`DualEncoderPreTrainedModel`])."""
+
     config: MSCLIPConfig
     config_class = MSCLIPConfig
     base_model_prefix = "msclip"
-    input_modalities = ("image", "text")
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
     _supports_flex_attn = False
-    _supports_attention_backend = True
     _no_split_modules = ["MSCLIPEncoderLayer", "MSCLIPVisionEmbeddings", "MSCLIPTextEmbeddings"]
     zero_shot_class_name = "MSCLIPModel"
 
@@ -640,24 +481,16 @@ class MSCLIPPreTrainedModel(ZeroShotAutoMapMixin, PreTrainedModel):
             init.normal_(module.weight, std=width**-0.5 * factor)
         init_contrastive_weights(module, config)
 
-
-class MSCLIPEncoders:
-    """MS-CLIP's encoders: the modality-specific parts around the one shared stack, for the dual encoder and for
-    the single-modality models (which build the same parameter names, minus the other modality's). The heads,
-    forward and objective are the package's one skeleton (`dual_encoder.ContrastiveHeads`)."""
-
-    config: MSCLIPConfig
-
     def _build_encoders(self, config: MSCLIPConfig, modalities: tuple[str, ...]) -> dict[str, int]:
         width, eps = config.hidden_size, config.layer_norm_eps
-        if "vision" in modalities:
+        if VISION in modalities:
             self.vision_embeddings = MSCLIPVisionEmbeddings(config)
             self.vision_patch_dropout = PatchDropout(config)
             self.vision_pre_layernorm = MSCLIPLayerNorm(width, eps=eps)
             if config.parallel_branch:
                 self.vision_parallel_branch = MSCLIPParallelBranch(config)
             self.vision_post_layernorm = MSCLIPLayerNorm(width, eps=eps)
-        if "text" in modalities:
+        if TEXT in modalities:
             self.text_embeddings = MSCLIPTextEmbeddings(config)
             self.text_final_layer_norm = MSCLIPLayerNorm(width, eps=eps)
         self.encoder = MSCLIPEncoder(config, modalities)
@@ -670,9 +503,14 @@ class MSCLIPEncoders:
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.text_embeddings.token_embedding = value
 
-    def _encode_image(self, pixel_values: torch.Tensor, **kwargs) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
-        """Image tokens `(batch_size, 1 + grid**2, hidden_size)` (before `vision_post_layernorm`) and the pooled
-        CLS feature `(batch_size, hidden_size)`.
+    @can_return_tuple
+    def get_image_features(
+        self, pixel_values: torch.Tensor, augmentation_params: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        r"""`(batch_size, num_channels, height, width)` images -> the image tokens `(batch_size, 1 + grid**2,
+        hidden_size)` (before `vision_post_layernorm`) with the projected, un-normalised embedding of the pooled
+        CLS feature as `pooler_output` `(batch_size, projection_dim)`. `augmentation_params`
+        (`(batch_size, augmentation_param_dim)`): for augmentation-aware configs only, None meaning identity.
 
         `hidden_states`, when recorded, holds the stem's (or patch embedding's) tokens after `vision_pre_layernorm`
         and the output of every block images run: `config.vision_config.num_hidden_layers + 1` tensors (the conv
@@ -681,6 +519,7 @@ class MSCLIPEncoders:
         Patch dropout (training mode, `config.patch_dropout > 0`): the stack runs on the class token and the kept
         patches, `1 + K` tokens; the parallel branch's tokens are taken at the same indices.
         """
+        self._check_pixel_values(pixel_values)
         output_hidden_states, output_attentions = self._recorded_outputs(kwargs)
         hidden_states = self.vision_embeddings(pixel_values)
         kept = self.vision_patch_dropout.choose(
@@ -694,29 +533,33 @@ class MSCLIPEncoders:
             before_layer = self.vision_parallel_branch.fuser(pixel_values, kept)
         outputs = self.encoder(
             hidden_states,
-            "vision",
+            VISION,
             attention_mask=None,
             before_layer=before_layer,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             **kwargs,
         )
-        return outputs, self.vision_post_layernorm(outputs.last_hidden_state[:, 0])
+        pooled = self.vision_post_layernorm(outputs.last_hidden_state[:, 0])
+        return with_pooler_output(outputs, self._project_image(pooled, augmentation_params))
 
-    def _encode_text(
+    @can_return_tuple
+    def get_text_features(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         **kwargs,
-    ) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
-        """Text tokens `(batch_size, sequence_length, hidden_size)` after the final LayerNorm and the pooled
-        end-of-text feature `(batch_size, hidden_size)`; `token_type_ids` are accepted and ignored.
+    ) -> BaseModelOutputWithPooling:
+        r"""Right-padded `(batch_size, sequence_length)` token ids -> the text tokens `(batch_size, sequence_length,
+        hidden_size)` after the final LayerNorm with the projected, un-normalised embedding of the end-of-text token
+        as `pooler_output` `(batch_size, projection_dim)`; `token_type_ids` are accepted and ignored.
 
         `hidden_states`, when recorded, holds the embeddings and the output of every block:
         `config.num_hidden_layers + 1` tensors.
         """
+        self._check_text(input_ids, attention_mask)
         output_hidden_states, output_attentions = self._recorded_outputs(kwargs)
         hidden_states = self.text_embeddings(input_ids, position_ids)
         batch_size, seq_len = input_ids.shape
@@ -726,7 +569,7 @@ class MSCLIPEncoders:
             mask = causal_attention_mask(seq_len, hidden_states.dtype, hidden_states.device)
         outputs = self.encoder(
             hidden_states,
-            "text",
+            TEXT,
             attention_mask=mask,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
@@ -736,15 +579,15 @@ class MSCLIPEncoders:
         # Official: the first end-of-text token (the largest id). By id, not argmax, so any pad id works.
         positions = eos_positions(input_ids, attention_mask, self.config.eos_token_id).to(last_hidden_state.device)
         pooled = last_hidden_state[torch.arange(batch_size, device=last_hidden_state.device), positions]
-        outputs = BaseModelOutputWithPooling(
+        return BaseModelOutputWithPooling(
             last_hidden_state=last_hidden_state,
+            pooler_output=self.text_projection(pooled),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-        return outputs, pooled
 
 
-class MSCLIPModel(ContrastiveModel, MSCLIPEncoders, MSCLIPPreTrainedModel):
+class MSCLIPModel(MSCLIPPreTrainedModel):
     """MS-CLIP dual encoder with one modality-shared transformer.
 
     Example:
@@ -756,15 +599,90 @@ class MSCLIPModel(ContrastiveModel, MSCLIPEncoders, MSCLIPPreTrainedModel):
     ```
     """
 
+    pipeline_models = {
+        "image-feature-extraction": "MSCLIPVisionModelWithProjection",
+        "feature-extraction": "MSCLIPTextModelWithProjection",
+    }
 
-class MSCLIPVisionModelWithProjection(ImageEmbeddingModel, MSCLIPEncoders, MSCLIPPreTrainedModel):
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        augmentation_params: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        return_loss: bool | None = None,
+        **kwargs,
+    ) -> ContrastiveOutput:
+        r"""Texts `input_ids` `(text_batch_size, sequence_length)` (right-padded, `attention_mask` 1 on real tokens)
+        and images `pixel_values` `(image_batch_size, num_channels, height, width)` (or training views
+        `(image_batch_size, config.num_views, num_channels, height, width)`, with `augmentation_params` for
+        augmentation-aware configs) through the shared stack -> [`ContrastiveOutput`]. `labels`
+        `(batch_size,)` (with `config.use_labels`) or `return_loss=True` add the config's contrastive loss, which
+        needs both modalities, one text per image; otherwise either modality may be left out."""
+        wants_loss = self._check_forward_inputs(input_ids, pixel_values, augmentation_params, labels, return_loss)
+        image_view_embeds = vision_outputs = text_embeds = text_outputs = loss = None
+        if pixel_values is not None:
+            image_view_embeds, vision_outputs = self._image_view_embeddings(
+                pixel_values, augmentation_params, **kwargs
+            )
+        if input_ids is not None:
+            text_outputs = self.get_text_features(
+                input_ids, attention_mask, position_ids, token_type_ids, return_dict=True, **kwargs
+            )
+            text_embeds = nn.functional.normalize(text_outputs.pooler_output, dim=-1)
+        if wants_loss:
+            text_keys = self._text_keys(input_ids, attention_mask)
+            loss = self.contrastive_loss(image_view_embeds, text_embeds, labels, text_keys)
+        return self._contrastive_output(loss, image_view_embeds, text_embeds, vision_outputs, text_outputs)
+
+
+class MSCLIPVisionModelWithProjection(MSCLIPPreTrainedModel):
     """The vision path alone (stack with shared + vision parts, stem, branch, projection), for image indexing and
     the image-feature-extraction pipeline. Loads from a saved [`MSCLIPModel`] folder; text weights are ignored."""
 
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    modalities = (VISION,)
 
-class MSCLIPTextModelWithProjection(TextEmbeddingModel, MSCLIPEncoders, MSCLIPPreTrainedModel):
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        augmentation_params: torch.FloatTensor | None = None,
+        **kwargs,
+    ) -> EmbeddingOutput:
+        r"""`(batch_size, num_channels, height, width)` images -> their projected, un-normalised embeddings
+        `(batch_size, projection_dim)` first, then the stack's tokens."""
+        features = self.get_image_features(pixel_values, augmentation_params, return_dict=True, **kwargs)
+        return EmbeddingOutput.from_features(features)
+
+
+class MSCLIPTextModelWithProjection(MSCLIPPreTrainedModel):
     """The text path alone (stack with shared + text parts, embeddings, projection), for text indexing and the
     feature-extraction pipeline. Loads from a saved [`MSCLIPModel`] folder; image weights are ignored."""
+
+    input_modalities = ("text",)
+    modalities = (TEXT,)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> EmbeddingOutput:
+        r"""`(batch_size, sequence_length)` token ids -> their projected, un-normalised embeddings
+        `(batch_size, projection_dim)` first, then the stack's tokens."""
+        features = self.get_text_features(
+            input_ids, attention_mask, position_ids, token_type_ids, return_dict=True, **kwargs
+        )
+        return EmbeddingOutput.from_features(features)
 
 
 register_scalar_checkpoint_shapes(MSCLIPConfig.model_type)

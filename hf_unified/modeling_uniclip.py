@@ -13,52 +13,40 @@ Three components on top of a dual encoder (any transformers image tower, any tra
    pair, in any domain. MP-NCE scores each positive against the negatives only.
 
 All three are fields of [`ContrastiveConfig`] (`augmentation_aware`, `domain_similarity`, `intra_domain_pairs`,
-`contrastive_loss`) run by the package's one skeleton (`dual_encoder.ContrastiveModel`) and objective
-(`losses.contrastive_objective`), so they combine with UniCL's labels and MS-CLIP's shared stack. The paper body was
+`contrastive_loss`) run by the package's one head and objective (`dual_encoder.DualEncoderPreTrainedModel`,
+`losses.contrastive_objective`), so they combine with UniCL's labels and MS-CLIP's shared stack. The network is
+UniCL's tower dual encoder (`modeling_unicl.py`, where its `forward` and `get_*_features` are); what makes it UniCLIP
+is its config. The paper body was
 not available to us; the exact form of points 1 and 2 is our reading and configurable (see [`UniCLIPConfig`]).
 """
 
 from __future__ import annotations
 
-import torch
-from transformers import PreTrainedModel
-
-from .auto_map import ZeroShotAutoMapMixin
 from .configuration_uniclip import UniCLIPConfig
-from .dual_encoder import (
-    ContrastiveModel,
-    ContrastiveOutput,
-    ImageEmbeddingModel,
-    TextEmbeddingModel,
-    TowerEncoders,
-    init_contrastive_weights,
+from .dual_encoder import ContrastiveOutput
+from .modeling_unicl import (
+    UniCLModel,
+    UniCLPreTrainedModel,
+    UniCLTextModelWithProjection,
+    UniCLVisionModelWithProjection,
 )
-from .pretrained import PretrainedTowersMixin, register_scalar_checkpoint_shapes
+from .pretrained import register_scalar_checkpoint_shapes
 
 # [`UniCLIPModel`]'s output: transformers' `CLIPOutput` layout plus `image_view_embeds`; `logits_per_image` is the
 # image-text domain similarity `exp(logit_scale[image-text]) * (cos - logit_offset[image-text])`.
 UniCLIPOutput = ContrastiveOutput
 
 
-class UniCLIPPreTrainedModel(ZeroShotAutoMapMixin, PreTrainedModel):
+class UniCLIPPreTrainedModel(UniCLPreTrainedModel):
+    """UniCL's towers and heads under a [`UniCLIPConfig`] (augmentation-aware, domain-dependent similarity)."""
+
     config: UniCLIPConfig
     config_class = UniCLIPConfig
     base_model_prefix = "uniclip"
-    input_modalities = ("image", "text")
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_attention_backend = True
     zero_shot_class_name = "UniCLIPModel"
 
-    @torch.no_grad()
-    def _init_weights(self, module):
-        # The towers initialise themselves (their own `_init_weights`); this covers the heads and the similarity.
-        super()._init_weights(module)
-        init_contrastive_weights(module, self.config)
 
-
-class UniCLIPModel(ContrastiveModel, PretrainedTowersMixin, TowerEncoders, UniCLIPPreTrainedModel):
+class UniCLIPModel(UniCLIPPreTrainedModel, UniCLModel):
     """UniCLIP dual encoder with augmentation-aware image embeddings and a domain-dependent similarity.
 
     Parameters beyond the towers: `augmentation_encoder` (MLP), `visual_projection` and `text_projection` (no bias),
@@ -83,15 +71,20 @@ class UniCLIPModel(ContrastiveModel, PretrainedTowersMixin, TowerEncoders, UniCL
     ```
     """
 
+    pipeline_models = {
+        "image-feature-extraction": "UniCLIPVisionModelWithProjection",
+        "feature-extraction": "UniCLIPTextModelWithProjection",
+    }
 
-class UniCLIPVisionModelWithProjection(ImageEmbeddingModel, TowerEncoders, UniCLIPPreTrainedModel):
+
+class UniCLIPVisionModelWithProjection(UniCLIPPreTrainedModel, UniCLVisionModelWithProjection):
     """The image tower, augmentation encoder and projection alone (image-feature-extraction, image indexing).
 
     Loads from a saved [`UniCLIPModel`] folder; the text weights there are ignored.
     """
 
 
-class UniCLIPTextModelWithProjection(TextEmbeddingModel, TowerEncoders, UniCLIPPreTrainedModel):
+class UniCLIPTextModelWithProjection(UniCLIPPreTrainedModel, UniCLTextModelWithProjection):
     """The text tower and its projection alone (feature-extraction, text indexing).
 
     Loads from a saved [`UniCLIPModel`] folder; the image weights there are ignored.
