@@ -233,8 +233,7 @@ def test_container_and_pushed_requirements_are_the_declared_core_requirements():
     (endpoint and Space) hold the core dependencies of pyproject.toml with its floors (transformers 5.20, torch 2.6:
     versions run); a stale install of the package would push old floors, and fails here. The Dockerfile copies the
     server the tests above run."""
-    import tomllib
-
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
     from hf_unified.hub.endpoint import REQUIREMENTS_FILE, endpoint_files
 
     declared = {

@@ -185,3 +185,21 @@ def test_staged_folders_publish_library_files_with_the_umask(tmp_path):
         os.umask(previous)
     modes = _modes(tmp_path / "model")
     assert modes == {".": 0o750, "model.safetensors": 0o640, "nested": 0o750, "run.sh": 0o740}, modes
+
+
+def test_space_has_a_local_command(exported, tmp_path, capsys):
+    """`python -m hf_unified.hub.space MODEL_FOLDER --local FOLDER` writes the app for a local folder (nothing pushed;
+    the app itself is tested in test_space.py) and says how to run it; a non-empty FOLDER is refused."""
+    from hf_unified.hub.space import main as space_main
+    from hf_unified.hub.space import space_files
+
+    source = exported["source"]
+    assert space_main([str(source), "--local", str(tmp_path / "space")]) == 0
+    assert f"cd {tmp_path / 'space'} && python app.py" in capsys.readouterr().out
+    expected = space_files(str(source.absolute()), trust_remote_code=True)
+    written = {path.name: path.read_bytes() for path in (tmp_path / "space").iterdir()}
+    assert written == expected
+    config = json.loads(written["space_config.json"])
+    assert config["model_id"] == str(source.absolute()) and config["trust_remote_code"] is True
+    assert space_main([str(source), "--local", str(tmp_path / "space")]) == 1
+    assert "is not an empty folder" in capsys.readouterr().err
