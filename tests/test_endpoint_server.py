@@ -245,3 +245,27 @@ def test_container_and_pushed_requirements_are_the_declared_core_requirements():
     assert _requirements(endpoint_files()[REQUIREMENTS_FILE].decode()) == declared
     dockerfile = (ROOT / "endpoint" / "Dockerfile").read_text()
     assert "COPY hf_unified/hub/endpoint_server.py" in dockerfile and "endpoint/requirements.txt" in dockerfile
+
+
+def test_container_server_serves_a_native_export_through_the_toolkits_pipeline(folders, tmp_path):
+    """A folder without handler.py (the native CLIP export) is served by the pipeline the toolkit builds, with the
+    scores of the model it was exported from; a request the pipeline cannot serve is a 4xx, not a crash."""
+    from hf_unified.hub.export import export_clip
+
+    export_clip(folders["unicl"]["folder"], tmp_path / "clip")
+    assert not (tmp_path / "clip" / "handler.py").exists()
+    expected = folders["unicl"]["scores"]
+    raw = (folders["unicl"]["folder"].parent / "image.png").read_bytes()
+    server = Server(tmp_path / "clip", tmp_path)
+    try:
+        status, answer = server.request("POST", "/?candidate_labels=circle,square", raw, {"Content-Type": "image/png"})
+        assert status == 200 and set(_scores(answer)) == {"circle", "square"}, answer
+        status, answer = server.post_json({"inputs": "aGVsbG8=", "parameters": {"candidate_labels": LABELS}})
+        assert 400 <= status < 500, (status, answer)
+        request = {"inputs": base64.b64encode(raw).decode(), "parameters": {"candidate_labels": LABELS}}
+        status, answer = server.post_json(request)
+        assert status == 200, answer
+        for label, score in _scores(answer).items():
+            assert abs(score - expected[label]) < 1e-5, (label, score, expected[label])
+    finally:
+        server.stop()

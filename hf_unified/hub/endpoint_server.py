@@ -11,10 +11,10 @@ pins torch 2.5. A custom container with this server serves the same repositories
 
 Routes: `GET /health` (and `GET /`) answer 200 once the model is loaded. `POST /` (or `/predict`) takes the endpoint
 request, `{"inputs": <base64 image>, "parameters": {"candidate_labels": [...]}}` as JSON, or the image bytes as the
-body with `candidate_labels` (and `hypothesis_template`) in the query string, and answers the handler's JSON. A request
-that cannot be served gets a 4xx status with `{"error": ...}`: 400 a malformed body or an `{"error"}` answer of the
-handler, 404 an unknown route, 411 no length, 413 a body over `--max_body_bytes`, 415 an unsupported content type;
-500 only when the handler itself raises.
+body with `candidate_labels` (comma-separated) and `hypothesis_template` in the query string, and answers the
+handler's JSON. A request that cannot be served gets a 4xx status with `{"error": ...}`: 400 a malformed body or an
+`{"error"}` answer of the handler (or of the pipeline), 404 an unknown route, 411 no length, 413 a body over
+`--max_body_bytes`, 415 an unsupported content type; 500 only when the handler itself raises.
 
     python endpoint_server.py --model_dir /repository --port 8080   # in the container (HF_MODEL_DIR, PORT)
     python -m hf_unified.hub.endpoint_server --model_dir FOLDER --host 127.0.0.1 --port 8080   # locally
@@ -72,10 +72,16 @@ def toolkit_pipeline(model_dir: str | Path, task: str, trust_remote_code: bool):
     classifier = pipeline(task=task, model=str(model_dir), device=-1, trust_remote_code=trust_remote_code, **kwargs)
 
     def answer(data: dict[str, Any]) -> Any:
+        """The pipeline's answer, or `{"error"}` for a request it cannot serve (the toolkit answers those 400)."""
         inputs, parameters = data.get("inputs", data), data.get("parameters")
-        if isinstance(inputs, (bytes, bytearray)):
-            inputs = _decode_image(inputs)
-        return classifier(inputs, **parameters) if parameters else classifier(inputs)
+        try:
+            if isinstance(inputs, (bytes, bytearray)):
+                inputs = _decode_image(inputs)
+            if parameters is not None and not isinstance(parameters, dict):
+                raise ValueError(f"parameters must be an object, got {type(parameters).__name__}")
+            return classifier(inputs, **parameters) if parameters else classifier(inputs)
+        except Exception as error:  # noqa: BLE001 - a bad image, a missing field: the request's fault
+            return {"error": f"{type(error).__name__}: {' '.join(str(error).split())}"}
 
     return answer
 
@@ -125,6 +131,8 @@ def read_request(content_type: str, body: bytes, query: str) -> dict[str, Any]:
         return data
     if kind.startswith("image/") or kind == "application/octet-stream":
         parameters = {name: values[-1] for name, values in parse_qs(query).items()}
+        if "candidate_labels" in parameters:  # a query string has no lists: "cat,dog"
+            parameters["candidate_labels"] = [label.strip() for label in parameters["candidate_labels"].split(",")]
         return {"inputs": body, "parameters": parameters}
     raise RequestError(
         HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
