@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     except parsing.ConfigError as error:  # one line, as for a bad flag's value; the usage line would add nothing
         print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
         sys.exit(2)
-    print(startup_line(argv, model_args, train_args), file=sys.stderr)
+    print(startup_line(argv, model_args, train_args), flush=True)  # with the trainer's progress lines (stdout)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer also runs in DataLoader workers
     use_launch_threads(os.environ)  # before torch is imported: it reads OMP_NUM_THREADS once
