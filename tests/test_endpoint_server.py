@@ -181,47 +181,49 @@ from transformers import pipeline
 # feature_extractor=model_dir on the CPU (device -1); a request is called as pipeline(inputs, **parameters).
 task = os.environ["HF_TASK"]
 trust_remote_code = os.environ.get("HF_TRUST_REMOTE_CODE", "0").lower() in ("1", "true")
-model_dir = sys.argv[1]
-try:
-    hf_pipeline = pipeline(
-        task=task, model=model_dir, device=-1, feature_extractor=model_dir, trust_remote_code=trust_remote_code
-    )
-except ValueError as error:
-    print(json.dumps({"refused": str(error)}))
-    raise SystemExit(0)
-data = {"inputs": Image.open(sys.argv[2]), "parameters": {"candidate_labels": json.loads(sys.argv[3])}}
-inputs, parameters = data.pop("inputs", data), data.pop("parameters", None)
-print(json.dumps({"model": type(hf_pipeline.model).__module__, "answer": hf_pipeline(inputs, **parameters)}))
+image, labels, answers = Image.open(sys.argv[1]), json.loads(sys.argv[2]), {}
+for model_dir in sys.argv[3:]:
+    try:
+        hf_pipeline = pipeline(
+            task=task, model=model_dir, device=-1, feature_extractor=model_dir, trust_remote_code=trust_remote_code
+        )
+    except ValueError as error:
+        answers[model_dir] = {"refused": str(error)}
+        continue
+    data = {"inputs": image, "parameters": {"candidate_labels": labels}}
+    inputs, parameters = data.pop("inputs", data), data.pop("parameters", None)
+    answers[model_dir] = {"model": type(hf_pipeline.model).__module__, "answer": hf_pipeline(inputs, **parameters)}
+print(json.dumps(answers))
 """
 
 
-@pytest.mark.parametrize("model_type", list(PROCESSORS))
-def test_the_default_toolkits_pipeline_serves_every_model_type(model_type, folders, tmp_path):
+def test_the_default_toolkits_pipeline_serves_every_model_type(folders, tmp_path):
     """What the toolkit builds from HF_TASK=zero-shot-image-classification and HF_TRUST_REMOTE_CODE=1 (without this
-    package) answers the package model's scores; without HF_TRUST_REMOTE_CODE it refuses and runs no code. (The
-    toolkit itself cannot be installed beside transformers 5: its route is replayed here.)"""
-    folder, expected = folders[model_type]["folder"], folders[model_type]["scores"]
-    image = folder.parent / "image.png"
+    package) answers the package model's scores on UniCL, UniCLIP and MS-CLIP folders; without HF_TRUST_REMOTE_CODE
+    it refuses and runs no code. (The toolkit itself cannot be installed beside transformers 5: its route is replayed
+    here, so that it is known to work the day the toolkit runs transformers 5.)"""
+    image = next(iter(folders.values()))["folder"].parent / "image.png"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_TRUST_REMOTE_CODE")}
     env |= {
         "HF_HUB_OFFLINE": "1",
         "HF_MODULES_CACHE": str(tmp_path / "modules"),
         "HF_TASK": endpoint_server.DEFAULT_TASK,
     }
-    command = [sys.executable, "-c", _BLOCK_PACKAGE + TOOLKIT, str(folder), str(image), json.dumps(LABELS)]
 
-    def run(**extra):
-        done = subprocess.run(command, cwd=tmp_path, env=env | extra, capture_output=True, text=True, timeout=300)
+    def run(folder_paths: list[str], **extra) -> dict:
+        command = [sys.executable, "-c", _BLOCK_PACKAGE + TOOLKIT, str(image), json.dumps(LABELS), *folder_paths]
+        done = subprocess.run(command, cwd=tmp_path, env=env | extra, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout.strip().splitlines()[-1])
 
-    if model_type == "unicl":  # the refusal is the transformers check, the same for every custom-code folder
-        refused = run()
-        assert "trust_remote_code" in refused["refused"] and not (tmp_path / "modules").exists()
-    served = run(HF_TRUST_REMOTE_CODE="1")
-    assert served["model"].startswith("transformers_modules")
-    for label, score in _scores(served["answer"]).items():
-        assert abs(score - expected[label]) < 1e-5, (label, score, expected[label])
+    unicl = str(folders["unicl"]["folder"])
+    assert "trust_remote_code" in run([unicl])[unicl]["refused"] and not (tmp_path / "modules").exists()
+    served = run([str(entry["folder"]) for entry in folders.values()], HF_TRUST_REMOTE_CODE="1")
+    for model_type, entry in folders.items():
+        answer = served[str(entry["folder"])]
+        assert answer["model"].startswith("transformers_modules"), (model_type, answer)
+        for label, score in _scores(answer["answer"]).items():
+            assert abs(score - entry["scores"][label]) < 1e-5, (model_type, label, score, entry["scores"][label])
 
 
 def _requirements(text: str) -> set[str]:
@@ -248,24 +250,32 @@ def test_container_and_pushed_requirements_are_the_declared_core_requirements():
 
 
 def test_container_server_serves_a_native_export_through_the_toolkits_pipeline(folders, tmp_path):
-    """A folder without handler.py (the native CLIP export) is served by the pipeline the toolkit builds, with the
-    scores of the model it was exported from; a request the pipeline cannot serve is a 4xx, not a crash."""
+    """A folder without handler.py (the native CLIP export: no custom code, so served in this process) is served by
+    the pipeline the toolkit builds, with the scores of the model it was exported from; a request the pipeline cannot
+    serve is a 4xx, not a crash."""
+    import threading
+
     from hf_unified.hub.export import export_clip
 
     export_clip(folders["unicl"]["folder"], tmp_path / "clip")
     assert not (tmp_path / "clip" / "handler.py").exists()
     expected = folders["unicl"]["scores"]
     raw = (folders["unicl"]["folder"].parent / "image.png").read_bytes()
-    server = Server(tmp_path / "clip", tmp_path)
+    server = endpoint_server.build_server(endpoint_server.load_handler(tmp_path / "clip", environ={}), "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    client = Server.__new__(Server)  # its request helpers, on this in-process server
+    client.port = server.server_address[1]
     try:
-        status, answer = server.request("POST", "/?candidate_labels=circle,square", raw, {"Content-Type": "image/png"})
+        status, answer = client.request("POST", "/?candidate_labels=circle,square", raw, {"Content-Type": "image/png"})
         assert status == 200 and set(_scores(answer)) == {"circle", "square"}, answer
-        status, answer = server.post_json({"inputs": "aGVsbG8=", "parameters": {"candidate_labels": LABELS}})
+        status, answer = client.post_json({"inputs": "aGVsbG8=", "parameters": {"candidate_labels": LABELS}})
         assert 400 <= status < 500, (status, answer)
         request = {"inputs": base64.b64encode(raw).decode(), "parameters": {"candidate_labels": LABELS}}
-        status, answer = server.post_json(request)
+        status, answer = client.post_json(request)
         assert status == 200, answer
         for label, score in _scores(answer).items():
             assert abs(score - expected[label]) < 1e-5, (label, score, expected[label])
     finally:
-        server.stop()
+        server.shutdown()
+        server.server_close()
