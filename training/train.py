@@ -63,6 +63,8 @@ cli = _load_settings_modules()
 parse_arguments = cli.parse_arguments
 main = cli.main
 _run = cli.run
+startup_line = cli.startup_line
+use_launch_threads = cli.use_launch_threads
 
 if __name__ == "__main__":
     sys.exit(_run())

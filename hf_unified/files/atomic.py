@@ -17,6 +17,8 @@ last step is a rename), flushed to disk, and published by one rename.
   it points to is replaced, the link is kept.
 - Files and folders get the permissions a plain `open()` / `mkdir()` would give (the umask), or those of the version
   they replace: `tempfile` creates its files 0600 and its folders 0700, which would hide a shared model from a group.
+  What libraries write into a staged folder is widened to the umask too when it is published (safetensors writes its
+  weights 0600), never narrowed.
 
 This module imports only the standard library, so every subpackage (hub, conversion, training) can use it.
 """
@@ -68,6 +70,28 @@ def _fsync_folder(path: Path) -> None:
     except OSError as error:
         if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF):
             raise
+
+
+def _widen_to_umask(path: Path, default: int) -> None:
+    """Adds the permission bits a plain `open()` / `mkdir()` would give (`default` under the umask) to a file or
+    folder a library created narrower (safetensors writes its files 0600); bits it has are kept (never narrowed)."""
+    mode = stat.S_IMODE(os.lstat(path).st_mode)
+    wanted = mode | (default & ~_umask())
+    if wanted != mode:
+        os.chmod(path, wanted)
+
+
+def _honour_umask(folder: Path) -> None:
+    """Gives every folder and file of a staged tree at least the umask's permissions, so that a saved model is
+    readable like any other (a serving container running as another user). Links are not followed, and files with
+    other hard links (carried over from the version being replaced) keep their modes: they are not new."""
+    for root, _, files in os.walk(folder):
+        _widen_to_umask(Path(root), 0o777)
+        for name in files:
+            path = Path(root) / name
+            info = os.lstat(path)
+            if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+                _widen_to_umask(path, 0o666)
 
 
 def fsync_tree(folder: Path) -> None:
@@ -171,6 +195,7 @@ class StagedFolder:
     def commit(self) -> None:
         """Publishes the staged folder as `target` (replacing an existing version) and removes the staging folder."""
         try:
+            _honour_umask(self.path)
             fsync_tree(self.path)
             if self.target.is_dir():
                 if not exchange(self.path, self.target):

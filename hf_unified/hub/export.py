@@ -67,6 +67,10 @@ SAMPLE_TEXTS = ("a photo of a cat", "a diagram", "two dogs playing in the snow")
 # What marks a folder an export must never replace: a training run's files (hub never imports training, so its names
 # are spelled here; tests/test_run_safety.py checks they match the trainer's) and `checkpoint-<step>` folders.
 RUN_FILES = (LOCK_NAME, "training_log.jsonl", "trainer_state.json")
+# A saved tokenizer has one of these (the first is what transformers 5 writes).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")
+# The processor files of a saved folder that may carry an `auto_map` to the source's processing code.
+PROCESSOR_FILES = ("tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
 # An export holds about ten files; a target holding more than this many entries is not one.
 MAX_REPLACED_ENTRIES = 1000
 
@@ -282,9 +286,12 @@ def to_clip_model(model: PreTrainedModel, atol: float = 1e-5) -> CLIPModel:
     config = model.config
     logit_scale = model.logit_scale.detach().reshape(-1)
     scale = logit_scale[_image_text_index(logit_scale)].item()
+    # The towers' configs carry projection_dim too: CLIPVisionModelWithProjection / CLIPTextModelWithProjection (the
+    # image- and text-embedding route) build their projection from the sub-config, CLIPModel from the top level.
+    towers = {"projection_dim": config.projection_dim}
     clip_config = CLIPConfig(
-        text_config=config.text_config.to_dict(),
-        vision_config=config.vision_config.to_dict(),
+        text_config=config.text_config.to_dict() | towers,
+        vision_config=config.vision_config.to_dict() | towers,
         projection_dim=config.projection_dim,
         logit_scale_init_value=scale,
     )
@@ -330,10 +337,65 @@ def _source_folder(model_folder_or_model, processor) -> Path | None:
     return folder
 
 
+def missing_processor_parts(folder: Path) -> list[str]:
+    """The parts of a saved processor that `folder` lacks ("tokenizer (tokenizer.json)", "image processor
+    (processor_config.json)"); empty when both are there. Checked before `AutoProcessor` runs: without a tokenizer
+    file it fails deep inside `tokenizers` with a message about sentencepiece or tiktoken."""
+    missing = []
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        missing.append(f"tokenizer ({TOKENIZER_FILES[0]})")
+    image_processor = (folder / "preprocessor_config.json").is_file()
+    if not image_processor and (folder / "processor_config.json").is_file():
+        image_processor = "image_processor" in json.loads((folder / "processor_config.json").read_text())
+    if not image_processor:
+        missing.append("image processor (processor_config.json)")
+    return missing
+
+
 def _load(model_folder_or_model, processor, folder: Path | None):
     if folder is None:
         return model_folder_or_model, processor
+    missing = [] if processor is not None else missing_processor_parts(folder)
+    if missing:
+        raise ValueError(
+            f"{folder.resolve()} has no {' and no '.join(missing)}: the export needs the model's processor; save it "
+            "beside the model (processor.save_pretrained(folder)) or pass processor=... to export_clip"
+        )
     return AutoModel.from_pretrained(folder).eval(), processor or AutoProcessor.from_pretrained(folder)
+
+
+def _byte_level_prefix_space(tokenizer_file: Path) -> bool | None:
+    """`add_prefix_space` of the byte-level pre-tokenizer in a `tokenizer.json` (None without one)."""
+    pre_tokenizer = json.loads(tokenizer_file.read_text()).get("pre_tokenizer") or {}
+    for step in [pre_tokenizer, *pre_tokenizer.get("pretokenizers", [])]:
+        if step.get("type") == "ByteLevel":
+            return step.get("add_prefix_space")
+    return None
+
+
+def make_configs_portable(folder: Path) -> None:
+    """Rewrites a saved native folder's processor files so that transformers 4.57 (still run by many serving images)
+    loads them with the same token ids, and nothing points at code the folder does not hold.
+
+    - `auto_map` entries (the source's `processing_<method>.py`) are removed from every processor file.
+    - A tokenizer saved by transformers 5 as `TokenizersBackend` (a plain `tokenizers` tokenizer, such as the trained
+      caption tokenizer) is declared `PreTrainedTokenizerFast`, the class both 4.57 and 5 know, with the byte-level
+      pre-tokenizer's `add_prefix_space`: 4.57 otherwise turns the prefix space off and shifts every first word's id.
+    """
+    for name in PROCESSOR_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        config = json.loads(path.read_text())
+        changed = config.pop("auto_map", None) is not None
+        if name == "tokenizer_config.json" and config.get("tokenizer_class") == "TokenizersBackend":
+            config["tokenizer_class"] = "PreTrainedTokenizerFast"
+            prefix_space = _byte_level_prefix_space(folder / "tokenizer.json")
+            if prefix_space is not None:
+                config["add_prefix_space"] = prefix_space
+            changed = True
+        if changed:
+            write_file(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def export_clip(
@@ -400,6 +462,7 @@ def export_clip(
     with StagedFolder(output_dir) as staging:  # published when complete, removed on an error
         clip.save_pretrained(staging)
         clip_processor.save_pretrained(staging)
+        make_configs_portable(staging)
         (staging / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         for name in CARRIED_FILES:
             if source is not None and (source / name).is_file():
@@ -463,6 +526,8 @@ __all__ = [
     "export_clip",
     "export_problems",
     "main",
+    "make_configs_portable",
+    "missing_processor_parts",
     "to_clip_model",
 ]
 

@@ -26,6 +26,7 @@ from huggingface_hub import HfApi, ModelCard, SpaceCardData, hf_hub_download
 from transformers.hf_argparser import string_to_bool
 
 from .. import image_processing
+from ..files import write_file
 from .endpoint import HANDLER_FILE, handler_source, runtime_requirements
 from .folder import is_custom_code, read_json
 from .push import HubPushError, PushResult, check_can_push, commit_files
@@ -121,6 +122,27 @@ def space_files(
     }
 
 
+def write_local_space(model_folder: str | Path, folder: str | Path) -> Path:
+    """Writes the Space's files for a local model folder into `folder` (a new or empty one), to run the app on this
+    machine: `cd FOLDER && python app.py` (gradio serves on http://127.0.0.1:7860). Nothing is pushed.
+
+    Raises:
+        HubPushError: `model_folder` holds no config.json.
+        FileExistsError: `folder` exists and is not empty.
+    """
+    model_folder, folder = Path(model_folder).absolute(), Path(folder).absolute()
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise FileExistsError(f"{folder} exists and is not an empty folder: give a new one for the Space's files")
+    files = space_files(
+        str(model_folder),
+        trust_remote_code=needs_remote_code(str(model_folder)),
+        labels=example_labels(str(model_folder)),
+    )
+    for name, data in files.items():
+        write_file(folder / name, data)
+    return folder
+
+
 def push_space(
     model_id: str,
     space_id: str | None = None,
@@ -173,7 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m hf_unified.hub.space", description="Create a Gradio demo Space for a pushed hf-unified model."
     )
-    parser.add_argument("model_id", help="the model on the Hub, ORG/NAME")
+    parser.add_argument("model_id", help="the model on the Hub, ORG/NAME (with --local: a saved model folder)")
+    parser.add_argument(
+        "--local",
+        metavar="FOLDER",
+        default=None,
+        help="write the Space's files for a local model folder into FOLDER instead of pushing, to run it here: "
+        "cd FOLDER && python app.py",
+    )
     parser.add_argument("--space_id", default=None, help="the Space, ORG/NAME (default: MODEL_ID-demo)")
     parser.add_argument("--native_model_id", default=None, help="its native CLIP export on the Hub, if pushed")
     parser.add_argument(
@@ -191,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.local is not None:
+        try:
+            folder = write_local_space(args.model_id, args.local)
+        except (HubPushError, OSError) as error:
+            print(f"hf_unified.hub.space: {error}", file=sys.stderr)
+            return 1
+        print(f"wrote the Space's files to {folder}; run it with: cd {folder} && python app.py")
+        return 0
     try:
         result = push_space(
             args.model_id, args.space_id, native_model_id=args.native_model_id, private=args.hub_private
@@ -202,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["needs_remote_code", "push_space", "space_files"]
+__all__ = ["needs_remote_code", "push_space", "space_files", "write_local_space"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,6 +20,8 @@ PER_SOURCE_FIELDS = ("train_format", "image_column", "text_column", "label_colum
 # `configuration_contrastive.OBJECTIVE_PRESETS`' names, spelled here so that parsing does not import torch
 # (tests/test_training_combinations.py checks they agree).
 OBJECTIVE_NAMES = ("clip", "unicl", "uniclip", "uniclip+unicl", "siglip", "siglip+unicl")
+# The model types this package registers (tests/test_newcomer_errors.py checks they are the registered ones).
+MODEL_TYPES = ("unicl", "uniclip", "msclip")
 # `adam_implementation` -> `torch.optim.AdamW`'s kernel arguments (`optim.adam_kernel`; "auto" picks one per device).
 ADAM_KERNELS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False, "fused": False}}
 ADAM_IMPLEMENTATIONS = ("auto", *ADAM_KERNELS)
@@ -109,6 +111,12 @@ class ModelArguments:
 
     def __post_init__(self):
         self.model_config = _mapping("model_config", self.model_config)
+        if self.model_type not in MODEL_TYPES:
+            raise ConfigError(
+                f"model_type {self.model_type!r} is not a model this trainer builds: choose one of "
+                f"{', '.join(MODEL_TYPES)}; to train with CLIP's objective (image-text pairs only) give any of them "
+                "--objective clip (e.g. --model_type unicl --objective clip)"
+            )
         if bool(self.vision_model_name_or_path) != bool(self.text_model_name_or_path):
             raise ConfigError("give vision_model_name_or_path and text_model_name_or_path together")
         starts = [
@@ -477,7 +485,14 @@ class TrainArguments:
     def __post_init__(self):
         if self.push_to_hub and not self.hub_model_id:
             raise ConfigError("--push_to_hub needs --hub_model_id ORG/NAME")
-        for name in ("max_steps", "logging_steps", "gradient_accumulation_steps", "max_consecutive_nonfinite_steps"):
+        for name in (
+            "max_steps",
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "logging_steps",
+            "gradient_accumulation_steps",
+            "max_consecutive_nonfinite_steps",
+        ):
             minimum = 0 if name == "max_steps" else 1
             if getattr(self, name) < minimum:
                 raise ConfigError(f"{name} must be at least {minimum}, got {getattr(self, name)}")

@@ -147,6 +147,26 @@ def check_per_source_lengths(data_args: DataArguments, origins: dict[str, str]) 
     )
 
 
+def check_run_settings(model_args: ModelArguments, data_args: DataArguments, train_args: TrainArguments) -> None:
+    """Settings that would only fail (or silently do the wrong thing) after the heavy imports: an `output_dir` that
+    is a file, an `image_size` the patch size of a model built here does not divide (the patch embedding would drop
+    the remainder of every image). Paths are named absolute: the run writes relative ones under the current folder."""
+    output_dir = Path(train_args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(
+            f"output_dir {output_dir.absolute()} is a file, not a folder: give a folder for the run (--output_dir)"
+        )
+    vision_config = model_args.model_config.get("vision_config") or {}
+    patch_size = vision_config.get("patch_size") if isinstance(vision_config, dict) else None
+    if not model_args.starts_pretrained and isinstance(patch_size, int) and data_args.image_size % patch_size:
+        raise ConfigError(
+            f"image_size {data_args.image_size} is not a multiple of the vision tower's patch_size {patch_size} "
+            f"(model_config.vision_config): the patches would drop the last {data_args.image_size % patch_size} "
+            f"pixels of every image; give an image_size such as {data_args.image_size // patch_size * patch_size} "
+            f"or {(data_args.image_size // patch_size + 1) * patch_size}"
+        )
+
+
 def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainArguments]:
     """`--config file.yaml` gives the values, other flags override them.
 
@@ -177,7 +197,15 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, Data
         parser.error(f"unrecognized arguments: {' '.join(remaining)}" + (f"; {', '.join(hints)}" if hints else ""))
     model_args, data_args, train_args = arguments[:3]
     check_per_source_lengths(data_args, origins)
+    check_run_settings(model_args, data_args, train_args)
     return model_args, data_args, train_args
 
 
-__all__ = ["build_parser", "check_config_value", "check_per_source_lengths", "load_config_file", "parse_arguments"]
+__all__ = [
+    "build_parser",
+    "check_config_value",
+    "check_per_source_lengths",
+    "check_run_settings",
+    "load_config_file",
+    "parse_arguments",
+]
