@@ -35,7 +35,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from safetensors import SafetensorError
 
 from ..losses import DOMAIN_PAIRS
-from . import runs
+from . import lora, runs
 from .data.health import DataHealth
 from .engine import checkpoint as checkpoints
 from .engine import sharding
@@ -177,7 +177,12 @@ class Trainer:
         self._on_main_then_everywhere(lambda: publish.preflight(self.args, self.model))
 
     def _setup_parameters(self) -> dict | None:
-        """Applies the fine-tuning controls; returns the parameter roles when a control needs them."""
+        """Applies the fine-tuning controls (or wraps the model in LoRA adapters, `lora.py`); returns the parameter
+        roles when a control needs them."""
+        if self.args.lora_rank:
+            self.model = lora.apply_lora(self.model, self.args, self.base_model, self.accelerator.distributed_type)
+            self.accelerator.print(lora.describe_trainable(self.model))
+            return None
         if not self.args.needs_parameter_roles:
             return None
         roles = trace_parameter_roles(self.model, example_inputs(self.processor))
@@ -420,7 +425,8 @@ class Trainer:
         """Writes the model folder beside `output_dir` and swaps it in (`model_folder.save_model_folder`): a kill at
         any moment leaves the previous output whole. A sharded model is gathered whole on the main process first
         (every rank takes part)."""
-        state_dict = sharding.full_state_dict(self.unwrapped)
+        adapter = self.unwrapped if lora.is_lora_model(self.unwrapped) else None  # merged in the save
+        state_dict = None if adapter else sharding.full_state_dict(self.unwrapped)
         if self.accelerator.is_main_process:
             save_model_folder(
                 self.output_dir,
@@ -433,6 +439,7 @@ class Trainer:
                 card_examples=self.card_examples,
                 step=self.args.max_steps,
                 run_id=self.run.id,
+                adapter=adapter,
             )
         self.accelerator.wait_for_everyone()
 
