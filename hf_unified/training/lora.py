@@ -165,7 +165,7 @@ def save_adapter(model: torch.nn.Module, folder: Path, name: str) -> None:
 
     config = model.peft_config[model.active_adapter]
     base = config.base_model_name_or_path  # the Hub id `apply_lora` recorded, or None
-    model.save_pretrained(folder, safe_serialization=True)
+    model.save_pretrained(folder, safe_serialization=True, save_embedding_layers=False)  # none adapted; no Hub look-up
     if config.base_model_name_or_path != base:  # peft filled in the model's own name: a local path, never published
         config.base_model_name_or_path = base
         saved = type(config).from_pretrained(folder)
