@@ -183,25 +183,33 @@ def test_base_weights_stay_frozen_and_merged_equals_base_plus_adapter_through_pe
     from transformers import AutoModel, AutoProcessor
 
     base_state = load_file(runs["base"] / "model.safetensors")
-    trained = load_file(runs["full"] / "checkpoint-2" / "model.safetensors")  # the peft model after 2 steps
-    frozen = {
-        key.removeprefix("base_model.model.").replace(".base_layer.", ".").replace(".original_module.", "."): value
-        for key, value in trained.items()
-        if "lora_" not in key and ".modules_to_save." not in key
-    }
-    assert frozen.keys() == base_state.keys()
-    for key, value in frozen.items():
-        assert torch.equal(value, base_state[key]), key
-    assert any(key.endswith("lora_B.default.weight") and value.abs().sum() > 0 for key, value in trained.items())
-
+    merged_state = load_file(runs["full"] / "model.safetensors")
     adapter = runs["full"] / "adapter"
     assert sorted(p.name for p in adapter.iterdir()) == [
         "README.md",
         "adapter_config.json",
         "adapter_model.safetensors",
     ]
+    saved = {
+        k.removeprefix("base_model.model."): v for k, v in load_file(adapter / "adapter_model.safetensors").items()
+    }
+    scale = json.loads((adapter / "adapter_config.json").read_text())["lora_alpha"] / 4
+    assert merged_state.keys() == base_state.keys()
+    adapted = {k.removesuffix(".lora_A.weight") for k in saved if k.endswith(".lora_A.weight")}
+    assert len(adapted) == 12 and all(
+        saved[f"{layer}.lora_B.weight"].abs().sum() > 0 for layer in adapted
+    )  # 2 towers x 6
+    for key, merged in merged_state.items():
+        layer = key.removesuffix(".weight")
+        if layer in adapted:  # merged = frozen base + scale B A: the base matrix itself never trained
+            delta = scale * saved[f"{layer}.lora_B.weight"] @ saved[f"{layer}.lora_A.weight"]
+            torch.testing.assert_close(merged - delta, base_state[key], rtol=0, atol=1e-6, msg=key)
+        elif key in saved:  # a head, trained whole (modules_to_save)
+            assert torch.equal(merged, saved[key]) and not torch.equal(merged, base_state[key]), key
+        else:  # everything else frozen: bit-identical to the base
+            assert torch.equal(merged, base_state[key]), key
+
     merged = AutoModel.from_pretrained(runs["full"]).eval()
-    assert not any("lora_" in name for name, _ in merged.named_parameters())
     through_peft = PeftModel.from_pretrained(AutoModel.from_pretrained(runs["base"]), adapter).eval()
     base = AutoModel.from_pretrained(runs["base"]).eval()
     inputs = _inputs(AutoProcessor.from_pretrained(runs["full"]))
@@ -212,6 +220,38 @@ def test_base_weights_stay_frozen_and_merged_equals_base_plus_adapter_through_pe
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(image_peft, image, rtol=0, atol=1e-5)
     assert not torch.allclose(before, expected, atol=1e-4)  # the adapter changed the model
+
+
+def test_a_lora_checkpoint_holds_what_trains_and_refuses_another_base(runs):
+    from transformers import AutoModel
+
+    from hf_unified.training.engine import checkpoint
+    from hf_unified.training.optim import build_optimizer, build_scheduler
+
+    folder = runs["full"] / "checkpoint-2"
+    state = json.loads((folder / "trainer_state.json").read_text())
+    saved = load_file(folder / "model.safetensors")
+    assert state["model_contents"] == "trainable" and len(state["frozen_sha256"]) == 64
+    assert saved and all("lora_" in key or ".modules_to_save." in key for key in saved)  # no buffers in this model
+    accelerator = type("Accelerator", (), {"device": torch.device("cpu"), "scaler": None, "distributed_type": "NO"})
+    args = lora_args(4, lora_dropout=0.1)
+
+    def restore(model) -> torch.nn.Module:
+        wrapped = lora.apply_lora(model, args)
+        optimizer = build_optimizer(wrapped, args)
+        scheduler = build_scheduler(optimizer, args)
+        loaded = checkpoint.read_checkpoint(folder, 0, 1)
+        checkpoint.restore(loaded, accelerator=accelerator, model=wrapped, optimizer=optimizer, scheduler=scheduler)
+        return wrapped
+
+    restored = restore(AutoModel.from_pretrained(runs["base"])).state_dict()
+    for key, value in saved.items():
+        assert torch.equal(restored[key], value), key
+    other = AutoModel.from_pretrained(runs["base"])
+    with torch.no_grad():
+        other.logit_scale.add_(0.5)  # a frozen weight that differs from the one the checkpoint was trained on
+    with pytest.raises(checkpoint.CheckpointError, match="frozen base weights of this run differ"):
+        restore(other)
 
 
 def test_lora_resume_is_exact(runs):
