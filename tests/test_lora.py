@@ -17,6 +17,7 @@ from hf_unified import UniCLModel
 from hf_unified.training import lora
 from hf_unified.training.arguments import ConfigError, TrainArguments
 from hf_unified.training.finetuning import block_of_parameters
+from hf_unified.training.outputs.adapter import save_adapter
 
 peft = pytest.importorskip("peft", reason="the lora extra (peft) is not installed")
 
@@ -122,7 +123,7 @@ def test_without_peft_the_error_names_the_extra(monkeypatch):
 
 def test_the_adapter_card_names_a_hub_base_and_never_a_local_path(tmp_path):
     wrapped = lora.apply_lora(tiny_model("unicl"), lora_args(4), base_model="org/tiny-base")
-    lora.save_adapter(wrapped, tmp_path / "hub", name="run")
+    save_adapter(wrapped, tmp_path / "hub", name="run")
     card = (tmp_path / "hub" / "README.md").read_text()
     assert "\nbase_model: org/tiny-base\n" in card and "library_name: peft" in card
     assert (
@@ -130,7 +131,7 @@ def test_the_adapter_card_names_a_hub_base_and_never_a_local_path(tmp_path):
         == "org/tiny-base"
     )
     local = lora.apply_lora(tiny_model("unicl"), lora_args(4), base_model=str(tmp_path))
-    lora.save_adapter(local, tmp_path / "local", name="run")
+    save_adapter(local, tmp_path / "local", name="run")
     assert str(tmp_path) not in (tmp_path / "local" / "README.md").read_text()
     assert json.loads((tmp_path / "local" / "adapter_config.json").read_text())["base_model_name_or_path"] is None
 

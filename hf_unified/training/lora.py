@@ -13,22 +13,22 @@ any block (the projections, UniCLIP's augmentation encoder: fresh in a two-backb
 start has them.
 
 At the end of a run the trainer writes the adapter (`adapter_config.json`, `adapter_model.safetensors` and a card
-naming its `base_model`) into `output_dir/adapter/` and saves the merged model (`merge_and_unload`) as the run's
-ordinary model folder (`outputs/model_folder.save_model_folder`). `peft` is an optional extra: `pip install
+naming its `base_model`: `outputs/adapter.py`) into `output_dir/adapter/` and saves the merged model
+(`merge_and_unload`) as the run's ordinary model folder (`outputs/model_folder.save_model_folder`); its checkpoints
+hold only what trains (`engine/checkpoint.py`). `peft` is an optional extra: `pip install
 "hf-unified[lora]"`.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import torch
 
 from ..hub.folder import is_local_path
 from .finetuning import block_of_parameters
+from .outputs.adapter import adapted_layers
 
-ADAPTER_DIR = "adapter"
 INSTALL_HINT = 'pip install "hf-unified[lora]"'
 
 
@@ -116,16 +116,10 @@ def apply_lora(model: torch.nn.Module, args, base_model: str | None = None, dist
     return wrapped
 
 
-def _adapted_layers(model: torch.nn.Module) -> int:
-    from peft.tuners.lora import LoraLayer
-
-    return sum(1 for module in model.modules() if isinstance(module, LoraLayer))
-
-
 def describe_trainable(model: torch.nn.Module) -> str:
     """One line: the adapted layers, the heads trained whole, and the trainable parameters and their share."""
     config = model.peft_config[model.active_adapter]
-    adapted = _adapted_layers(model)
+    adapted = adapted_layers(model)
     trainable, total = model.get_nb_trainable_parameters()
     heads = sorted(config.modules_to_save or ())
     return (
@@ -135,65 +129,4 @@ def describe_trainable(model: torch.nn.Module) -> str:
     )
 
 
-ADAPTER_CARD = """
-# {name}: a LoRA adapter
-
-A [PEFT](https://github.com/huggingface/peft) LoRA adapter of a {model_type} dual encoder trained with
-[hf-unified](https://github.com/hf-unified/hf-unified): rank {rank}, alpha {alpha:g}, on {count} linear layers;
-the heads ({heads}) are stored whole. The same run saved the merged model (base + adapter folded into its weights)
-as an ordinary model folder.
-
-```python
-import hf_unified  # registers the model classes
-from peft import PeftModel
-from transformers import AutoModel
-
-base = AutoModel.from_pretrained({base!r})
-model = PeftModel.from_pretrained(base, "path/or/id/of/this/adapter")
-merged = model.merge_and_unload()  # the outputs of the merged model this run saved
-```
-
-Base model: {base_line}.
-"""
-
-
-def save_adapter(model: torch.nn.Module, folder: Path, name: str) -> None:
-    """Writes `model`'s adapter into `folder` (`PeftModel.save_pretrained`: `adapter_config.json`,
-    `adapter_model.safetensors`) and its card `README.md`, whose `base_model` is the recorded Hub id (none for a
-    local start: its path is not published)."""
-    from huggingface_hub import ModelCard, ModelCardData
-
-    config = model.peft_config[model.active_adapter]
-    base = config.base_model_name_or_path  # the Hub id `apply_lora` recorded, or None
-    model.save_pretrained(folder, safe_serialization=True, save_embedding_layers=False)  # none adapted; no Hub look-up
-    if config.base_model_name_or_path != base:  # peft filled in the model's own name: a local path, never published
-        config.base_model_name_or_path = base
-        saved = type(config).from_pretrained(folder)
-        saved.base_model_name_or_path = base
-        saved.save_pretrained(folder)
-    data = ModelCardData(
-        base_model=base,
-        library_name="peft",
-        tags=sorted({"lora", "hf-unified", "zero-shot-image-classification", model.config.model_type}),
-    )
-    text = ADAPTER_CARD.format(
-        name=name,
-        model_type=model.config.model_type,
-        rank=config.r,
-        alpha=config.lora_alpha,
-        count=_adapted_layers(model),
-        heads=", ".join(sorted(config.modules_to_save or ())) or "none",
-        base=base or "<the model this run started from>",
-        base_line=f"[{base}](https://huggingface.co/{base})" if base else "a local model folder (not recorded)",
-    )
-    ModelCard(f"---\n{data.to_yaml()}\n---\n{text}").save(folder / "README.md")
-
-
-__all__ = [
-    "ADAPTER_DIR",
-    "apply_lora",
-    "default_targets",
-    "describe_trainable",
-    "is_lora_model",
-    "save_adapter",
-]
+__all__ = ["apply_lora", "default_targets", "describe_trainable", "is_lora_model"]

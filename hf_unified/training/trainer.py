@@ -412,6 +412,7 @@ class Trainer:
                 trainer_state={"nonfinite_steps": self.nonfinite_steps, "run": self.run.state_dict()},
                 rank_state=rank_state,
                 keep=self.args.save_total_limit,
+                trainable_only=lora.is_lora_model(self.unwrapped),  # LoRA: the frozen base comes from the start
             )
         except (OSError, SafetensorError) as error:
             last = f"the last one is {self._last_checkpoint}" if self._last_checkpoint else "no earlier one exists"

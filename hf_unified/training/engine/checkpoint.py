@@ -21,10 +21,11 @@ until all of them are valid, so a damaged or foreign checkpoint is refused with 
 untouched. accelerate's `save_state` / `load_state` are not used: they pickle the registered scheduler
 (`custom_checkpoint_0.pkl`) and the random states, and unpickle them on resume.
 
-A LoRA run (`lora.py`) keeps its base weights frozen and as its start has them: its `model.safetensors` holds only
-what training changes, the adapters, the heads and the buffers (`trainer_state.json` says so: `"model_contents":
-"trainable"`), plus a SHA-256 of the frozen weights it was trained on; resuming loads them into the rebuilt model
-after checking that its frozen weights hash the same (a start that changed, a Hub model updated since, is refused).
+A LoRA run (`training/lora.py`) keeps its base weights frozen and as its start has them: its `model.safetensors`
+holds only what training changes, the adapters, the heads and the buffers (`trainer_state.json` says so:
+`"model_contents": "trainable"`), plus a SHA-256 of the frozen weights it was trained on; resuming loads them into
+the rebuilt model after checking that its frozen weights hash the same (a start that changed, a Hub model updated
+since, is refused).
 
 Model and optimizer are saved from the main process when they are replicated (single process, DDP). A model
 sharded with FSDP2 has no whole copy anywhere: every rank writes its own shards of the model and optimizer instead
@@ -50,7 +51,6 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from ...files import StagedFolder
-from ..lora import is_lora_model
 from . import sharded_state, sharding
 
 FORMAT = "hf-unified-trainer-checkpoint"
@@ -199,6 +199,7 @@ def write_checkpoint(
     trainer_state: dict,
     rank_state: dict,
     keep: int = 0,
+    trainable_only: bool = False,
 ) -> Path:
     """Writes `output_dir/checkpoint-<step>` atomically (every rank writes its own files; collective).
 
@@ -208,6 +209,8 @@ def write_checkpoint(
             by the main process.
         rank_state: JSON-able state of this rank (data-stream position, data counters).
         keep: checkpoints of this run to keep, the newest (0 = all); other runs' checkpoints are never deleted.
+        trainable_only: save only the trainable parameters and the buffers, with a hash of the frozen parameters,
+            which the run's start gives back (a LoRA run: see the module docstring).
     """
     _check_engine(accelerator)
     sharded = sharding.is_fsdp2(model)
@@ -227,7 +230,7 @@ def write_checkpoint(
             sharded_state.write_sharded_state(temporary, model, _torch_optimizer(optimizer))
         contents = {}
         if accelerator.is_main_process:
-            if not sharded and is_lora_model(model):  # the frozen base comes from the run's start
+            if not sharded and trainable_only:  # the frozen base comes from the run's start
                 save_file(trainable_state(model), temporary / "model.safetensors", metadata={"format": "pt"})
                 contents = {"model_contents": TRAINABLE_CONTENTS, "frozen_sha256": frozen_fingerprint(model)}
             elif not sharded:

@@ -22,9 +22,9 @@ from safetensors import SafetensorError
 from ...files import StagedFolder, carry_over
 from ...hub import model_card, widget
 from ...image_processing import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS
-from .. import lora
 from ..data import DamageLog, DecodeConfig, Sample, Skipped, SourceSpec, open_source, read_sample
 from ..engine import sharding
+from .adapter import ADAPTER_DIR, save_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def save_model_folder(
         card_examples: the evaluation split the card shows examples of, or None.
         step, run_id: name the folder the weights are kept in when the save fails after them.
         adapter: a LoRA run's peft model (`model` itself; `state_dict` None): its adapter is written first into
-            `adapter/` (`lora.save_adapter`), then it is merged in place (`merge_and_unload`) and the merged model
+            `adapter/` (`adapter.save_adapter`), then it is merged in place (`merge_and_unload`) and the merged model
             saved as the folder's model. Without it an earlier output's `adapter/` is not carried over.
 
     Raises:
@@ -156,7 +156,7 @@ def save_model_folder(
     folder = staged.path
     try:
         if adapter is not None:
-            lora.save_adapter(adapter, folder / lora.ADAPTER_DIR, name=out.name)
+            save_adapter(adapter, folder / ADAPTER_DIR, name=out.name)
             model = adapter.merge_and_unload()
             state_dict = model.state_dict()
         sharding.unsharded_model(model, state_dict).save_pretrained(folder, state_dict=state_dict)
@@ -191,7 +191,7 @@ def save_model_folder(
     except Exception as error:  # noqa: BLE001 - whatever fails in the card, the model is saved first
         card_error = error
     # Never the earlier model's card for this one, nor its adapter (of other weights).
-    stale = (lora.ADAPTER_DIR, *(("README.md", "widget") if card_error else ()))
+    stale = (ADAPTER_DIR, *(("README.md", "widget") if card_error else ()))
     carry_over(out, folder, lambda entry: not entry.name.endswith(WEIGHT_SUFFIXES) and entry.name not in stale)
     staged.commit()
     if card_error is not None:

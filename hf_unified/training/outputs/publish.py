@@ -23,7 +23,7 @@ from huggingface_hub import HfApi
 
 from ...hub import export, push
 from ...hub.widget import resolve_endpoint
-from ..lora import ADAPTER_DIR
+from .adapter import ADAPTER_DIR
 
 
 def check_targets(args) -> str | None:
@@ -59,7 +59,7 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md"
 
 
 def push_adapter(folder: Path, repo_id: str, *, private: bool = True) -> push.PushResult:
-    """Pushes a LoRA run's adapter folder (`lora.save_adapter`: its config, weights and card naming `base_model`)
+    """Pushes a LoRA run's adapter folder (`adapter.save_adapter`: its config, weights and card naming `base_model`)
     to `repo_id`: exactly `ADAPTER_FILES`, each a regular file inside the folder (never a link), the weights opened
     as the loader opens them and the config parsed before anything is sent (`hub.push.commit_files`: one commit,
     a failure names its step and leaves the folder unchanged)."""
