@@ -274,3 +274,31 @@ def test_the_push_carries_the_adapter_and_its_card(runs):
     card = pushed["README.md"].decode()
     assert "library_name: peft" in card and "PeftModel.from_pretrained" in card
     assert str(runs["base"]) not in card  # a local start is not published
+
+
+def test_msclip_shared_stack_trains_with_lora_and_its_frozen_stem_keeps_the_base_statistics(shapes, tmp_path):
+    import yaml
+    from peft import PeftModel
+    from training_helpers import ROOT
+    from transformers import AutoModel
+
+    model_config = yaml.safe_load((ROOT / "training" / "configs" / "msclip-tiny.yaml").read_text())["model_config"]
+    model_config.update(hidden_size=32, intermediate_size=64, projection_dim=16)
+    config = write_config(tmp_path, shapes, "msclip", model_config=model_config, do_eval=False)
+    base, out = tmp_path / "base", tmp_path / "lora"
+    train_script.main(["--config", str(config), "--max_steps", "1", "--output_dir", str(base)])
+    reset_accelerate_state()
+    train_script.main(
+        ["--config", str(config), "--max_steps", "2", "--output_dir", str(out)]
+        + ["--model_name_or_path", str(base), "--lora_rank", "4"]
+    )
+    base_state, merged_state = load_file(base / "model.safetensors"), load_file(out / "model.safetensors")
+    statistics = [key for key in base_state if key.endswith(("running_mean", "running_var"))]
+    assert statistics and all(torch.equal(merged_state[key], base_state[key]) for key in statistics)
+    merged = AutoModel.from_pretrained(out).eval()
+    through_peft = PeftModel.from_pretrained(AutoModel.from_pretrained(base), out / "adapter").eval()
+    pixels = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = merged.get_image_features(pixel_values=pixels).pooler_output
+        got = through_peft.get_image_features(pixel_values=pixels).pooler_output
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)

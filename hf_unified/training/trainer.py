@@ -181,6 +181,9 @@ class Trainer:
         roles when a control needs them."""
         if self.args.lora_rank:
             self.model = lora.apply_lora(self.model, self.args, self.base_model, self.accelerator.distributed_type)
+            # As under LiT, what is wholly frozen runs in eval mode: normalisation statistics (MS-CLIP's stem) stay
+            # the base's, so that the adapter on the base gives the merged model.
+            self._frozen_modules = frozen_subtrees(self.model)
             self.accelerator.print(lora.describe_trainable(self.model))
             return None
         if not self.args.needs_parameter_roles:
