@@ -35,12 +35,14 @@ Usage:
 
     python benchmarks/finetune_from_clip.py              # 3 seeds (about 10 min on 2 cores)
     python benchmarks/finetune_from_clip.py --smoke
+    python benchmarks/finetune_from_clip.py --from-results outputs/finetune_from_clip/results.json  # tables only
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -147,8 +149,9 @@ def _variant(clip_folder: str, objective: str, rank: int, learning_rate: float):
 
 
 def step_costs(clip_folder: str, objective: str, ranks: list[int], batch_size: int, rounds: int, args) -> dict:
-    """Per variant (rank 0: full fine-tuning): trainable and total parameters, the AdamW state after one step (MiB)
-    and the median time of one training step over `rounds` interleaved rounds (ms), on a fixed batch of captions."""
+    """Per variant (rank 0, always first: full fine-tuning): trainable parameters and the base model's, the AdamW
+    state after one step (MiB) and the median time of one training step over `rounds` interleaved rounds (ms), on a
+    fixed batch of captions."""
     import torch
 
     from hf_unified.training.methods import model_inputs
@@ -177,11 +180,12 @@ def step_costs(clip_folder: str, objective: str, ranks: list[int], batch_size: i
         for rank in ranks:
             times[rank].append(step(rank))
     costs = {}
+    base_parameters = sum(p.numel() for p in variants[0][0].parameters())  # the full model: every variant's base
     for rank, (model, optimizer) in variants.items():
         state = [t for values in optimizer.state.values() for t in values.values() if torch.is_tensor(t)]
         costs[rank] = {
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "total": sum(p.numel() for p in (model.get_base_model() if rank else model).parameters()),
+            "total": base_parameters,
             "optimizer_mib": sum(t.numel() * t.element_size() for t in state) / 2**20,
             "step_ms": 1000 * common.median(times[rank]),
         }
@@ -213,7 +217,7 @@ def lora_table(runs: list[dict], costs: dict, objectives: list[str], ranks: list
                     objective,
                     *[percent_spread([f[k] for f in finals[name]]) for k in keys],
                     *difference,
-                    f"{cost['trainable']:,} ({100 * cost['trainable'] / cost['total']:.1f}%)",
+                    f"{cost['trainable']:,} ({100 * cost['trainable'] / costs[objective][0]['total']:.1f}%)",  # of the base
                     f"{cost['optimizer_mib']:.2f}",
                     f"{cost['step_ms']:.0f}",
                 ]
@@ -276,6 +280,7 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--output", type=Path, default=Path("outputs/finetune_from_clip"))
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--from-results", type=Path, help="print the tables of a saved results.json (no training)")
     args = parser.parse_args(argv)
     if REFERENCE not in args.objectives:
         args.objectives.insert(0, REFERENCE)  # the differences are taken against it
@@ -293,8 +298,40 @@ def parse_args(argv=None):
     return args
 
 
+def report(results: dict) -> None:
+    """Prints the tables of a run (`results.json`)."""
+    settings, runs = results["settings"], results["runs"]
+    pretrain, finetune, sizes = settings["pretrain"], settings["finetune"], settings["sizes"]
+    print(
+        f"\n### fine-tuning a pre-trained tiny CLIP on shapes ({pretrain['steps']} pre-training steps on captions, "
+        f"then {finetune['steps']} steps at lr {finetune['learning_rate']:g} on UniCL's mix; width {sizes['width']}, "
+        f"{sizes['layers']} layers, seeds {settings['seeds']}, shipped trainer; {results['wall_seconds'] / 60:.1f} "
+        "min): mean +- std in %, differences in points [95% interval]\n"
+    )
+    print(f"machine: {results['machine']}\n")
+    print(table([run for run in runs if not run.get("lora_rank")]))
+    lora, timing = settings.get("lora") or {}, settings.get("timing")
+    costs = {name: {int(rank): cost for rank, cost in c.items()} for name, c in results.get("step_costs", {}).items()}
+    if costs:
+        step = (
+            f"batch {timing['batch_size']}, {timing['threads']} threads, median of {timing['rounds']} interleaved "
+            "rounds"
+            if timing
+            else "median of interleaved rounds"
+        )
+        print(
+            f"\n### LoRA vs full fine-tuning (rank {', '.join(map(str, lora['ranks']))} at lr "
+            f"{lora['learning_rate']:g}, full at lr {finetune['learning_rate']:g}; step time: {step})\n"
+        )
+        print(lora_table(runs, costs, lora["objectives"], lora["ranks"]))
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.from_results:
+        results = json.loads(args.from_results.read_text())
+        report(results)
+        return results
     sizes = Sizes(width=args.width, layers=args.layers)
     shared = dict(batch_size=args.batch_size, crop_scale_min=args.crop_scale_min)
     pretrain = studies.RunSettings(
@@ -334,11 +371,12 @@ def main(argv=None) -> dict:
     ]
     runs += run_jobs(run_job, jobs, args.jobs, args.threads)
     costs = {}
+    timing = {"batch_size": args.batch_size, "threads": args.threads * args.jobs, "rounds": args.timing_rounds}
     if args.lora_objectives:
         print("timing one training step per variant (interleaved rounds)", flush=True)
         import torch
 
-        torch.set_num_threads(args.threads * args.jobs)
+        torch.set_num_threads(timing["threads"])
         for name in args.lora_objectives:
             costs[name] = step_costs(
                 folders[args.seeds[0]],
@@ -358,26 +396,13 @@ def main(argv=None) -> dict:
             "sizes": dataclasses.asdict(sizes),
             "seeds": args.seeds,
             "lora": {"ranks": args.lora_ranks, "learning_rate": args.lora_lr, "objectives": args.lora_objectives},
+            "timing": timing,
         },
         "runs": runs,
         "step_costs": {name: {str(rank): cost for rank, cost in c.items()} for name, c in costs.items()},
     }
     write_json(args.output / "results.json", results)
-    print(
-        f"\n### fine-tuning a pre-trained tiny CLIP on shapes ({args.pretrain_steps} pre-training steps on captions, "
-        f"then {args.finetune_steps} steps at lr {args.finetune_lr:g} on UniCL's mix; width {args.width}, "
-        f"{args.layers} layers, seeds {args.seeds}, shipped trainer; {results['wall_seconds'] / 60:.1f} min): "
-        f"mean +- std in %, differences in points [95% interval]\n"
-    )
-    print(f"machine: {results['machine']}\n")
-    print(table([run for run in runs if not run.get("lora_rank")]))
-    if costs:
-        print(
-            f"\n### LoRA vs full fine-tuning (rank {', '.join(map(str, args.lora_ranks))} at lr {args.lora_lr:g}, "
-            f"full at lr {args.finetune_lr:g}; step time: batch {args.batch_size}, {torch.get_num_threads()} threads, "
-            f"median of {args.timing_rounds} interleaved rounds)\n"
-        )
-        print(lora_table(runs, costs, args.lora_objectives, args.lora_ranks))
+    report(results)
     return results
 
 
