@@ -207,6 +207,7 @@ def lora_table(runs: list[dict], costs: dict, objectives: list[str], ranks: list
             if name not in finals:
                 continue
             cost = costs[objective][rank]
+            base_parameters = costs[objective][0]["total"]  # the full model's: the share is of the base
             difference = [
                 "" if rank == 0 else percent_difference([f[k] for f in finals[name]], [f[k] for f in full])
                 for k in ("zero_shot_top1_accuracy", "linear_probe_top1")
@@ -217,7 +218,7 @@ def lora_table(runs: list[dict], costs: dict, objectives: list[str], ranks: list
                     objective,
                     *[percent_spread([f[k] for f in finals[name]]) for k in keys],
                     *difference,
-                    f"{cost['trainable']:,} ({100 * cost['trainable'] / costs[objective][0]['total']:.1f}%)",  # of the base
+                    f"{cost['trainable']:,} ({100 * cost['trainable'] / base_parameters:.1f}%)",
                     f"{cost['optimizer_mib']:.2f}",
                     f"{cost['step_ms']:.0f}",
                 ]
