@@ -100,6 +100,16 @@ def test_lora_with_a_freezing_control_is_refused_naming_both_flags_and_the_fix(f
         TrainArguments(lora_rank=8, **flags)
 
 
+def test_train_py_refuses_lora_with_lit_before_anything_is_written(shapes, tmp_path, capsys):
+    config, out = write_config(tmp_path, shapes), tmp_path / "run"
+    with pytest.raises(SystemExit):
+        train_script.main(
+            ["--config", str(config), "--output_dir", str(out), "--lora_rank", "8", "--lock_image_tower"]
+        )
+    assert "--lora_rank 8 with --lock_image_tower: LoRA already freezes" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_other_bad_lora_settings_are_refused_in_one_line():
     with pytest.raises(ConfigError, match="--lora_rank -1: LoRA needs --lora_rank R with R >= 1"):
         TrainArguments(lora_rank=-1)

@@ -10,7 +10,8 @@ unless its loss or gradient norm is not finite (then it is skipped, counted, log
 `max_consecutive_nonfinite_steps` in a row stop the run with the last checkpoint intact), the schedule advances
 and the temperatures are clamped. A model with UniCLIP's domain-dependent similarity that starts from scratch has
 its logit offsets calibrated on the first batch (`calibrate_logit_offsets`). Around the loop: the engine check
-and FSDP2 sharding (`sharding.py`), fine-tuning controls (`finetuning.py`), AdamW groups (`optim.py`), checkpoints
+and FSDP2 sharding (`sharding.py`), fine-tuning controls (`finetuning.py`) or LoRA adapters (`lora.py`: the final
+save writes the merged model and `adapter/`), AdamW groups (`optim.py`), checkpoints
 and exact resume without pickle (`checkpoint.py`, sharded per rank under FSDP2), evaluation
 (`outputs/evaluation.py`, with an `on_evaluate` hook for metrics of one's own), the log (`logs.py`), and at the end
 an atomic save of the model (gathered from its shards), processor, `eval_results.json` and model card into
