@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tiny_models import IMAGE_SIZE, tiny_config, tiny_model, tiny_text, tiny_vision
-from training_helpers import losses, reset_accelerate_state, train_script, write_config
+from training_helpers import log_records, losses, reset_accelerate_state, train_script, write_config
 
 from hf_unified import UniCLModel
 from hf_unified.training import lora
@@ -263,6 +263,13 @@ def test_a_lora_checkpoint_holds_what_trains_and_refuses_another_base(runs):
         other.logit_scale.add_(0.5)  # a frozen weight that differs from the one the checkpoint was trained on
     with pytest.raises(checkpoint.CheckpointError, match="frozen base weights of this run differ"):
         restore(other)
+
+
+def test_the_log_states_the_trainable_parameters_and_their_share(runs):
+    first = log_records(runs["full"])[0]
+    adapter = load_file(runs["full"] / "adapter" / "adapter_model.safetensors")  # exactly what trained
+    assert first["trainable_parameters"] == sum(tensor.numel() for tensor in adapter.values())
+    assert 0 < first["trainable_share"] < 0.5
 
 
 def test_lora_resume_is_exact(runs):

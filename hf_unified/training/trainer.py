@@ -186,6 +186,8 @@ class Trainer:
             # the base's, so that the adapter on the base gives the merged model.
             self._frozen_modules = frozen_subtrees(self.model)
             self.accelerator.print(lora.describe_trainable(self.model))
+            trainable, total = self.model.get_nb_trainable_parameters()
+            self._first_step_notes.update(trainable_parameters=trainable, trainable_share=round(trainable / total, 6))
             return None
         if not self.args.needs_parameter_roles:
             return None
