@@ -123,6 +123,14 @@ def test_other_bad_lora_settings_are_refused_in_one_line():
         lora.apply_lora(tiny_model("unicl"), lora_args(4, lora_target_modules=["no_such_layer"]))
 
 
+def test_sharded_engines_are_refused_with_the_fix():
+    from accelerate.utils import DistributedType
+
+    for engine in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        with pytest.raises(ValueError, match=r"--lora_rank under .*: LoRA runs are not sharded here.*DDP"):
+            lora.apply_lora(tiny_model("unicl"), lora_args(4), distributed_type=engine)
+
+
 def test_without_peft_the_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "peft", None)
     with pytest.raises(

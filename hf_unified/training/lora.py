@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 
 import torch
+from accelerate.utils import DistributedType
 
 from ..hub.folder import is_local_path
 from .finetuning import block_of_parameters
@@ -88,7 +89,7 @@ def apply_lora(model: torch.nn.Module, args, base_model: str | None = None, dist
             it is a Hub id (a local path is never published).
         distributed_type: the accelerator's; LoRA runs replicated (one process, DDP), not sharded.
     """
-    if str(distributed_type).split(".")[-1] in ("FSDP", "DEEPSPEED"):
+    if distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         raise ValueError(
             f"--lora_rank under {distributed_type}: LoRA runs are not sharded here (the adapters are a small share of "
             "the model); launch with DDP or one process (training/accelerate/ddp.yaml)"
