@@ -74,6 +74,12 @@ def test_every_linear_layer_of_the_blocks_is_adapted_once_and_only_adapters_and_
     assert f"({share:.2f}%)" in lora.describe_trainable(wrapped)
 
 
+def test_named_target_modules_adapt_only_those_layers():
+    wrapped = lora.apply_lora(tiny_model("unicl"), lora_args(4, lora_target_modules=["q_proj", "v_proj"]))
+    adapted = [n for n, m in wrapped.named_modules() if isinstance(m, peft.tuners.lora.LoraLayer)]
+    assert len(adapted) == 2 * 2 * 2 and all(n.endswith(("q_proj", "v_proj")) for n in adapted)  # 2 towers x 2 blocks
+
+
 def test_msclip_shared_sublayers_carry_one_adapter_for_both_modalities():
     model = tiny_model("msclip")  # the "shared" preset: attention and MLP shared by both modalities
     layer = model.encoder.layers[0]
