@@ -128,9 +128,19 @@ def test_finetune_from_clip_smoke_starts_from_the_exported_clip_model(tmp_path):
 
     results = finetune_from_clip.main(
         ["--smoke", "--seeds", "0", "--objectives", "unicl labels", "uniclip views", "--output", str(tmp_path)]
+        + ["--lora-objectives", "unicl labels", "--lora-ranks", "4"]
     )
     names = [run["method"] for run in results["runs"]]
-    assert names == [finetune_from_clip.START, "continue clip", "unicl labels", "uniclip views"]
+    assert names == [
+        finetune_from_clip.START,
+        "continue clip",
+        "unicl labels",
+        "uniclip views",
+        "unicl labels, LoRA r4",
+    ]
+    costs = results["step_costs"]["unicl labels"]  # full ("0") vs LoRA: fewer trainable parameters, less AdamW state
+    assert 0 < costs["4"]["trainable"] < costs["0"]["trainable"] == costs["0"]["total"]
+    assert 0 < costs["4"]["optimizer_mib"] < costs["0"]["optimizer_mib"]
     clip = CLIPModel.from_pretrained(tmp_path / "clip-seed0")  # the pre-training run's export, a plain CLIPModel
     assert clip.config.text_config.eos_token_id == 49407
     for run in results["runs"]:

@@ -5,8 +5,7 @@
 - every command of a ```bash block names scripts, console scripts, modules, configs and files that exist, with flags
   the script's `--help` lists;
 - every command of the benchmarks' index names a benchmark script that exists and flags it defines;
-- every relative link points to a file that exists (and a heading that exists, for `#anchors`), except the pages
-  other work in progress writes (`PENDING_PAGES`, named below).
+- every relative link points to a file that exists (and a heading that exists, for `#anchors`).
 
 Not run: the ```bash commands themselves (training runs, pushes to the Hub, downloads, `pip install`): the training
 tests run the same configs at tiny sizes, the Hub tests push to the loopback Hub.
@@ -28,11 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 BENCHMARK_PAGES = sorted((ROOT / "benchmarks").glob("*.md"))
-# Pages the README and docs/README.md link to that are written on other branches (issue 22 item 6 names them);
-# a link to one of them passes while it does not exist yet, and is checked like any other once it does.
-PENDING_PAGES = {
-    "docs/fine-tuning-lora.md",
-}
 
 
 def blocks(language: str, page: Path = README) -> list[str]:
@@ -189,9 +183,6 @@ def test_links_between_pages_point_to_files_and_headings_that_exist():
                 continue
             path, _, anchor = target.partition("#")
             file = (page.parent / path).resolve() if path else page
-            relative = file.relative_to(ROOT).as_posix() if file.is_relative_to(ROOT) else str(file)
-            if relative in PENDING_PAGES and not file.exists():
-                continue
             assert file.exists(), f"{page.relative_to(ROOT)} links to {target}, which does not exist"
             if anchor:
                 headings = re.findall(r"^#+ (.+)$", _without_code_blocks(file.read_text()), flags=re.M)

@@ -429,6 +429,31 @@ class TrainArguments:
         default=1.0,
         metadata={"help": "tower block i of L trains at learning_rate * decay^(L - i), embeddings at decay^(L + 1)"},
     )
+    # LoRA through peft (issue 24; the lora extra): adapters on the towers' linear layers, base weights frozen.
+    lora_rank: int = field(
+        default=0,
+        metadata={
+            "help": "train rank-R LoRA adapters (peft) on every linear layer of the towers' blocks, the heads whole, "
+            "the rest frozen; output_dir then holds the merged model and the adapter in adapter/ (0 = off)"
+        },
+    )
+    lora_alpha: float | None = field(
+        default=None, metadata={"help": "LoRA scaling: the update is (alpha / rank) B A; default 2 * lora_rank"}
+    )
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the adapters' input"})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "the layers to adapt (peft target_modules: names matched as suffixes, e.g. q_proj v_proj); "
+            "default every linear layer inside the towers' blocks (MS-CLIP's shared ones once)"
+        },
+    )
+    push_adapter: bool = field(
+        default=False,
+        metadata={
+            "help": "with --push_to_hub and --lora_rank: push the adapter (adapter/) instead of the merged model"
+        },
+    )
     mixed_precision: str = field(
         default="auto",
         metadata={
@@ -511,6 +536,36 @@ class TrainArguments:
             )
         if not 0.0 < self.layerwise_lr_decay <= 1.0:
             raise ConfigError(f"layerwise_lr_decay must be in (0, 1], got {self.layerwise_lr_decay}")
+        self._check_lora()
+
+    def _check_lora(self) -> None:
+        """LoRA settings in range, and no fine-tuning control that LoRA leaves undefined (it already freezes every
+        base weight and trains the adapters and heads at learning_rate)."""
+        if self.lora_rank < 0 or (self.lora_rank == 0 and (self.lora_target_modules or self.push_adapter)):
+            given = "--push_adapter" if self.push_adapter else f"--lora_rank {self.lora_rank}"
+            raise ConfigError(f"{given}: LoRA needs --lora_rank R with R >= 1 (e.g. 8)")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.push_adapter and not self.push_to_hub:
+            raise ConfigError("--push_adapter needs --push_to_hub (and --hub_model_id ORG/NAME)")
+        controls = [
+            name
+            for name, on in (
+                ("--freeze_vision_tower", self.freeze_vision_tower),
+                ("--freeze_text_tower", self.freeze_text_tower),
+                ("--lock_image_tower", self.lock_image_tower),
+                ("--head_learning_rate", self.head_learning_rate is not None),
+                ("--layerwise_lr_decay", self.layerwise_lr_decay != 1.0),
+            )
+            if on
+        ]
+        if self.lora_rank and controls:
+            raise ConfigError(
+                f"--lora_rank {self.lora_rank} with {', '.join(controls)}: LoRA already freezes every base weight "
+                "and trains only the adapters and the heads, at learning_rate; drop "
+                f"{' and '.join(controls)} to fine-tune with LoRA, or drop --lora_rank to freeze or LiT-train full "
+                "matrices (to adapt one tower only, give --lora_target_modules that tower's full layer names)"
+            )
 
     @property
     def needs_parameter_roles(self) -> bool:

@@ -58,7 +58,7 @@ def example_inputs(processor) -> dict[str, dict[str, torch.Tensor]]:
     }
 
 
-def _blocks(model: torch.nn.Module) -> dict[str, str]:
+def block_of_parameters(model: torch.nn.Module) -> dict[str, str]:
     """Parameter name -> name of its block, for the outermost `_no_split_modules` modules held in a ModuleList."""
     block_classes = set(getattr(model, "_no_split_modules", None) or ())
     in_list = {
@@ -117,7 +117,7 @@ def trace_parameter_roles(
         VISION: lambda: model.get_image_features(**{k: v.to(device) for k, v in inputs[VISION].items()}),
         TEXT: lambda: model.get_text_features(**{k: v.to(device) for k, v in inputs[TEXT].items()}),
     }
-    block_of = _blocks(model)
+    block_of = block_of_parameters(model)
     was_training = model.training
     model.eval()  # no dropout: the pass must not consume random numbers
     with torch.enable_grad():
@@ -198,6 +198,7 @@ def describe_roles(roles: dict[str, ParameterRole], frozen: list[str]) -> str:
 
 __all__ = [
     "ParameterRole",
+    "block_of_parameters",
     "describe_roles",
     "example_inputs",
     "freeze_parameters",

@@ -88,6 +88,10 @@ TRAJECTORY_ARGUMENTS = (
     "head_learning_rate",
     "layerwise_lr_decay",
     "patch_dropout_final_steps",
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
 )
 # Settings a resume may change with --allow_setting_changes: the optimizer and the schedule take them from here on.
 ADJUSTABLE_SETTINGS = (

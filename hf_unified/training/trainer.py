@@ -10,7 +10,8 @@ is clipped, the step is applied unless its loss or gradient norm is not finite (
 `max_consecutive_nonfinite_steps` in a row stop the run with the last checkpoint intact), the schedule advances
 and the temperatures are clamped. A model with UniCLIP's domain-dependent similarity that starts from scratch has
 its logit offsets calibrated on the first batch (`calibrate_logit_offsets`). Around the loop: the engine check
-and FSDP2 sharding (`sharding.py`), fine-tuning controls (`finetuning.py`), AdamW groups (`optim.py`), checkpoints
+and FSDP2 sharding (`sharding.py`), fine-tuning controls (`finetuning.py`) or LoRA adapters (`lora.py`: the final
+save writes the merged model and `adapter/`), AdamW groups (`optim.py`), checkpoints
 and exact resume without pickle (`checkpoint.py`, sharded per rank under FSDP2), evaluation
 (`outputs/evaluation.py`, with an `on_evaluate` hook for metrics of one's own), the log (`logs.py`), and at the end
 an atomic save of the model (gathered from its shards), processor, `eval_results.json` and model card into
@@ -35,7 +36,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from safetensors import SafetensorError
 
 from ..losses import DOMAIN_PAIRS
-from . import runs
+from . import lora, runs
 from .data.health import DataHealth
 from .engine import checkpoint as checkpoints
 from .engine import sharding
@@ -177,7 +178,17 @@ class Trainer:
         self._on_main_then_everywhere(lambda: publish.preflight(self.args, self.model))
 
     def _setup_parameters(self) -> dict | None:
-        """Applies the fine-tuning controls; returns the parameter roles when a control needs them."""
+        """Applies the fine-tuning controls (or wraps the model in LoRA adapters, `lora.py`); returns the parameter
+        roles when a control needs them."""
+        if self.args.lora_rank:
+            self.model = lora.apply_lora(self.model, self.args, self.base_model, self.accelerator.distributed_type)
+            # As under LiT, what is wholly frozen runs in eval mode: normalisation statistics (MS-CLIP's stem) stay
+            # the base's, so that the adapter on the base gives the merged model.
+            self._frozen_modules = frozen_subtrees(self.model)
+            self.accelerator.print(lora.describe_trainable(self.model))
+            trainable, total = self.model.get_nb_trainable_parameters()
+            self._first_step_notes.update(trainable_parameters=trainable, trainable_share=round(trainable / total, 6))
+            return None
         if not self.args.needs_parameter_roles:
             return None
         roles = trace_parameter_roles(self.model, example_inputs(self.processor))
@@ -408,6 +419,7 @@ class Trainer:
                 trainer_state={"nonfinite_steps": self.nonfinite_steps, "run": self.run.state_dict()},
                 rank_state=rank_state,
                 keep=self.args.save_total_limit,
+                trainable_only=lora.is_lora_model(self.unwrapped),  # LoRA: the frozen base comes from the start
             )
         except (OSError, SafetensorError) as error:
             last = f"the last one is {self._last_checkpoint}" if self._last_checkpoint else "no earlier one exists"
@@ -421,7 +433,8 @@ class Trainer:
         """Writes the model folder beside `output_dir` and swaps it in (`model_folder.save_model_folder`): a kill at
         any moment leaves the previous output whole. A sharded model is gathered whole on the main process first
         (every rank takes part)."""
-        state_dict = sharding.full_state_dict(self.unwrapped)
+        adapter = self.unwrapped if lora.is_lora_model(self.unwrapped) else None  # merged in the save
+        state_dict = None if adapter else sharding.full_state_dict(self.unwrapped)
         if self.args.patch_dropout_final_steps:  # the saved config states the share the run trained with
             self.unwrapped.config.patch_dropout = self._patch_dropout
         if self.accelerator.is_main_process:
@@ -436,6 +449,7 @@ class Trainer:
                 card_examples=self.card_examples,
                 step=self.args.max_steps,
                 run_id=self.run.id,
+                adapter=adapter,
             )
         self.accelerator.wait_for_everyone()
 

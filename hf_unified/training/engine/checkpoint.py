@@ -21,6 +21,12 @@ until all of them are valid, so a damaged or foreign checkpoint is refused with 
 untouched. accelerate's `save_state` / `load_state` are not used: they pickle the registered scheduler
 (`custom_checkpoint_0.pkl`) and the random states, and unpickle them on resume.
 
+A LoRA run (`training/lora.py`) keeps its base weights frozen and as its start has them: its `model.safetensors`
+holds only what training changes, the adapters, the heads and the buffers (`trainer_state.json` says so:
+`"model_contents": "trainable"`), plus a SHA-256 of the frozen weights it was trained on; resuming loads them into
+the rebuilt model after checking that its frozen weights hash the same (a start that changed, a Hub model updated
+since, is refused).
+
 Model and optimizer are saved from the main process when they are replicated (single process, DDP). A model
 sharded with FSDP2 has no whole copy anywhere: every rank writes its own shards of the model and optimizer instead
 of `model.safetensors` / `optimizer.*` (`sharded_state.write_sharded_state`: safetensors + a JSON layout per rank,
@@ -31,6 +37,7 @@ the other engine is refused. DeepSpeed state is refused here with a clear error.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -68,6 +75,32 @@ def checkpoint_files(world_size: int, with_scaler: bool, sharded: bool = False) 
         names += [pattern.format(rank=rank) for pattern in RANK_FILES]
         names += list(sharded_state.sharded_state_files(rank, world_size)) if sharded else []
     return names
+
+
+TRAINABLE_CONTENTS = "trainable"  # `model_contents` of a checkpoint holding only what training changes (LoRA)
+
+
+def frozen_parameter_names(model: torch.nn.Module) -> set[str]:
+    return {name for name, parameter in model.named_parameters() if not parameter.requires_grad}
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's `state_dict` without its frozen parameters: the trainable ones and the buffers."""
+    frozen = frozen_parameter_names(model)
+    return {
+        name: value.detach().cpu().contiguous() for name, value in model.state_dict().items() if name not in frozen
+    }
+
+
+def frozen_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 over the frozen parameters' names, dtypes, shapes and bytes (in name order)."""
+    digest = hashlib.sha256()
+    parameters = dict(model.named_parameters())
+    for name in sorted(frozen_parameter_names(model)):
+        tensor = parameters[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _engine_name(sharded: bool) -> str:
@@ -166,6 +199,7 @@ def write_checkpoint(
     trainer_state: dict,
     rank_state: dict,
     keep: int = 0,
+    trainable_only: bool = False,
 ) -> Path:
     """Writes `output_dir/checkpoint-<step>` atomically (every rank writes its own files; collective).
 
@@ -175,6 +209,8 @@ def write_checkpoint(
             by the main process.
         rank_state: JSON-able state of this rank (data-stream position, data counters).
         keep: checkpoints of this run to keep, the newest (0 = all); other runs' checkpoints are never deleted.
+        trainable_only: save only the trainable parameters and the buffers, with a hash of the frozen parameters,
+            which the run's start gives back (a LoRA run: see the module docstring).
     """
     _check_engine(accelerator)
     sharded = sharding.is_fsdp2(model)
@@ -192,9 +228,14 @@ def write_checkpoint(
         _write_json(temporary / f"data_state_rank{rank}.json", rank_state)
         if sharded:  # a collective: every rank writes its own shards
             sharded_state.write_sharded_state(temporary, model, _torch_optimizer(optimizer))
+        contents = {}
         if accelerator.is_main_process:
-            if not sharded:
+            if not sharded and trainable_only:  # the frozen base comes from the run's start
+                save_file(trainable_state(model), temporary / "model.safetensors", metadata={"format": "pt"})
+                contents = {"model_contents": TRAINABLE_CONTENTS, "frozen_sha256": frozen_fingerprint(model)}
+            elif not sharded:
                 save_model(model, str(temporary / "model.safetensors"), metadata={"format": "pt"})
+            if not sharded:
                 tensors, meta = optimizer_files(optimizer.state_dict())
                 save_file(tensors, temporary / "optimizer.safetensors")
                 _write_json(temporary / "optimizer.json", meta)
@@ -210,6 +251,7 @@ def write_checkpoint(
                     "world_size": accelerator.num_processes,
                     "sharded": sharded,
                     "files": files,
+                    **contents,
                     **trainer_state,
                 },
             )
@@ -396,7 +438,10 @@ def _restore_replicated(checkpoint: Checkpoint, device, model: torch.nn.Module, 
             f"{current_sizes} (resume with the same model and fine-tuning settings)"
         )
     try:
-        load_model(model, str(folder / "model.safetensors"), strict=True, device=str(device))
+        if checkpoint.trainer_state.get("model_contents") == TRAINABLE_CONTENTS:
+            _restore_trainable(checkpoint, model)
+        else:
+            load_model(model, str(folder / "model.safetensors"), strict=True, device=str(device))
     except (RuntimeError, SafetensorError) as error:
         reason = " ".join(str(error).split())[:300]
         raise CheckpointError(
@@ -405,6 +450,27 @@ def _restore_replicated(checkpoint: Checkpoint, device, model: torch.nn.Module, 
     optimizer.load_state_dict(
         optimizer_state_dict(checkpoint.optimizer_tensors, checkpoint.optimizer_meta, optimizer.param_groups)
     )
+
+
+def _restore_trainable(checkpoint: Checkpoint, model: torch.nn.Module) -> None:
+    """A LoRA checkpoint's trainable weights and buffers, into a model whose frozen weights are those it was trained
+    on (checked by their hash) and whose trainable ones are the ones it holds."""
+    folder = checkpoint.folder
+    state = _load_tensors(folder, "model.safetensors")
+    expected = set(model.state_dict()) - frozen_parameter_names(model)
+    if set(state) != expected:
+        extra, lacking = sorted(set(state) - expected)[:3], sorted(expected - set(state))[:3]
+        raise CheckpointError(
+            f"cannot resume from {folder}: its trainable weights are not this model's (it holds {extra} this model "
+            f"does not train, lacks {lacking}); resume with the LoRA settings it was written with"
+        )
+    if frozen_fingerprint(model) != checkpoint.trainer_state.get("frozen_sha256"):
+        raise CheckpointError(
+            f"cannot resume from {folder}: the frozen base weights of this run differ from those the checkpoint was "
+            "trained on (the starting model changed since, e.g. a new revision of a Hub model); resume from the "
+            "same starting model"
+        )
+    model.load_state_dict(state, strict=False)
 
 
 def _restore_shards(folder: Path, model: torch.nn.Module, optimizer) -> None:

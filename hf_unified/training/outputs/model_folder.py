@@ -24,6 +24,7 @@ from ...hub import model_card, widget
 from ...image_processing import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS
 from ..data import DamageLog, DecodeConfig, Sample, Skipped, SourceSpec, open_source, read_sample
 from ..engine import sharding
+from .adapter import ADAPTER_DIR, save_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ def save_model_folder(
     card_examples: CardExamples | None,
     step: int,
     run_id: str,
+    adapter: torch.nn.Module | None = None,
 ) -> None:
     """Main process: stages the new version of `output_dir` beside it and swaps it in (`files.StagedFolder`;
     through a symbolic link, the folder it points to): a kill at any moment leaves the previous output whole.
@@ -142,6 +144,9 @@ def save_model_folder(
         base_model: the checkpoint the run started from (the card's `base_model`).
         card_examples: the evaluation split the card shows examples of, or None.
         step, run_id: name the folder the weights are kept in when the save fails after them.
+        adapter: a LoRA run's peft model (`model` itself; `state_dict` None): its adapter is written first into
+            `adapter/` (`adapter.save_adapter`), then it is merged in place (`merge_and_unload`) and the merged model
+            saved as the folder's model. Without it an earlier output's `adapter/` is not carried over.
 
     Raises:
         SaveError: what failed, what is left and where the trained weights are, in one line.
@@ -150,6 +155,10 @@ def save_model_folder(
     staged = StagedFolder(out)
     folder = staged.path
     try:
+        if adapter is not None:
+            save_adapter(adapter, folder / ADAPTER_DIR, name=out.name)
+            model = adapter.merge_and_unload()
+            state_dict = model.state_dict()
         sharding.unsharded_model(model, state_dict).save_pretrained(folder, state_dict=state_dict)
     except BaseException as error:  # Ctrl-C too: the previous output stays, nothing is left behind
         staged.discard()
@@ -181,7 +190,8 @@ def save_model_folder(
         )
     except Exception as error:  # noqa: BLE001 - whatever fails in the card, the model is saved first
         card_error = error
-    stale = ("README.md", "widget") if card_error else ()  # never the earlier model's card for this one
+    # Never the earlier model's card for this one, nor its adapter (of other weights).
+    stale = (ADAPTER_DIR, *(("README.md", "widget") if card_error else ()))
     carry_over(out, folder, lambda entry: not entry.name.endswith(WEIGHT_SUFFIXES) and entry.name not in stale)
     staged.commit()
     if card_error is not None:
