@@ -21,7 +21,9 @@ Methods of the `comparison` study (`METHODS`):
 - `msclip-separate`: the same code with nothing shared, no stem and no branch, its width chosen so that its
   parameter count matches `ms-clip-s`'s;
 - `ms-clip-s+unicl`, `uniclip+unicl`: composed points (MS-CLIP's stack with UniCL's labels; UniCLIP whose views and
-  texts of one class are positives).
+  texts of one class are positives);
+- `siglip`, `siglip+unicl`: the towers of `clip` with SigLIP's sigmoid loss (one binary term per image-text pair,
+  t = 10 and b = -10 at the start), alone and with UniCL's labels (same-class pairs positive).
 
 The `uniclip-ablations` study (`ABLATIONS`) changes one thing of UniCLIP at a time (offsets, views, duplicate masking,
 MP-NCE vs SupCon, the augmentation-aware head, intra-domain pairs), next to `clip` and `uniclip`.
@@ -95,6 +97,9 @@ METHODS = {
     "msclip-separate": Method("msclip-separate", "clip", match_parameters_of="ms-clip-s"),
     "ms-clip-s+unicl": Method("ms-clip-s", "unicl"),
     "uniclip+unicl": Method("towers", "uniclip+unicl"),
+    # SigLIP's sigmoid loss as a point of the same objective (t = 10, b = -10 at the start), alone and with labels.
+    "siglip": Method("towers", "siglip"),
+    "siglip+unicl": Method("towers", "siglip+unicl"),
 }
 ABLATIONS = {
     "clip": METHODS["clip"],

@@ -36,7 +36,12 @@ from common import describe_machine, markdown_table, median
 SECTIONS = ("throughput", "compile", "data", "end-to-end")
 DEFAULT_SECTIONS = ("throughput", "compile", "data")
 # Candidates of throughput.py run here, per group (its --models filter; CLIPModel is always run).
-MODELS = {"towers": ("open_clip", "(CLIP loss)", "2 views"), "equal-width": ("MS-CLIP-S",)}
+# Throughput groups and the models of each (`throughput.py --groups/--models`); patch dropout: every model type.
+MODELS = {
+    "towers": ("open_clip", "(CLIP loss)", "2 views"),
+    "equal-width": ("MS-CLIP-S",),
+    "patch-dropout": ("UniCL", "MS-CLIP"),
+}
 # What feeds each model: UniCLIP's workers only decode to a canvas, its views are made on the device.
 PIPELINE_OF = {"UniCLIP": "batched-2"}
 SINGLE_VIEW_PIPELINE = "crop-flip"
