@@ -78,7 +78,7 @@ def run_throughput(args, compiled: bool) -> dict:
 def data_argv(args) -> list[str]:
     """data_pipeline.py's flags for the data section. On the GPU the views are also measured with their jitter
     compiled (`--compile-views`); the CPU smoke leaves that out (compiling takes longer than the smoke itself, and
-    tests/test_benchmarks_smoke.py runs data_pipeline.py with it)."""
+    tests/benchmarks/test_benchmarks_smoke.py runs data_pipeline.py with it)."""
     argv = ["--device", args.device, "--transforms", SINGLE_VIEW_PIPELINE, PIPELINE_OF["UniCLIP"]]
     argv += ["--view-presets", "simclr", "--data-dir", str(Path(args.out) / "shards")]
     if args.smoke:

@@ -3,7 +3,7 @@
 `hf_unified.losses.contrastive_objective` scores a rank's anchors against every gathered candidate. Densely
 (`chunk_size=0`) it builds each side's `anchors x candidates` logits and masks at once; in blocks
 (`chunk_size=None`, the default: blocks of 2^20 logits on a CPU once a side is larger) it never holds more than one
-block, with the same value and gradients (`tests/test_losses_chunked.py`). Four points of the objective:
+block, with the same value and gradients (`tests/core/test_losses_chunked.py`). Four points of the objective:
 
 - `clip`: one view, every item its own positive, SupCon (= CLIP's loss);
 - `unicl`: `clip` with labels (half the items of 1000 classes, half image-text pairs);

@@ -25,6 +25,14 @@ os.environ.setdefault(
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The tests are grouped as the package is (core/, training/, hub/, conversion/, benchmarks/; the project-wide ones
+# here). Helpers shared by every group live in this folder (on sys.path as the rootdir conftest's); a few test modules
+# reuse another group's fixtures by module name (test_hub_models.save_tiny_unicl, ...), so each group folder is on the
+# path too (every test module's name is unique).
+TEST_GROUPS = ("core", "training", "hub", "conversion", "benchmarks")
+for _group in TEST_GROUPS:
+    if str(REPO_ROOT / "tests" / _group) not in sys.path:
+        sys.path.append(str(REPO_ROOT / "tests" / _group))
 SHARED_DIR = REPO_ROOT.parent / "shared"
 TINY_TOKENIZER_DIR = SHARED_DIR / "fixtures" / "tokenizer-tiny-clip-bpe"
 

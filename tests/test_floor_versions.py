@@ -25,14 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TORCHVISION_OF_TORCH = {"2.6": "0.21"}
 # The core models, the native export, the handler, the toolkit's route and the Hub loads without the package.
 FLOOR_TESTS = [
-    "tests/test_unicl.py",
-    "tests/test_uniclip.py",
-    "tests/test_msclip.py",
-    "tests/test_hub_models.py",
-    "tests/test_export.py",
-    "tests/test_endpoint.py",
-    "tests/test_serving_routes.py",
-    "tests/test_endpoint_server.py",
+    "tests/core/test_unicl.py",
+    "tests/core/test_uniclip.py",
+    "tests/core/test_msclip.py",
+    "tests/hub/test_hub_models.py",
+    "tests/hub/test_export.py",
+    "tests/hub/test_endpoint.py",
+    "tests/hub/test_serving_routes.py",
+    "tests/hub/test_endpoint_server.py",
 ]
 # These call `activation_checkpointing_enable`, the name transformers gave gradient checkpointing after 5.20; the
 # trainer calls `gradient_checkpointing_enable`, which both have (test_gradient_checkpointing_at_the_floor below).

@@ -65,7 +65,7 @@ EXPORTABLE_TYPES = ("unicl", "uniclip")
 CLIP_LEGACY_EOS_TOKEN_ID = 2
 SAMPLE_TEXTS = ("a photo of a cat", "a diagram", "two dogs playing in the snow")
 # What marks a folder an export must never replace: a training run's files (hub never imports training, so its names
-# are spelled here; tests/test_run_safety.py checks they match the trainer's) and `checkpoint-<step>` folders.
+# are spelled here; tests/training/test_run_safety.py checks they match the trainer's) and `checkpoint-<step>` folders.
 RUN_FILES = (LOCK_NAME, "training_log.jsonl", "trainer_state.json")
 # A saved tokenizer has one of these (the first is what transformers 5 writes).
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")

@@ -18,7 +18,7 @@ from .engine.accumulation_modes import GRADIENT_ACCUMULATION_MODES, default_accu
 # Options of `DataArguments` that take one value for every training source or one value per source.
 PER_SOURCE_FIELDS = ("train_format", "image_column", "text_column", "label_column", "train_probabilities")
 # `configuration_contrastive.OBJECTIVE_PRESETS`' names, spelled here so that parsing does not import torch
-# (tests/test_training_combinations.py checks they agree).
+# (tests/training/test_training_combinations.py checks they agree).
 OBJECTIVE_NAMES = ("clip", "unicl", "uniclip", "uniclip+unicl", "siglip", "siglip+unicl")
 # The model types this package registers (tests/test_newcomer_errors.py checks they are the registered ones).
 MODEL_TYPES = ("unicl", "uniclip", "msclip")
@@ -27,7 +27,7 @@ ADAM_KERNELS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loo
 ADAM_IMPLEMENTATIONS = ("auto", *ADAM_KERNELS)
 CALIBRATION_CHOICES = ("auto", "true", "false")
 # The input limits' defaults: `image_processing.MAX_IMAGE_PIXELS` / `MAX_ASPECT_RATIO` and `sources.MAX_CAPTION_CHARS`
-# (spelled here so that parsing imports neither; tests/test_training_cli.py checks they agree).
+# (spelled here so that parsing imports neither; tests/training/test_training_cli.py checks they agree).
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 DEFAULT_MAX_ASPECT_RATIO = 20.0
 DEFAULT_MAX_CAPTION_CHARS = 10_000

@@ -14,8 +14,8 @@ DataLoader worker per few images would be needed to keep a GPU busy. Here the wo
 The views follow `augmentation.MultiViewAugmentation` exactly: the same recipe and presets, the same vectorised
 sampler (`augmentation.sample_view_params`), the same parameter layout, and the same pixels: on an image no larger
 than the canvas, each view equals what `MultiViewAugmentation.apply` makes from the original image and the view's
-parameter vector (float rounding aside; tests/test_augmentation_batched.py checks this for every slot). The views
-are rendered *from* the parameter vectors, so the vectors describe them by construction:
+parameter vector (float rounding aside; tests/training/test_augmentation_batched.py checks this for every slot).
+The views are rendered *from* the parameter vectors, so the vectors describe them by construction:
 
 - crop, resize and flip are one separable linear map per view, `view = A_y @ image @ A_x.T`: the rows of `A_x`
   hold the antialiased resampling weights of torchvision's `resize(..., antialias=True)` (a triangle filter for

@@ -17,7 +17,7 @@ import pytest
 from hf_unified.files import FolderLock, FolderLockedError, StagedFolder, recover_folder, staging_folders, write_file
 from hf_unified.files import atomic as atomic_module
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _names(folder: Path) -> list[str]:

@@ -19,7 +19,7 @@ import pytest
 from hf_unified.training import data as data_lib
 from hf_unified.training.data import synthetic_data
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = REPO_ROOT / "training" / "slurm" / "train_multi_node.sbatch"
 MACHINES, PROCESSES_PER_MACHINE, BATCH_SIZE = 2, 2, 4
 

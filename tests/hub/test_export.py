@@ -315,8 +315,8 @@ def test_python_dash_m_runs_the_command():
 
     done = subprocess.run(
         [sys.executable, "-m", "hf_unified.hub.export", "--help"],
-        cwd=Path(__file__).resolve().parents[1],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
         capture_output=True,
         text=True,
         timeout=300,

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from hf_unified.conversion.common import ConversionError
 from hf_unified.conversion.msclip import CONVERTER, SHARED_TENSORS, convert_msclip_checkpoint, main
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
 MSCLIP_FIXTURES = sorted(p.name for p in FIXTURES.glob("msclip-*") if (p / "checkpoint.pth").is_file())
 EMBEDDING_TOLERANCE = 1e-5

@@ -1,6 +1,6 @@
 """UniCLIP: config, unified multi-positive loss (vs loop references and across 2 processes), augmentation-aware
 embedding, processor, zero-shot scores. Tiny towers throughout; what every model keeps (save/load, attention
-backends, remote code, ...) is the model contract, `tests/test_model_contract.py`."""
+backends, remote code, ...) is the model contract, `tests/core/test_model_contract.py`."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from hf_unified.training.data.augmentation import (
     identity_params,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_SIZE = 32
 VOCAB, BOS, EOS = 600, 598, 599  # the fixtures' tiny CLIP BPE tokenizer
 

@@ -29,7 +29,7 @@ from hf_unified.hub.model_card import (
 )
 from hf_unified.losses import MULTI_POSITIVE_VARIANTS
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 TOWERS = {
     "vision_config": CLIPVisionConfig(

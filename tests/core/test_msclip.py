@@ -1,6 +1,6 @@
 """MS-CLIP as a transformers model: parameter counts, one-copy sharing, the sharing spectrum, attention per modality,
 pooling, config errors, the convolutions. What every model keeps (save/load, attention backends, pipelines, remote
-code, bad inputs) is the model contract, `tests/test_model_contract.py`."""
+code, bad inputs) is the model contract, `tests/core/test_model_contract.py`."""
 
 from __future__ import annotations
 
@@ -199,7 +199,7 @@ def test_every_point_of_the_spectrum_trains(preset, inputs):
 
 
 def test_save_load_keeps_one_copy_of_each_shared_tensor(model, saved):
-    # Exact outputs, state and auto_map after the round trip are the model contract's (tests/test_model_contract.py).
+    # Exact outputs, state and auto_map after the round trip: the model contract (tests/core/test_model_contract.py).
     with safe_open(str(saved / "model.safetensors"), framework="pt") as f:
         keys = set(f.keys())
     shared = shared_parameter_names(model)
@@ -300,7 +300,7 @@ def test_head_count_is_per_modality(model, inputs):
 
 @pytest.mark.parametrize("preset", ["ms-clip-s", "separate"])
 def test_eager_attention_weights_count_each_modality_s_heads_and_blocks(preset, inputs):
-    # That eager and SDPA agree is the model contract's (tests/test_model_contract.py).
+    # That eager and SDPA agree is the model contract's (tests/core/test_model_contract.py).
     torch.manual_seed(0)
     eager = MSCLIPModel(tiny_config(preset)).eval()
     eager.set_attn_implementation("eager")
@@ -355,7 +355,7 @@ def test_sdpa_text_runs_without_a_materialised_mask(model, inputs, monkeypatch):
 
 
 def test_long_text_names_max_position_embeddings(model):
-    # The other bad inputs are the model contract's (tests/test_model_contract.py).
+    # The other bad inputs are the model contract's (tests/core/test_model_contract.py).
     with pytest.raises(ValueError, match="max_position_embeddings"):
         model(input_ids=torch.zeros(1, 78, dtype=torch.long))
 

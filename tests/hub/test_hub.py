@@ -31,7 +31,7 @@ from hf_unified.hub.push import (
     upload_files,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "hf_" + "TestTokenThatMustNeverBePrinted0123"
 REPO_ID = "test-org/unicl-tiny"
 TEXTS = ["a photo of a cat.", "a red bus on the street.", "a dog"]

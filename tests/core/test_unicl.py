@@ -1,5 +1,5 @@
 """UniCL as a transformers model: config, towers, forward, labels, processor. What every model keeps (save/load,
-attention backends, pipelines, remote code, bad inputs) is the model contract, `tests/test_model_contract.py`."""
+attention backends, pipelines, remote code, bad inputs) is the model contract, `tests/core/test_model_contract.py`."""
 
 from __future__ import annotations
 
@@ -196,7 +196,7 @@ def test_logit_scale_initialised_from_config():
 
 
 def test_labels_of_another_length_are_refused(model, inputs):
-    # The other bad inputs are the model contract's (tests/test_model_contract.py).
+    # The other bad inputs are the model contract's (tests/core/test_model_contract.py).
     with pytest.raises(ValueError, match="labels must be"):
         model(**inputs, labels=torch.tensor([0, 1]))
 

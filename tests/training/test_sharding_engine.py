@@ -18,7 +18,7 @@ from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from hf_unified.training.engine import launch, sharding
 from hf_unified.training.engine.steps import build_step
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "training" / "accelerate"
 
 

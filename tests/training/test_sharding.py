@@ -22,7 +22,7 @@ from hf_unified.training.engine import sharded_state, sharding
 from hf_unified.training.engine.grad_cache import FullBatchStep
 from hf_unified.training.engine.sharding import gradient_sync
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 WORLD_SIZE, STEPS, RESUME_AT, MICRO_BATCH_SIZE = 2, 10, 5, 4
 # (model, accumulation): every model in plain steps, and with full_batch accumulation over 2 micro-batches.
 RUNS = [("unicl", 1), ("uniclip", 1), ("msclip", 1), ("unicl", 2), ("uniclip", 2), ("msclip", 2)]

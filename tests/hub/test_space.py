@@ -65,7 +65,7 @@ def test_space_is_pushed_as_a_space_repo_linked_to_the_model(model_folder, hub, 
         "requirements.txt",
         CONFIG_FILE,
     ]
-    package = Path(__file__).parents[1] / "hf_unified"
+    package = Path(__file__).parents[2] / "hf_unified"
     assert files[APP_FILE] == (package / "hub" / "space_app.py").read_bytes()
     assert files[HANDLER_FILE] == (package / "hub" / "endpoint_handler.py").read_bytes()  # serves every request
     assert files[IMAGE_PROCESSING_FILE] == (package / "image_processing.py").read_bytes()  # its bounded decoding

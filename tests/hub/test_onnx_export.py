@@ -27,7 +27,7 @@ from hf_unified.processing_msclip import MSCLIPProcessor, msclip_image_processor
 from hf_unified.processing_unicl import UniCLProcessor, unicl_image_processor  # noqa: E402
 from hf_unified.processing_uniclip import UniCLIPProcessor, uniclip_image_processor  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GUIDE = ROOT / "docs" / "serving-onnx.md"
 PROCESSORS = {
     "unicl": (UniCLProcessor, unicl_image_processor),

@@ -21,7 +21,7 @@ from hf_unified.conversion import msclip, safe_load, unicl
 from hf_unified.conversion.common import load_official_checkpoint
 from hf_unified.conversion.safe_load import ALLOWED_GLOBALS, UnsafeCheckpointError, pickled_globals
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONVERTERS = {"unicl": unicl, "msclip": msclip}
 
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from hf_unified.conversion.common import ConversionError
 from hf_unified.conversion.unicl import CONVERTER, convert_unicl_checkpoint, main
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 UNICL_FIXTURES = sorted(p.name for p in FIXTURES.glob("unicl-*") if (p / "checkpoint.pth").is_file())
 EMBEDDING_TOLERANCE = 1e-5
 LOGIT_TOLERANCE = 1e-4
@@ -370,7 +370,7 @@ def test_killed_conversion_leaves_no_output(shared_dir, tmp_path):
         sys.exit(unicl.main({_cli_args(shared_dir, "unicl-tiny-a", output)!r}))
         """
     )
-    repo_root = Path(__file__).resolve().parents[1]
+    repo_root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert result.returncode == 137, result.stderr
     assert not output.exists()

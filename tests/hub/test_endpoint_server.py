@@ -28,7 +28,7 @@ from hf_unified.processing_msclip import MSCLIPProcessor
 from hf_unified.processing_unicl import UniCLProcessor
 from hf_unified.processing_uniclip import UniCLIPProcessor
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SERVER = Path(endpoint_server.__file__)
 LABELS = ["circle", "square", "triangle"]
 TEMPLATE = "This is a photo of {}."  # the pipeline's and the handler's default
