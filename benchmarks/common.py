@@ -137,3 +137,37 @@ def msclip_s_layout(width: int, layers: int, image_size: int, patch_size: int) -
         "parallel_t2b_kernels": [first_size // grid >> i for i in range(branch)],
         "parallel_lateral_layers": [(k + 1) * layers // (branch + 1) for k in range(branch)],
     }
+
+
+# Process memory, as the memory benchmarks read it (loss_scaling.py, large_batch.py).
+
+
+def status_bytes(key: str) -> int | None:
+    """A field of this process's `/proc/self/status` in bytes (`VmRSS`, `VmHWM`), None where there is none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def allocate_large_tensors_with_mmap() -> None:
+    """Makes glibc serve every allocation above 64 KiB by mmap (and stop raising that threshold dynamically), so
+    freed tensors leave the resident set at once (`large_batch.py` resets the high-water mark between steps)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def reset_high_water_mark() -> bool:
+    """Resets this process's resident-set high-water mark (`VmHWM`); False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False

@@ -38,8 +38,14 @@ import time
 
 import common  # noqa: F401  (puts the repository on sys.path)
 import torch
-from common import describe_machine, markdown_table, median
-from loss_scaling import _allocate_large_tensors_with_mmap, _reset_high_water_mark, _status_bytes
+from common import (
+    allocate_large_tensors_with_mmap,
+    describe_machine,
+    markdown_table,
+    median,
+    reset_high_water_mark,
+    status_bytes,
+)
 from transformers import CLIPTextConfig, CLIPVisionConfig
 
 from hf_unified import UniCLConfig, UniCLModel
@@ -155,12 +161,12 @@ def run_step(mode: str, model, inputs, accelerator) -> dict:
     gradients."""
     model.zero_grad(set_to_none=True)
     gc.collect()
-    have_high_water_mark = _reset_high_water_mark()
-    before = _status_bytes("VmRSS")
+    have_high_water_mark = reset_high_water_mark()
+    before = status_bytes("VmRSS")
     start = time.perf_counter()
     loss = STEPS[mode](model, inputs, accelerator)
     seconds = time.perf_counter() - start
-    after = _status_bytes("VmHWM")
+    after = status_bytes("VmHWM")
     peak = after - before if have_high_water_mark and None not in (before, after) else float("nan")
     grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
     return {"seconds": seconds, "peak_bytes": peak, "loss": loss.item(), "grads": grads}
@@ -200,7 +206,7 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    _allocate_large_tensors_with_mmap()
+    allocate_large_tensors_with_mmap()
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=True)

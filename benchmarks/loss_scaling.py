@@ -46,41 +46,12 @@ import time
 from pathlib import Path
 
 import common  # noqa: F401  (puts the repository on sys.path)
-from common import describe_machine, markdown_table, median
+from common import describe_machine, markdown_table, median, status_bytes
 
 LOSSES = ("clip", "unicl", "uniclip", "sigmoid")
 PATHS = ("dense", "chunked")
 TARGETS = {("clip", 32768): 1.5 * 2**30, ("uniclip", 8192): 1.5 * 2**30}  # one process, chunked: peak RSS bytes
 TIME_TARGET = 1.3  # chunked / dense where dense runs
-
-
-def _status_bytes(key: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _allocate_large_tensors_with_mmap() -> None:
-    """Makes glibc serve every allocation above 64 KiB by mmap (and stop raising that threshold dynamically), so
-    freed tensors leave the resident set at once (`large_batch.py` resets the high-water mark between steps)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-def _reset_high_water_mark() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -170,7 +141,7 @@ def measure(loss: str, path: str, local: int, global_batch: int, dim: int, threa
     from hf_unified import losses
 
     torch.set_num_threads(threads)
-    start_rss = _status_bytes("VmRSS")
+    start_rss = status_bytes("VmRSS")
     generator = torch.Generator().manual_seed(global_batch)
     views = num_views(loss)
 
@@ -215,7 +186,7 @@ def measure(loss: str, path: str, local: int, global_batch: int, dim: int, threa
     with SimulatedRank(others):
         first = step()
         times = [step() for _ in range(4)] if first < 2.0 else [first]
-    return {"seconds": median(times), "peak_bytes": _status_bytes("VmHWM"), "start_bytes": start_rss}
+    return {"seconds": median(times), "peak_bytes": status_bytes("VmHWM"), "start_bytes": start_rss}
 
 
 def run_child(loss: str, path: str, local: int, global_batch: int, dim: int, threads: int) -> dict:

@@ -116,7 +116,7 @@ def _projected_identity_code(model: PreTrainedModel) -> torch.Tensor:
     return code @ weight[:, config.vision_config.hidden_size :].T
 
 
-def _image_text_index(values: torch.Tensor) -> int:
+def image_text_index(values: torch.Tensor) -> int:
     """Index of the image-text entry of a per-domain-pair parameter (`[3]`), or 0 for one shared value."""
     return DOMAIN_PAIRS.index("image-text") if values.numel() == len(DOMAIN_PAIRS) else 0
 
@@ -242,11 +242,11 @@ def export_problems(model: PreTrainedModel, atol: float = 1e-5) -> list[str]:
     if logit_scale.numel() not in (1, len(DOMAIN_PAIRS)):
         problems.append(f"{name}: logit_scale has {logit_scale.numel()} values; expected 1 or {len(DOMAIN_PAIRS)}")
         return problems
-    scale = logit_scale[_image_text_index(logit_scale)].exp().item()
+    scale = logit_scale[image_text_index(logit_scale)].exp().item()
     logit_offset = getattr(model, "logit_offset", None)
     if logit_offset is not None:
         offsets = logit_offset.detach().reshape(-1)
-        offset = offsets[_image_text_index(offsets)].item()
+        offset = offsets[image_text_index(offsets)].item()
         if abs(scale * offset) > atol:
             problems.append(
                 f"{name}: the image-text logit offset is {offset:.6g}, so its logits are exp(logit_scale) * (cos - "
@@ -285,7 +285,7 @@ def to_clip_model(model: PreTrainedModel, atol: float = 1e-5) -> CLIPModel:
         raise NotExportableError("cannot export to a native CLIPModel:\n" + "\n".join(f"- {p}" for p in problems))
     config = model.config
     logit_scale = model.logit_scale.detach().reshape(-1)
-    scale = logit_scale[_image_text_index(logit_scale)].item()
+    scale = logit_scale[image_text_index(logit_scale)].item()
     # The towers' configs carry projection_dim too: CLIPVisionModelWithProjection / CLIPTextModelWithProjection (the
     # image- and text-embedding route) build their projection from the sub-config, CLIPModel from the top level.
     towers = {"projection_dim": config.projection_dim}
@@ -475,7 +475,8 @@ def export_clip(
     return ExportResult(output_dir, model.config.model_type, differences, notes)
 
 
-def _tolerance(text: str) -> float:
+def tolerance_argument(text: str) -> float:
+    """`--atol`'s argparse type: a finite number >= 0."""
     try:
         return check_tolerance(float(text))
     except ValueError as error:
@@ -490,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("model_folder", help="saved hf-unified model folder (model + processor)")
     parser.add_argument("output_dir", help="folder to write the CLIPModel + CLIPProcessor to")
-    parser.add_argument("--atol", type=_tolerance, default=1e-5, help="tolerance of the checks (default 1e-5)")
+    parser.add_argument("--atol", type=tolerance_argument, default=1e-5, help="tolerance of the checks (default 1e-5)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output_dir")
     parser.add_argument("--repo_id", default=None, help="Hub id the export will be pushed to (for its card)")
     parser.add_argument("--source_repo_id", default=None, help="Hub id of the source model (the card's base_model)")

@@ -53,7 +53,7 @@ from hf_unified.image_processing import native_image_processor
 from hf_unified.losses import DOMAIN_PAIRS
 
 from ..files import StagedFolder, write_file
-from .export import SAMPLE_TEXTS, _image_text_index, _tolerance, check_export_target, check_tolerance
+from .export import SAMPLE_TEXTS, check_export_target, check_tolerance, image_text_index, tolerance_argument
 
 SUPPORTED_TYPES = ("unicl", "uniclip", "msclip", "clip")  # "clip": a native export (`hf-unified-export-clip`)
 IMAGE_FILE, TEXT_FILE = "image_encoder.onnx", "text_encoder.onnx"
@@ -166,7 +166,7 @@ def image_text_similarity(model: PreTrainedModel) -> dict:
     scales = model.logit_scale.detach().float().exp().reshape(-1)
     offsets = getattr(model, "logit_offset", None)
     offsets = torch.zeros(1) if offsets is None else offsets.detach().float().reshape(-1)
-    scale, offset = scales[_image_text_index(scales)].item(), offsets[_image_text_index(offsets)].item()
+    scale, offset = scales[image_text_index(scales)].item(), offsets[image_text_index(offsets)].item()
     config = model.config
     sigmoid = getattr(config, "contrastive_loss", None) == "sigmoid"
     similarity = {
@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("output_folder", help="folder to write the .onnx files, onnx_export.json and processor to")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output_folder")
     parser.add_argument(
-        "--atol", type=_tolerance, default=1e-4, help="largest onnxruntime - PyTorch difference (default 1e-4)"
+        "--atol", type=tolerance_argument, default=1e-4, help="largest onnxruntime - PyTorch difference (default 1e-4)"
     )
     return parser
 
