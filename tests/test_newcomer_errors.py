@@ -137,3 +137,28 @@ def test_ctrl_c_during_training_ends_with_one_line(tmp_path):
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and len(lines) == 1, stderr
     assert lines[0].startswith("train.py: interrupted (Ctrl-C)") and "--resume_from_checkpoint latest" in lines[0]
+
+
+def test_a_worker_says_nothing_of_a_batch_handover_that_ctrl_c_broke_off():
+    """The race behind a traceback under the Ctrl-C line on a busy machine: the main process is interrupted while it
+    fetches a batch's file descriptors, and the worker's resource-sharer thread meets the closed connection and reports
+    it through `sys.excepthook`. The workers' hook drops exactly that (a connection error raised in the resource
+    sharer); any other error, or a connection error raised elsewhere, still reaches the hook."""
+    import multiprocessing.resource_sharer
+
+    from hf_unified.training.engine.preemption import quiet_broken_handovers
+
+    seen = []
+    hook = quiet_broken_handovers(lambda kind, value, traceback: seen.append(kind))
+    sharer = {}
+    exec(compile("def serve(error):\n    raise error\n", multiprocessing.resource_sharer.__file__, "exec"), sharer)
+    for error in (EOFError(), ConnectionResetError(), ValueError("a bug in the sharer")):
+        try:
+            sharer["serve"](error)
+        except Exception as caught:
+            hook(type(caught), caught, caught.__traceback__)
+    try:
+        raise EOFError("elsewhere")
+    except EOFError as caught:
+        hook(type(caught), caught, caught.__traceback__)
+    assert seen == [ValueError, EOFError]

@@ -9,13 +9,15 @@ ends bit-identical to an uninterrupted one, since checkpoints hold the exact sta
 
 DataLoader workers ignore both signals (`ignore_stop_signals`): a scheduler signals every process of the job, and a
 worker killed by it would end the run before its checkpoint; the main process shuts its workers down itself.
-Ctrl-C (SIGINT) is not a stop request: it ends the run at once, and `training/train.py` says so in one line.
+Ctrl-C (SIGINT) is not a stop request: it ends the run at once, and `training/cli.py` says so in one line; a worker
+whose batch was being handed over at that moment stays quiet about the broken hand-over (`quiet_broken_handovers`).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -70,9 +72,40 @@ class StopRequest:
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """`worker_init_fn` of the training DataLoader: the workers leave stop signals to the main process."""
+    """`worker_init_fn` of the training DataLoader: the workers leave stop signals to the main process, and say
+    nothing of a batch hand-over that the main process broke off (`quiet_broken_handovers`)."""
     for number in STOP_SIGNALS:
         signal.signal(number, signal.SIG_IGN)
+    sys.excepthook = quiet_broken_handovers(sys.excepthook)
 
 
-__all__ = ["REQUEUE_EXIT_CODE", "RunStopped", "STOP_SIGNALS", "StopRequest", "ignore_stop_signals"]
+def quiet_broken_handovers(excepthook):
+    """`excepthook` except for a connection error raised in multiprocessing's resource sharer.
+
+    A worker hands a batch's tensors to the main process as file descriptors, served by the resource sharer's thread,
+    which reports any error through `sys.excepthook`. When Ctrl-C interrupts the main process while it fetches them,
+    the worker's thread meets a closed connection and would print a traceback under the run's one-line message (seen
+    on a busy machine); the main process has already said what happened, so that error alone is dropped."""
+
+    def hook(kind, value, traceback) -> None:
+        frames, handover = traceback, False
+        while frames is not None and not handover:
+            handover = frames.tb_frame.f_code.co_filename.endswith(
+                os.path.join("multiprocessing", "resource_sharer.py")
+            )
+            frames = frames.tb_next
+        if handover and issubclass(kind, (OSError, EOFError)):
+            return
+        excepthook(kind, value, traceback)
+
+    return hook
+
+
+__all__ = [
+    "REQUEUE_EXIT_CODE",
+    "RunStopped",
+    "STOP_SIGNALS",
+    "StopRequest",
+    "ignore_stop_signals",
+    "quiet_broken_handovers",
+]
