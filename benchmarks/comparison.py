@@ -325,20 +325,30 @@ def tables(results: dict) -> str:
 
 
 def similarity_table(results: dict) -> str:
-    """The learnt similarity parameters of the methods that have per-domain-pair ones (mean over seeds)."""
+    """The learnt similarity parameters of the methods that have offsets (mean over seeds): one per domain pair
+    (image-image / image-text / text-text) or one shared (SigLIP's, whose bias is -exp(log-scale) * offset)."""
     rows = []
     for dataset in results["datasets"]:
         for name, runs in _runs_by_method(results, dataset).items():
             if "logit_offset" not in runs[0]["similarity"]:
                 continue
-            offsets = [spread([r["similarity"]["logit_offset"][i] for r in runs])[0] for i in range(3)]
-            scales = [spread([r["similarity"]["logit_scale"][i] for r in runs])[0] for i in range(3)]
+            values = {
+                key: [
+                    spread([r["similarity"][key][i] for r in runs])[0] for i in range(len(runs[0]["similarity"][key]))
+                ]
+                for key in ("logit_offset", "logit_scale")
+            }
             rows.append(
-                [dataset, name, " / ".join(f"{v:.3f}" for v in offsets), " / ".join(f"{v:.2f}" for v in scales)]
+                [
+                    dataset,
+                    name,
+                    " / ".join(f"{v:.3f}" for v in values["logit_offset"]),
+                    " / ".join(f"{v:.2f}" for v in values["logit_scale"]),
+                ]
             )
     if not rows:
         return ""
-    header = ["data", "method", "final offsets (image-image / image-text / text-text)", "final log-scales"]
+    header = ["data", "method", "final offsets (image-image / image-text / text-text, or one)", "final log-scales"]
     return "*learnt domain-pair similarity at the end of the run (mean over seeds)*\n\n" + markdown_table(header, rows)
 
 
