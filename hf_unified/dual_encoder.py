@@ -473,6 +473,37 @@ class DualEncoderPreTrainedModel(ZeroShotAutoMapMixin, PreTrainedModel):
             chunk_size=config.loss_chunk_size,
         )
 
+    def _dual_forward(
+        self,
+        input_ids: torch.LongTensor | None,
+        pixel_values: torch.FloatTensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None,
+        token_type_ids: torch.LongTensor | None,
+        augmentation_params: torch.FloatTensor | None,
+        labels: torch.LongTensor | None,
+        return_loss: bool | None,
+        **kwargs,
+    ) -> ContrastiveOutput:
+        """Every method's `forward`: the images' view embeddings `(image_batch_size, num_views, projection_dim)` and
+        the texts' `(text_batch_size, projection_dim)` (L2-normalised) through the subclass's `get_*_features`, the
+        config's contrastive loss where asked (`_check_forward_inputs`), the logits where both modalities ran."""
+        wants_loss = self._check_forward_inputs(input_ids, pixel_values, augmentation_params, labels, return_loss)
+        image_view_embeds = vision_outputs = text_embeds = text_outputs = loss = None
+        if pixel_values is not None:
+            image_view_embeds, vision_outputs = self._image_view_embeddings(
+                pixel_values, augmentation_params, **kwargs
+            )
+        if input_ids is not None:
+            text_outputs = self.get_text_features(
+                input_ids, attention_mask, position_ids, token_type_ids, return_dict=True, **kwargs
+            )
+            text_embeds = nn.functional.normalize(text_outputs.pooler_output, dim=-1)
+        if wants_loss:
+            text_keys = self._text_keys(input_ids, attention_mask)
+            loss = self.contrastive_loss(image_view_embeds, text_embeds, labels, text_keys)
+        return self._contrastive_output(loss, image_view_embeds, text_embeds, vision_outputs, text_outputs)
+
     def _text_keys(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
         """The texts' identity keys where the config masks duplicate texts (`losses.text_identity_keys`), else None."""
         return text_identity_keys(input_ids, attention_mask) if self.config.mask_duplicate_texts else None

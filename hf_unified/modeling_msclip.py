@@ -623,21 +623,17 @@ class MSCLIPModel(MSCLIPPreTrainedModel):
         augmentation-aware configs) through the shared stack -> [`ContrastiveOutput`]. `labels`
         `(batch_size,)` (with `config.use_labels`) or `return_loss=True` add the config's contrastive loss, which
         needs both modalities, one text per image; otherwise either modality may be left out."""
-        wants_loss = self._check_forward_inputs(input_ids, pixel_values, augmentation_params, labels, return_loss)
-        image_view_embeds = vision_outputs = text_embeds = text_outputs = loss = None
-        if pixel_values is not None:
-            image_view_embeds, vision_outputs = self._image_view_embeddings(
-                pixel_values, augmentation_params, **kwargs
-            )
-        if input_ids is not None:
-            text_outputs = self.get_text_features(
-                input_ids, attention_mask, position_ids, token_type_ids, return_dict=True, **kwargs
-            )
-            text_embeds = nn.functional.normalize(text_outputs.pooler_output, dim=-1)
-        if wants_loss:
-            text_keys = self._text_keys(input_ids, attention_mask)
-            loss = self.contrastive_loss(image_view_embeds, text_embeds, labels, text_keys)
-        return self._contrastive_output(loss, image_view_embeds, text_embeds, vision_outputs, text_outputs)
+        return self._dual_forward(
+            input_ids,
+            pixel_values,
+            attention_mask,
+            position_ids,
+            token_type_ids,
+            augmentation_params,
+            labels,
+            return_loss,
+            **kwargs,
+        )
 
 
 class MSCLIPVisionModelWithProjection(MSCLIPPreTrainedModel):
