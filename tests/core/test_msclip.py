@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
+from tiny_models import IMAGE_SIZE, MSCLIP_TINY
 from transformers import AutoConfig
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -22,31 +23,9 @@ from hf_unified.modeling_msclip import (
 )
 from hf_unified.processing_msclip import MSCLIPProcessor, msclip_image_processor
 
-IMAGE_SIZE = 32
-
 # A tiny MS-CLIP-S: conv stem 32 -> 16 -> 8 -> 4 (patch 8, 4x4 grid), a 2-stage parallel branch whose stages
 # (16x16, 8x8) land on the grid with t2b kernels 4 and 2, adapters before blocks 1 and 2; text 4 heads, vision 2.
-TINY = dict(
-    vocab_size=600,
-    max_position_embeddings=77,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=3,
-    vision_num_attention_heads=2,
-    text_num_attention_heads=4,
-    image_size=IMAGE_SIZE,
-    patch_size=8,
-    projection_dim=16,
-    stem_channels=[4, 8, 16],
-    stem_strides=[2, 2],
-    parallel_channels=[4, 8],
-    parallel_strides=[2, 2],
-    parallel_t2b_kernels=[4, 2],
-    parallel_lateral_layers=[1, 2],
-    bos_token_id=598,
-    eos_token_id=599,
-    pad_token_id=0,
-)
+TINY = {**MSCLIP_TINY, "max_position_embeddings": 77}
 
 
 def tiny_config(preset: str = "ms-clip-s", **overrides) -> MSCLIPConfig:
