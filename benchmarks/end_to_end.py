@@ -338,7 +338,6 @@ def ours_config(setup: Setup, variant: Variant) -> dict:
         "adam_beta2": 0.98,
         "adam_epsilon": 1.0e-6,
         OPTIMIZER_FIELD: variant.adam,
-        "similarity_learning_rate_multiplier": 1.0,  # open_clip trains the temperature at the towers' rate
         "max_grad_norm": 0,  # open_clip clips only with --grad-clip-norm
         "mixed_precision": "bf16" if args.device.startswith("cuda") else "no",
         "use_cpu": not args.device.startswith("cuda"),

@@ -369,11 +369,11 @@ class TrainArguments:
             "choices": list(ADAM_IMPLEMENTATIONS),
         },
     )
-    similarity_learning_rate_multiplier: float = field(
+    logit_offset_learning_rate_multiplier: float = field(
         default=10.0,
         metadata={
-            "help": "the similarity parameters (logit_scale, logit_offset: their own AdamW group) train at this "
-            "multiple of the rate they would have otherwise"
+            "help": "the similarity offsets (logit_offset: their own AdamW group) train at this multiple of the rate "
+            "they would have otherwise; the log temperatures (logit_scale) train at the towers' rate"
         },
     )
     calibrate_logit_offsets: str = field(
@@ -483,7 +483,7 @@ class TrainArguments:
         default=False,
         metadata={
             "help": "resume with new values of learning_rate, lr_scheduler_type, warmup_steps, max_steps, "
-            "weight_decay, similarity_learning_rate_multiplier, max_grad_norm, max_logit_scale (applied from the "
+            "weight_decay, logit_offset_learning_rate_multiplier, max_grad_norm, max_logit_scale (applied from the "
             "resumed step); other settings must stay"
         },
     )
@@ -529,10 +529,10 @@ class TrainArguments:
                 f"got {self.patch_dropout_final_steps}: some steps must train with patch dropout before the unmasked "
                 "ones"
             )
-        if self.similarity_learning_rate_multiplier <= 0:
+        if self.logit_offset_learning_rate_multiplier <= 0:
             raise ConfigError(
-                f"similarity_learning_rate_multiplier must be positive, got {self.similarity_learning_rate_multiplier}"
-                " (to keep the temperatures fixed, freeze them in the model instead)"
+                "logit_offset_learning_rate_multiplier must be positive, got "
+                f"{self.logit_offset_learning_rate_multiplier} (to keep the offsets fixed, freeze them in the model)"
             )
         if not 0.0 < self.layerwise_lr_decay <= 1.0:
             raise ConfigError(f"layerwise_lr_decay must be in (0, 1], got {self.layerwise_lr_decay}")

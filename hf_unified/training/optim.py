@@ -7,14 +7,15 @@ blocks (BEiT's layer-wise decay: the heads at full rate, the embeddings at `deca
 `finetuning.ParameterRole.is_head`) at `head_learning_rate`. Every group records its `lr_scale` (its learning rate
 over `learning_rate`), so the logged rate is the schedule's base value whatever the groups.
 
-The similarity parameters (`SIMILARITY_PARAMETERS`: the log temperatures `logit_scale` and UniCLIP's per-domain-pair
-offsets `logit_offset`) always form their own group, at `similarity_learning_rate_multiplier` times the rate they
-would have otherwise. Why: an offset lives in cosine units and has to travel a distance of order 0.1-1 (the gap
-between the domain pairs' typical similarities), while AdamW moves a parameter by about its learning rate per step;
-at a tower's rate of 1e-3 over a short run it barely moves (measured on digits after 120 steps: -0.004, -0.039,
-0.048). The default of 10 is this package's choice, not the paper's; `benchmarks/comparison.py` (every method)
-and the shipped configs train with it. CLIP and open_clip train the temperature at the towers' rate, which
-`similarity_learning_rate_multiplier: 1` restores.
+The learnt log temperatures (`logit_scale`, one per domain pair for UniCLIP) train at the towers' rate, as CLIP's
+and open_clip's do. UniCLIP's per-domain-pair offsets (`OFFSET_PARAMETERS`: `logit_offset`, also SigLIP's shared
+offset) form their own group, at `logit_offset_learning_rate_multiplier` times the rate they would have otherwise.
+Why: an offset lives in cosine units and has to travel a distance of order 0.1-1 (the gap between the domain pairs'
+typical similarities), while AdamW moves a parameter by about its learning rate per step; at a tower's rate of 1e-3
+over a short run it barely moves (measured on digits after 120 steps: -0.004, -0.039, 0.048). The default (10) is
+this package's choice, not the paper's, made on the validation splits of `benchmarks/comparison.py`
+(`benchmarks/comparison.md`); `1` trains the offsets at the towers' rate. An earlier version scaled the log-scales
+too: with near-duplicate views the image-image scale then ran to CLIP's clamp (100) within ~200 steps.
 
 The AdamW kernel is `adam_implementation`: `auto` takes torch's fused kernel on the devices that have one (CUDA, CPU,
 MPS, XPU) and the multi-tensor (`foreach`) one elsewhere; `fused`, `foreach` and `for-loop` (one parameter at a time)
@@ -36,8 +37,8 @@ from .finetuning import ParameterRole
 
 _NO_DECAY_MODULES = (torch.nn.LayerNorm, torch.nn.Embedding, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm)
 _NO_DECAY_NAMES = re.compile(r"(logit_scale|logit_offset|logit_bias|temperature|position_embedding|class_embedding)")
-# Parameter names (the last component) of the similarity: the learnt log temperatures and offsets.
-SIMILARITY_PARAMETERS = ("logit_scale", "logit_offset")
+# Parameter names (the last component) of the similarity's offsets, which train in their own group.
+OFFSET_PARAMETERS = ("logit_offset",)
 
 
 def no_weight_decay_names(model: torch.nn.Module) -> set[str]:
@@ -53,8 +54,8 @@ def no_weight_decay_names(model: torch.nn.Module) -> set[str]:
     return names
 
 
-def is_similarity_parameter(name: str) -> bool:
-    return name.split(".")[-1] in SIMILARITY_PARAMETERS
+def is_offset_parameter(name: str) -> bool:
+    return name.split(".")[-1] in OFFSET_PARAMETERS
 
 
 def learning_rate_scale(name: str, role: ParameterRole | None, args) -> float:
@@ -65,16 +66,16 @@ def learning_rate_scale(name: str, role: ParameterRole | None, args) -> float:
         scale = 1.0 if args.head_learning_rate is None else args.head_learning_rate / args.learning_rate
     else:
         scale = args.layerwise_lr_decay ** (role.num_blocks + 1 - role.depth)
-    return scale * args.similarity_learning_rate_multiplier if is_similarity_parameter(name) else scale
+    return scale * args.logit_offset_learning_rate_multiplier if is_offset_parameter(name) else scale
 
 
 def parameter_groups(model: torch.nn.Module, args, roles: dict[str, ParameterRole] | None = None) -> list[dict]:
     """AdamW groups of the trainable parameters, one per (learning rate, weight decay) and one for the similarity
-    parameters, in parameter order. Each group records its `lr_scale` and whether it is the `similarity` group.
+    offsets, in parameter order. Each group records its `lr_scale` and whether it is the `offset` group.
 
     Args:
         args: `TrainArguments` (`learning_rate`, `weight_decay`, `head_learning_rate`, `layerwise_lr_decay`,
-            `similarity_learning_rate_multiplier`).
+            `logit_offset_learning_rate_multiplier`).
         roles: `finetuning.trace_parameter_roles(...)`; None gives every other parameter `learning_rate`.
     """
     no_decay = no_weight_decay_names(model)
@@ -84,15 +85,15 @@ def parameter_groups(model: torch.nn.Module, args, roles: dict[str, ParameterRol
             continue
         scale = learning_rate_scale(name, None if roles is None else roles[name], args)
         decay = 0.0 if name in no_decay else args.weight_decay
-        similarity = is_similarity_parameter(name)
+        offset = is_offset_parameter(name)
         group = groups.setdefault(
-            (scale, decay, similarity),
+            (scale, decay, offset),
             {
                 "params": [],
                 "weight_decay": decay,
                 "lr": args.learning_rate * scale,
                 "lr_scale": scale,
-                "similarity": similarity,
+                "offset": offset,
             },
         )
         group["params"].append(parameter)
@@ -154,13 +155,13 @@ def clamp_logit_scale(model: torch.nn.Module, maximum: float) -> None:
 
 
 __all__ = [
-    "SIMILARITY_PARAMETERS",
+    "OFFSET_PARAMETERS",
     "adam_kernel",
     "base_learning_rate",
     "build_optimizer",
     "build_scheduler",
     "clamp_logit_scale",
-    "is_similarity_parameter",
+    "is_offset_parameter",
     "learning_rate_scale",
     "no_weight_decay_names",
     "parameter_groups",

@@ -100,7 +100,7 @@ ADJUSTABLE_SETTINGS = (
     "warmup_steps",
     "max_steps",
     "weight_decay",
-    "similarity_learning_rate_multiplier",
+    "logit_offset_learning_rate_multiplier",
     "max_grad_norm",
     "max_logit_scale",
 )

@@ -189,15 +189,14 @@ def test_parameter_groups_exclude_norms_biases_embeddings_temperatures(tmp_path,
     model = UniCLModel(
         UniCLConfig(projection_dim=16, vision_config=TINY_VISION, text_config={**TINY_TEXT, "vocab_size": 50})
     )
-    groups = parameter_groups(model, TrainArguments(weight_decay=0.1, similarity_learning_rate_multiplier=4.0))
-    similarity = [group for group in groups if group["similarity"]]
-    decay, plain = sorted((g for g in groups if not g["similarity"]), key=lambda group: -group["weight_decay"])
+    groups = parameter_groups(model, TrainArguments(weight_decay=0.1, logit_offset_learning_rate_multiplier=4.0))
+    assert not any(group["offset"] for group in groups)  # CLIP's similarity has no offset
+    decay, plain = sorted(groups, key=lambda group: -group["weight_decay"])
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
     assert "logit_scale" not in decayed
     assert not any("norm" in n or n.endswith("bias") or "embedding" in n for n in decayed)
     assert "visual_projection.weight" in decayed and any("q_proj.weight" in n for n in decayed)
-    # The temperature: its own group, no decay, at the multiplier times the others' rate.
-    assert len(similarity) == 1 and [names[id(p)] for p in similarity[0]["params"]] == ["logit_scale"]
-    assert similarity[0]["weight_decay"] == 0.0 and similarity[0]["lr"] == pytest.approx(4 * decay["lr"])
+    # The temperature: no decay, at the towers' rate (the offset multiplier does not apply to it).
+    assert "logit_scale" in {names[id(p)] for p in plain["params"]} and plain["lr"] == pytest.approx(decay["lr"])
     assert sum(len(group["params"]) for group in groups) == len(list(model.parameters()))

@@ -62,21 +62,17 @@ def test_layerwise_decay_and_head_learning_rate_per_layer(tokenizer):
     assert lr["text_model.embeddings.token_embedding.weight"] == pytest.approx(1e-3 * 0.5**4)
     for name in ("visual_projection.weight", "text_projection.weight", "vision_model.post_layernorm.weight"):
         assert lr[name] == pytest.approx(1e-2)  # the heads
-    assert lr["logit_scale"] == pytest.approx(1e-2 * args.similarity_learning_rate_multiplier)  # a head, and its group
+    assert lr["logit_scale"] == pytest.approx(1e-2)  # a head; the offset multiplier is not for log temperatures
     # Weight decay is still only on matrices of the blocks and projections.
     decays = {id(p): group["weight_decay"] for group in parameter_groups(model, args, roles) for p in group["params"]}
     assert decays[id(model.logit_scale)] == 0.0 and decays[id(model.visual_projection.weight)] == 0.1
 
 
-def test_without_controls_every_parameter_but_the_similarity_has_the_base_rate(tokenizer):
-    model = unicl(tokenizer)
+def test_without_controls_every_parameter_of_clip_has_the_base_rate(tokenizer):
+    model = unicl(tokenizer)  # CLIP's similarity: one temperature, no offset
     groups = parameter_groups(model, TrainArguments(learning_rate=3e-4))
-    towers = [group for group in groups if not group["similarity"]]
-    assert {group["lr"] for group in towers} == {3e-4} and {group["lr_scale"] for group in towers} == {1.0}
-    (similarity,) = [group for group in groups if group["similarity"]]
-    assert similarity["params"] == [model.logit_scale] and similarity["lr"] == pytest.approx(3e-3)  # 10x by default
-    groups = parameter_groups(model, TrainArguments(learning_rate=3e-4, similarity_learning_rate_multiplier=1))
-    assert {group["lr"] for group in groups} == {3e-4}  # CLIP's and open_clip's choice
+    assert {group["lr"] for group in groups} == {3e-4} and {group["lr_scale"] for group in groups} == {1.0}
+    assert not any(group["offset"] for group in groups)  # CLIP's and open_clip's choice
 
 
 def test_msclip_shared_stack_roles_and_freezing(tokenizer):

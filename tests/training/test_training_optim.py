@@ -1,5 +1,6 @@
 """AdamW as the trainer builds it: the three kernels compute the same steps, `auto` picks by device, and the
-similarity parameters train in their own group at `similarity_learning_rate_multiplier` times their rate."""
+similarity offsets train in their own group at `logit_offset_learning_rate_multiplier` times their rate, the log
+temperatures at the towers' rate."""
 
 from __future__ import annotations
 
@@ -50,19 +51,21 @@ def test_auto_is_fused_where_torch_has_the_kernel_and_foreach_elsewhere():
         adam_kernel("apex", "cpu")
 
 
-def test_similarity_parameters_have_their_own_group_at_the_multiplier():
+def test_the_offsets_have_their_own_group_at_the_multiplier_and_the_log_scales_the_towers_rate():
     model = tiny_uniclip()
     names = {id(p): n for n, p in model.named_parameters()}
-    args = TrainArguments(learning_rate=1e-3, similarity_learning_rate_multiplier=10.0)
+    args = TrainArguments(learning_rate=1e-3, logit_offset_learning_rate_multiplier=10.0)
     groups = parameter_groups(model, args)
-    (similarity,) = [group for group in groups if group["similarity"]]
-    assert sorted(names[id(p)] for p in similarity["params"]) == ["logit_offset", "logit_scale"]
-    assert similarity["lr"] == pytest.approx(1e-2) and similarity["lr_scale"] == pytest.approx(10.0)
-    assert similarity["weight_decay"] == 0.0
-    assert all(group["lr"] == pytest.approx(1e-3) for group in groups if not group["similarity"])
+    (offsets,) = [group for group in groups if group["offset"]]
+    assert [names[id(p)] for p in offsets["params"]] == ["logit_offset"]
+    assert offsets["lr"] == pytest.approx(1e-2) and offsets["lr_scale"] == pytest.approx(10.0)
+    assert offsets["weight_decay"] == 0.0
+    assert all(group["lr"] == pytest.approx(1e-3) for group in groups if not group["offset"])
+    (scales,) = [group for group in groups if any(p is model.logit_scale for p in group["params"])]
+    assert scales["lr"] == pytest.approx(1e-3) and scales["weight_decay"] == 0.0  # CLIP's: the towers' rate
     # With a multiplier of 1 they keep their own group (checkpoints do not change layout with the setting).
-    groups = parameter_groups(model, TrainArguments(similarity_learning_rate_multiplier=1.0))
-    assert sum(group["similarity"] for group in groups) == 1
+    groups = parameter_groups(model, TrainArguments(logit_offset_learning_rate_multiplier=1.0))
+    assert sum(group["offset"] for group in groups) == 1
 
 
 def test_the_multiplier_applies_on_top_of_the_head_learning_rate():
@@ -71,13 +74,13 @@ def test_the_multiplier_applies_on_top_of_the_head_learning_rate():
     model = tiny_uniclip()
     head = ParameterRole(frozenset())  # the loss's own parameters are heads
     roles = {name: head for name, _ in model.named_parameters()}
-    args = TrainArguments(learning_rate=1e-3, head_learning_rate=4e-3, similarity_learning_rate_multiplier=5.0)
-    (similarity,) = [group for group in parameter_groups(model, args, roles) if group["similarity"]]
-    assert similarity["lr"] == pytest.approx(2e-2)
+    args = TrainArguments(learning_rate=1e-3, head_learning_rate=4e-3, logit_offset_learning_rate_multiplier=5.0)
+    (offsets,) = [group for group in parameter_groups(model, args, roles) if group["offset"]]
+    assert offsets["lr"] == pytest.approx(2e-2)
 
 
 def test_a_non_positive_multiplier_is_refused():
     from hf_unified.training.arguments import ConfigError
 
-    with pytest.raises(ConfigError, match="similarity_learning_rate_multiplier must be positive, got 0"):
-        TrainArguments(similarity_learning_rate_multiplier=0.0)
+    with pytest.raises(ConfigError, match="logit_offset_learning_rate_multiplier must be positive, got 0"):
+        TrainArguments(logit_offset_learning_rate_multiplier=0.0)
