@@ -79,6 +79,10 @@ class Method:
         data: `DataArguments` fields of its runs (the view recipe of a method that trains on views, ...).
         train: `TrainArguments` fields of its runs.
         match_parameters_of: another method whose parameter count this one matches, by width.
+        budget_of: another method whose training budget this one gets at every reported step, in `budget` units
+            (`"flops"`: training FLOPs of a step; `"seconds"`: wall time of a step on this machine, measured before
+            the runs): its runs are that many times longer (steps, evaluations and reported budgets scaled alike,
+            each run with its own whole schedule).
     """
 
     architecture: str
@@ -87,6 +91,24 @@ class Method:
     data: dict = dataclasses.field(default_factory=dict)
     train: dict = dataclasses.field(default_factory=dict)
     match_parameters_of: str | None = None
+    budget_of: str | None = None
+    budget: str = "flops"
+
+    def __post_init__(self):
+        if self.budget not in BUDGET_UNITS:
+            raise ValueError(f"budget must be one of {BUDGET_UNITS}, got {self.budget!r}")
+
+
+# What a method's `budget_of` matches: training FLOPs per step, or wall seconds per step.
+BUDGET_UNITS = ("flops", "seconds")
+# SimCLR's and SLIP's temperature 0.1 for the image-image pair; CLIP's 0.07 for the pairs with text.
+UNICLIP_LOGIT_SCALES = [math.log(1 / 0.1), math.log(1 / 0.07), math.log(1 / 0.07)]
+# UniCLIP's views on the study's 32-pixel images, the candidate chosen on the validation splits (`uniclip-choices`):
+# crop area 0.3-1 with brightness and contrast jitter (no hue or saturation change: the shapes' captions name colours).
+WIDE_VIEWS = {
+    "view_preset": "small",
+    "augmentation_kwargs": {"scale": [0.3, 1.0], "jitter_p": 0.8, "brightness": 0.4, "contrast": 0.4},
+}
 
 
 METHODS = {
@@ -94,19 +116,37 @@ METHODS = {
     "unicl": Method("towers", "unicl"),
     "uniclip": Method("towers", "uniclip"),
     "ms-clip-s": Method("ms-clip-s", "clip"),
+    # Sharing alone (the stack shared, no stem, no branch) and nothing shared, each at ms-clip-s's parameter count:
+    # with ms-clip-s they separate what the sharing, and what the stem and branch, bring.
+    "msclip-shared": Method("msclip-shared", "clip", match_parameters_of="ms-clip-s"),
     "msclip-separate": Method("msclip-separate", "clip", match_parameters_of="ms-clip-s"),
     "ms-clip-s+unicl": Method("ms-clip-s", "unicl"),
     "uniclip+unicl": Method("towers", "uniclip+unicl"),
     # SigLIP's sigmoid loss as a point of the same objective (t = 10, b = -10 at the start), alone and with labels.
     "siglip": Method("towers", "siglip"),
     "siglip+unicl": Method("towers", "siglip+unicl"),
+    # FLIP's patch dropout (half the image patches dropped in training), given CLIP's wall time on this machine.
+    "clip+patch-dropout": Method("towers", "clip", config={"patch_dropout": 0.5}, budget_of="clip", budget="seconds"),
+    # CLIP given the training FLOPs of the costlier methods: the equal-compute reading (`COMPUTE_MATCHED`).
+    "clip@uniclip-flops": Method("towers", "clip", budget_of="uniclip"),
+    "clip@ms-clip-s-flops": Method("towers", "clip", budget_of="ms-clip-s"),
 }
+# method -> the CLIP run given its training FLOPs (the composed points cost what their architecture costs).
+COMPUTE_MATCHED = {
+    "uniclip": "clip@uniclip-flops",
+    "uniclip+unicl": "clip@uniclip-flops",
+    "ms-clip-s": "clip@ms-clip-s-flops",
+    "ms-clip-s+unicl": "clip@ms-clip-s-flops",
+}
+# The review's offsets: near the mean cosines of different items at initialisation (set, so not calibrated).
+FIXED_OFFSETS = dict(config={"logit_offset_init_value": [0.9, 0.0, 0.75]}, train={"calibrate_logit_offsets": "false"})
 ABLATIONS = {
     "clip": METHODS["clip"],
     "uniclip": METHODS["uniclip"],
-    # The review's offsets: near the mean cosines of different items at initialisation.
-    "uniclip, offsets 0.9/0/0.75": Method("towers", "uniclip", config={"logit_offset_init_value": [0.9, 0.0, 0.75]}),
-    "uniclip, simclr views": Method("towers", "uniclip", data={"augmentation_kwargs": {"preset": "simclr"}}),
+    "uniclip, offsets 0.9/0/0.75": Method("towers", "uniclip", **FIXED_OFFSETS),
+    "uniclip, offsets 0 (not calibrated)": Method("towers", "uniclip", train={"calibrate_logit_offsets": "false"}),
+    "uniclip, simclr views": Method("towers", "uniclip", data={"view_preset": "simclr"}),
+    "uniclip, small views": Method("towers", "uniclip", data={"view_preset": "small", "augmentation_kwargs": {}}),
     "uniclip, duplicates not masked": Method("towers", "uniclip", config={"mask_duplicate_texts": False}),
     "uniclip, SupCon": Method("towers", "uniclip", config={"contrastive_loss": "supcon"}),
     "uniclip, no augmentation-aware head": Method("towers", "uniclip", config={"augmentation_aware": False}),
@@ -115,15 +155,29 @@ ABLATIONS = {
     # the study's width 64), for both objectives.
     "clip, projections std 0.125": Method("towers", "clip", config={"initializer_range": 0.125}),
     "uniclip, projections std 0.125": Method("towers", "uniclip", config={"initializer_range": 0.125}),
-    "uniclip, offsets 0.9/0/0.75, projections std 0.125": Method(
-        "towers", "uniclip", config={"logit_offset_init_value": [0.9, 0.0, 0.75], "initializer_range": 0.125}
+}
+# The choices behind UniCLIP's shipped defaults, made on the validation splits only (`--split validation`): the
+# faithful similarity (log-scales at the towers' rate, image-image temperature 0.1) with the earlier `small` views or
+# wider views with jitter, the offsets' learning rate, the first-batch offset calibration.
+FAITHFUL = {"logit_scale_init_value": UNICLIP_LOGIT_SCALES}
+CHOICES = {
+    "clip": METHODS["clip"],
+    "uniclip, small views": Method("towers", "uniclip", config=FAITHFUL, data={"view_preset": "small"}),
+    "uniclip, wide views": Method("towers", "uniclip", config=FAITHFUL, data=WIDE_VIEWS),
+    "uniclip, wide views, offsets at 1x": Method(
+        "towers", "uniclip", config=FAITHFUL, data=WIDE_VIEWS, train={"logit_offset_learning_rate_multiplier": 1.0}
+    ),
+    "uniclip, wide views, offsets not calibrated": Method(
+        "towers", "uniclip", config=FAITHFUL, data=WIDE_VIEWS, train={"calibrate_logit_offsets": "false"}
     ),
 }
-STUDIES = {"comparison": METHODS, "uniclip-ablations": ABLATIONS}
+STUDIES = {"comparison": METHODS, "uniclip-ablations": ABLATIONS, "uniclip-choices": CHOICES}
+# Studies whose purpose is a choice: they run on the validation splits only.
+VALIDATION_STUDIES = ("uniclip-choices",)
 REFERENCE = "clip"  # the same-seed differences are taken against it
 
 # name -> settings; the command line overrides any of them.
-_STUDY_SIZES = dict(batch_size=64, num_train=1400, num_eval=400, width=64, layers=4, jobs=2)
+_STUDY_SIZES = dict(batch_size=64, num_train=1400, num_eval=400, num_validation=300, width=64, layers=4, jobs=2)
 PRESETS = {
     "smoke": dict(
         seeds=[0, 1],
@@ -133,6 +187,7 @@ PRESETS = {
         batch_size=8,
         num_train=48,
         num_eval=24,
+        num_validation=24,
         width=32,
         layers=2,
         jobs=1,
@@ -157,18 +212,26 @@ PLOTTED = ("zero_shot_top1_accuracy", "held_out_classes_top1", "linear_probe_top
 
 
 @lru_cache(maxsize=2)
-def study_data(dataset: str, num_train: int, num_eval: int, image_size: int, text_len: int):
-    """The data set and its caption tokenizer (deterministic: every worker process builds the same)."""
+def study_data(
+    dataset: str, num_train: int, num_eval: int, num_validation: int, image_size: int, text_len: int, split: str
+):
+    """The data set with its `split` (`validation` or `test`) as the evaluation split, and its caption tokenizer
+    (deterministic: every worker process builds the same). Shapes draws `num_eval` validation images of its own;
+    digits takes `num_validation` of its 1,797 scans out of the training pool."""
     if dataset == "shapes":
-        data = studies.shapes_data(num_train, num_eval, image_size)
+        data = studies.shapes_data(num_train, num_eval, image_size, split=split)
     else:
-        data = studies.digits_data(num_eval, image_size, num_train=min(num_train, 1797 - num_eval))
+        num_train = min(num_train, 1797 - num_eval - num_validation)
+        data = studies.digits_data(
+            num_eval, image_size, num_train=num_train, num_validation=num_validation, split=split
+        )
     return data, studies.caption_tokenizer(data, text_len)
 
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """One training run: a method on a data set with a seed."""
+    """One training run: a method on a data set with a seed, evaluated on `split`, `step_multiplier` times as long
+    as `settings` says (a method with a `budget_of`)."""
 
     dataset: str
     method_name: str
@@ -178,6 +241,30 @@ class Job:
     settings: studies.RunSettings
     num_train: int
     num_eval: int
+    num_validation: int
+    split: str
+    step_multiplier: float = 1.0
+
+
+def scaled_steps(settings: studies.RunSettings, multiplier: float) -> studies.RunSettings:
+    """The settings of a run `multiplier` times as long: evaluations every `round(eval_steps * multiplier)` steps and
+    as many of them, so that budget `b` (a multiple of `eval_steps`) is read at `scaled_step(b, ...)`."""
+    if multiplier == 1.0:
+        return settings
+    every = settings.eval_steps or settings.steps
+    scaled_every = max(1, round(every * multiplier))
+    return dataclasses.replace(
+        settings,
+        steps=scaled_every * settings.steps // every,
+        eval_steps=scaled_every if settings.eval_steps else 0,
+    )
+
+
+def scaled_step(step: int, settings: dict, multiplier: float) -> int:
+    """The evaluated step of a run `multiplier` times as long that stands for `step` of the study (`settings`: the
+    results' settings)."""
+    every = settings["eval_steps"] or settings["steps"]
+    return step if multiplier == 1.0 else max(1, round(every * multiplier)) * step // every
 
 
 def run_job(job: Job, threads: int = 1) -> dict:
@@ -190,12 +277,24 @@ def run_job(job: Job, threads: int = 1) -> dict:
 
     torch.set_num_threads(threads)
     quiet_progress_bars()
-    data, tokenizer = study_data(job.dataset, job.num_train, job.num_eval, job.sizes.image_size, job.sizes.text_len)
+    data, tokenizer = study_data(
+        job.dataset,
+        job.num_train,
+        job.num_eval,
+        job.num_validation,
+        job.sizes.image_size,
+        job.sizes.text_len,
+        job.split,
+    )
     set_seed(job.seed)
     model = studies.build_model(
         job.method.architecture, job.method.objective, tokenizer, job.sizes, **job.method.config
     )
-    settings = dataclasses.replace(job.settings, data_overrides=job.method.data, train_overrides=job.method.train)
+    settings = dataclasses.replace(
+        scaled_steps(job.settings, job.step_multiplier),
+        data_overrides=job.method.data,
+        train_overrides=job.method.train,
+    )
     result = studies.train_run(
         model, tokenizer, data, settings, job.seed, studies.study_accelerator("outputs/comparison")
     )
@@ -208,19 +307,22 @@ def run_job(job: Job, threads: int = 1) -> dict:
         "dataset": job.dataset,
         "method": job.method_name,
         "seed": job.seed,
+        "split": job.split,
+        "step_multiplier": job.step_multiplier,
         "width": job.sizes.width,
         "similarity": similarity,
         **result.to_dict(),
     }
 
 
-def resolve_sizes(methods: dict[str, Method], dataset: str, sizes: Sizes, num_train: int, num_eval: int) -> dict:
-    """Each method's sizes: the study's, or the width that matches another method's parameter count."""
+def resolve_sizes(methods: dict[str, Method], dataset: str, sizes: Sizes, data_sizes: tuple) -> dict:
+    """Each method's sizes: the study's, or the width that matches another method's parameter count
+    (`data_sizes`: `(num_train, num_eval, num_validation)`)."""
     import torch
 
     from hf_unified.training.methods import model_class
 
-    data, tokenizer = study_data(dataset, num_train, num_eval, sizes.image_size, sizes.text_len)
+    data, tokenizer = study_data(dataset, *data_sizes, sizes.image_size, sizes.text_len, "test")
     resolved = {}
     for name, method in methods.items():
         if method.match_parameters_of is None:
@@ -232,6 +334,46 @@ def resolve_sizes(methods: dict[str, Method], dataset: str, sizes: Sizes, num_tr
             count = studies.parameter_count(model_class(config)(config))
         width = studies.matched_width(method.architecture, count, tokenizer, sizes)
         resolved[name] = dataclasses.replace(sizes, width=width)
+    return resolved
+
+
+# Calibration runs of the budget matching: steps of a FLOPs count (the first step is counted), and steps of a timing
+# run (the step time is the median over its logging windows after the first), taken `TIMING_ROUNDS` times,
+# alternating between the two methods.
+FLOPS_STEPS, TIMING_STEPS, TIMING_ROUNDS = 1, 60, 2
+
+
+def resolve_multipliers(methods: dict[str, Method], job_template: Job, sizes: dict[str, Sizes]) -> dict[str, dict]:
+    """Each method's step multiplier on `job_template.dataset`: 1, or for a method with a `budget_of` the ratio of
+    the other method's training FLOPs (or wall seconds) per step to its own, measured by short runs here.
+
+    Returns:
+        name -> `{"multiplier": float, "own": float, "matched": float, "unit": str}` (per-step FLOPs or seconds of
+        the method and of the one whose budget it gets); `{"multiplier": 1.0}` for the others.
+    """
+    resolved = {name: {"multiplier": 1.0} for name in methods}
+    for name, method in methods.items():
+        if method.budget_of is None:
+            continue
+        pair = (name, method.budget_of)
+        flops = method.budget == "flops"
+        steps = FLOPS_STEPS if flops else TIMING_STEPS
+        measured = {n: [] for n in pair}
+        for _ in range(1 if flops else TIMING_ROUNDS):
+            for n in pair:
+                settings = dataclasses.replace(job_template.settings, steps=steps, eval_steps=0)
+                job = dataclasses.replace(
+                    job_template, method_name=n, method=methods[n], sizes=sizes[n], settings=settings
+                )
+                result = run_job(job, threads=1)
+                measured[n].append(result["gflops_per_step"] if flops else result["step_seconds"])
+        own, matched = (min(measured[n]) for n in pair)
+        resolved[name] = {"multiplier": matched / own, "own": own, "matched": matched, "unit": method.budget}
+        print(
+            f"  {job_template.dataset}: {name} gets {method.budget_of}'s {method.budget} per step: "
+            f"{matched:.4g} / {own:.4g} = {matched / own:.3f}x its steps",
+            flush=True,
+        )
     return resolved
 
 
@@ -275,36 +417,69 @@ def _runs_by_method(results: dict, dataset: str) -> dict[str, list[dict]]:
     return {name: runs[name] for name in results["methods"] if name in runs}
 
 
-def _metric(runs: list[dict], step: int, key: str) -> list[float]:
+def _metric(runs: list[dict], step: int, key: str, settings: dict) -> list[float]:
+    """`key` of each run at study step `step` (a run with a `step_multiplier` at its matching step)."""
     values = []
     for run in runs:
-        record = next(r for r in run["history"] if r["step"] == step)
+        scaled = scaled_step(step, settings, run.get("step_multiplier", 1.0))
+        record = next(r for r in run["history"] if r["step"] == scaled)
         values.append(record[key])
     return values
 
 
+def _paired(runs: list[dict], reference: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The runs of the seeds both lists have, in seed order."""
+    seeds = {r["seed"] for r in runs} & {r["seed"] for r in reference}
+    return [r for r in runs if r["seed"] in seeds], [r for r in reference if r["seed"] in seeds]
+
+
+def _intervals_note(rows: list[list], columns: int) -> str:
+    count = len(rows) * columns
+    return (
+        f" ({count} intervals, none corrected for multiple comparisons: at 95% each, about {count * 0.05:.0f} of them "
+        "would exclude 0 by chance if no method differed)"
+    )
+
+
+def _method_label(name: str, runs: list[dict]) -> str:
+    multiplier = runs[0].get("step_multiplier", 1.0)
+    return name if multiplier == 1.0 else f"{name} ({multiplier:.2f}x steps)"
+
+
 def tables(results: dict) -> str:
-    """The markdown tables of a study: per data set and budget, mean +- std and the same-seed difference to CLIP."""
+    """The markdown tables of a study: per data set and budget, mean +- std and the same-seed difference to CLIP at
+    equal steps, then (where the study has compute-matched CLIP runs) the difference to CLIP at equal training
+    FLOPs."""
     settings = results["settings"]
+    split = results.get("split", "test")
     blocks = []
     for dataset in results["datasets"]:
         by_method = _runs_by_method(results, dataset)
         keys = [k for k in METRICS if all(k in r["history"][-1] for runs in by_method.values() for r in runs)]
+        columns = [METRICS[k][0] for k in keys]
         reference = by_method.get(results["reference"])
         seeds = sorted({r["seed"] for runs in by_method.values() for r in runs})
+        matched = {m: c for m, c in COMPUTE_MATCHED.items() if m in by_method and c in by_method}
         for step in settings["budgets"]:
             title = (
-                f"**{results['study']} on {dataset}, step {step} of {settings['steps']} (batch "
+                f"**{results['study']} on {dataset} ({split} split), step {step} of {settings['steps']} (batch "
                 f"{settings['batch_size']}, seeds {seeds}): mean +- std in %**"
             )
             rows = []
             for name, runs in by_method.items():
                 seconds = spread([r["seconds"] for r in runs])[0]
+                step_ms = spread([1000 * r.get("step_seconds", float("nan")) for r in runs])[0]
                 rows.append(
-                    [name, f"{runs[0]['params'] / 1e6:.3f}", f"{runs[0]['gflops_per_step']:.2f}", f"{seconds:.0f}"]
-                    + [percent_spread(_metric(runs, step, key)) for key in keys]
+                    [
+                        _method_label(name, runs),
+                        f"{runs[0]['params'] / 1e6:.3f}",
+                        f"{runs[0]['gflops_per_step']:.2f}",
+                        f"{step_ms:.0f}",
+                        f"{seconds:.0f}",
+                    ]
+                    + [percent_spread(_metric(runs, step, key, settings)) for key in keys]
                 )
-            header = ["method", "params (M)", "train GFLOPs/step", "s/run"] + [METRICS[k][0] for k in keys]
+            header = ["method", "params (M)", "train GFLOPs/step", "ms/step", "s/run"] + columns
             blocks.append(title + "\n\n" + markdown_table(header, rows))
             if reference is None:
                 continue
@@ -312,14 +487,38 @@ def tables(results: dict) -> str:
             for name, runs in by_method.items():
                 if name == results["reference"]:
                     continue
-                paired = [r for r in runs if r["seed"] in {ref["seed"] for ref in reference}]
-                base = [ref for ref in reference if ref["seed"] in {r["seed"] for r in paired}]
+                paired, base = _paired(runs, reference)
                 rows.append(
-                    [name] + [percent_difference(_metric(paired, step, k), _metric(base, step, k)) for k in keys]
+                    [_method_label(name, runs)]
+                    + [
+                        percent_difference(_metric(paired, step, k, settings), _metric(base, step, k, settings))
+                        for k in keys
+                    ]
                 )
             blocks.append(
-                f"*same-seed difference to {results['reference']} at step {step}, points [95% interval]*\n\n"
-                + markdown_table(["method"] + [METRICS[k][0] for k in keys], rows)
+                f"*same-seed difference to {results['reference']} at step {step}, points [95% interval]"
+                + _intervals_note(rows, len(keys))
+                + "*\n\n"
+                + markdown_table(["method"] + columns, rows)
+            )
+            if not matched:
+                continue
+            rows = []
+            for name, clip_name in matched.items():
+                paired, base = _paired(by_method[name], by_method[clip_name])
+                rows.append(
+                    [f"{name} vs {clip_name}"]
+                    + [
+                        percent_difference(_metric(paired, step, k, settings), _metric(base, step, k, settings))
+                        for k in keys
+                    ]
+                )
+            blocks.append(
+                f"*equal training FLOPs: same-seed difference to CLIP given the method's FLOPs up to its step {step}, "
+                "points [95% interval]"
+                + _intervals_note(rows, len(keys))
+                + "*\n\n"
+                + markdown_table(["method"] + columns, rows)
             )
     return "\n\n".join(blocks)
 
@@ -371,8 +570,12 @@ def plot(results: dict, folder: Path) -> list[Path]:
         )
         for axis, key in zip(axes.flat, keys):
             for name, runs in by_method.items():
+                multiplier = runs[0].get("step_multiplier", 1.0)
                 steps = [record["step"] for record in runs[0]["history"]]
-                values = [[100 * v for v in _metric(runs, step, key)] for step in steps]
+                values = [
+                    [100 * next(r[key] for r in run["history"] if r["step"] == s) for run in runs] for s in steps
+                ]
+                steps = [s / multiplier for s in steps]  # a budget-matched run at the steps of the study's budget
                 mean = [spread(v)[0] for v in values]
                 std = [spread(v)[1] for v in values]
                 (line,) = axis.plot(steps, mean, marker="o", markersize=2.5, linewidth=1.3, label=name)
@@ -440,7 +643,14 @@ def parse_args(argv=None):
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--crop-scale-min", type=float, default=0.85, help="single-view crop area (views: 0.85-1)")
     parser.add_argument("--num-train", type=int, help="training images (digits: at most all but the evaluation)")
-    parser.add_argument("--num-eval", type=int)
+    parser.add_argument("--num-eval", type=int, help="test images (and, on shapes, validation images)")
+    parser.add_argument("--num-validation", type=int, help="digits' validation scans, out of the training pool")
+    parser.add_argument(
+        "--split",
+        choices=studies.EVALUATION_SPLITS,
+        help="the evaluation split: validation (choices) or test (the tables); default test, validation for the "
+        f"studies that make choices ({', '.join(VALIDATION_STUDIES)})",
+    )
     parser.add_argument("--width", type=int)
     parser.add_argument("--layers", type=int)
     parser.add_argument("--jobs", type=int, help="worker processes (one run each at a time)")
@@ -463,13 +673,18 @@ def parse_args(argv=None):
     if REFERENCE not in args.methods:
         args.methods.insert(0, REFERENCE)  # the differences are taken against it
     for name in list(args.methods):
-        anchor = methods[name].match_parameters_of
-        if anchor and anchor not in args.methods:
-            args.methods.insert(args.methods.index(name), anchor)  # the method it matches is needed to size it
+        for anchor in (methods[name].match_parameters_of, methods[name].budget_of):
+            if anchor and anchor not in args.methods:
+                args.methods.insert(args.methods.index(name), anchor)  # the method it matches is needed to size it
+    if args.split is None:
+        args.split = "validation" if args.study in VALIDATION_STUDIES else "test"
+    elif args.split == "test" and args.study in VALIDATION_STUDIES:
+        parser.error(f"the {args.study} study makes choices: it runs on --split validation only")
     if not set(args.budgets) <= set(range(args.eval_steps, args.steps + 1, args.eval_steps)) | {args.steps}:
         parser.error(f"--budgets {args.budgets} must be evaluated steps: multiples of --eval-steps up to --steps")
     if args.output is None:
-        args.output = Path("outputs/comparison") / f"{args.study}-{args.preset}.json"
+        suffix = "" if args.split == "test" else f"-{args.split}"
+        args.output = Path("outputs/comparison") / f"{args.study}-{args.preset}{suffix}.json"
     return args
 
 
@@ -493,12 +708,22 @@ def main(argv=None) -> dict:
         crop_scale_min=args.crop_scale_min,
     )
     study = {name: STUDIES[args.study][name] for name in args.methods}
-    jobs = []
+    data_sizes = (args.num_train, args.num_eval, args.num_validation)
+    jobs, multipliers = [], {}
     for dataset in args.datasets:
-        method_sizes = resolve_sizes(study, dataset, sizes, args.num_train, args.num_eval)
+        method_sizes = resolve_sizes(study, dataset, sizes, data_sizes)
+        template = Job(dataset, REFERENCE, study[REFERENCE], sizes, 0, settings, *data_sizes, args.split)
+        multipliers[dataset] = resolve_multipliers(study, template, method_sizes)
         for name, method in study.items():
             jobs += [
-                Job(dataset, name, method, method_sizes[name], seed, settings, args.num_train, args.num_eval)
+                dataclasses.replace(
+                    template,
+                    method_name=name,
+                    method=method,
+                    sizes=method_sizes[name],
+                    seed=seed,
+                    step_multiplier=multipliers[dataset][name]["multiplier"],
+                )
                 for seed in args.seeds
             ]
     print(
@@ -506,6 +731,7 @@ def main(argv=None) -> dict:
         f"{args.threads} torch thread(s) each",
         flush=True,
     )
+    jobs.sort(key=lambda job: -job.step_multiplier)  # the longest runs first: no long run left alone at the end
     start = time.perf_counter()
     runs = run_jobs(run_job, jobs, args.jobs, args.threads)
     results = {
@@ -513,7 +739,9 @@ def main(argv=None) -> dict:
         "preset": args.preset,
         "machine": common.describe_machine(),
         "datasets": args.datasets,
+        "split": args.split,
         "methods": list(study),
+        "budgets_matched": multipliers,
         "reference": REFERENCE,
         "wall_seconds": time.perf_counter() - start,
         "settings": {
@@ -522,6 +750,9 @@ def main(argv=None) -> dict:
             "sizes": dataclasses.asdict(sizes),
             "seeds": args.seeds,
             "processes": args.jobs,
+            "num_train": args.num_train,
+            "num_eval": args.num_eval,
+            "num_validation": args.num_validation,
         },
         "runs": runs,
     }

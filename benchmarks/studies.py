@@ -20,6 +20,7 @@ import io
 import json
 import math
 import random
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -75,17 +76,25 @@ class ZeroShotTask:
     labels: list[int]
 
 
+# The evaluation splits of a study data set: `validation` for every choice a study makes, `test` for the tables.
+EVALUATION_SPLITS = ("validation", "test")
+
+
 @dataclasses.dataclass
 class StudyData:
-    """One embedded data set as a study uses it.
+    """One embedded data set as a study uses it: the training split and the one evaluation split a study reads
+    (`split`, one of `EVALUATION_SPLITS`, held as `eval`).
 
     Args:
+        split: which evaluation split `eval` is: `validation` (disjoint from training and test, where defaults and
+            study choices are made) or `test` (what the tables report).
         train_templates: prompts of the image-label training items (UniCL's data).
         eval_templates: the trainer's zero-shot prompts, none of which occurs in a training text.
         held_out: zero-shot over classes no training image belongs to, where the data allows it.
     """
 
     name: str
+    split: str
     train: Split
     eval: Split
     class_names: list[str]
@@ -109,18 +118,25 @@ class StudyData:
         return tasks
 
 
-def shapes_data(num_train: int, num_eval: int, image_size: int, seed: int = 0) -> StudyData:
+def shapes_data(num_train: int, num_eval: int, image_size: int, seed: int = 0, split: str = "test") -> StudyData:
     """The procedural shapes (`hf_unified.training.data.synthetic_data`; 6 shape classes). Six (shape, colour) pairs
-    never occur in training; the evaluation split holds them for half its images, and `held_out` asks which of the 36
-    (colour, shape) classes an image of those pairs shows: classes never seen in training, named with known words."""
+    never occur in training; each evaluation split holds them for half its images, and `held_out` asks which of the 36
+    (colour, shape) classes an image of those pairs shows: classes never seen in training, named with known words.
+
+    The splits are drawn from their own random streams (`"{seed}-train"`, `"{seed}-eval"` for test,
+    `"{seed}-validation"`), so the validation split (`num_eval` images, drawn like the test split) is new images and
+    the training and test splits are those of every earlier version of this study.
+    """
     from hf_unified.training.data import synthetic_data
 
+    _check_split(split)
+    stream = {"test": "eval", "validation": "validation"}[split]
     splits, attributes = {}, {}
-    for split, count in (("train", num_train), ("eval", num_eval)):
-        rng = random.Random(f"{seed}-{split}")
+    for name, count, rng_name in (("train", num_train, "train"), ("eval", num_eval, stream)):
+        rng = random.Random(f"{seed}-{rng_name}")
         images, captions, labels, drawn = [], [], [], []
         for _ in range(count):
-            sample = synthetic_data.sample_attributes(rng, split)
+            sample = synthetic_data.sample_attributes(rng, name)
             images.append(
                 synthetic_data.render(
                     sample["shape"], sample["colour"], sample["size"], sample["position"], image_size, rng
@@ -129,7 +145,7 @@ def shapes_data(num_train: int, num_eval: int, image_size: int, seed: int = 0) -
             captions.append(synthetic_data.caption(sample, rng))
             labels.append(synthetic_data.SHAPES.index(sample["shape"]))
             drawn.append(sample)
-        splits[split], attributes[split] = Split(images, captions, labels), drawn
+        splits[name], attributes[name] = Split(images, captions, labels), drawn
     pairs = [(colour, shape) for shape in synthetic_data.SHAPES for colour in synthetic_data.COLOURS]
     held_out = ZeroShotTask(
         class_names=[f"{colour} {shape}" for colour, shape in pairs],
@@ -140,6 +156,7 @@ def shapes_data(num_train: int, num_eval: int, image_size: int, seed: int = 0) -
     )
     return StudyData(
         "shapes",
+        split,
         splits["train"],
         splits["eval"],
         list(synthetic_data.SHAPES),
@@ -149,29 +166,58 @@ def shapes_data(num_train: int, num_eval: int, image_size: int, seed: int = 0) -
     )
 
 
-def digits_data(num_eval: int, image_size: int, seed: int = 0, num_train: int | None = None) -> StudyData:
+def _check_split(split: str) -> None:
+    if split not in EVALUATION_SPLITS:
+        raise ValueError(f"split must be one of {EVALUATION_SPLITS}, got {split!r}")
+
+
+def digits_data(
+    num_eval: int,
+    image_size: int,
+    seed: int = 0,
+    num_train: int | None = None,
+    num_validation: int = 0,
+    split: str = "test",
+) -> StudyData:
     """scikit-learn's 1,797 handwritten digits (real 8x8 scans, 10 classes) upscaled to `image_size`, captioned
-    "a handwritten {digit}." and the like; `num_eval` of them held out, the others (or `num_train` of them) for
-    training. No held-out classes: a digit's name is one word, which a class kept out of training would leave
-    untrained."""
+    "a handwritten {digit}." and the like. One seeded permutation splits them: the first `num_eval` are the test
+    split, the next `num_validation` the validation split, the others (or `num_train` of them) training. No held-out
+    classes: a digit's name is one word, which a class kept out of training would leave untrained."""
     import numpy as np
     import torch
     from PIL import Image
     from sklearn.datasets import load_digits
 
+    _check_split(split)
     digits = load_digits()
+    if num_eval + num_validation >= len(digits.target):
+        raise ValueError(
+            f"num_eval + num_validation = {num_eval + num_validation} leaves no training digit of {len(digits.target)}"
+        )
     scans = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
     images = [Image.fromarray(scan).convert("RGB").resize((image_size, image_size), Image.BILINEAR) for scan in scans]
     labels = [int(y) for y in digits.target]
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).tolist()
     rng = random.Random(seed)
     captions = [rng.choice(DIGIT_CAPTIONS).format(DIGIT_NAMES[y]) for y in labels]
+    test, validation = order[:num_eval], order[num_eval : num_eval + num_validation]
+    if split == "validation" and not validation:
+        raise ValueError("split='validation' needs num_validation > 0")
     splits = {
         name: Split([images[i] for i in index], [captions[i] for i in index], [labels[i] for i in index])
-        for name, index in (("eval", order[:num_eval]), ("train", order[num_eval:][:num_train]))
+        for name, index in (
+            ("eval", test if split == "test" else validation),
+            ("train", order[num_eval + num_validation :][:num_train]),
+        )
     }
     return StudyData(
-        "digits", splits["train"], splits["eval"], list(DIGIT_NAMES), DIGIT_TEMPLATES, DIGIT_UNSEEN_TEMPLATES
+        "digits",
+        split,
+        splits["train"],
+        splits["eval"],
+        list(DIGIT_NAMES),
+        DIGIT_TEMPLATES,
+        DIGIT_UNSEEN_TEMPLATES,
     )
 
 
@@ -362,13 +408,15 @@ class RunSettings:
 @dataclasses.dataclass
 class RunResult:
     """One run: `history` holds one record per evaluation (`step` and every metric), `losses` the logged
-    `(step, training loss)` pairs."""
+    `(step, training loss)` pairs, `step_seconds` the median wall time of one optimizer step over the logging windows
+    after the first (training only: no evaluation, no start-up), `seconds` the whole run."""
 
     history: list[dict]
     losses: list[tuple[int, float]]
     gflops_per_step: float
     params: int
     seconds: float
+    step_seconds: float
 
     def at(self, step: int) -> dict:
         """The evaluation record of `step`."""
@@ -576,10 +624,12 @@ def train_run(
     history = [
         {key: value for key, value in record.items() if isinstance(value, (int, float))} for record in metrics.history
     ]
+    rates = [r["samples_per_second"] for r in records[1:] if r.get("samples_per_second")]
     return RunResult(
         history=history,
         losses=[(r["step"], r["loss"]) for r in records if r.get("loss") is not None],
         gflops_per_step=step.flops / 1e9,
         params=parameter_count(model),
         seconds=seconds,
+        step_seconds=settings.batch_size / statistics.median(rates) if rates else float("nan"),
     )

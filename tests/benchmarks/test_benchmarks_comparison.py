@@ -54,7 +54,9 @@ def test_comparison_tables_and_figures_come_back_from_the_saved_results(comparis
     _, folder = comparison_results
     comparison.main(["--from-results", str(folder / "results.json"), "--figures", str(tmp_path)])
     printed = capsys.readouterr().out
-    assert "comparison on shapes, step 2 of 4" in printed and "comparison on shapes, step 4 of 4" in printed
+    assert (
+        "comparison on shapes (test split), step 2 of 4" in printed and "shapes (test split), step 4 of 4" in printed
+    )
     assert "same-seed difference to clip at step 4" in printed
     assert "| msclip-separate |" in printed and "held-out classes (36-way)" in printed
     assert (tmp_path / "comparison_shapes.png").is_file()
@@ -65,6 +67,74 @@ def test_comparison_refuses_budgets_it_does_not_evaluate():
 
     with pytest.raises(SystemExit):
         comparison.parse_args(["--smoke", "--budgets", "3"])
+
+
+def test_the_choices_study_runs_on_the_validation_split_only(capsys):
+    import comparison
+
+    assert comparison.parse_args(["--smoke", "--study", "uniclip-choices"]).split == "validation"
+    assert comparison.parse_args(["--smoke"]).split == "test"
+    with pytest.raises(SystemExit):
+        comparison.parse_args(["--smoke", "--study", "uniclip-choices", "--split", "test"])
+    assert "runs on --split validation only" in capsys.readouterr().err
+
+
+def test_a_budget_matched_run_is_longer_by_its_multiplier_and_read_at_the_matching_steps():
+    import comparison
+    import studies
+
+    settings = studies.RunSettings(steps=600, eval_steps=100)
+    longer = comparison.scaled_steps(settings, 1.55)
+    assert (longer.steps, longer.eval_steps) == (930, 155)  # as many evaluations, each run its own whole schedule
+    saved = {"steps": 600, "eval_steps": 100}
+    assert [comparison.scaled_step(b, saved, 1.55) for b in (200, 600)] == [310, 930]
+    assert comparison.scaled_step(200, saved, 1.0) == 200 and comparison.scaled_steps(settings, 1.0) is settings
+    with pytest.raises(ValueError, match="budget must be one of"):
+        comparison.Method("towers", "clip", budget_of="clip", budget="joules")
+
+
+@pytest.fixture(scope="module")
+def matched_results(tmp_path_factory):
+    """A smoke comparison on digits of the budget-matched methods: CLIP with patch dropout given CLIP's wall time,
+    CLIP given UniCLIP's FLOPs (which bring CLIP and UniCLIP)."""
+    import comparison
+
+    folder = tmp_path_factory.mktemp("matched")
+    argv = ["--smoke", "--datasets", "digits", "--methods", "clip+patch-dropout", "clip@uniclip-flops", "--seeds", "0"]
+    results = comparison.main([*argv, "--output", str(folder / "results.json"), "--no-figures"])
+    return results
+
+
+def test_budget_matched_methods_get_the_measured_ratio_of_steps(matched_results):
+    results = matched_results
+    assert results["methods"] == ["clip", "clip+patch-dropout", "uniclip", "clip@uniclip-flops"]
+    matched = results["budgets_matched"]["digits"]
+    runs = {r["method"]: r for r in results["runs"]}
+    flops = matched["clip@uniclip-flops"]
+    assert flops["unit"] == "flops" and flops["multiplier"] == pytest.approx(flops["matched"] / flops["own"])
+    # The calibration counts the steps the runs count: UniCLIP's two views cost more than CLIP's one image.
+    assert flops["matched"] == pytest.approx(runs["uniclip"]["gflops_per_step"])
+    assert flops["own"] == pytest.approx(runs["clip"]["gflops_per_step"]) and flops["multiplier"] > 1.2
+    seconds = matched["clip+patch-dropout"]
+    assert seconds["unit"] == "seconds" and seconds["multiplier"] > 0 and math.isfinite(seconds["multiplier"])
+    assert matched["clip"] == {"multiplier": 1.0}
+    for name in ("clip+patch-dropout", "clip@uniclip-flops"):
+        multiplier = matched[name]["multiplier"]
+        every = max(1, round(2 * multiplier))
+        assert runs[name]["step_multiplier"] == multiplier
+        assert [r["step"] for r in runs[name]["history"]] == [every, 2 * every]  # steps 2 and 4 of the study
+    assert [r["step"] for r in runs["clip"]["history"]] == [2, 4]
+    assert all(run["split"] == "test" for run in results["runs"])
+
+
+def test_the_tables_read_budget_matched_runs_at_their_steps_and_give_the_equal_compute_reading(matched_results):
+    import comparison
+
+    text = comparison.tables(matched_results)
+    assert "clip@uniclip-flops (" in text and "x steps)" in text
+    assert "equal training FLOPs: same-seed difference to CLIP given the method's FLOPs up to its step 4" in text
+    assert "| uniclip vs clip@uniclip-flops |" in text
+    assert "intervals, none corrected for multiple comparisons" in text
 
 
 def test_paired_difference_is_the_t_interval_of_the_same_seed_differences():
@@ -120,6 +190,34 @@ def test_study_data_zero_shot_prompts_and_held_out_classes_are_unseen_in_trainin
         assert task.class_names[task.labels[index]].endswith(synthetic_data.SHAPES[shapes.eval.labels[index]])
     assert not any(name in caption for name in held_out for caption in shapes.train.captions)
     assert digits.held_out is None and set(digits.tasks()) == {"zero_shot_seen_prompts"}
+
+
+def test_validation_splits_are_disjoint_from_training_and_test_which_stay_as_they_were():
+    import studies
+
+    def pixels(split):
+        return [image.tobytes() for image in split.images]
+
+    shapes = {split: studies.shapes_data(100, 60, 16, split=split) for split in ("test", "validation")}
+    digits = {
+        split: studies.digits_data(num_eval=50, image_size=16, num_train=200, num_validation=40, split=split)
+        for split in ("test", "validation")
+    }
+    for data in (shapes, digits):
+        test, validation = data["test"], data["validation"]
+        assert (test.split, validation.split) == ("test", "validation")
+        assert pixels(test.train) == pixels(validation.train)  # one training split whatever is evaluated
+        assert not set(pixels(validation.eval)) & (set(pixels(test.eval)) | set(pixels(test.train)))
+    assert len(digits["validation"].eval.images) == 40 and len(digits["test"].eval.images) == 50
+    # The test split and the training split are those of the study before it had a validation split.
+    before = studies.shapes_data(100, 60, 16)
+    assert pixels(before.eval) == pixels(shapes["test"].eval) and shapes["validation"].held_out.labels.count(-1) < 60
+    without_validation = studies.digits_data(num_eval=50, image_size=16, num_train=200)
+    assert pixels(without_validation.eval) == pixels(digits["test"].eval)
+    with pytest.raises(ValueError, match="split must be one of"):
+        studies.shapes_data(10, 10, 16, split="train")
+    with pytest.raises(ValueError, match="needs num_validation > 0"):
+        studies.digits_data(num_eval=50, image_size=16, split="validation")
 
 
 def test_finetune_from_clip_smoke_starts_from_the_exported_clip_model(tmp_path):
