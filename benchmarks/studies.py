@@ -293,7 +293,8 @@ def build_config(architecture: str, objective: str, tokenizer, sizes: Sizes, **o
     """The config of `architecture` (`ARCHITECTURES`) with the named objective
     (`configuration_contrastive.OBJECTIVE_PRESETS`) at `sizes`; `overrides` are any config fields (they win).
 
-    One temperature initialisation, CLIP's ln(1/0.07), for every method (UniCL's and MS-CLIP's releases use 1.0).
+    The temperature starts at CLIP's ln(1/0.07) (UniCL's and MS-CLIP's releases use 1.0) unless the objective's
+    preset names its own start: SigLIP's t = 10, UniCLIP's per-domain-pair scales.
     """
     from hf_unified import MSCLIPConfig
     from hf_unified.configuration_contrastive import OBJECTIVE_PRESETS
@@ -304,7 +305,7 @@ def build_config(architecture: str, objective: str, tokenizer, sizes: Sizes, **o
     special = dict(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
-    fields = {**OBJECTIVE_PRESETS[objective], "logit_scale_init_value": math.log(1 / 0.07), **overrides}
+    fields = {"logit_scale_init_value": math.log(1 / 0.07), **OBJECTIVE_PRESETS[objective], **overrides}
     if architecture.startswith("ms"):
         if architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {architecture!r}; choose one of {ARCHITECTURES}")
