@@ -127,6 +127,11 @@ def micro_batch_step(model, batches, accelerator) -> torch.Tensor:
     return total
 
 
+def full_batch_step(model, batches, accelerator) -> torch.Tensor:
+    """The trainer's `full_batch` step (`FullBatchStep`), its loss (it also returns the loss's terms)."""
+    return FullBatchStep()(model, batches, accelerator)[0]
+
+
 def embed_all(model, batches) -> dict:
     """Every sample's embeddings, without gradient (the input of `loss alone`)."""
     with torch.no_grad():
@@ -149,7 +154,7 @@ def loss_alone_step(model, embeddings: dict, accelerator) -> torch.Tensor:
 
 STEPS = {
     "one batch": one_batch_step,
-    "full_batch": FullBatchStep(),
+    "full_batch": full_batch_step,
     "accum_freq": accum_freq_step,
     "micro_batch": micro_batch_step,
     "loss alone": loss_alone_step,

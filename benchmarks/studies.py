@@ -444,9 +444,9 @@ class CountFirstStep:
 
         counter = FlopCounterMode(display=False)
         with counter:
-            loss = self.step(model, micro_batches, accelerator)
+            loss_and_terms = self.step(model, micro_batches, accelerator)
         self.flops = counter.get_total_flops()
-        return loss
+        return loss_and_terms
 
 
 def linear_probe(train: dict, test: dict) -> float:

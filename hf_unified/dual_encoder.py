@@ -53,6 +53,10 @@ class ContrastiveOutput(ModelOutput):
         vision_model_output (`BaseModelOutputWithPooling`):
             The image encoder's output; for multi-view input its batch is the `image_batch_size * num_views` views,
             view-major per image.
+        loss_terms (`torch.Tensor` of shape `(3,)`, *optional*):
+            With `loss`: the loss split by domain pair (image-image, image-text, text-text: `losses.DOMAIN_PAIRS`),
+            detached; the three sum to `loss` (`losses.contrastive_objective`'s `return_terms`). Without
+            `intra_domain_pairs` (CLIP, UniCL, SigLIP) image-image and text-text are 0.
     """
 
     loss: torch.Tensor | None = None
@@ -63,6 +67,8 @@ class ContrastiveOutput(ModelOutput):
     text_model_output: BaseModelOutputWithPooling | None = None
     vision_model_output: BaseModelOutputWithPooling | None = None
     image_view_embeds: torch.Tensor | None = None
+    # Last, like image_view_embeds: the fields before keep CLIPOutput's tuple layout.
+    loss_terms: torch.Tensor | None = None
 
     def to_tuple(self) -> tuple[Any, ...]:
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
@@ -435,7 +441,8 @@ class DualEncoderPreTrainedModel(ZeroShotAutoMapMixin, PreTrainedModel):
         text_embeds: torch.Tensor,
         labels: torch.Tensor | None = None,
         text_keys: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        return_terms: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         r"""The config's objective over (this rank's share of) a batch of embeddings.
 
         `forward(..., return_loss=True)` calls it; so does exact large-batch accumulation, on embeddings cached over
@@ -449,9 +456,11 @@ class DualEncoderPreTrainedModel(ZeroShotAutoMapMixin, PreTrainedModel):
                 with `config.use_labels`.
             text_keys (`torch.LongTensor` of shape `(batch_size,)`, *optional*): `losses.text_identity_keys` of the
                 texts, used with `config.mask_duplicate_texts`.
+            return_terms (`bool`): also return the loss split by domain pair.
 
         Returns:
-            `torch.Tensor` of shape `()`.
+            `torch.Tensor` of shape `()`; with `return_terms`, `(loss, terms)` with `terms` of shape `(3,)`
+            ([`ContrastiveOutput`]'s `loss_terms`).
         """
         config = self.config
         if labels is not None and not config.use_labels:
@@ -471,6 +480,7 @@ class DualEncoderPreTrainedModel(ZeroShotAutoMapMixin, PreTrainedModel):
             intra_domain_pairs=config.intra_domain_pairs,
             variant=config.contrastive_loss,
             chunk_size=config.loss_chunk_size,
+            return_terms=return_terms,
         )
 
     def _dual_forward(
@@ -489,7 +499,7 @@ class DualEncoderPreTrainedModel(ZeroShotAutoMapMixin, PreTrainedModel):
         the texts' `(text_batch_size, projection_dim)` (L2-normalised) through the subclass's `get_*_features`, the
         config's contrastive loss where asked (`_check_forward_inputs`), the logits where both modalities ran."""
         wants_loss = self._check_forward_inputs(input_ids, pixel_values, augmentation_params, labels, return_loss)
-        image_view_embeds = vision_outputs = text_embeds = text_outputs = loss = None
+        image_view_embeds = vision_outputs = text_embeds = text_outputs = loss = loss_terms = None
         if pixel_values is not None:
             image_view_embeds, vision_outputs = self._image_view_embeddings(
                 pixel_values, augmentation_params, **kwargs
@@ -501,8 +511,10 @@ class DualEncoderPreTrainedModel(ZeroShotAutoMapMixin, PreTrainedModel):
             text_embeds = nn.functional.normalize(text_outputs.pooler_output, dim=-1)
         if wants_loss:
             text_keys = self._text_keys(input_ids, attention_mask)
-            loss = self.contrastive_loss(image_view_embeds, text_embeds, labels, text_keys)
-        return self._contrastive_output(loss, image_view_embeds, text_embeds, vision_outputs, text_outputs)
+            loss, loss_terms = self.contrastive_loss(
+                image_view_embeds, text_embeds, labels, text_keys, return_terms=True
+            )
+        return self._contrastive_output(loss, loss_terms, image_view_embeds, text_embeds, vision_outputs, text_outputs)
 
     def _text_keys(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
         """The texts' identity keys where the config masks duplicate texts (`losses.text_identity_keys`), else None."""
@@ -511,6 +523,7 @@ class DualEncoderPreTrainedModel(ZeroShotAutoMapMixin, PreTrainedModel):
     def _contrastive_output(
         self,
         loss: torch.Tensor | None,
+        loss_terms: torch.Tensor | None,
         image_view_embeds: torch.Tensor | None,
         text_embeds: torch.Tensor | None,
         vision_outputs: BaseModelOutputWithPooling | None,
@@ -531,6 +544,7 @@ class DualEncoderPreTrainedModel(ZeroShotAutoMapMixin, PreTrainedModel):
             image_view_embeds=image_view_embeds,
             text_model_output=text_outputs,
             vision_model_output=vision_outputs,
+            loss_terms=loss_terms,
         )
 
 

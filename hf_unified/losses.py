@@ -165,9 +165,10 @@ def _check_variant(variant: str) -> None:
 
 def _row_losses(
     logits: torch.Tensor, positives: torch.Tensor, keep: torch.Tensor | None, variant: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Each anchor row's loss, the number of terms the rows add to the mean, and the row statistic the gradient
-    needs ([`_logit_gradient`]); see [`multi_positive_loss`] for the variants.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Each anchor row's loss, the number of terms the rows add to the mean, the row statistic the gradient needs
+    ([`_logit_gradient`]) and each candidate column's share of the loss; see [`multi_positive_loss`] for the
+    variants.
 
     Args:
         logits (`torch.Tensor` of shape `(rows, candidates)`): scaled similarities.
@@ -176,9 +177,12 @@ def _row_losses(
             itself, masked duplicates); None: every candidate counts.
 
     Returns:
-        `(loss per row of shape (rows,), number of terms of shape (), log-normaliser of shape (rows,) or None)`. The
-        log-normaliser is the log-sum-exp over the row's candidates (`"supcon"`, `"infonce"`) or over its negatives
-        only (`"mp_nce"`); `"sigmoid"` has none (every pair is its own binary term).
+        `(loss per row of shape (rows,), number of terms of shape (), log-normaliser of shape (rows,) or None, loss
+        per column of shape (candidates,))`. The log-normaliser is the log-sum-exp over the row's candidates
+        (`"supcon"`, `"infonce"`) or over its negatives only (`"mp_nce"`); `"sigmoid"` has none (every pair is its
+        own binary term). The loss per column is the sum of the anchor-candidate terms of the column (SupCon's
+        weighted by `1 / |P(a)|`), detached: the rows' losses and the columns' add up to the same total, split by
+        anchor or by candidate ([`contrastive_objective`]'s `return_terms` groups the columns by domain pair).
     """
     if keep is not None:
         positives = positives & keep
@@ -186,7 +190,8 @@ def _row_losses(
         per_pair = -F.logsigmoid(torch.where(positives, logits, -logits))  # -log sigmoid(z s), z = +1 / -1
         if keep is not None:
             per_pair = per_pair.masked_fill(~keep, 0)
-        return per_pair.sum(dim=1), logits.new_full((), logits.shape[0], dtype=torch.long), None
+        count = logits.new_full((), logits.shape[0], dtype=torch.long)
+        return per_pair.sum(dim=1), count, None, per_pair.detach().sum(dim=0)
     # Left-out candidates are filled with the dtype's lowest finite value, not -inf: exp() of it is exactly 0 next to
     # any real logit, and a row with nothing left (an MP-NCE anchor without negatives: its terms are 0) keeps a
     # finite log-normaliser, so its gradient is 0 rather than NaN.
@@ -197,14 +202,17 @@ def _row_losses(
     log_normaliser = torch.logsumexp(logits if left_out is None else logits.masked_fill(left_out, lowest), dim=1)
     if variant == "mp_nce":
         # -log(exp(s_p) / (exp(s_p) + sum_n exp(s_n))) for every positive p.
-        per_pair = torch.logaddexp(logits, log_normaliser[:, None]) - logits
-        return per_pair.masked_fill(~positives, 0).sum(dim=1), positives.sum(), log_normaliser
+        per_pair = (torch.logaddexp(logits, log_normaliser[:, None]) - logits).masked_fill(~positives, 0)
+        return per_pair.sum(dim=1), positives.sum(), log_normaliser, per_pair.detach().sum(dim=0)
     per_pair = (log_normaliser[:, None] - logits).masked_fill(~positives, 0)  # -log softmax of each positive
     num_positives = positives.sum(dim=1)
     if variant == "infonce":
-        return per_pair.sum(dim=1), num_positives.sum(), log_normaliser
+        return per_pair.sum(dim=1), num_positives.sum(), log_normaliser, per_pair.detach().sum(dim=0)
     # SupCon: the mean over the anchor's positives; an anchor without positives adds no term.
-    return per_pair.sum(dim=1) / num_positives.clamp_min(1), (num_positives > 0).sum(), log_normaliser
+    with _without_autocast(logits.device):  # a matrix-vector product, which autocast would round to 16 bits
+        positive_share = 1 / num_positives.clamp_min(1).to(per_pair.dtype)
+        column_loss = positive_share @ per_pair.detach()  # each column's terms, weighted by 1 / |P(a)| of its anchor
+    return per_pair.sum(dim=1) / num_positives.clamp_min(1), (num_positives > 0).sum(), log_normaliser, column_loss
 
 
 def _logit_gradient(
@@ -286,7 +294,7 @@ def multi_positive_loss(
             "logits, positive_mask and candidate_mask must share one [anchors, candidates] shape; got "
             f"{tuple(logits.shape)}, {tuple(positive_mask.shape)}, {tuple(candidate_mask.shape)}"
         )
-    row_loss, count, _ = _row_losses(logits, positive_mask, candidate_mask, variant)
+    row_loss, count, _, _ = _row_losses(logits, positive_mask, candidate_mask, variant)
     return global_mean(row_loss.sum(), count)
 
 
@@ -414,11 +422,13 @@ class _ChunkedRows(torch.autograd.Function):
 
     Forward: each block's tile is built ([`_tile`]), its rows' losses summed ([`_row_losses`]) and the tile freed;
     only one statistic per row is kept, its log-normaliser (the log-sum-exp over its candidates for SupCon and
-    InfoNCE, over its negatives for MP-NCE; none for the sigmoid loss). Backward: each tile is built again and its
-    logits' gradient follows in closed form from the saved statistics ([`_logit_gradient`]); it is turned into the
-    tile's share of the gradients of the anchors, the candidates and every column's scale and offset. Rows are
-    independent given their statistic, so value and gradients are those of the dense tile, and memory is
-    `O(K x candidates + (anchors + candidates) x dim)`: no `anchors x candidates` tensor is ever built.
+    InfoNCE, over its negatives for MP-NCE; none for the sigmoid loss). Each column's share of the loss is summed
+    over the blocks too and returned beside the total and the number of terms, without gradient. Backward: each
+    tile is built again and its logits' gradient follows in closed form from the saved statistics
+    ([`_logit_gradient`]); it is turned into the tile's share of the gradients of the anchors, the candidates and
+    every column's scale and offset. Rows are independent given their statistic, so value and gradients are those of
+    the dense tile, and memory is `O(K x candidates + (anchors + candidates) x dim)`: no `anchors x candidates`
+    tensor is ever built.
 
     Computed in at least float32 with autocast off, so that the backward pass rebuilds exactly the forward's tiles.
     """
@@ -431,6 +441,7 @@ class _ChunkedRows(torch.autograd.Function):
         column_offset = None if column_offset is None else column_offset.to(dtype)
         total = anchors.new_zeros(())
         count = torch.zeros((), dtype=torch.long, device=anchors.device)
+        column_loss = anchors.new_zeros(candidates.shape[0])
         # Written in place: nothing made in the loop outlives its block, so each block reuses the last one's memory
         # (a small tensor kept per block would pin the allocator's heap above every block and grow the process).
         normalisers = None if variant == "sigmoid" else anchors.new_empty(anchors.shape[0])
@@ -440,19 +451,20 @@ class _ChunkedRows(torch.autograd.Function):
                 _, logits, positives, keep = _tile(
                     anchors, candidates, column_scale, column_offset, rows, columns, block
                 )
-                row_loss, terms, normaliser = _row_losses(logits, positives, keep, variant)
+                row_loss, terms, normaliser, block_column_loss = _row_losses(logits, positives, keep, variant)
                 total += row_loss.sum()
                 count += terms
+                column_loss += block_column_loss
                 if normalisers is not None:
                     normalisers[block] = normaliser
         ctx.save_for_backward(anchors, candidates, column_scale, column_offset, normalisers)
         ctx.rows, ctx.columns, ctx.variant, ctx.rows_per_block = rows, columns, variant, rows_per_block
-        ctx.mark_non_differentiable(count)
-        return total, count
+        ctx.mark_non_differentiable(count, column_loss)
+        return total, count, column_loss
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_total, _grad_count):
+    def backward(ctx, grad_total, _grad_count, _grad_column_loss):
         anchors, candidates, column_scale, column_offset, normalisers = ctx.saved_tensors
         needs_anchors, needs_candidates, needs_scale, needs_offset = ctx.needs_input_grad[:4]
         grad_anchors = torch.zeros_like(anchors)
@@ -501,7 +513,8 @@ def contrastive_objective(
     intra_domain_pairs: bool = False,
     variant: str = "supcon",
     chunk_size: int | None = None,
-) -> torch.Tensor:
+    return_terms: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The one contrastive objective of this package, of which CLIP, UniCL, UniCLIP and SigLIP are points.
 
     Each of the `n` items of this rank has `V` image views and one text: `(V + 1) n` embeddings in one space. An
@@ -548,9 +561,17 @@ def contrastive_objective(
             2^22 logits on a CPU and in blocks of 2^20 logits (at least 64 rows) above; 2^24 and 2^24 on an
             accelerator (`AUTO_DENSE_LOGITS_CPU`, `AUTO_BLOCK_LOGITS_CPU`, `MIN_ROWS_PER_BLOCK`,
             `AUTO_LOGITS_ACCELERATOR`).
+        return_terms (`bool`): also return the loss split by domain pair.
 
     Returns:
-        `torch.Tensor` of shape `()`: this rank's share of the global mean loss.
+        `torch.Tensor` of shape `()`: this rank's share of the global mean loss. With `return_terms`, `(loss,
+        terms)`: `terms` of shape `(3,)` (image-image, image-text, text-text: `DOMAIN_PAIRS`), detached, sums to
+        the loss. Each anchor-candidate term counts for the domain pair of its anchor and candidate (a softmax
+        variant's term for its positive's pair, SupCon's with weight `1 / |P(a)|`, the sigmoid loss's binary terms
+        of positives and negatives alike), summed from the per-pair terms the loss builds anyway (a column sum per
+        tile, dense or in blocks) and divided by the loss's global count ([`global_mean`]), so that the ranks'
+        average is that of one process, as for the loss. A pair without candidates (image-image and text-text
+        without `intra_domain_pairs`) is 0.
     """
     if image_embeds.ndim != 3 or text_embeds.ndim != 2:
         raise ValueError(
@@ -623,7 +644,7 @@ def contrastive_objective(
             (text_embeds, _MaskKeys(groups), TEXT_DOMAIN, _join_columns([view_columns])),
         ]
 
-    total, count = 0, 0
+    total, count, terms = 0, 0, 0
     for anchors, rows, anchor_domain, (candidates, columns, column_domains) in sides:
         column_pairs = anchor_domain + column_domains  # the unordered domain pair's index is the sum
         column_scale = _per_column(scale, column_pairs)
@@ -633,14 +654,17 @@ def contrastive_objective(
             _, logits, positives, keep = _tile(
                 anchors, candidates, column_scale, column_offset, rows, columns, slice(None)
             )
-            row_loss, terms, _ = _row_losses(logits, positives, keep, variant)
+            row_loss, side_count, _, column_loss = _row_losses(logits, positives, keep, variant)
             side_total = row_loss.sum()
         else:
-            side_total, terms = _ChunkedRows.apply(
+            side_total, side_count, column_loss = _ChunkedRows.apply(
                 anchors, candidates, column_scale, column_offset, rows, columns, variant, rows_per_block
             )
-        total, count = total + side_total, count + terms
-    return global_mean(total, count)
+        total, count = total + side_total, count + side_count
+        if return_terms:  # the anchors are of one domain: a column's domain pair is its candidate's
+            terms = terms + column_loss.new_zeros(len(DOMAIN_PAIRS)).index_add_(0, column_pairs, column_loss)
+    loss = global_mean(total, count)
+    return (loss, global_mean(terms, count)) if return_terms else loss
 
 
 def _join_columns(

@@ -35,7 +35,7 @@ import torch
 from accelerate.utils import broadcast_object_list, gather_object
 from safetensors import SafetensorError
 
-from ..losses import DOMAIN_PAIRS
+from ..losses import DOMAIN_PAIRS, IMAGE_TEXT
 from . import lora, runs
 from .data.health import DataHealth
 from .engine import checkpoint as checkpoints
@@ -350,13 +350,37 @@ class Trainer:
             values["logit_offset"] = [round(v, 6) for v in sharding.full_tensor(logit_offset.detach()).tolist()]
         return values
 
-    def _log_step(self, step: int, loss: torch.Tensor, grad_norm) -> dict:
+    def _loss_terms_record(self, term_values: list[float]) -> dict:
+        """`loss_image_image`, `loss_image_text`, `loss_text_text`: the loss split by the domain pair of each term's
+        anchor and candidate (`ContrastiveOutput.loss_terms`), summing to `loss`.
+
+        Only the pairs the objective has: an objective without intra-domain pairs (CLIP, UniCL, SigLIP) never meets
+        an image-image or text-text pair, so its record holds `loss_image_text` (equal to `loss`) alone. Zeros for the
+        other two would read, in the log and in a tracker's plot, as a loss measured to be 0 (pairs told apart
+        perfectly) where no such pair exists; so a reader who sees the three keys knows the objective has the three
+        pairs. One that has them may still log a 0: UniCLIP's MP-NCE without labels scores texts against each other
+        only as negatives, whose weight is in the terms of the texts' positives (image-text).
+        """
+        has_intra_domain_pairs = self.unwrapped.config.intra_domain_pairs
+        return {
+            f"loss_{pair.replace('-', '_')}": value
+            for pair, value in zip(DOMAIN_PAIRS, term_values)
+            if has_intra_domain_pairs or pair == DOMAIN_PAIRS[IMAGE_TEXT]
+        }
+
+    def _log_step(self, step: int, loss: torch.Tensor, loss_terms: torch.Tensor, grad_norm) -> dict:
         acc = self.accelerator
         samples = torch.tensor(self._window_samples, device=acc.device)
         totals = self._data_totals()
+        # The loss and its terms by domain pair, averaged over the ranks in one collective (each rank holds its share
+        # of the global mean: `losses.global_mean`).
+        loss_value, *term_values = acc.reduce(
+            torch.cat([loss.reshape(1), loss_terms.to(loss.dtype)]), reduction="mean"
+        ).tolist()
         record = {
             "step": step,
-            "loss": acc.reduce(loss.reshape(1), reduction="mean").item(),
+            "loss": loss_value,
+            **self._loss_terms_record(term_values),
             "lr": base_learning_rate(self.optimizer),
             "grad_norm": float(grad_norm) if torch.is_tensor(grad_norm) else None,
             **self._similarity_values(),
@@ -515,15 +539,16 @@ class Trainer:
             masked = step <= self.args.max_steps - final
             self.unwrapped.config.patch_dropout = self._patch_dropout if masked else 0.0
 
-    def _optimizer_step(self, step: int) -> tuple[torch.Tensor, object, bool]:
-        """One optimizer step; returns its loss, gradient norm and whether it was applied (both finite)."""
+    def _optimizer_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor, object, bool]:
+        """One optimizer step; returns its loss, the loss's terms by domain pair, the gradient norm and whether the
+        step was applied (loss and norm finite)."""
         args, acc = self.args, self.accelerator
         self._set_patch_dropout_phase(step)
         micro_batches = [self._next_inputs() for _ in range(args.gradient_accumulation_steps)]
         if self._calibrate_on_first_step:
             self._calibrate_logit_offsets(micro_batches[0])
             self._calibrate_on_first_step = False
-        loss = self.step_strategy(self.model, micro_batches, acc)
+        loss, loss_terms = self.step_strategy(self.model, micro_batches, acc)
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm or math.inf)
         if torch.is_tensor(grad_norm):
             grad_norm = sharding.full_tensor(grad_norm)  # of sharded gradients: a DTensor
@@ -536,7 +561,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()  # the schedule follows the step count, applied or skipped
         clamp_logit_scale(self.unwrapped, args.max_logit_scale)
-        return loss, grad_norm, applied
+        return loss, loss_terms, grad_norm, applied
 
     def _run_steps(self, start: int, last: int) -> None:
         args = self.args
@@ -557,10 +582,10 @@ class Trainer:
         self._train_mode()
         try:
             for step in range(start + 1, last + 1):
-                loss, grad_norm, applied = self._optimizer_step(step)
+                loss, loss_terms, grad_norm, applied = self._optimizer_step(step)
                 record = None
                 if applied and (step % args.logging_steps == 0 or step in (args.max_steps, start + 1)):
-                    record = self._log_step(step, loss, grad_norm)
+                    record = self._log_step(step, loss, loss_terms, grad_norm)
                 progress.update(step, record)
                 saved = bool(args.save_steps and step % args.save_steps == 0 and step < args.max_steps)
                 if saved:

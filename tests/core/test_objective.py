@@ -181,11 +181,13 @@ def _distributed_worker(rank, world_size, port, result_file, splits):
             rows = slice(start, start + splits[rank])
             local_kwargs = {k: v[rows] if k in ("labels", "text_keys") else v for k, v in kwargs.items()}
             leaves = _leaves(image[rows], text[rows], local_kwargs)
-            loss = contrastive_objective(leaves[0], leaves[1], **local_kwargs)
+            loss, terms = contrastive_objective(leaves[0], leaves[1], **local_kwargs, return_terms=True)
             loss.backward()
             value = loss.detach().clone()
             dist.all_reduce(value)
             out[f"{name}/loss"] = np.array(value.item() / world_size)
+            dist.all_reduce(terms)  # the loss's terms by domain pair, averaged over the ranks as the trainer logs them
+            out[f"{name}/terms"] = (terms / world_size).numpy()
             # DDP averages gradients: the embeddings' rows are this rank's, the similarity parameters replicated.
             for index, leaf in enumerate(leaves):
                 out[f"{name}/grad{index}"] = (leaf.grad / world_size).numpy()
@@ -242,10 +244,13 @@ def test_two_processes_equal_one_process(run_gloo_workers):
     for name, (image, text, kwargs) in _cases().items():
         kwargs = dict(kwargs, chunk_size=0)  # the reference: one process, dense
         leaves = _leaves(image, text, kwargs)
-        loss = contrastive_objective(leaves[0], leaves[1], **kwargs)
+        loss, terms = contrastive_objective(leaves[0], leaves[1], **kwargs, return_terms=True)
         loss.backward()
         for rank_result in results:
             assert rank_result[f"{name}/loss"] == pytest.approx(loss.item(), rel=1e-12), name
+            np.testing.assert_allclose(
+                rank_result[f"{name}/terms"], terms.numpy(), rtol=1e-12, atol=1e-15, err_msg=name
+            )
         for index, leaf in enumerate(leaves):
             parts = [r[f"{name}/grad{index}"] for r in results]
             # embeddings: each rank holds its rows; scale and offset: the ranks' (averaged) gradients add up

@@ -66,7 +66,7 @@ def test_full_batch_equals_one_loss_over_kept_graphs_float64_with_dropout(kind, 
     expected_loss = kept_graph_step(reference, batches)
     expected_rng = torch.get_rng_state()
     torch.manual_seed(SEED)
-    loss = FullBatchStep()(model, batches, accelerator)
+    loss, _ = FullBatchStep()(model, batches, accelerator)
 
     assert abs(loss.item() - expected_loss.item()) <= 1e-12 * abs(expected_loss.item())
     expected = gradients(reference)
@@ -99,7 +99,7 @@ def test_full_batch_equals_one_big_batch_float32(kind, accelerator):
     batches = micro_batches(big.config, MICRO_BATCHES, MICRO_BATCH_SIZE)
     expected_loss = big(**concatenate(batches), return_loss=True).loss
     expected_loss.backward()
-    loss = FullBatchStep()(model, batches, accelerator)
+    loss, _ = FullBatchStep()(model, batches, accelerator)
 
     assert abs(loss.item() - expected_loss.item()) <= 1e-5 * abs(expected_loss.item())
     errors = relative_errors(gradients(model), gradients(big), floor=1e-3)
@@ -114,7 +114,7 @@ def test_full_batch_contrasts_across_micro_batches(accelerator):
     with torch.no_grad():
         per_micro_batch = np.mean([model(**batch, return_loss=True).loss.item() for batch in batches])
         whole = model(**concatenate(batches), return_loss=True).loss.item()
-    loss = FullBatchStep()(model, batches, accelerator).item()
+    loss = FullBatchStep()(model, batches, accelerator)[0].item()
     assert loss == pytest.approx(whole, rel=1e-5)
     assert abs(loss - per_micro_batch) > 0.1
 
@@ -176,7 +176,7 @@ def _two_process_worker(rank: int, folder: str) -> None:
             batches = micro_batches(config, MICRO_BATCHES * WORLD_SIZE, MICRO_BATCH_SIZE, dtype=torch.float64)
             mine = batches[rank * MICRO_BATCHES : (rank + 1) * MICRO_BATCHES]
             model = accelerator.prepare(ddp_model(kind))
-            loss = FullBatchStep()(model, mine, accelerator)
+            loss, _ = FullBatchStep()(model, mine, accelerator)
             dist.all_reduce(loss)
             grads = gradients(accelerator.unwrap_model(model))
             np.savez(f"{folder}/{kind}-rank{rank}.npz", **{k: v.numpy() for k, v in grads.items()})

@@ -28,15 +28,16 @@ WORLD_SIZE, STEPS, RESUME_AT, MICRO_BATCH_SIZE = 2, 10, 5, 4
 RUNS = [("unicl", 1), ("uniclip", 1), ("msclip", 1), ("unicl", 2), ("uniclip", 2), ("msclip", 2)]
 
 
-def plain_step(model, batches: list[dict], accelerator) -> torch.Tensor:
-    """Each micro-batch's own loss, gradients synchronised on the last one (the trainer's micro_batch mode)."""
+def plain_step(model, batches: list[dict], accelerator) -> tuple[torch.Tensor, None]:
+    """Each micro-batch's own loss, gradients synchronised on the last one (the trainer's micro_batch mode); returns
+    the step's loss and, where a step strategy returns the loss's terms, None (not read here)."""
     total = torch.zeros(())
     for index, batch in enumerate(batches):
         with gradient_sync(model, accelerator, enabled=index == len(batches) - 1):
             loss = model(**batch, return_loss=True).loss / len(batches)
             loss.backward()
         total += loss.detach()
-    return total
+    return total, None
 
 
 def rank_batches(config, step: int, accumulation: int, rank: int) -> list[dict]:
@@ -50,7 +51,7 @@ def train(model, optimizer, accelerator, config, accumulation: int, rank: int, s
     step_function = FullBatchStep() if accumulation > 1 else plain_step
     losses = []
     for step in steps:
-        loss = step_function(model, rank_batches(config, step, accumulation, rank), accelerator)
+        loss, _ = step_function(model, rank_batches(config, step, accumulation, rank), accelerator)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad()

@@ -141,12 +141,12 @@ class FullBatchStep:
     """`gradient_accumulation_mode: full_batch`: one contrastive loss over the whole `k x per_device x world` batch
     of an optimizer step, one micro-batch's activations at a time (see the module docstring for the three passes).
 
-    Called as `step(model, micro_batches, accelerator) -> loss` like every step strategy: `micro_batches` are the
-    `gradient_accumulation_steps` model-input dicts of this rank (on the device; `labels` included with
-    `config.use_labels`), `model` the prepared (DDP, FSDP2 or plain) model. Gradients are accumulated into the
-    parameters, synchronised between processes on the last re-run only; the detached loss of the step (this rank's
-    share, as `forward(..., return_loss=True).loss`) is returned. Clipping and the optimizer step stay with the
-    caller.
+    Called as `step(model, micro_batches, accelerator) -> (loss, loss_terms)` like every step strategy:
+    `micro_batches` are the `gradient_accumulation_steps` model-input dicts of this rank (on the device; `labels`
+    included with `config.use_labels`), `model` the prepared (DDP, FSDP2 or plain) model. Gradients are accumulated
+    into the parameters, synchronised between processes on the last re-run only; the detached loss of the step (this
+    rank's share, as `forward(..., return_loss=True).loss`) and its terms by domain pair (as `.loss_terms`, of the
+    same one loss) are returned. Clipping and the optimizer step stay with the caller.
     """
 
     name = FULL_BATCH
@@ -155,7 +155,7 @@ class FullBatchStep:
         "forward"
     )
 
-    def __call__(self, model: nn.Module, micro_batches: list[dict], accelerator) -> torch.Tensor:
+    def __call__(self, model: nn.Module, micro_batches: list[dict], accelerator) -> tuple[torch.Tensor, torch.Tensor]:
         if not micro_batches:
             raise ValueError("full_batch accumulation needs at least one micro-batch per step, got none")
         if getattr(accelerator, "gradient_accumulation_steps", 1) != 1:
@@ -184,7 +184,9 @@ class FullBatchStep:
         text_keys = _concat([c.text_keys for c in cache], "text keys")
         with gradient_sync(model, accelerator, enabled=False):
             with accelerator.autocast():
-                loss = unwrapped.contrastive_loss(image_view_embeds, text_embeds, labels, text_keys)
+                loss, loss_terms = unwrapped.contrastive_loss(
+                    image_view_embeds, text_embeds, labels, text_keys, return_terms=True
+                )
             # Whole-tensor engines: the parameters the loss used must be touched by the synchronised backward.
             touched = [] if is_fsdp2(model) else _loss_parameters(loss, (image_view_embeds, text_embeds))
             accelerator.backward(loss)  # applies the fp16 loss scale once; the cached gradients carry it on
@@ -205,7 +207,7 @@ class FullBatchStep:
                 surrogate.backward()
             cache[index] = None  # free this micro-batch's inputs and embeddings
         after_step.restore()
-        return loss.detach()
+        return loss.detach(), loss_terms
 
     @staticmethod
     def _embed(model: nn.Module, micro_batch: dict, config, device: torch.device) -> CachedMicroBatch:

@@ -1,8 +1,9 @@
 """How one optimizer step turns its micro-batches into gradients: the gradient-accumulation strategies.
 
-A strategy is a callable `step(model, micro_batches, accelerator) -> loss`: it runs the forward and backward passes
-of one optimizer step over `gradient_accumulation_steps` micro-batches (model inputs already on the device), syncs
-gradients between processes only on the last one, and returns the detached loss of the step. Clipping, the
+A strategy is a callable `step(model, micro_batches, accelerator) -> (loss, loss_terms)`: it runs the forward and
+backward passes of one optimizer step over `gradient_accumulation_steps` micro-batches (model inputs already on the
+device), syncs gradients between processes only on the last one, and returns the detached loss of the step and its
+split by domain pair (`ContrastiveOutput.loss_terms`, of shape `(3,)`, summing to the loss). Clipping, the
 optimizer step, the schedule and the temperature clamp stay in the trainer's loop, so a strategy is only about
 which negatives each sample is contrasted with:
 
@@ -21,6 +22,7 @@ from typing import Protocol
 
 import torch
 
+from ...losses import DOMAIN_PAIRS
 from .accumulation_modes import FULL_BATCH, MICRO_BATCH
 from .grad_cache import FullBatchStep
 from .sharding import gradient_sync
@@ -28,12 +30,15 @@ from .sharding import gradient_sync
 
 class StepStrategy(Protocol):
     """A step strategy: `name` (its `gradient_accumulation_mode`), `deepspeed_unsupported` (why it cannot run under
-    DeepSpeed, or None: `launch.check_engine` refuses that launch with the reason), and the call."""
+    DeepSpeed, or None: `launch.check_engine` refuses that launch with the reason), and the call, which returns the
+    step's detached loss `()` and its terms by domain pair `(3,)`."""
 
     name: str
     deepspeed_unsupported: str | None
 
-    def __call__(self, model: torch.nn.Module, micro_batches: list[dict], accelerator) -> torch.Tensor: ...
+    def __call__(
+        self, model: torch.nn.Module, micro_batches: list[dict], accelerator
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class MicroBatchStep:
@@ -43,15 +48,20 @@ class MicroBatchStep:
     name = MICRO_BATCH
     deepspeed_unsupported = None
 
-    def __call__(self, model: torch.nn.Module, micro_batches: list[dict], accelerator) -> torch.Tensor:
+    def __call__(
+        self, model: torch.nn.Module, micro_batches: list[dict], accelerator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         step_loss = torch.zeros((), device=accelerator.device)
+        step_terms = torch.zeros(len(DOMAIN_PAIRS), device=accelerator.device)
         for index, inputs in enumerate(micro_batches):
             last = index == len(micro_batches) - 1
             with gradient_sync(model, accelerator, enabled=last):
-                loss = model(**inputs, return_loss=True).loss / len(micro_batches)
+                outputs = model(**inputs, return_loss=True)
+                loss = outputs.loss / len(micro_batches)
                 accelerator.backward(loss)
             step_loss += loss.detach()
-        return step_loss
+            step_terms += outputs.loss_terms / len(micro_batches)
+        return step_loss, step_terms
 
 
 # gradient_accumulation_mode -> strategy class, in the order of `accumulation_modes.GRADIENT_ACCUMULATION_MODES`.
