@@ -409,11 +409,13 @@ class RunSettings:
 @dataclasses.dataclass
 class RunResult:
     """One run: `history` holds one record per evaluation (`step` and every metric), `losses` the logged
-    `(step, training loss)` pairs, `step_seconds` the median wall time of one optimizer step over the logging windows
+    `(step, training loss)` pairs, `loss_terms` the logged `(step, {"loss_image_text": ..., ...})` split of the loss
+    by domain pair (the pairs the objective has), `step_seconds` the median wall time of one optimizer step over the logging windows
     after the first (training only: no evaluation, no start-up), `seconds` the whole run."""
 
     history: list[dict]
     losses: list[tuple[int, float]]
+    loss_terms: list[tuple[int, dict]]
     gflops_per_step: float
     params: int
     seconds: float
@@ -629,6 +631,7 @@ def train_run(
     return RunResult(
         history=history,
         losses=[(r["step"], r["loss"]) for r in records if r.get("loss") is not None],
+        loss_terms=[(r["step"], {k: v for k, v in r.items() if k.startswith("loss_")}) for r in records],
         gflops_per_step=step.flops / 1e9,
         params=parameter_count(model),
         seconds=seconds,

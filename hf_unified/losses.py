@@ -158,6 +158,22 @@ def unique_pair_labels(labels: torch.Tensor, offset: int) -> torch.Tensor:
 MULTI_POSITIVE_VARIANTS = ("mp_nce", "supcon", "infonce", "sigmoid")
 
 
+# What `intra_domain_pairs` may be: neither intra-domain pair, both, image-image only, text-text only.
+INTRA_DOMAIN_PAIRS = (False, True, "image", "text")
+
+
+def intra_domain_flags(intra_domain_pairs: bool | str) -> tuple[bool, bool]:
+    """`(image-image pairs count, text-text pairs count)` of an `intra_domain_pairs` value (`INTRA_DOMAIN_PAIRS`)."""
+    if isinstance(intra_domain_pairs, bool):
+        return intra_domain_pairs, intra_domain_pairs
+    if intra_domain_pairs not in INTRA_DOMAIN_PAIRS:
+        raise ValueError(
+            f"intra_domain_pairs must be one of {INTRA_DOMAIN_PAIRS} (both, neither, image-image only, text-text "
+            f"only), got {intra_domain_pairs!r}"
+        )
+    return intra_domain_pairs == "image", intra_domain_pairs == "text"
+
+
 def _check_variant(variant: str) -> None:
     if variant not in MULTI_POSITIVE_VARIANTS:
         raise ValueError(f"variant must be one of {MULTI_POSITIVE_VARIANTS}, got {variant!r}")
@@ -510,7 +526,7 @@ def contrastive_objective(
     offset: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
     text_keys: torch.Tensor | None = None,
-    intra_domain_pairs: bool = False,
+    intra_domain_pairs: bool | str = False,
     variant: str = "supcon",
     chunk_size: int | None = None,
     return_terms: bool = False,
@@ -553,7 +569,9 @@ def contrastive_objective(
             its own positive; None: every item is only its own positive.
         text_keys (`torch.LongTensor` of shape `(n_local,)`, *optional*): equal for identical texts
             ([`text_identity_keys`]); None: no duplicate masking.
-        intra_domain_pairs (`bool`): whether image-image and text-text pairs are candidates too.
+        intra_domain_pairs (`bool` or `str`): whether image-image and text-text pairs are candidates too: `True`
+            both, `False` neither (cross-domain only), `"image"` image-image pairs only, `"text"` text-text pairs only
+            (`INTRA_DOMAIN_PAIRS`; the last two separate what each intra-domain pair brings).
         variant (`str`): `"supcon"`, `"mp_nce"`, `"infonce"` or `"sigmoid"` ([`multi_positive_loss`]).
         chunk_size (`int`, *optional*): at most this many anchor rows at a time, in bounded memory with the same
             value and gradients ([`_ChunkedRows`]); `0`: the dense path (each side's `anchors x candidates` logits
@@ -635,14 +653,16 @@ def contrastive_objective(
     )
 
     # Each side: (anchors, their mask keys, their domain, (candidates, their mask keys, their domains)).
-    if intra_domain_pairs:  # both sides meet every embedding
-        everything = _join_columns([view_columns, text_columns])
-        sides = [(views, view_rows, IMAGE_DOMAIN, everything), (text_embeds, text_rows, TEXT_DOMAIN, everything)]
-    else:  # cross-domain only: no anchor meets itself, and text anchors meet no text
-        sides = [
-            (views, dataclasses.replace(view_rows, ids=None), IMAGE_DOMAIN, _join_columns([text_columns])),
-            (text_embeds, _MaskKeys(groups), TEXT_DOMAIN, _join_columns([view_columns])),
-        ]
+    # Image anchors meet the texts, and the views where image-image pairs count (then the anchor's own view is
+    # excluded by its id); text anchors meet the views, and the texts where text-text pairs count (then the anchor
+    # itself and its duplicates are excluded; otherwise a text anchor needs only the groups).
+    image_image, text_text = intra_domain_flags(intra_domain_pairs)
+    view_anchor_rows = view_rows if image_image else dataclasses.replace(view_rows, ids=None)
+    text_anchor_rows = text_rows if text_text else _MaskKeys(groups)
+    sides = [
+        (views, view_anchor_rows, IMAGE_DOMAIN, _join_columns([view_columns] * image_image + [text_columns])),
+        (text_embeds, text_anchor_rows, TEXT_DOMAIN, _join_columns([view_columns] + [text_columns] * text_text)),
+    ]
 
     total, count, terms = 0, 0, 0
     for anchors, rows, anchor_domain, (candidates, columns, column_domains) in sides:

@@ -35,7 +35,7 @@ import torch
 from accelerate.utils import broadcast_object_list, gather_object
 from safetensors import SafetensorError
 
-from ..losses import DOMAIN_PAIRS, IMAGE_TEXT
+from ..losses import DOMAIN_PAIRS, intra_domain_flags
 from . import lora, runs
 from .data.health import DataHealth
 from .engine import checkpoint as checkpoints
@@ -361,11 +361,12 @@ class Trainer:
         pairs. One that has them may still log a 0: UniCLIP's MP-NCE without labels scores texts against each other
         only as negatives, whose weight is in the terms of the texts' positives (image-text).
         """
-        has_intra_domain_pairs = self.unwrapped.config.intra_domain_pairs
+        image_image, text_text = intra_domain_flags(self.unwrapped.config.intra_domain_pairs)
+        present = (image_image, True, text_text)  # in the order of DOMAIN_PAIRS
         return {
             f"loss_{pair.replace('-', '_')}": value
-            for pair, value in zip(DOMAIN_PAIRS, term_values)
-            if has_intra_domain_pairs or pair == DOMAIN_PAIRS[IMAGE_TEXT]
+            for pair, value, has_pair in zip(DOMAIN_PAIRS, term_values, present)
+            if has_pair
         }
 
     def _log_step(self, step: int, loss: torch.Tensor, loss_terms: torch.Tensor, grad_norm) -> dict:

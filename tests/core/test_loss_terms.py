@@ -19,9 +19,11 @@ from hf_unified.losses import (
     DOMAIN_PAIRS,
     IMAGE_IMAGE,
     IMAGE_TEXT,
+    INTRA_DOMAIN_PAIRS,
     MULTI_POSITIVE_VARIANTS,
     TEXT_TEXT,
     contrastive_objective,
+    intra_domain_flags,
 )
 
 LABELS = [2, -1, 2, 0, -1, 0]
@@ -47,13 +49,14 @@ def naive_terms(views, texts, labels, keys, intra, variant) -> list[float]:
     weight 1 / |P(a)|, the sigmoid loss's for every candidate), and each pair's sum is divided by the loss's count
     (positive pairs for MP-NCE and InfoNCE, anchors with a positive for SupCon, anchors for the sigmoid loss)."""
     n, num_views, _ = views.shape
+    intra_flags = intra_domain_flags(intra)  # image-image, text-text
     rows = [(i, 0, views[i, v]) for i in range(n) for v in range(num_views)] + [(i, 1, texts[i]) for i in range(n)]
     group = [labels[i] if labels is not None and labels[i] >= 0 else -1 - i for i in range(n)]
     sums, count = [0.0, 0.0, 0.0], 0
     for a, (item, domain, vector) in enumerate(rows):
         candidates = []  # (domain pair, positive, logit)
         for c, (other, other_domain, other_vector) in enumerate(rows):
-            if c == a or (not intra and other_domain == domain):
+            if c == a or (other_domain == domain and not intra_flags[domain]):
                 continue
             if keys is not None and other_domain == 1 and keys[other] == keys[item] and group[other] != group[item]:
                 continue
@@ -81,10 +84,10 @@ def naive_terms(views, texts, labels, keys, intra, variant) -> list[float]:
 
 @pytest.mark.parametrize(
     "views, labels, keys, intra, variant",
-    list(itertools.product((1, 2), (None, LABELS), (None, KEYS), (False, True), MULTI_POSITIVE_VARIANTS)),
+    list(itertools.product((1, 2), (None, LABELS), (None, KEYS), INTRA_DOMAIN_PAIRS, MULTI_POSITIVE_VARIANTS)),
 )
 def test_terms_match_the_loop_reference_and_sum_to_the_loss(views, labels, keys, intra, variant):
-    image, text = embeddings(6, views, seed=views + 2 * intra)
+    image, text = embeddings(6, views, seed=views + 2 * INTRA_DOMAIN_PAIRS.index(intra))
     labels_t = None if labels is None else torch.tensor(labels)
     keys_t = None if keys is None else torch.tensor(keys)
     arguments = (image, text, SCALE, OFFSET, labels_t, keys_t, intra, variant)
@@ -94,8 +97,11 @@ def test_terms_match_the_loop_reference_and_sum_to_the_loss(views, labels, keys,
     assert terms.shape == (len(DOMAIN_PAIRS),) and not terms.requires_grad
     np.testing.assert_allclose(terms.numpy(), naive_terms(image, text, labels, keys, intra, variant), rtol=1e-10)
     torch.testing.assert_close(terms.sum(), loss, rtol=1e-12, atol=1e-14)
-    if not intra:  # CLIP, UniCL, SigLIP: image-text terms only
-        assert terms[IMAGE_IMAGE] == 0 and terms[TEXT_TEXT] == 0
+    image_image, text_text = intra_domain_flags(intra)
+    if not image_image:  # CLIP, UniCL, SigLIP, or UniCLIP without image-image pairs: no image-image term
+        assert terms[IMAGE_IMAGE] == 0
+    if not text_text:
+        assert terms[TEXT_TEXT] == 0
     # In blocks of rows (the chunked forward), the same loss and the same terms.
     chunked_loss, chunked_terms = contrastive_objective(*arguments, chunk_size=2, return_terms=True)
     torch.testing.assert_close(chunked_loss, loss, rtol=1e-12, atol=0)
@@ -184,3 +190,18 @@ def test_the_model_output_carries_the_terms(objective):
     assert as_tuple[0] is outputs.loss and as_tuple[1] is outputs.logits_per_image
     # No loss, no terms.
     assert model(**{k: v for k, v in inputs.items() if k != "labels"}).loss_terms is None
+
+
+def test_intra_domain_pairs_one_at_a_time_and_a_clear_error_for_anything_else():
+    """`"image"` keeps the image-image pairs and drops the text-text ones, `"text"` the other way round: with labels
+    (so that both pairs have positives) each one's own term is the one that both have, and the one it drops is 0."""
+    image, text = embeddings(6, 2, seed=5)
+    labels = torch.tensor(LABELS)
+    _, both = contrastive_objective(image, text, SCALE, OFFSET, labels, None, True, "supcon", return_terms=True)
+    _, images = contrastive_objective(image, text, SCALE, OFFSET, labels, None, "image", "supcon", return_terms=True)
+    _, texts = contrastive_objective(image, text, SCALE, OFFSET, labels, None, "text", "supcon", return_terms=True)
+    assert images[IMAGE_IMAGE] > 0 and images[TEXT_TEXT] == 0
+    assert texts[TEXT_TEXT] > 0 and texts[IMAGE_IMAGE] == 0
+    assert both[IMAGE_IMAGE] > 0 and both[TEXT_TEXT] > 0
+    with pytest.raises(ValueError, match=r"intra_domain_pairs must be one of .* got 'both'"):
+        contrastive_objective(image, text, SCALE, OFFSET, intra_domain_pairs="both")
