@@ -551,6 +551,41 @@ def similarity_table(results: dict) -> str:
     return "*learnt domain-pair similarity at the end of the run (mean over seeds)*\n\n" + markdown_table(header, rows)
 
 
+TERM_KEYS = ("loss_image_image", "loss_image_text", "loss_text_text")
+
+
+def loss_terms_table(results: dict) -> str:
+    """The training loss split by domain pair (image-image / image-text / text-text, `-` for a pair the objective
+    does not have; the three sum to the loss) of the methods with intra-domain pairs, mean over seeds, at the last
+    logged step up to each budget (runs of a budget-matched method at their matching step)."""
+    settings = results["settings"]
+    rows = []
+    for dataset in results["datasets"]:
+        for name, runs in _runs_by_method(results, dataset).items():
+            if not all(len(r.get("loss_terms") or []) and len(r["loss_terms"][-1][1]) > 1 for r in runs):
+                continue
+            cells = []
+            for budget in settings["budgets"]:
+                values = {key: [] for key in TERM_KEYS}
+                for run in runs:
+                    last = scaled_step(budget, settings, run.get("step_multiplier", 1.0))
+                    _, terms = [entry for entry in run["loss_terms"] if entry[0] <= last][-1]
+                    for key in TERM_KEYS:
+                        values[key].append(terms.get(key, float("nan")))
+                cells.append(
+                    " / ".join("-" if math.isnan(spread(v)[0]) else f"{spread(v)[0]:.3f}" for v in values.values())
+                )
+            rows.append([dataset, _method_label(name, runs), *cells])
+    if not rows:
+        return ""
+    header = ["data", "method"] + [
+        f"loss terms at step {b} (image-image / image-text / text-text)" for b in settings["budgets"]
+    ]
+    return "*the training loss by domain pair (mean over seeds; the terms sum to the loss)*\n\n" + markdown_table(
+        header, rows
+    )
+
+
 def plot(results: dict, folder: Path) -> list[Path]:
     """Accuracy-vs-steps figures, one PNG per data set: mean over seeds, the band one standard deviation."""
     import matplotlib
@@ -606,9 +641,9 @@ def plot(results: dict, folder: Path) -> list[Path]:
 def report(results: dict, figures: Path | None) -> str:
     """Prints (and returns) the tables; writes the figures."""
     text = f"machine: {results['machine']}\n\n" + tables(results)
-    similarity = similarity_table(results)
-    if similarity:
-        text += "\n\n" + similarity
+    for extra in (similarity_table(results), loss_terms_table(results)):
+        if extra:
+            text += "\n\n" + extra
     print(text)
     if figures is not None:
         for path in plot(results, figures):

@@ -410,8 +410,8 @@ class RunSettings:
 class RunResult:
     """One run: `history` holds one record per evaluation (`step` and every metric), `losses` the logged
     `(step, training loss)` pairs, `loss_terms` the logged `(step, {"loss_image_text": ..., ...})` split of the loss
-    by domain pair (the pairs the objective has), `step_seconds` the median wall time of one optimizer step over the logging windows
-    after the first (training only: no evaluation, no start-up), `seconds` the whole run."""
+    by domain pair (the pairs the objective has), `step_seconds` the median wall time of one optimizer step over the
+    logging windows after the first (training only: no evaluation, no start-up), `seconds` the whole run."""
 
     history: list[dict]
     losses: list[tuple[int, float]]

@@ -596,7 +596,10 @@ class Trainer:
                     checkpoint = self._last_checkpoint if saved else self.save_checkpoint(step)
                     raise RunStopped(stop_signal, step, args.max_steps, checkpoint)
                 if self.data.evaluation and args.eval_steps and step % args.eval_steps == 0 and step < args.max_steps:
+                    evaluation_start = time.perf_counter()
                     self.evaluate(step)
+                    # The logged samples/s is training throughput: the evaluation's time is not the window's.
+                    self._window_start += time.perf_counter() - evaluation_start
         finally:
             progress.close()
             del self._batches, loader  # stops the workers

@@ -75,3 +75,26 @@ def test_an_objective_without_intra_domain_pairs_logs_image_text_alone(tmp_path,
     (record,) = log_records(out)
     assert "loss_image_image" not in record and "loss_text_text" not in record
     assert record["loss_image_text"] == pytest.approx(record["loss"], rel=1e-6)
+
+
+def test_the_logged_throughput_leaves_out_the_evaluations(tmp_path, shapes, monkeypatch):
+    """Evaluations inside a logging window (here two, each made 1.5 s longer) are not training time: the window's
+    samples/s stays that of its training steps."""
+    import time
+
+    from hf_unified.training.trainer import Trainer
+
+    evaluate = Trainer.evaluate
+
+    def slow_evaluate(self, step):
+        time.sleep(1.5)
+        return evaluate(self, step)
+
+    monkeypatch.setattr(Trainer, "evaluate", slow_evaluate)
+    config = write_config(tmp_path, shapes, logging_steps=3, eval_steps=1)
+    out = tmp_path / "unicl"
+    train_script.main(["--config", str(config), "--max_steps", "3", "--output_dir", str(out)])
+    # Logged at step 1 (always) and 3: the second window holds steps 2 and 3 and the evaluations after steps 1, 2.
+    records = {r["step"]: r for r in log_records(out) if "samples_per_second" in r}  # not the evaluations' records
+    window_seconds = 2 * 8 / records[3]["samples_per_second"]  # 2 steps of 8 samples
+    assert window_seconds < 3.0  # its two evaluations slept 3 s
