@@ -38,7 +38,8 @@ AUGMENTATION_PARAM_NAMES: tuple[str, ...] = (
 AUGMENTATION_PARAM_DIM = len(AUGMENTATION_PARAM_NAMES)
 # The parameters of an un-augmented image: the whole image, no flip, unit jitter factors, colour, no blur.
 IDENTITY_PARAMS: tuple[float, ...] = (0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0)
-FUSION_MODES = ("add", "concat")
+# How the augmentation code enters the image head (`ContrastiveConfig.augmentation_fusion`).
+FUSION_MODES = ("add", "concat", "mlp")
 
 # Named points of the objective. Each lists every objective field, so applying one gives that method's objective
 # whatever the config's class defaults are.
@@ -162,8 +163,13 @@ class ContrastiveConfig(PreTrainedConfig):
             Hidden width of the augmentation encoder (`Linear(P, h) -> GELU -> Linear(h, out)`).
         augmentation_fusion (`str`, defaults to `"add"`):
             How the code enters the image head. `"add"`: the code (as wide as the image feature) is added to the
-            pooled feature before `visual_projection`; `"concat"`: the code (width `augmentation_hidden_size`) is
-            concatenated to it.
+            pooled feature before `visual_projection` (one Linear, no bias); `"concat"`: the code (width
+            `augmentation_hidden_size`) is concatenated to it and the Linear projects both; `"mlp"`: concatenated
+            the same way, and `visual_projection` is a 2-layer MLP, `Linear(W + code, W) -> GELU -> Linear(W,
+            projection_dim)` with `W` the pooled image feature's width (hidden as wide as the feature, as SimCLR's
+            projection head) and no bias on the last layer (as CLIP's projection), so that the head can undo
+            what the augmentation did rather than shift the feature by a constant (e.g. colour jitter when captions
+            name colours). `"mlp"` needs `augmentation_aware`; such a model is not a native `CLIPModel` export.
         intra_domain_pairs (`bool`, defaults to `False`):
             UniCLIP's universal space: image-image and text-text pairs are candidates too (so other items' views
             and texts are negatives), not only image-text pairs.
@@ -268,6 +274,13 @@ class ContrastiveConfig(PreTrainedConfig):
             check_finite(name, getattr(self, name))
         check_float("initializer_range", self.initializer_range, 0.0)
         check_patch_dropout(self.patch_dropout)
+        if self.augmentation_fusion == "mlp" and not self.augmentation_aware:
+            raise ValueError(
+                "augmentation_fusion='mlp' is the augmentation-aware image head (the augmentation code concatenated "
+                "to the image feature, into a 2-layer MLP projection) and needs augmentation_aware=True, got "
+                "augmentation_aware=False: set augmentation_aware=True (e.g. objective 'uniclip'), or leave "
+                "augmentation_fusion at 'add' (unused without augmentation_aware)"
+            )
 
     @classmethod
     def from_objective(cls, name: str, **overrides) -> ContrastiveConfig:
@@ -345,6 +358,7 @@ class TowerDualEncoderConfig(ContrastiveConfig):
 __all__ = [
     "AUGMENTATION_PARAM_DIM",
     "AUGMENTATION_PARAM_NAMES",
+    "FUSION_MODES",
     "IDENTITY_PARAMS",
     "OBJECTIVE_PRESETS",
     "ContrastiveConfig",

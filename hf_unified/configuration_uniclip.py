@@ -57,7 +57,9 @@ class UniCLIPConfig(TowerDualEncoderConfig):
             transformer.
         num_views (`int`, defaults to 2): augmented views per image in training.
         augmentation_aware (`bool`, defaults to `True`) [U]: the augmentation-aware image head.
-        augmentation_fusion (`str`, defaults to `"add"`) [U]: `"add"` or `"concat"` ([`ContrastiveConfig`]).
+        augmentation_fusion (`str`, defaults to `"add"`) [U]: `"add"`, `"concat"` or `"mlp"` (the code
+            concatenated to the image feature, into a 2-layer MLP projection; not a native `CLIPModel` export):
+            see [`ContrastiveConfig`].
         intra_domain_pairs (`bool`, defaults to `True`): image-image and text-text pairs in the loss.
         domain_similarity (`bool`, defaults to `True`) [U]: a learnable log-scale and offset per domain pair.
         logit_scale_init_value (`float` or 3 floats, defaults to 2.6592) [U]: CLIP's temperature 0.07 for every pair.

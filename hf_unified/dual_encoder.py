@@ -132,6 +132,17 @@ def with_pooler_output(encoder_output, pooler_output: torch.Tensor) -> BaseModel
     )
 
 
+class HeadLinear(nn.Linear):
+    """An `nn.Linear` of the heads' small MLPs (`AugmentationEncoder`, `MLPProjection`), which
+    `init_contrastive_weights` initialises itself.
+
+    Why a class of its own: transformers never calls `_init_weights` on a module without parameters of its own in a
+    model defined outside transformers (it marks such a container initialised and moves on), so the MLPs cannot be
+    initialised through their parent module; each of their layers is found by its type instead, in every method's
+    `_init_weights` (MS-CLIP's too, whose own scheme would otherwise leave them at PyTorch's default).
+    """
+
+
 class AugmentationEncoder(nn.Module):
     """UniCLIP's augmentation encoder: a small MLP from an augmentation parameter vector to a conditioning code.
 
@@ -146,9 +157,9 @@ class AugmentationEncoder(nn.Module):
     def __init__(self, config: ContrastiveConfig, output_size: int):
         super().__init__()
         self.identity = tuple(config.identity_augmentation_params)
-        self.fc1 = nn.Linear(config.augmentation_param_dim, config.augmentation_hidden_size)
+        self.fc1 = HeadLinear(config.augmentation_param_dim, config.augmentation_hidden_size)
         self.activation = nn.GELU()
-        self.fc2 = nn.Linear(config.augmentation_hidden_size, output_size)
+        self.fc2 = HeadLinear(config.augmentation_hidden_size, output_size)
 
     def forward(self, augmentation_params: torch.Tensor) -> torch.Tensor:
         """`(num_images, P)` -> `(num_images, output_size)`."""
@@ -156,17 +167,41 @@ class AugmentationEncoder(nn.Module):
         return self.fc2(self.activation(self.fc1(augmentation_params - identity)))
 
 
+class MLPProjection(nn.Module):
+    """The image projection of `augmentation_fusion="mlp"`: `Linear(in, hidden) -> GELU -> Linear(hidden, out)`,
+    no bias on the last layer (as CLIP's linear projection). It takes the place of `visual_projection`'s Linear,
+    under the same name (its weights are `visual_projection.fc1.*` and `visual_projection.fc2.weight`).
+
+    Args:
+        input_size (`int`): the pooled image feature's width plus the augmentation code's.
+        hidden_size (`int`): the hidden width (the pooled image feature's width, `_build_heads`).
+        output_size (`int`): `projection_dim`.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int):
+        super().__init__()
+        self.fc1 = HeadLinear(input_size, hidden_size)
+        self.activation = nn.GELU()
+        self.fc2 = HeadLinear(hidden_size, output_size, bias=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """`(num_images, input_size)` -> `(num_images, output_size)`."""
+        return self.fc2(self.activation(self.fc1(features)))
+
+
 def init_contrastive_weights(module: nn.Module, config: ContrastiveConfig) -> None:
-    """Initialises what [`DualEncoderPreTrainedModel`] adds: the similarity's scales and offsets and the
-    augmentation encoder (each method's `_init_weights` calls it; the encoders initialise themselves)."""
+    """Initialises what [`DualEncoderPreTrainedModel`] adds: the similarity's scales and offsets and the layers of
+    the augmentation encoder and of the MLP image head (`HeadLinear`: weights `normal(0, initializer_range)`, as the
+    tower models' linear heads, biases zero). Each method's `_init_weights` calls it for every module; the encoders
+    initialise themselves."""
     if isinstance(getattr(module, "logit_scale", None), nn.Parameter):
         init.copy_(module.logit_scale, torch.tensor(config.logit_scale_init()))
     if isinstance(getattr(module, "logit_offset", None), nn.Parameter):
         init.copy_(module.logit_offset, torch.tensor(config.logit_offset_init()))
-    if isinstance(module, AugmentationEncoder):
-        for linear in (module.fc1, module.fc2):
-            init.normal_(linear.weight, std=config.initializer_range)
-            init.zeros_(linear.bias)
+    if isinstance(module, HeadLinear):
+        init.normal_(module.weight, std=config.initializer_range)
+        if module.bias is not None:
+            init.zeros_(module.bias)
 
 
 class DualEncoderPreTrainedModel(ZeroShotAutoMapMixin, PreTrainedModel):
@@ -219,21 +254,26 @@ class DualEncoderPreTrainedModel(ZeroShotAutoMapMixin, PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        # Tower encoders initialise themselves (their own `_init_weights`); this covers the heads.
-        super()._init_weights(module)
+        # Tower encoders initialise themselves (their own `_init_weights`); this covers the heads. The heads' MLP
+        # layers are drawn once, by `init_contrastive_weights`.
+        if not isinstance(module, HeadLinear):
+            super()._init_weights(module)
         init_contrastive_weights(module, self.config)
 
     def _build_heads(self, config: ContrastiveConfig, widths: dict[str, int]) -> None:
         """The heads of the modalities in `widths` (each one's pooled feature width); the similarity's scale and
         offsets where both are present."""
         if VISION in widths:
-            width = widths[VISION]
+            width = projected = widths[VISION]  # the pooled feature's width; what the projection reads
             if config.augmentation_aware:
                 code_width = width if config.augmentation_fusion == "add" else config.augmentation_hidden_size
                 self.augmentation_encoder = AugmentationEncoder(config, code_width)
-                if config.augmentation_fusion == "concat":
-                    width += code_width
-            self.visual_projection = nn.Linear(width, config.projection_dim, bias=False)
+                if config.augmentation_fusion != "add":  # "concat" and "mlp"
+                    projected += code_width
+            if config.augmentation_fusion == "mlp":  # the config refuses it without augmentation_aware
+                self.visual_projection = MLPProjection(projected, width, config.projection_dim)
+            else:
+                self.visual_projection = nn.Linear(projected, config.projection_dim, bias=False)
         if TEXT in widths:
             self.text_projection = nn.Linear(widths[TEXT], config.projection_dim, bias=False)
         if VISION in widths and TEXT in widths:
@@ -345,7 +385,9 @@ class DualEncoderPreTrainedModel(ZeroShotAutoMapMixin, PreTrainedModel):
 
     def _project_image(self, pooled: torch.Tensor, augmentation_params: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled image features `(batch_size, width)` (and their `(batch_size, P)` augmentation parameters, None:
-        identity) -> the projected, un-normalised embeddings `(batch_size, projection_dim)`."""
+        identity) -> the projected, un-normalised embeddings `(batch_size, projection_dim)`. With augmentation
+        awareness the code is added (`"add"`) or concatenated (`"concat"`, `"mlp"`) before `visual_projection`
+        (a Linear, or the 2-layer `MLPProjection` for `"mlp"`)."""
         if self.config.augmentation_aware:
             batch, width = pooled.shape[0], self.config.augmentation_param_dim
             if augmentation_params is None:
@@ -553,6 +595,8 @@ __all__ = [
     "ContrastiveOutput",
     "DualEncoderPreTrainedModel",
     "EmbeddingOutput",
+    "HeadLinear",
+    "MLPProjection",
     "VISION",
     "TEXT",
     "init_contrastive_weights",

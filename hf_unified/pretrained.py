@@ -7,7 +7,10 @@
   `CLIPModel` (a local folder or a Hub id), with the method's objective on top. Whatever the method adds starts
   neutral, so that before any training image and text embeddings and logits equal the CLIP model's: the
   augmentation encoder's last layer starts at zero (its code is 0 for every view), the image-text offset at 0 and
-  every domain pair's scale at CLIP's.
+  every domain pair's scale at CLIP's. With `augmentation_fusion="concat"` CLIP's projection fills the image
+  feature's columns of `visual_projection`, the code's columns start fresh. One exception, said in a warning: the
+  2-layer MLP image head of `augmentation_fusion="mlp"` starts fresh (CLIP's projection is one Linear, which no
+  GELU MLP reproduces), so image embeddings differ from CLIP's until it is trained; everything else is CLIP's.
 - `from_vision_text_pretrained(vision_name_or_path, text_name_or_path, **kwargs)`: any transformers vision and text
   models (ViT, Swin, ConvNeXt, CLIP's towers, ... / BERT, RoBERTa, CLIP's text tower, ...), pooled by their model
   type unless told otherwise, with fresh projections.
@@ -19,8 +22,11 @@ from __future__ import annotations
 
 import torch
 from transformers import AutoConfig, PreTrainedModel
+from transformers.utils import logging
 
 from .towers import tower_kwargs
+
+logger = logging.get_logger(__name__)
 
 # How each tower type is pooled when `from_vision_text_pretrained` is not told (`vision_pooling` / `text_pooling`):
 # the representation the backbone was trained to produce. Unlisted vision towers use their `pooler_output`
@@ -102,7 +108,9 @@ class PretrainedTowersMixin:
         r"""This method's model initialised exactly from a transformers `CLIPModel` checkpoint.
 
         Towers, projections and the temperature are CLIP's, and whatever the method adds starts neutral, so that
-        before any training the embeddings and logits equal the CLIP model's (at identity augmentation).
+        before any training the embeddings and logits equal the CLIP model's (at identity augmentation). Except
+        with `augmentation_fusion="mlp"`: its 2-layer MLP image head starts fresh (a warning says so), since no
+        such MLP computes CLIP's linear projection; the text embeddings are still CLIP's.
 
         Args:
             clip_name_or_path (`str`): a `CLIPModel` folder or Hub id (e.g. `"openai/clip-vit-base-patch32"`).
@@ -136,7 +144,15 @@ class PretrainedTowersMixin:
         with torch.no_grad():
             _load_tower(model.vision_model, clip.vision_model)
             _load_tower(model.text_model, clip.text_model)
-            model.visual_projection.weight.copy_(clip.visual_projection.weight)
+            if config.augmentation_fusion == "mlp":
+                logger.warning(
+                    "from_clip with augmentation_fusion='mlp': the image head (visual_projection, a 2-layer MLP) "
+                    "starts fresh, CLIP's image projection is one Linear; the towers, the text projection and the "
+                    "temperature are CLIP's, but image embeddings differ from CLIP's until the head is trained"
+                )
+            else:  # "concat": CLIP's projection reads the image feature's columns, the code's start fresh
+                width = clip.visual_projection.weight.shape[1]
+                model.visual_projection.weight[:, :width].copy_(clip.visual_projection.weight)
             model.text_projection.weight.copy_(clip.text_projection.weight)
             model.logit_scale.fill_(scale)
             if model.logit_offset is not None:

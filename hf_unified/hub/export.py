@@ -13,7 +13,9 @@ Exactly representable means, at inference:
   pooled feature (`augmentation_fusion="add"`) or concatenated to it (`"concat"`). CLIPModel's image projection has
   no bias, so the constant's projection must be zero within tolerance. The image-text logit is
   `exp(logit_scale[image-text]) * (cos - logit_offset[image-text])`: the offset must be zero within tolerance too
-  (the image-image and text-text scales and offsets only matter in training).
+  (the image-image and text-text scales and offsets only matter in training). `augmentation_fusion="mlp"` makes
+  the image projection a 2-layer MLP, which CLIPModel's one Linear cannot hold: refused (the ONNX export,
+  `hf-unified-export-onnx`, serves such a model without this package).
 
 Everything else (Swin, ViT or BERT towers, mean or cls pooling, MS-CLIP's modality-shared stack, ...) is refused with
 `NotExportableError` naming every reason. An export is checked numerically before it is written: the image and text
@@ -234,7 +236,15 @@ def export_problems(model: PreTrainedModel, atol: float = 1e-5) -> list[str]:
             f"token only for a set id other than {CLIP_LEGACY_EOS_TOKEN_ID} (with {CLIP_LEGACY_EOS_TOKEN_ID} it takes "
             "the largest token id)"
         )
-    for attribute in ("visual_projection", "text_projection"):
+    mlp_head = config.augmentation_fusion == "mlp"  # the checks of a Linear image projection do not apply
+    if mlp_head:
+        problems.append(
+            f"{name}: augmentation_fusion is 'mlp', so visual_projection is a 2-layer MLP (fc1, GELU, fc2) and "
+            "CLIPModel's visual_projection is one Linear: no CLIPModel computes it; export it with "
+            "hf-unified-export-onnx or share the folder as it is, or train with augmentation_fusion 'add' or "
+            "'concat' for a native CLIPModel"
+        )
+    for attribute in ("text_projection",) if mlp_head else ("visual_projection", "text_projection"):
         if getattr(model, attribute).bias is not None:
             problems.append(f"{name}: {attribute} has a bias; CLIPModel's projections have none")
 
@@ -260,7 +270,7 @@ def export_problems(model: PreTrainedModel, atol: float = 1e-5) -> list[str]:
                     else ""
                 )
             )
-    if getattr(model, "augmentation_encoder", None) is not None:
+    if getattr(model, "augmentation_encoder", None) is not None and not mlp_head:
         with torch.no_grad():
             constant = _projected_identity_code(model)
         largest = constant.abs().max().item()

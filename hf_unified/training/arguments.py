@@ -376,6 +376,23 @@ class TrainArguments:
             "they would have otherwise; the log temperatures (logit_scale) train at the towers' rate"
         },
     )
+    # MS-CLIP's shared-parameter group (its official TRAIN.LR_SHARE / WD_SHARE): the parameters both modalities'
+    # features depend on (`finetuning.ParameterRole.is_shared`); towers-only models have none.
+    shared_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "peak learning rate of the parameters both modalities share (MS-CLIP's shared sub-layers; "
+            "official LR_SHARE: 1e-4 for B/32, equal to its learning rate, 1.6e-3 for B/16); default learning_rate. "
+            "Layer-wise decay scales it as it scales learning_rate"
+        },
+    )
+    shared_weight_decay: float = field(
+        default=0.2,
+        metadata={
+            "help": "AdamW decay of the shared weight matrices (MS-CLIP's official WD_SHARE 0.2; norms and biases "
+            "never decay); the other matrices keep weight_decay. Not under LoRA (adapters train as LoRA says)"
+        },
+    )
     calibrate_logit_offsets: str = field(
         default="auto",
         metadata={
@@ -483,8 +500,8 @@ class TrainArguments:
         default=False,
         metadata={
             "help": "resume with new values of learning_rate, lr_scheduler_type, warmup_steps, max_steps, "
-            "weight_decay, logit_offset_learning_rate_multiplier, max_grad_norm, max_logit_scale (applied from the "
-            "resumed step); other settings must stay"
+            "weight_decay, logit_offset_learning_rate_multiplier, shared_learning_rate, shared_weight_decay, "
+            "max_grad_norm, max_logit_scale (applied from the resumed step); other settings must stay"
         },
     )
     do_eval: bool = True
@@ -536,6 +553,17 @@ class TrainArguments:
             )
         if not 0.0 < self.layerwise_lr_decay <= 1.0:
             raise ConfigError(f"layerwise_lr_decay must be in (0, 1], got {self.layerwise_lr_decay}")
+        shared_rate = self.shared_learning_rate
+        if shared_rate is not None and not (isinstance(shared_rate, (int, float)) and 0 < shared_rate < math.inf):
+            raise ConfigError(
+                f"shared_learning_rate must be a positive number (the shared parameters' peak learning rate) or "
+                f"None (= learning_rate), got {shared_rate!r}"
+            )
+        if not (isinstance(self.shared_weight_decay, (int, float)) and 0 <= self.shared_weight_decay < math.inf):
+            raise ConfigError(
+                f"shared_weight_decay must be a number >= 0 (AdamW decay of the shared weight matrices; MS-CLIP's "
+                f"0.2), got {self.shared_weight_decay!r}"
+            )
         self._check_lora()
 
     def _check_lora(self) -> None:
@@ -556,6 +584,7 @@ class TrainArguments:
                 ("--lock_image_tower", self.lock_image_tower),
                 ("--head_learning_rate", self.head_learning_rate is not None),
                 ("--layerwise_lr_decay", self.layerwise_lr_decay != 1.0),
+                ("--shared_learning_rate", self.shared_learning_rate is not None),
             )
             if on
         ]
@@ -569,14 +598,12 @@ class TrainArguments:
 
     @property
     def needs_parameter_roles(self) -> bool:
-        """Whether a fine-tuning control needs to know which tower and depth each parameter has."""
-        return (
-            self.freeze_vision_tower
-            or self.freeze_text_tower
-            or self.lock_image_tower
-            or self.head_learning_rate is not None
-            or self.layerwise_lr_decay != 1.0
-        )
+        """Whether the run traces which tower, depth and sharing each parameter has (one backward pass per modality
+        on one example: `finetuning.trace_parameter_roles`): whenever whole weights train, i.e. not under LoRA.
+        Besides the fine-tuning controls, the optimizer's shared-parameter group (`shared_learning_rate`,
+        `shared_weight_decay`) needs to know which parameters MS-CLIP shares, and the groups' layout (which a
+        checkpoint's optimizer state must match) must not depend on values a resume may change."""
+        return not self.lora_rank
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments)

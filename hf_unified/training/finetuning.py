@@ -44,6 +44,11 @@ class ParameterRole:
     def is_head(self) -> bool:
         return not self.towers or self.depth == self.num_blocks + 1
 
+    @property
+    def is_shared(self) -> bool:
+        """Both modalities' features depend on it (MS-CLIP's modality-shared sub-layers)."""
+        return self.towers == {VISION, TEXT}
+
 
 def example_inputs(processor) -> dict[str, dict[str, torch.Tensor]]:
     """One blank image and one short text as the processor prepares them, per modality."""
@@ -188,11 +193,11 @@ def frozen_subtrees(model: torch.nn.Module) -> list[torch.nn.Module]:
 def describe_roles(roles: dict[str, ParameterRole], frozen: list[str]) -> str:
     """One line: parameters per tower, shared ones, heads, and how many were frozen."""
     count = lambda test: sum(1 for role in roles.values() if test(role))  # noqa: E731
-    shared = count(lambda r: r.towers == {VISION, TEXT})
+    shared = count(lambda r: r.is_shared)
     return (
         f"parameters: {count(lambda r: r.towers == {VISION})} image-only, {count(lambda r: r.towers == {TEXT})} "
         f"text-only, {shared} shared, {count(lambda r: r.is_head)} in heads; frozen {len(frozen)}"
-        + (f" (shared ones included: {sum(1 for n in frozen if roles[n].towers == {VISION, TEXT})})" if shared else "")
+        + (f" (shared ones included: {sum(1 for n in frozen if roles[n].is_shared)})" if shared else "")
     )
 
 

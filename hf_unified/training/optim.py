@@ -7,6 +7,17 @@ blocks (BEiT's layer-wise decay: the heads at full rate, the embeddings at `deca
 `finetuning.ParameterRole.is_head`) at `head_learning_rate`. Every group records its `lr_scale` (its learning rate
 over `learning_rate`), so the logged rate is the schedule's base value whatever the groups.
 
+MS-CLIP's modality-shared parameters (`finetuning.ParameterRole.is_shared`: the sub-layers of its stack that both
+modalities run, as traced) form their own groups, as the official code's (`TRAIN.LR_SHARE`, `TRAIN.WD_SHARE`): their
+base rate is `shared_learning_rate` (None: `learning_rate`, the official B/32 setting; B/16 used 1.6e-3) and their
+matrices decay by `shared_weight_decay` (official 0.2, while the rest had 0.05); their norms and biases never decay.
+The rules compose in this order: a head's rate is `head_learning_rate` whatever else; a tower parameter's is its base
+rate (`shared_learning_rate` for a shared one, else `learning_rate`) times its layer-wise factor
+`layerwise_lr_decay ** (L + 1 - depth)` (a shared block has the same factor in either modality's stack, MS-CLIP's
+early specialization included); the offsets then take their multiplier. Towers-only models have no shared
+parameter, hence no such group. Without traced roles (`roles=None`: LoRA, whose adapters train at `learning_rate`)
+nothing is known to be shared.
+
 The learnt log temperatures (`logit_scale`, one per domain pair for UniCLIP) train at the towers' rate, as CLIP's
 and open_clip's do. UniCLIP's per-domain-pair offsets (`OFFSET_PARAMETERS`: `logit_offset`, also SigLIP's shared
 offset) form their own group, at `logit_offset_learning_rate_multiplier` times the rate they would have otherwise.
@@ -58,42 +69,55 @@ def is_offset_parameter(name: str) -> bool:
     return name.split(".")[-1] in OFFSET_PARAMETERS
 
 
+def is_shared_parameter(role: ParameterRole | None) -> bool:
+    """Whether a parameter of this role trains in the shared group (unknown without roles: not)."""
+    return role is not None and role.is_shared
+
+
 def learning_rate_scale(name: str, role: ParameterRole | None, args) -> float:
-    """The learning rate of parameter `name` over `args.learning_rate` (see the module docstring)."""
+    """The learning rate of parameter `name` over `args.learning_rate` (see the module docstring for the rule)."""
     if role is None:
         scale = 1.0
     elif role.is_head:
         scale = 1.0 if args.head_learning_rate is None else args.head_learning_rate / args.learning_rate
     else:
-        scale = args.layerwise_lr_decay ** (role.num_blocks + 1 - role.depth)
+        shared_rate = args.shared_learning_rate if role.is_shared else None
+        base = 1.0 if shared_rate is None else shared_rate / args.learning_rate
+        scale = base * args.layerwise_lr_decay ** (role.num_blocks + 1 - role.depth)
     return scale * args.logit_offset_learning_rate_multiplier if is_offset_parameter(name) else scale
 
 
 def parameter_groups(model: torch.nn.Module, args, roles: dict[str, ParameterRole] | None = None) -> list[dict]:
-    """AdamW groups of the trainable parameters, one per (learning rate, weight decay) and one for the similarity
-    offsets, in parameter order. Each group records its `lr_scale` and whether it is the `offset` group.
+    """AdamW groups of the trainable parameters, one per (learning rate, weight decay), with the similarity offsets
+    and the modality-shared parameters in groups of their own, in parameter order. Each group records its
+    `lr_scale` and whether it is an `offset` group and a `shared` group (kept apart even when their values equal
+    the others', so that a checkpoint's optimizer layout does not change with the settings).
 
     Args:
         args: `TrainArguments` (`learning_rate`, `weight_decay`, `head_learning_rate`, `layerwise_lr_decay`,
-            `logit_offset_learning_rate_multiplier`).
-        roles: `finetuning.trace_parameter_roles(...)`; None gives every other parameter `learning_rate`.
+            `logit_offset_learning_rate_multiplier`, `shared_learning_rate`, `shared_weight_decay`).
+        roles: `finetuning.trace_parameter_roles(...)`; None gives every other parameter `learning_rate` and
+            `weight_decay` (nothing is known to be shared).
     """
     no_decay = no_weight_decay_names(model)
-    groups: dict[tuple[float, float, bool], dict] = {}
+    groups: dict[tuple[float, float, bool, bool], dict] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        scale = learning_rate_scale(name, None if roles is None else roles[name], args)
-        decay = 0.0 if name in no_decay else args.weight_decay
+        role = None if roles is None else roles[name]
+        scale = learning_rate_scale(name, role, args)
+        shared = is_shared_parameter(role)
+        decay = 0.0 if name in no_decay else args.shared_weight_decay if shared else args.weight_decay
         offset = is_offset_parameter(name)
         group = groups.setdefault(
-            (scale, decay, offset),
+            (scale, decay, offset, shared),
             {
                 "params": [],
                 "weight_decay": decay,
                 "lr": args.learning_rate * scale,
                 "lr_scale": scale,
                 "offset": offset,
+                "shared": shared,
             },
         )
         group["params"].append(parameter)
@@ -162,6 +186,7 @@ __all__ = [
     "build_scheduler",
     "clamp_logit_scale",
     "is_offset_parameter",
+    "is_shared_parameter",
     "learning_rate_scale",
     "no_weight_decay_names",
     "parameter_groups",

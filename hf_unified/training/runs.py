@@ -101,6 +101,8 @@ ADJUSTABLE_SETTINGS = (
     "max_steps",
     "weight_decay",
     "logit_offset_learning_rate_multiplier",
+    "shared_learning_rate",
+    "shared_weight_decay",
     "max_grad_norm",
     "max_logit_scale",
 )

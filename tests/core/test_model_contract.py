@@ -1,7 +1,7 @@
-"""The contract every model of the package keeps, run over the three methods (as transformers' `ModelTesterMixin`
-and timm's `test_models.py` run theirs over every architecture): save/load round trip, Auto classes, attention
-backends, gradient checkpointing, a batch of one, bad inputs, the single-modality models and the feature-extraction
-pipelines, remote code without the package, hidden states and old checkpoints.
+"""The contract every model of the package keeps, run over the three methods and UniCLIP's MLP image head (as
+transformers' `ModelTesterMixin` and timm's `test_models.py` run theirs over every architecture): save/load round
+trip, Auto classes, attention backends, gradient checkpointing, a batch of one, bad inputs, the single-modality
+models and the feature-extraction pipelines, remote code without the package, hidden states and old checkpoints.
 
 What is particular to a method (UniCL's labels, UniCLIP's views and similarity, MS-CLIP's sharing) stays in its own
 test file.
@@ -31,9 +31,14 @@ from transformers import (
 import hf_unified
 from hf_unified.tokenization import train_caption_tokenizer
 
-MODEL_TYPES = ("unicl", "uniclip", "msclip")
-# MS-CLIP's contract runs on the released architecture: conv stem, parallel branch with BatchNorm, partial sharing.
-PRESET = {"msclip": "ms-clip-s"}
+# The cases: (model type, config overrides). MS-CLIP's contract runs on the released architecture: conv stem,
+# parallel branch with BatchNorm, partial sharing. "uniclip-mlp": the augmentation code into a 2-layer MLP head.
+CASES = {
+    "unicl": ("unicl", {}),
+    "uniclip": ("uniclip", {}),
+    "uniclip-mlp": ("uniclip", {"augmentation_fusion": "mlp"}),
+    "msclip": ("msclip", {"preset": "ms-clip-s"}),
+}
 PREFIX = {"unicl": "UniCL", "uniclip": "UniCLIP", "msclip": "MSCLIP"}
 CAPTIONS = ["a red square", "a blue circle", "a photo of a dog", "a green triangle"] * 3
 
@@ -59,18 +64,24 @@ def _images(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return pixel_values[:, 0] if pixel_values.ndim == 5 else pixel_values
 
 
-@pytest.fixture(scope="module", params=MODEL_TYPES)
-def model_type(request) -> str:
+@pytest.fixture(scope="module", params=CASES)
+def case(request) -> str:
     return request.param
 
 
-def contract_model(model_type: str, seed: int = 0):
-    return tiny_model(model_type, seed, preset=PRESET.get(model_type))
+@pytest.fixture(scope="module")
+def model_type(case) -> str:
+    return CASES[case][0]
+
+
+def contract_model(case: str, seed: int = 0):
+    model_type, overrides = CASES[case]
+    return tiny_model(model_type, seed, **overrides)
 
 
 @pytest.fixture(scope="module")
-def model(model_type):
-    return contract_model(model_type)
+def model(case):
+    return contract_model(case)
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +90,9 @@ def tokenizer():
 
 
 @pytest.fixture(scope="module")
-def saved(model_type, model, tokenizer, tmp_path_factory):
+def saved(case, model_type, model, tokenizer, tmp_path_factory):
     """The model saved with a processor, as a trained folder is pushed."""
-    folder = tmp_path_factory.mktemp(f"{model_type}-tiny")
+    folder = tmp_path_factory.mktemp(f"{case}-tiny")
     model.save_pretrained(folder)
     processor_class = _classes(model_type)[3]
     processor_class(processor_class.default_image_processor(IMAGE_SIZE), tokenizer).save_pretrained(folder)
@@ -173,8 +184,8 @@ def test_eager_and_sdpa_attention_agree(case):
         torch.testing.assert_close(actual[key], expected[key], atol=1e-5, rtol=1e-4, msg=key)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(model_type):
-    plain, checkpointed = contract_model(model_type, seed=1).train(), contract_model(model_type, seed=1).train()
+def test_gradient_checkpointing_gives_the_same_gradients(case):
+    plain, checkpointed = contract_model(case, seed=1).train(), contract_model(case, seed=1).train()
     checkpointed.activation_checkpointing_enable()
     assert checkpointed.is_activation_checkpointing
     towers = [m for m in checkpointed.modules() if isinstance(m, PreTrainedModel) and m is not checkpointed]
@@ -380,7 +391,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor, pipeline
 
 results = {}
-for model_type, folder in json.loads(sys.argv[1]).items():
+for case, folder in json.loads(sys.argv[1]).items():
     expected = load_file(folder + "/expected.safetensors")
     model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
@@ -401,7 +412,7 @@ for model_type, folder in json.loads(sys.argv[1]).items():
     text_extract = pipeline("feature-extraction", model=folder, trust_remote_code=True)
     text_features = text_extract(CAPTION, return_tensors=True).reshape(1, -1)
     torch.testing.assert_close(text_features, expected["text"], atol=1e-5, rtol=0)
-    results[model_type] = {
+    results[case] = {
         "model": type(model).__name__,
         "model_module": type(model).__module__,
         "processor": type(processor).__name__,
@@ -416,12 +427,12 @@ print(json.dumps(results))
 
 @pytest.fixture(scope="module")
 def remote_code_results(tmp_path_factory, tokenizer, image):
-    """One Python without the package loads the three methods' folders (one interpreter start for all)."""
+    """One Python without the package loads every case's folder (one interpreter start for all)."""
     root = tmp_path_factory.mktemp("remote-code")
     folders = {}
-    for model_type in MODEL_TYPES:
-        model = contract_model(model_type)
-        folder = root / model_type
+    for case, (model_type, _) in CASES.items():
+        model = contract_model(case)
+        folder = root / case
         model.save_pretrained(folder)
         processor_class = _classes(model_type)[3]
         processor = processor_class(processor_class.default_image_processor(IMAGE_SIZE), tokenizer)
@@ -437,14 +448,14 @@ def remote_code_results(tmp_path_factory, tokenizer, image):
             **{key: value for key, value in _expected_embeddings(model, processor, image, CAPTIONS[0]).items()},
         }
         save_file({k: v.contiguous() for k, v in expected.items()}, str(folder / "expected.safetensors"))
-        folders[model_type] = str(folder)
+        folders[case] = str(folder)
     code = REMOTE_CODE.replace("sys.argv[1]", repr(json.dumps(folders))).replace("CAPTION", repr(CAPTIONS[0]))
     result = run_without_package(code, cwd=root)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_remote_code_loads_without_the_package(model_type, remote_code_results):
-    report = remote_code_results[model_type]
+def test_remote_code_loads_without_the_package(case, model_type, remote_code_results):
+    report = remote_code_results[case]
     prefix = PREFIX[model_type]
     assert report["model"] == f"{prefix}Model" and report["model_module"].startswith("transformers_modules")
     assert report["processor"] == f"{prefix}Processor"

@@ -24,6 +24,7 @@ KINDS = {
     "unicl-clip": ("unicl", {}, None),
     "unicl-vit": ("unicl", dict(vision_config=tiny_vision("vit"), vision_pooling="cls"), None),
     "uniclip": ("uniclip", {}, None),
+    "uniclip-mlp": ("uniclip", {"augmentation_fusion": "mlp"}, None),  # the head after pooling: unaffected
     "msclip-s": ("msclip", {}, "ms-clip-s"),
     "msclip-shared": ("msclip", {}, "shared"),
 }

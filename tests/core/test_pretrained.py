@@ -48,11 +48,18 @@ def _clip_outputs(folder, inputs):
 
 
 @pytest.mark.parametrize(
-    "model_class, objective",
-    [(UniCLModel, "unicl"), (UniCLIPModel, "uniclip"), (UniCLIPModel, "uniclip+unicl"), (UniCLModel, "clip")],
+    "model_class, objective, overrides",
+    [
+        (UniCLModel, "unicl", {}),
+        (UniCLIPModel, "uniclip", {}),
+        (UniCLIPModel, "uniclip", {"augmentation_fusion": "concat", "augmentation_hidden_size": 8}),
+        (UniCLIPModel, "uniclip+unicl", {}),
+        (UniCLModel, "clip", {}),
+    ],
+    ids=["unicl", "uniclip", "uniclip-concat", "uniclip+unicl", "clip"],
 )
-def test_from_clip_starts_exactly_at_the_clip_model(clip_folder, model_class, objective):
-    model = model_class.from_clip(clip_folder, **OBJECTIVE_PRESETS[objective]).eval()
+def test_from_clip_starts_exactly_at_the_clip_model(clip_folder, model_class, objective, overrides):
+    model = model_class.from_clip(clip_folder, **OBJECTIVE_PRESETS[objective], **overrides).eval()
     inputs = {k: v for k, v in batch(4).items() if k != "labels"}
     expected = _clip_outputs(clip_folder, inputs)
     with torch.no_grad():
@@ -66,6 +73,31 @@ def test_from_clip_starts_exactly_at_the_clip_model(clip_folder, model_class, ob
             conditioned = model(pixel_values=views["pixel_values"], augmentation_params=views["augmentation_params"])
             plain = model(pixel_values=views["pixel_values"][:, 0])
         torch.testing.assert_close(conditioned.image_embeds, plain.image_embeds, rtol=0, atol=1e-6)
+
+
+def test_from_clip_with_the_mlp_head_starts_it_fresh_and_says_so(clip_folder, caplog):
+    """The 2-layer MLP image head cannot compute CLIP's linear projection: it starts fresh (a warning says so);
+    the towers, the text side and the temperature are CLIP's."""
+    from transformers.utils import logging
+
+    logging.enable_propagation()  # transformers' handler writes to stderr; caplog reads propagated records
+    try:
+        with caplog.at_level("WARNING"):
+            model = UniCLIPModel.from_clip(clip_folder, augmentation_fusion="mlp", augmentation_hidden_size=8).eval()
+    finally:
+        logging.disable_propagation()
+    warning = [r.getMessage() for r in caplog.records if "augmentation_fusion='mlp'" in r.getMessage()]
+    assert len(warning) == 1 and "starts fresh" in warning[0] and "differ from CLIP's" in warning[0]
+    inputs = {k: v for k, v in batch(4).items() if k != "labels"}
+    expected = _clip_outputs(clip_folder, inputs)
+    with torch.no_grad():
+        got = model(**inputs)
+    torch.testing.assert_close(got.text_embeds, expected.text_embeds, rtol=0, atol=1e-5)
+    torch.testing.assert_close(model.logit_scale[1], expected.logits_per_image.new_tensor(3.1), rtol=0, atol=0)
+    assert not torch.allclose(got.image_embeds, expected.image_embeds, atol=1e-2)  # a fresh head
+    clip = CLIPModel.from_pretrained(clip_folder)
+    for ours, theirs in zip(model.vision_model.parameters(), clip.vision_model.parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
 
 
 def test_from_clip_then_train_save_and_reload_through_the_auto_classes(clip_folder, tmp_path):

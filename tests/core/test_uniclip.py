@@ -24,7 +24,9 @@ from transformers import (
     pipeline,
 )
 
+from hf_unified.configuration_contrastive import FUSION_MODES
 from hf_unified.configuration_uniclip import UniCLIPConfig
+from hf_unified.dual_encoder import HeadLinear, MLPProjection
 from hf_unified.losses import contrastive_objective, similarity_logits
 from hf_unified.modeling_uniclip import (
     UniCLIPModel,
@@ -169,6 +171,7 @@ def test_config_round_trip_with_dict_towers(tmp_path):
     "kwargs, message",
     [
         ({"augmentation_fusion": "multiply"}, "augmentation_fusion"),
+        ({"augmentation_fusion": "mlp", "augmentation_aware": False}, "'mlp'.*needs augmentation_aware=True"),
         ({"contrastive_loss": "triplet"}, "contrastive_loss"),
         ({"num_views": 0}, "num_views"),
         ({"augmentation_param_dim": 5}, "identity_augmentation_params"),
@@ -298,8 +301,14 @@ def test_unified_loss_of_one_pair_is_defined_and_shapes_must_match():
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"augmentation_fusion": "concat"}, {"domain_similarity": False}, {"contrastive_loss": "supcon"}],
-    ids=["add", "concat", "shared-temperature", "supcon"],
+    [
+        {},
+        {"augmentation_fusion": "concat"},
+        {"augmentation_fusion": "mlp"},
+        {"domain_similarity": False},
+        {"contrastive_loss": "supcon"},
+    ],
+    ids=["add", "concat", "mlp", "shared-temperature", "supcon"],
 )
 def test_every_trainable_parameter_gets_a_gradient(overrides):
     model = tiny_model(**overrides).train()
@@ -312,8 +321,9 @@ def test_every_trainable_parameter_gets_a_gradient(overrides):
     assert (model.logit_offset is None) == (overrides.get("domain_similarity") is False)
 
 
-def test_augmentation_params_change_training_embeddings_not_image_features():
-    model = tiny_model()
+@pytest.mark.parametrize("fusion", FUSION_MODES)
+def test_augmentation_params_change_training_embeddings_not_image_features(fusion):
+    model = tiny_model(augmentation_fusion=fusion)
     batch = multi_view_batch(3)
     pixels = batch["pixel_values"][:, 0]
     with torch.no_grad():
@@ -329,8 +339,9 @@ def test_augmentation_params_change_training_embeddings_not_image_features():
     torch.testing.assert_close(before.text_embeds, after.text_embeds, rtol=0, atol=0)
 
 
-def test_inference_path_equals_get_image_features_and_identity_params():
-    model = tiny_model()
+@pytest.mark.parametrize("fusion", FUSION_MODES)
+def test_inference_path_equals_get_image_features_and_identity_params(fusion):
+    model = tiny_model(augmentation_fusion=fusion)
     batch = text_batch(3)
     pixels = torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE)
     with torch.no_grad():
@@ -353,6 +364,57 @@ def test_inference_path_equals_get_image_features_and_identity_params():
     with torch.no_grad():
         single = model.get_image_features(pixels[1:2]).pooler_output
     torch.testing.assert_close(single[0], features.pooler_output[1], atol=1e-5, rtol=1e-5)
+
+
+def test_the_mlp_head_concatenates_the_code_into_a_two_layer_projection():
+    """`augmentation_fusion="mlp"`: `visual_projection` is Linear(width + code, width) -> GELU -> Linear(width,
+    projection_dim) without a last bias, fed the pooled feature and the augmentation code side by side."""
+    model = tiny_model(augmentation_fusion="mlp")
+    head, width, code_width = model.visual_projection, 32, 8  # image feature width, augmentation_hidden_size
+    assert isinstance(head, MLPProjection) and isinstance(head.activation, torch.nn.GELU)
+    assert head.fc1.weight.shape == (width, width + code_width) and head.fc1.bias.shape == (width,)
+    assert head.fc2.weight.shape == (16, width) and head.fc2.bias is None
+    assert model.augmentation_encoder.fc2.weight.shape == (code_width, 8)
+    assert not hasattr(model.visual_projection, "weight")  # no Linear left behind under the same name
+    pooled = torch.randn(3, width)
+    params = identity_params((3,)) + 0.3 * torch.rand(3, AUGMENTATION_PARAM_DIM)
+    with torch.no_grad():
+        got = model._project_image(pooled, params)
+        code = model.augmentation_encoder(params)
+        expected = head.fc2(torch.nn.functional.gelu(head.fc1(torch.cat([pooled, code], dim=-1))))
+        identity = model._project_image(pooled, identity_params((3,)))
+    assert got.shape == (3, 16)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(model._project_image(pooled), identity)  # inference: the identity parameters
+    assert not torch.allclose(got, identity, atol=1e-4)
+
+
+def test_the_mlp_head_needs_augmentation_awareness_also_when_changed_in_place():
+    config = tiny_config(augmentation_fusion="mlp")
+    config.augmentation_aware = False
+    with pytest.raises(ValueError, match="augmentation_fusion='mlp'.*needs augmentation_aware=True.*set"):
+        UniCLIPModel(config)
+
+
+@pytest.mark.parametrize("model_type", ["uniclip", "msclip"])
+def test_the_heads_mlps_initialise_as_the_config_says(model_type):
+    """Every layer of the augmentation encoder and of the MLP head draws `normal(0, initializer_range)` with zero
+    biases, MS-CLIP included (whose own init scheme knows only its blocks and the linear projections; transformers
+    never initialises a parameterless container of a model defined outside it, hence `HeadLinear`)."""
+    from tiny_models import tiny_model as tiny_method_model
+
+    extra = {"augmentation_aware": True, "num_views": 2} if model_type == "msclip" else {}
+    model = tiny_method_model(model_type, augmentation_fusion="mlp", augmentation_hidden_size=64, **extra)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, HeadLinear)}
+    assert set(layers) == {
+        "augmentation_encoder.fc1",
+        "augmentation_encoder.fc2",
+        "visual_projection.fc1",
+        "visual_projection.fc2",
+    }
+    for name, layer in layers.items():
+        assert 0.015 < layer.weight.std().item() < 0.025, name  # initializer_range 0.02
+        assert layer.bias is None or not layer.bias.any(), name
 
 
 def test_multi_view_outputs_use_view_zero():

@@ -197,6 +197,27 @@ def test_graphs_that_are_not_clip_are_refused(build, reason):
     assert any(reason in problem for problem in problems), problems
 
 
+def test_the_mlp_image_head_is_refused_in_one_line_naming_the_field_and_the_fix(tmp_path, tiny_clip_tokenizer, capsys):
+    """`augmentation_fusion="mlp"`: CLIPModel's visual_projection is one Linear. Refused even where the
+    augmentation code vanishes (as `from_clip` starts it); the command says so in one line (the trainer's
+    `--export_clip` preflight reads the same `export_problems`)."""
+    model = _uniclip(augmentation_fusion="mlp")
+    with torch.no_grad():
+        model.augmentation_encoder.fc2.weight.zero_()
+        model.augmentation_encoder.fc2.bias.zero_()
+        model.logit_offset.zero_()
+    (problem,) = export_problems(model)
+    assert "\n" not in problem and "augmentation_fusion is 'mlp'" in problem and "2-layer MLP" in problem
+    assert "hf-unified-export-onnx" in problem and "augmentation_fusion 'add' or 'concat'" in problem
+    with pytest.raises(NotExportableError, match="augmentation_fusion is 'mlp'"):
+        export_module.to_clip_model(model)
+    folder = _save(model, UniCLIPProcessor(uniclip_image_processor(32), tiny_clip_tokenizer), tmp_path / "m")
+    capsys.readouterr()
+    assert main([str(folder), str(tmp_path / "clip")]) == 1
+    err = capsys.readouterr().err
+    assert "augmentation_fusion is 'mlp'" in err and "Traceback" not in err and not (tmp_path / "clip").exists()
+
+
 def test_msclip_is_refused_by_the_command_line(tmp_path, tiny_clip_tokenizer, capsys):
     from hf_unified.configuration_msclip import MSCLIPConfig
     from hf_unified.modeling_msclip import MSCLIPModel

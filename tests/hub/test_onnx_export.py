@@ -49,7 +49,8 @@ def _train_like(model: torch.nn.Module) -> None:
 
 
 def _save_source(kind: str, folder: Path, tokenizer) -> torch.nn.Module:
-    """A tiny `kind` model (MS-CLIP: the shared stack; UniCL: Swin and BERT towers) saved with its processor; `clip`
+    """A tiny `kind` model (MS-CLIP: the shared stack; UniCL: Swin and BERT towers; `uniclip-mlp`: UniCLIP with the
+    MLP image head) saved with its processor; `clip`
     is the native export of a UniCL model whose graph is CLIP's."""
     if kind == "clip":
         model = tiny_model("unicl", vision_pooling="pooler", text_pooling="eos")
@@ -62,15 +63,18 @@ def _save_source(kind: str, folder: Path, tokenizer) -> torch.nn.Module:
     # UniCL with the towers of its released checkpoints' kind (Swin images; BERT text, pooled at [CLS]): the CLIP
     # towers are covered by UniCLIP and the native export.
     towers = dict(vision_config=tiny_vision("swin"), text_config=tiny_text("bert"), text_pooling="cls")
-    model = tiny_model(kind, **(towers if kind == "unicl" else {}))
+    model_type, overrides = MODEL_TYPES[kind], {"unicl": towers, "uniclip-mlp": MLP_HEAD}.get(kind, {})
+    model = tiny_model(model_type, **overrides)
     _train_like(model)
-    processor_class, image_processor = PROCESSORS[kind]
+    processor_class, image_processor = PROCESSORS[model_type]
     model.save_pretrained(folder)
     processor_class(image_processor(32), tokenizer).save_pretrained(folder)
     return model
 
 
-KINDS = ["unicl", "uniclip", "msclip", "clip"]
+KINDS = ["unicl", "uniclip", "uniclip-mlp", "msclip", "clip"]
+MODEL_TYPES = {"uniclip-mlp": "uniclip"} | {kind: kind for kind in ("unicl", "uniclip", "msclip")}
+MLP_HEAD = {"augmentation_fusion": "mlp"}  # UniCLIP's augmentation code into a 2-layer MLP image head
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +161,9 @@ def test_export_folder_is_self_contained(exports, kind):
     assert AutoTokenizer.from_pretrained(folder).model_max_length == 32  # the model's positions
     info = json.loads((folder / ONNX_INFO_FILE).read_text())
     assert info["source_model_type"] == (model.config.model_type)
-    if kind == "uniclip":  # the image-text pair of the per-domain-pair similarity; a non-zero offset after training
+    if kind.startswith(
+        "uniclip"
+    ):  # the image-text pair of the per-domain-pair similarity; a non-zero offset after training
         pair = 1
         scale, offset = model.logit_scale[pair].exp().item(), model.logit_offset[pair].item()
         assert info["similarity"]["logit_scale"] == pytest.approx(scale)

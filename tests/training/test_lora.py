@@ -36,6 +36,7 @@ MODELS = {
         tiny_config("unicl", vision_config=tiny_vision("swin"), text_config=tiny_text("bert"))
     ),
     "uniclip": lambda: tiny_model("uniclip"),
+    "uniclip-mlp": lambda: tiny_model("uniclip", augmentation_fusion="mlp"),  # the head: an MLP, trained whole
     "msclip-shared": lambda: tiny_model("msclip"),
     "msclip-separate": lambda: tiny_model("msclip", preset="separate"),
 }
@@ -52,7 +53,7 @@ def test_every_linear_layer_of_the_blocks_is_adapted_once_and_only_adapters_and_
         if isinstance(m, torch.nn.Linear) and any(n.startswith(f"{b}.") for b in blocks)
     }
     heads = {
-        n for n, child in model.named_children() if isinstance(child, torch.nn.Linear) or n == "augmentation_encoder"
+        n for n, _ in model.named_children() if n in ("visual_projection", "text_projection", "augmentation_encoder")
     }
     total_before = sum(p.numel() for p in model.parameters())
     wrapped = lora.apply_lora(model, lora_args(4))

@@ -84,7 +84,9 @@ def test_msclip_shared_stack_roles_and_freezing(tokenizer):
     model = AutoModel.from_config(AutoConfig.for_model("msclip", **model_config))
     roles = trace_parameter_roles(model, example_inputs(processor_for(model, tokenizer)))
     assert roles["encoder.layers.2.attention.q_proj.weight"].towers == {"vision", "text"}  # shared by both modalities
+    assert roles["encoder.layers.2.attention.q_proj.weight"].is_shared  # the optimizer's shared group reads this
     assert roles["encoder.layers.2.vision.layer_norm1.weight"].towers == {"vision"}
+    assert not any(roles[n].is_shared for n in roles if not n.startswith("encoder.layers."))
     assert roles["text_embeddings.token_embedding.weight"].towers == {"text"}
     assert roles["vision_embeddings.stem.first.conv.weight"].depth == 0  # the conv stem comes before the blocks
     assert roles["visual_projection.weight"].is_head and roles["logit_scale"].is_head
