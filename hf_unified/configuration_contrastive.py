@@ -16,7 +16,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from .config_checks import check_finite, check_float
-from .losses import DOMAIN_PAIRS, MULTI_POSITIVE_VARIANTS
+from .losses import DOMAIN_PAIRS, IMAGE_TEXT, MULTI_POSITIVE_VARIANTS, intra_domain_flags
 from .patch_dropout import check_patch_dropout
 from .towers import check_dual_encoder_fields, check_tower_dicts
 
@@ -39,6 +39,9 @@ AUGMENTATION_PARAM_DIM = len(AUGMENTATION_PARAM_NAMES)
 # The parameters of an un-augmented image: the whole image, no flip, unit jitter factors, colour, no blur.
 IDENTITY_PARAMS: tuple[float, ...] = (0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0)
 # How the augmentation code enters the image head (`ContrastiveConfig.augmentation_fusion`).
+# UniCLIP's initial log-scales per domain pair: SimCLR's and SLIP's temperature 0.1 for image-image (views of one
+# image are near-duplicates: a low start scale leaves room to learn), CLIP's 0.07 for the pairs with text.
+UNICLIP_LOGIT_SCALE_INIT = [math.log(1 / 0.1), math.log(1 / 0.07), math.log(1 / 0.07)]
 FUSION_MODES = ("add", "concat", "mlp")
 
 # Named points of the objective. Each lists every objective field, so applying one gives that method's objective
@@ -76,6 +79,7 @@ OBJECTIVE_PRESETS: dict[str, dict] = {
         "similarity_offset": False,
         "contrastive_loss": "mp_nce",
         "mask_duplicate_texts": True,
+        "logit_scale_init_value": UNICLIP_LOGIT_SCALE_INIT,
     },
     # UniCLIP whose positives come from labels: views and texts of the same class are positives.
     "uniclip+unicl": {
@@ -87,6 +91,7 @@ OBJECTIVE_PRESETS: dict[str, dict] = {
         "similarity_offset": False,
         "contrastive_loss": "mp_nce",
         "mask_duplicate_texts": True,
+        "logit_scale_init_value": UNICLIP_LOGIT_SCALE_INIT,
     },
     # SigLIP: CLIP's pairs, each an independent binary term (sigmoid loss) of `t * (cos - o)` with one learnable
     # scale and offset (SigLIP's bias b = -t * o), initialised as SigLIP: t = 10, b = -10.
@@ -140,8 +145,9 @@ class ContrastiveConfig(PreTrainedConfig):
             Dimension of the shared embedding space.
         logit_scale_init_value (`float` or 3 floats, defaults to 2.6592):
             Initial log-scale of the similarity (logits are `exp(logit_scale) * cos`): ln(1/0.07) is CLIP's, 1.0 the
-            UniCL and MS-CLIP releases'. With `domain_similarity` one per domain pair (image-image, image-text,
-            text-text) may be given.
+            UniCL and MS-CLIP releases'. One per domain pair (image-image, image-text, text-text) may be given:
+            with `domain_similarity` each pair starts at its own; without, the one similarity is the image-text one
+            and starts at that entry.
         use_labels (`bool`, defaults to `False`):
             Positives from labels (UniCL's target matrix): items that share a class label are positives of each
             other, also across views and texts. The trainer then feeds each item's label (`-1` for an image-text
@@ -170,15 +176,16 @@ class ContrastiveConfig(PreTrainedConfig):
             projection head) and no bias on the last layer (as CLIP's projection), so that the head can undo
             what the augmentation did rather than shift the feature by a constant (e.g. colour jitter when captions
             name colours). `"mlp"` needs `augmentation_aware`; such a model is not a native `CLIPModel` export.
-        intra_domain_pairs (`bool`, defaults to `False`):
+        intra_domain_pairs (`bool` or `str`, defaults to `False`):
             UniCLIP's universal space: image-image and text-text pairs are candidates too (so other items' views
-            and texts are negatives), not only image-text pairs.
+            and texts are negatives), not only image-text pairs. `"image"` keeps the image-image pairs only,
+            `"text"` the text-text pairs only (to measure what each brings).
         domain_similarity (`bool`, defaults to `False`):
             UniCLIP's domain-dependent similarity `s = exp(logit_scale[D]) * (cos - logit_offset[D])` with a
             learnable log-scale and offset per domain pair D. `False`: one log-scale, no offset.
         logit_offset_init_value (`float` or 3 floats, defaults to 0.0):
             Initial offset per domain pair (image-image, image-text, text-text) with `domain_similarity`; the one
-            offset with `similarity_offset` alone (SigLIP's 1.0: b = -t).
+            offset with `similarity_offset` alone (SigLIP's 1.0: b = -t; of 3 values, the image-text one).
         similarity_offset (`bool`, defaults to `False`):
             A learnable offset in the one similarity, `s = exp(logit_scale) * (cos - logit_offset)`: SigLIP's
             learnable bias `b = -exp(logit_scale) * logit_offset`, one scale and one offset. `domain_similarity`
@@ -215,7 +222,7 @@ class ContrastiveConfig(PreTrainedConfig):
     identity_augmentation_params: list[float] | None = None
     augmentation_hidden_size: int = 256
     augmentation_fusion: str = "add"
-    intra_domain_pairs: bool = False
+    intra_domain_pairs: bool | str = False
     domain_similarity: bool = False
     logit_offset_init_value: float | list[float] = 0.0
     similarity_offset: bool = False
@@ -232,6 +239,7 @@ class ContrastiveConfig(PreTrainedConfig):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.augmentation_fusion not in FUSION_MODES:
             raise ValueError(f"augmentation_fusion must be one of {FUSION_MODES}, got {self.augmentation_fusion!r}")
+        intra_domain_flags(self.intra_domain_pairs)  # True, False, "image" or "text": a clear error otherwise
         if self.contrastive_loss not in MULTI_POSITIVE_VARIANTS:
             raise ValueError(
                 f"contrastive_loss must be one of {MULTI_POSITIVE_VARIANTS}, got {self.contrastive_loss!r}"
@@ -254,16 +262,10 @@ class ContrastiveConfig(PreTrainedConfig):
                 f"loss_chunk_size must be None (automatic), 0 (dense) or a positive number of anchor rows; got "
                 f"{self.loss_chunk_size!r}"
             )
-        if self.domain_similarity:
-            per_domain_pair("logit_scale_init_value", self.logit_scale_init_value)
-            per_domain_pair("logit_offset_init_value", self.logit_offset_init_value)
-        else:  # one similarity: one scale, and one offset with similarity_offset
-            for name in ("logit_scale_init_value", "logit_offset_init_value")[: 1 + self.similarity_offset]:
-                if not isinstance(getattr(self, name), (int, float)):
-                    raise ValueError(
-                        f"{name} must be a single float without domain_similarity (one similarity), got "
-                        f"{getattr(self, name)}; set domain_similarity=True for one per domain pair"
-                    )
+        # One value per domain pair, or one for all; without domain similarity the one similarity is the image-text
+        # one, so a per-pair value (UniCLIPConfig's default under CLIP's objective) gives its image-text entry.
+        per_domain_pair("logit_scale_init_value", self.logit_scale_init_value)
+        per_domain_pair("logit_offset_init_value", self.logit_offset_init_value)
         self.check_values()
 
     def check_values(self) -> None:
@@ -307,17 +309,18 @@ class ContrastiveConfig(PreTrainedConfig):
         return output
 
     def logit_scale_init(self) -> list[float]:
-        """Initial log-scales: 3 (image-image, image-text, text-text) with domain similarity, else 1."""
-        if self.domain_similarity:
-            return per_domain_pair("logit_scale_init_value", self.logit_scale_init_value)
-        return [float(self.logit_scale_init_value)]
+        """Initial log-scales: 3 (image-image, image-text, text-text) with domain similarity, else 1 (the
+        image-text pair's)."""
+        values = per_domain_pair("logit_scale_init_value", self.logit_scale_init_value)
+        return values if self.domain_similarity else [values[IMAGE_TEXT]]
 
     def logit_offset_init(self) -> list[float] | None:
-        """Initial offsets: 3 (image-image, image-text, text-text) with domain similarity, 1 with
-        `similarity_offset` alone, None without an offset."""
+        """Initial offsets: 3 (image-image, image-text, text-text) with domain similarity, 1 (the image-text
+        pair's) with `similarity_offset` alone, None without an offset."""
+        values = per_domain_pair("logit_offset_init_value", self.logit_offset_init_value)
         if self.domain_similarity:
-            return per_domain_pair("logit_offset_init_value", self.logit_offset_init_value)
-        return [float(self.logit_offset_init_value)] if self.similarity_offset else None
+            return values
+        return [values[IMAGE_TEXT]] if self.similarity_offset else None
 
 
 @strict

@@ -1,5 +1,7 @@
 """UniCLIP model configuration."""
 
+import dataclasses
+
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -8,6 +10,7 @@ from .configuration_contrastive import (  # noqa: F401 (re-exported: the layout 
     AUGMENTATION_PARAM_DIM,
     AUGMENTATION_PARAM_NAMES,
     IDENTITY_PARAMS,
+    UNICLIP_LOGIT_SCALE_INIT,
     TowerDualEncoderConfig,
 )
 
@@ -60,9 +63,11 @@ class UniCLIPConfig(TowerDualEncoderConfig):
         augmentation_fusion (`str`, defaults to `"add"`) [U]: `"add"`, `"concat"` or `"mlp"` (the code
             concatenated to the image feature, into a 2-layer MLP projection; not a native `CLIPModel` export):
             see [`ContrastiveConfig`].
-        intra_domain_pairs (`bool`, defaults to `True`): image-image and text-text pairs in the loss.
+        intra_domain_pairs (`bool` or `str`, defaults to `True`): image-image and text-text pairs in the loss
+            (`"image"` / `"text"`: one of the two only).
         domain_similarity (`bool`, defaults to `True`) [U]: a learnable log-scale and offset per domain pair.
-        logit_scale_init_value (`float` or 3 floats, defaults to 2.6592) [U]: CLIP's temperature 0.07 for every pair.
+        logit_scale_init_value (`float` or 3 floats, defaults to `[2.3026, 2.6593, 2.6593]`) [U]: SimCLR's and
+            SLIP's temperature 0.1 for image-image, CLIP's 0.07 for image-text and text-text.
         logit_offset_init_value (`float` or 3 floats, defaults to 0.0) [U].
         contrastive_loss (`str`, defaults to `"mp_nce"`): MP-NCE (each positive against the negatives only).
         mask_duplicate_texts (`bool`, defaults to `True`): identical captions are not each other's negatives.
@@ -80,10 +85,13 @@ class UniCLIPConfig(TowerDualEncoderConfig):
 
     num_views: int = 2
     augmentation_aware: bool = True
-    intra_domain_pairs: bool = True
+    intra_domain_pairs: bool | str = True
     domain_similarity: bool = True
     contrastive_loss: str = "mp_nce"
     mask_duplicate_texts: bool = True
+    logit_scale_init_value: float | list[float] = dataclasses.field(
+        default_factory=lambda: list(UNICLIP_LOGIT_SCALE_INIT)
+    )
 
 
 __all__ = ["AUGMENTATION_PARAM_DIM", "AUGMENTATION_PARAM_NAMES", "IDENTITY_PARAMS", "UniCLIPConfig"]

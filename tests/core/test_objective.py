@@ -334,8 +334,13 @@ def test_the_loss_config_fields_are_checked():
             UniCLConfig(loss_chunk_size=bad)
     with pytest.raises(ValueError, match="contrastive_loss"):
         UniCLConfig(contrastive_loss="hinge")
-    with pytest.raises(ValueError, match="logit_offset_init_value must be a single float"):
-        UniCLConfig(similarity_offset=True, logit_offset_init_value=[1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="logit_offset_init_value"):
+        UniCLConfig(similarity_offset=True, logit_offset_init_value=[1.0, 1.0])
+    # Without domain similarity the one similarity is the image-text one: a per-pair value gives that entry.
+    one = UniCLConfig(
+        similarity_offset=True, logit_scale_init_value=[1.0, 2.0, 3.0], logit_offset_init_value=[0, 1, 0]
+    )
+    assert (one.logit_scale_init(), one.logit_offset_init()) == ([2.0], [1.0])
     assert UniCLConfig(contrastive_loss="sigmoid", loss_chunk_size=0).loss_chunk_size == 0
 
 

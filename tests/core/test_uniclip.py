@@ -131,7 +131,8 @@ def test_default_config_is_vit_b32_with_clip_text_tower():
     assert config.num_views == 2 and config.augmentation_param_dim == AUGMENTATION_PARAM_DIM
     assert config.identity_augmentation_params == list(IDENTITY_PARAMS)
     assert (config.augmentation_fusion, config.domain_similarity, config.contrastive_loss) == ("add", True, "mp_nce")
-    assert config.logit_scale_init() == [pytest.approx(math.log(1 / 0.07), abs=1e-4)] * 3
+    # SimCLR's temperature 0.1 for image-image, CLIP's 0.07 for the pairs with text.
+    assert config.logit_scale_init() == pytest.approx([math.log(10), math.log(1 / 0.07), math.log(1 / 0.07)])
 
 
 def test_config_round_trip_with_dict_towers(tmp_path):
@@ -177,7 +178,7 @@ def test_config_round_trip_with_dict_towers(tmp_path):
         ({"augmentation_param_dim": 5}, "identity_augmentation_params"),
         ({"augmentation_param_dim": 3, "identity_augmentation_params": [0.0, 1.0]}, "identity_augmentation_params"),
         ({"logit_scale_init_value": [1.0, 2.0]}, "logit_scale_init_value"),
-        ({"domain_similarity": False, "logit_scale_init_value": [1.0, 2.0, 3.0]}, "single float"),
+        ({"domain_similarity": False, "logit_scale_init_value": [1.0, 2.0]}, "logit_scale_init_value"),
         ({"vision_config": {"model_type": "no_such_tower"}}, "no_such_tower"),
         ({"text_pooling": "max"}, "text_pooling"),
     ],
