@@ -170,6 +170,14 @@ CHOICES = {
     "uniclip, wide views, offsets not calibrated": Method(
         "towers", "uniclip", config=FAITHFUL, data=WIDE_VIEWS, train={"calibrate_logit_offsets": "false"}
     ),
+    # Second round, on the best of the first: the augmentation code into an MLP head.
+    "uniclip, wide views, offsets at 1x, MLP head": Method(
+        "towers",
+        "uniclip",
+        config={**FAITHFUL, "augmentation_fusion": "mlp"},
+        data=WIDE_VIEWS,
+        train={"logit_offset_learning_rate_multiplier": 1.0},
+    ),
 }
 STUDIES = {"comparison": METHODS, "uniclip-ablations": ABLATIONS, "uniclip-choices": CHOICES}
 # Studies whose purpose is a choice: they run on the validation splits only.
@@ -694,6 +702,7 @@ def parse_args(argv=None):
     parser.add_argument("--figures", type=Path, default=FIGURES, help="where the PNG figures go")
     parser.add_argument("--no-figures", action="store_true")
     parser.add_argument("--from-results", type=Path, help="print the tables and draw the figures of a JSON, no runs")
+
     args = parser.parse_args(argv)
     if args.smoke:
         args.preset = "smoke"
