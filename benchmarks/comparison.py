@@ -1,48 +1,64 @@
-"""A fair comparison on the shipped trainer: CLIP, UniCL, UniCLIP, MS-CLIP-S, MS-CLIP separate at a matched parameter
-count and two composed objectives, on both embedded data sets, over seeds and two budgets; and UniCLIP's ablations.
+"""A fair comparison on the shipped trainer: CLIP, UniCL, UniCLIP, MS-CLIP-S, MS-CLIP with sharing alone and with
+nothing shared (both at MS-CLIP-S's parameter count), CLIP with patch dropout at CLIP's wall time and CLIP at the
+costlier methods' FLOPs, on both embedded data sets, over seeds and two budgets; the composed points; UniCLIP's
+ablations; and the choices behind UniCLIP's defaults, made on validation splits.
+
+Protocol. Each data set has a training split, a validation split and a test split, disjoint (`studies.shapes_data`,
+`studies.digits_data`: shapes draws its validation images from a stream of their own, digits takes 300 of its 1,797
+scans out of the training pool). Every choice a study makes (the `uniclip-choices` study: UniCLIP's views, the
+offsets' learning rate and calibration, the MLP head) is read on `--split validation`; the tables report `--split
+test` (the default), which no choice looked at.
 
 Every run is one `hf_unified.training.trainer.Trainer` run (`studies.train_run`): the pipeline, augmentation,
 optimizer, schedule and evaluation `training/train.py` uses, on the data held in memory. What every method shares:
 the data and its order for a seed (UniCL's mix: even training images are image-label items whose text is a prompt
 from the training templates, odd ones image-text pairs), the widths (`studies.Sizes`: both towers, or MS-CLIP's one
-stack), optimizer steps, batch size, learning rate and schedule, the temperature initialisation (CLIP's), and the
-crop distribution (single-view methods crop area `crop_scale_min`-1; UniCLIP's views come from the shipped
-`view_preset: auto`, which is `small` at 32 px: crop area 0.85-1, no colour jitter). The objective comes from
-`OBJECTIVE_PRESETS` and the architecture from `studies.build_config`; nothing else differs. UniCLIP encodes two views
-per image, so a step costs it more: the tables give the FLOPs of one training step.
+stack), optimizer steps, batch size, learning rate and schedule, the single-view crop distribution (area
+`crop_scale_min`-1). The objective comes from `OBJECTIVE_PRESETS` with its own temperature start (CLIP's 0.07 unless
+the preset names one: UniCLIP's 0.1 for image-image, SigLIP's t = 10) and the architecture from
+`studies.build_config`; UniCLIP's views are the shipped `view_preset: auto`. Nothing else differs. UniCLIP encodes
+two views per image and MS-CLIP-S has a conv branch, so a step costs them more: the tables give the FLOPs and the
+time of one training step, and an equal-compute reading (below).
 
-Methods of the `comparison` study (`METHODS`):
+Studies (`STUDIES`):
 
-- `clip`: two CLIP towers (UniCLModel), the `clip` objective (equal prompts are negatives);
-- `unicl`: the same towers, UniCL's labels (items that share a class are positives);
-- `uniclip`: the same towers in UniCLIPModel, the `uniclip` objective with the shipped defaults;
-- `ms-clip-s`: MS-CLIP's released layout scaled down (`common.msclip_s_layout`: conv stem, attention + MLP shared
-  in blocks 1..L-1, parallel CNN branch), `clip` objective;
-- `msclip-separate`: the same code with nothing shared, no stem and no branch, its width chosen so that its
-  parameter count matches `ms-clip-s`'s;
-- `ms-clip-s+unicl`, `uniclip+unicl`: composed points (MS-CLIP's stack with UniCL's labels; UniCLIP whose views and
-  texts of one class are positives);
-- `siglip`, `siglip+unicl`: the towers of `clip` with SigLIP's sigmoid loss (one binary term per image-text pair,
-  t = 10 and b = -10 at the start), alone and with UniCL's labels (same-class pairs positive).
+- `comparison` (`METHODS`): `clip` (two CLIP towers in UniCLModel, equal prompts are negatives); `unicl` (the same
+  towers, items that share a class are positives); `uniclip` (the same towers in UniCLIPModel, the shipped
+  defaults); `ms-clip-s` (MS-CLIP's released layout scaled down, `common.msclip_s_layout`: conv stem, attention + MLP
+  shared in blocks 1..L-1, parallel CNN branch); `msclip-shared` (the stack shared in every block, no stem, no
+  branch) and `msclip-separate` (nothing shared, no stem, no branch), each at `ms-clip-s`'s parameter count, which
+  separate the sharing from the stem and branch; `clip+patch-dropout` (FLIP: half the image patches dropped in
+  training) given CLIP's wall time per run, measured on this machine before the runs; `clip@uniclip-flops` and
+  `clip@ms-clip-s-flops`, CLIP given the training FLOPs of UniCLIP's and MS-CLIP-S's runs (`COMPUTE_MATCHED`).
+- `composed` (`COMPOSED`): MS-CLIP's stack with UniCL's labels, UniCLIP whose views and texts of one class are
+  positives, SigLIP's sigmoid loss alone and with labels.
+- `uniclip-ablations` (`ABLATIONS`): one thing of UniCLIP changed at a time (offsets, views, duplicate masking, MP-NCE
+  vs SupCon, the augmentation-aware head, image-image and text-text pairs each removed alone and together).
+- `uniclip-choices` (`CHOICES`, validation only): the candidates for UniCLIP's defaults.
 
-The `uniclip-ablations` study (`ABLATIONS`) changes one thing of UniCLIP at a time (offsets, views, duplicate masking,
-MP-NCE vs SupCon, the augmentation-aware head, intra-domain pairs), next to `clip` and `uniclip`.
+A method with a `budget_of` gets another method's budget: its run is that many times longer (FLOPs or seconds per
+step of the two, measured by short runs), with its own whole schedule and as many evaluations, read at the steps
+that match the study's budgets. The equal-compute table gives, for each costlier method, its same-seed difference to
+the CLIP run given its FLOPs.
 
-Metrics at every evaluation, on the held-out split: zero-shot top-1 with prompts no training text contains
+Metrics at every evaluation, on the evaluation split: zero-shot top-1 with prompts no training text contains
 (`studies.SHAPES_UNSEEN_TEMPLATES` / `DIGIT_UNSEEN_TEMPLATES`) and with the training prompts; on shapes, zero-shot over
 the 36 (colour, shape) classes for the images of the six pairs no training image shows (held-out classes, chance
 2.8%); a linear probe (logistic regression) on the frozen image embeddings of the training images; image->text and
 text->image R@1. Tables: mean +- std over seeds, and the same-seed difference to CLIP in points with its 95%
-interval (Student's t). Budgets: each run is `--steps` long and evaluated every `--eval-steps`; the tables report
-`--budgets` (the last is the whole run); a shorter budget is the run at that step of its cosine schedule (the
-learning rate not yet annealed), the same for every method. The figures plot every evaluation.
+interval (Student's t; each table says how many intervals it holds, none corrected for multiple comparisons).
+Budgets: each run is `--steps` long and evaluated every `--eval-steps`; the tables report `--budgets` (the last is
+the whole run); a shorter budget is the run at that step of its cosine schedule (the learning rate not yet
+annealed), the same for every method. The runs also record the training loss by domain pair (image-image /
+image-text / text-text) and the learnt similarity. The figures plot every evaluation.
 
 Usage:
 
-    python benchmarks/comparison.py --preset reduced          # under 15 min on 2 cores: tables and figures
+    python benchmarks/comparison.py --preset reduced          # about 15 min on 2 cores: tables and figures
     python benchmarks/comparison.py --preset full             # the README tables (about an hour on 2 cores)
+    python benchmarks/comparison.py --study uniclip-choices --preset full --seeds 0 1 2   # on validation
     python benchmarks/comparison.py --study uniclip-ablations --preset reduced
-    python benchmarks/comparison.py --from-results outputs/comparison/comparison-full.json   # no training
+    python benchmarks/comparison.py --from-results benchmarks/results/comparison-full.json   # no training
     python benchmarks/comparison.py --smoke
 
 Runs are spread over `--jobs` processes (one torch thread each); the raw results go to `--output` (JSON), the
@@ -120,24 +136,23 @@ METHODS = {
     # with ms-clip-s they separate what the sharing, and what the stem and branch, bring.
     "msclip-shared": Method("msclip-shared", "clip", match_parameters_of="ms-clip-s"),
     "msclip-separate": Method("msclip-separate", "clip", match_parameters_of="ms-clip-s"),
-    "ms-clip-s+unicl": Method("ms-clip-s", "unicl"),
-    "uniclip+unicl": Method("towers", "uniclip+unicl"),
-    # SigLIP's sigmoid loss as a point of the same objective (t = 10, b = -10 at the start), alone and with labels.
-    "siglip": Method("towers", "siglip"),
-    "siglip+unicl": Method("towers", "siglip+unicl"),
     # FLIP's patch dropout (half the image patches dropped in training), given CLIP's wall time on this machine.
     "clip+patch-dropout": Method("towers", "clip", config={"patch_dropout": 0.5}, budget_of="clip", budget="seconds"),
     # CLIP given the training FLOPs of the costlier methods: the equal-compute reading (`COMPUTE_MATCHED`).
     "clip@uniclip-flops": Method("towers", "clip", budget_of="uniclip"),
     "clip@ms-clip-s-flops": Method("towers", "clip", budget_of="ms-clip-s"),
 }
-# method -> the CLIP run given its training FLOPs (the composed points cost what their architecture costs).
-COMPUTE_MATCHED = {
-    "uniclip": "clip@uniclip-flops",
-    "uniclip+unicl": "clip@uniclip-flops",
-    "ms-clip-s": "clip@ms-clip-s-flops",
-    "ms-clip-s+unicl": "clip@ms-clip-s-flops",
+# The composed points of the one objective, next to CLIP: MS-CLIP's stack and UniCLIP's views with UniCL's labels,
+# and SigLIP's sigmoid loss (t = 10, b = -10 at the start) alone and with labels.
+COMPOSED = {
+    "clip": METHODS["clip"],
+    "ms-clip-s+unicl": Method("ms-clip-s", "unicl"),
+    "uniclip+unicl": Method("towers", "uniclip+unicl"),
+    "siglip": Method("towers", "siglip"),
+    "siglip+unicl": Method("towers", "siglip+unicl"),
 }
+# method -> the CLIP run given its training FLOPs.
+COMPUTE_MATCHED = {"uniclip": "clip@uniclip-flops", "ms-clip-s": "clip@ms-clip-s-flops"}
 # The review's offsets: near the mean cosines of different items at initialisation (set, so not calibrated).
 FIXED_OFFSETS = dict(config={"logit_offset_init_value": [0.9, 0.0, 0.75]}, train={"calibrate_logit_offsets": "false"})
 ABLATIONS = {
@@ -150,6 +165,8 @@ ABLATIONS = {
     "uniclip, duplicates not masked": Method("towers", "uniclip", config={"mask_duplicate_texts": False}),
     "uniclip, SupCon": Method("towers", "uniclip", config={"contrastive_loss": "supcon"}),
     "uniclip, no augmentation-aware head": Method("towers", "uniclip", config={"augmentation_aware": False}),
+    "uniclip, no image-image pairs": Method("towers", "uniclip", config={"intra_domain_pairs": "text"}),
+    "uniclip, no text-text pairs": Method("towers", "uniclip", config={"intra_domain_pairs": "image"}),
     "uniclip, image-text pairs only": Method("towers", "uniclip", config={"intra_domain_pairs": False}),
     # The heads' initialisation: UniCL's std 0.02 (the package default) against CLIPModel's width ** -0.5 (0.125 at
     # the study's width 64), for both objectives.
@@ -179,7 +196,7 @@ CHOICES = {
         train={"logit_offset_learning_rate_multiplier": 1.0},
     ),
 }
-STUDIES = {"comparison": METHODS, "uniclip-ablations": ABLATIONS, "uniclip-choices": CHOICES}
+STUDIES = {"comparison": METHODS, "composed": COMPOSED, "uniclip-ablations": ABLATIONS, "uniclip-choices": CHOICES}
 # Studies whose purpose is a choice: they run on the validation splits only.
 VALIDATION_STUDIES = ("uniclip-choices",)
 REFERENCE = "clip"  # the same-seed differences are taken against it
@@ -201,7 +218,7 @@ PRESETS = {
         jobs=1,
     ),  # fmt: skip
     "reduced": dict(seeds=[0, 1, 2], steps=120, eval_steps=30, budgets=[60, 120], **_STUDY_SIZES),
-    "full": dict(seeds=[0, 1, 2, 3, 4], steps=600, eval_steps=100, budgets=[200, 600], **_STUDY_SIZES),
+    "full": dict(seeds=[0, 1, 2, 3, 4], steps=600, eval_steps=200, budgets=[200, 600], **_STUDY_SIZES),
 }
 # metric key -> (column title, figure title)
 METRICS = {
