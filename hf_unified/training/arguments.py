@@ -370,7 +370,7 @@ class TrainArguments:
         },
     )
     logit_offset_learning_rate_multiplier: float = field(
-        default=10.0,
+        default=1.0,
         metadata={
             "help": "the similarity offsets (logit_offset: their own AdamW group) train at this multiple of the rate "
             "they would have otherwise; the log temperatures (logit_scale) train at the towers' rate"

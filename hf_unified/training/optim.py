@@ -21,12 +21,12 @@ nothing is known to be shared.
 The learnt log temperatures (`logit_scale`, one per domain pair for UniCLIP) train at the towers' rate, as CLIP's
 and open_clip's do. UniCLIP's per-domain-pair offsets (`OFFSET_PARAMETERS`: `logit_offset`, also SigLIP's shared
 offset) form their own group, at `logit_offset_learning_rate_multiplier` times the rate they would have otherwise.
-Why: an offset lives in cosine units and has to travel a distance of order 0.1-1 (the gap between the domain pairs'
-typical similarities), while AdamW moves a parameter by about its learning rate per step; at a tower's rate of 1e-3
-over a short run it barely moves (measured on digits after 120 steps: -0.004, -0.039, 0.048). The default (10) is
-this package's choice, not the paper's, made on the validation splits of `benchmarks/comparison.py`
-(`benchmarks/comparison.md`); `1` trains the offsets at the towers' rate. An earlier version scaled the log-scales
-too: with near-duplicate views the image-image scale then ran to CLIP's clamp (100) within ~200 steps.
+The default, 1 (the towers' rate), was chosen on the validation splits of `benchmarks/comparison.py` (the
+`uniclip-choices` study, `benchmarks/comparison.md`): against 10x it lifted UniCLIP's zero-shot on shapes from 54.9 to
+61.3 and left digits level. The first-batch calibration (`calibrate_logit_offsets`) already starts each offset near
+its pair's typical similarity, so the offsets need not travel far. An earlier version trained the log-scales and the
+offsets at 10x: with near-duplicate views the image-image scale then ran to CLIP's clamp (100) within ~200 steps.
+The group stays whatever the multiplier, so a checkpoint's optimizer layout does not depend on it.
 
 The AdamW kernel is `adam_implementation`: `auto` takes torch's fused kernel on the devices that have one (CUDA, CPU,
 MPS, XPU) and the multi-tensor (`foreach`) one elsewhere; `fused`, `foreach` and `for-loop` (one parameter at a time)

@@ -166,15 +166,17 @@ def test_bad_arguments_raise(kwargs, message):
 
 
 def test_presets_and_overrides():
-    # "auto" follows the view size: mild views for small images, SimCLR-style ones for photos.
+    # "auto" follows the view size: crops of at least 30% with colour jitter but no grayscale or blur for small
+    # images, SimCLR-style views for photos.
     small, photos = MultiViewAugmentation(size=32), MultiViewAugmentation(size=224)
     assert (small.preset, photos.preset) == ("small", "simclr")
-    assert small.recipe.scale == (0.85, 1.0) and small.recipe.jitter_p == small.recipe.grayscale_p == 0
-    assert photos.recipe.scale == (0.08, 1.0) and photos.recipe.jitter_p == 0.8
+    assert small.recipe.scale == (0.3, 1.0) and small.recipe.jitter_p == 0.8
+    assert small.recipe.grayscale_p == small.recipe.blur_p == 0
+    assert photos.recipe.scale == (0.08, 1.0) and photos.recipe.jitter_p == 0.8 and photos.recipe.blur_p == 0.5
     torch.manual_seed(0)
     _, params = small(_random_image())
-    jitter_and_more = [SLOT[n] for n in ("brightness", "contrast", "saturation", "hue", "grayscale", "blur_sigma")]
-    assert params[:, jitter_and_more].tolist() == [[IDENTITY_PARAMS[i] for i in jitter_and_more]] * 2
+    never = [SLOT[n] for n in ("grayscale", "blur_sigma")]
+    assert params[:, never].tolist() == [[IDENTITY_PARAMS[i] for i in never]] * 2
     # Fields given explicitly override the preset (what training YAMLs' augmentation_kwargs do).
     custom = MultiViewAugmentation(size=32, preset="simclr", scale=(0.5, 1.0), flip_p=0.0)
     assert custom.recipe.scale == (0.5, 1.0) and custom.recipe.flip_p == 0.0 and custom.recipe.jitter_p == 0.8
