@@ -464,8 +464,8 @@ def _paired(runs: list[dict], reference: list[dict]) -> tuple[list[dict], list[d
 def _intervals_note(rows: list[list], columns: int) -> str:
     count = len(rows) * columns
     return (
-        f" ({count} intervals, none corrected for multiple comparisons: at 95% each, about {count * 0.05:.0f} of them "
-        "would exclude 0 by chance if no method differed)"
+        f" ({count} intervals, none corrected for multiple comparisons: at 95% each, {count * 0.05:.1f} of them are "
+        "expected to exclude 0 by chance where no method differs)"
     )
 
 
