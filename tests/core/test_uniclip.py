@@ -181,6 +181,7 @@ def test_config_round_trip_with_dict_towers(tmp_path):
         ({"domain_similarity": False, "logit_scale_init_value": [1.0, 2.0]}, "logit_scale_init_value"),
         ({"vision_config": {"model_type": "no_such_tower"}}, "no_such_tower"),
         ({"text_pooling": "max"}, "text_pooling"),
+        ({"intra_domain_pairs": "both"}, r"intra_domain_pairs must be one of \(False, True, 'image', 'text'\)"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):
