@@ -129,6 +129,7 @@ class PretrainedTowersMixin:
             # Legacy CLIP configs say eos 2 and CLIP then pools at the largest id, the end-of-text token.
             text_config.eos_token_id = text_config.vocab_size - 1
         scale = float(clip.logit_scale.detach().reshape(-1)[0])
+        kwargs.pop("logit_scale_init_value", None)  # the checkpoint's temperature, not an objective preset's start
         config = cls.config_class(
             vision_config=clip.config.vision_config,
             text_config=text_config,
