@@ -74,6 +74,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -469,6 +470,10 @@ def _intervals_note(rows: list[list], columns: int) -> str:
     )
 
 
+def _number(value: float, spec: str) -> str:
+    return "-" if math.isnan(value) else format(value, spec)  # "-": not recorded (a table read from printed lines)
+
+
 def _method_label(name: str, runs: list[dict]) -> str:
     multiplier = runs[0].get("step_multiplier", 1.0)
     return name if multiplier == 1.0 else f"{name} ({multiplier:.2f}x steps)"
@@ -496,14 +501,14 @@ def tables(results: dict) -> str:
             rows = []
             for name, runs in by_method.items():
                 seconds = spread([r["seconds"] for r in runs])[0]
-                step_ms = spread([1000 * r.get("step_seconds", float("nan")) for r in runs])[0]
+                step_ms = 1000 * sum(r.get("step_seconds", math.nan) for r in runs) / len(runs)  # nan: not measured
                 rows.append(
                     [
                         _method_label(name, runs),
-                        f"{runs[0]['params'] / 1e6:.3f}",
-                        f"{runs[0]['gflops_per_step']:.2f}",
-                        f"{step_ms:.0f}",
-                        f"{seconds:.0f}",
+                        _number(runs[0]["params"] / 1e6, ".3f"),
+                        _number(runs[0]["gflops_per_step"], ".2f"),
+                        _number(step_ms, ".0f"),
+                        _number(seconds, ".0f"),
                     ]
                     + [percent_spread(_metric(runs, step, key, settings)) for key in keys]
                 )
@@ -679,6 +684,57 @@ def report(results: dict, figures: Path | None) -> str:
     return text
 
 
+_RUN_LINE = re.compile(
+    r"^  (?P<dataset>\w+) (?P<method>.+) seed (?P<seed>\d+): zero-shot (?P<zero_shot>[\d.]+), "
+    r"probe (?P<probe>[\d.]+), i2t R@1 (?P<i2t>[\d.]+) \((?P<seconds>\d+) s\)$"
+)
+_MATCH_LINE = re.compile(r"^  (?P<dataset>\w+): (?P<method>.+) gets .* = (?P<multiplier>[\d.]+)x its steps$")
+
+
+def results_from_log(path: Path, study: str, preset: str) -> dict:
+    """The results of a run's printed lines (`run_jobs` prints each run's final metrics as it ends; the budget
+    matching prints each multiplier), for a run stopped before its end, which writes no JSON: one evaluation per run,
+    its last (zero-shot with unseen prompts, linear probe, image->text R@1), read at the preset's last step."""
+    settings = {**PRESETS[preset], "eval_steps": 0, "budgets": [PRESETS[preset]["steps"]]}
+    multipliers, runs = {}, []
+    for line in path.read_text().splitlines():
+        if match := _MATCH_LINE.match(line):
+            multipliers[match["dataset"], match["method"]] = float(match["multiplier"])
+        elif match := _RUN_LINE.match(line):
+            multiplier = multipliers.get((match["dataset"], match["method"]), 1.0)
+            step = scaled_step(settings["steps"], settings, multiplier)
+            metrics = {
+                "zero_shot_top1_accuracy": "zero_shot",
+                "linear_probe_top1": "probe",
+                "image_to_text_R@1": "i2t",
+            }
+            runs.append(
+                {
+                    "dataset": match["dataset"],
+                    "method": match["method"],
+                    "seed": int(match["seed"]),
+                    "step_multiplier": multiplier,
+                    "history": [{"step": step, **{key: float(match[group]) for key, group in metrics.items()}}],
+                    "seconds": float(match["seconds"]),
+                    "params": float("nan"),
+                    "gflops_per_step": float("nan"),
+                    "similarity": {},
+                }
+            )
+    datasets = [name for name in ("shapes", "digits") if any(run["dataset"] == name for run in runs)]
+    return {
+        "study": study,
+        "preset": preset,
+        "machine": f"(from the printed lines of {path.name})",
+        "datasets": datasets,
+        "split": "test",
+        "methods": [name for name in STUDIES[study] if any(run["method"] == name for run in runs)],
+        "reference": REFERENCE,
+        "settings": settings,
+        "runs": runs,
+    }
+
+
 def write_json(path: Path, payload: dict) -> None:
     """Written beside the target and renamed into place: an interrupted run never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -722,6 +778,9 @@ def parse_args(argv=None):
     parser.add_argument("--figures", type=Path, default=FIGURES, help="where the PNG figures go")
     parser.add_argument("--no-figures", action="store_true")
     parser.add_argument("--from-results", type=Path, help="print the tables and draw the figures of a JSON, no runs")
+    parser.add_argument(
+        "--from-log", type=Path, help="print the step-`--steps` tables of a run's printed lines (a run stopped early)"
+    )
 
     args = parser.parse_args(argv)
     if args.smoke:
@@ -758,6 +817,10 @@ def main(argv=None) -> dict:
     if args.from_results:
         results = json.loads(args.from_results.read_text())
         report(results, figures)
+        return results
+    if args.from_log:
+        results = results_from_log(args.from_log, args.study, args.preset)
+        report(results, None)
         return results
 
     import torch

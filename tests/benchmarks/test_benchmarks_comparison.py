@@ -246,3 +246,29 @@ def test_finetune_from_clip_smoke_starts_from_the_exported_clip_model(tmp_path):
         assert final["step"] == (4 if run["method"] == finetune_from_clip.START else 2)
         assert 0.0 <= final["zero_shot_top1_accuracy"] <= 1.0 and 0.0 <= final["linear_probe_top1"] <= 1.0
     assert (tmp_path / "results.json").is_file()
+
+
+def test_a_stopped_run_gives_its_final_tables_from_its_printed_lines(tmp_path):
+    """A run stopped before its end writes no JSON; `--from-log` reads each finished run's printed line (and the
+    budget matching's multipliers) into the step-600 tables."""
+    import comparison
+
+    lines = ["comparison (full): 6 runs of 600 steps in 2 process(es), 1 torch thread(s) each"]
+    lines.append("  shapes: clip@uniclip-flops gets uniclip's flops per step: 3.833 / 2.473 = 1.550x its steps")
+    for seed, (clip, uniclip, matched) in enumerate([(0.40, 0.55, 0.45), (0.38, 0.60, 0.50)]):
+        lines.append(f"  shapes clip seed {seed}: zero-shot {clip:.3f}, probe 0.400, i2t R@1 0.100 (90 s)")
+        lines.append(f"  shapes uniclip seed {seed}: zero-shot {uniclip:.3f}, probe 0.500, i2t R@1 0.150 (120 s)")
+        lines.append(
+            f"  shapes clip@uniclip-flops seed {seed}: zero-shot {matched:.3f}, probe 0.450, i2t R@1 0.1 (140 s)"
+        )
+    log = tmp_path / "full.log"
+    log.write_text("\n".join(lines) + "\n")
+    results = comparison.results_from_log(log, "comparison", "full")
+    runs = {(r["method"], r["seed"]): r for r in results["runs"]}
+    assert results["methods"] == ["clip", "uniclip", "clip@uniclip-flops"] and len(runs) == 6
+    assert runs["clip@uniclip-flops", 0]["history"] == [
+        {"step": 930, "zero_shot_top1_accuracy": 0.45, "linear_probe_top1": 0.45, "image_to_text_R@1": 0.1}
+    ]
+    text = comparison.tables(results)
+    assert "| uniclip | +18.5 [" in text  # (0.15 + 0.22) / 2 over the two seeds
+    assert "| uniclip vs clip@uniclip-flops | +10.0 [" in text  # equal FLOPs: (0.10 + 0.10) / 2
