@@ -58,7 +58,8 @@ Usage:
     python benchmarks/comparison.py --preset full             # the README tables (about an hour on 2 cores)
     python benchmarks/comparison.py --study uniclip-choices --preset full --seeds 0 1 2   # on validation
     python benchmarks/comparison.py --study uniclip-ablations --preset reduced
-    python benchmarks/comparison.py --from-results benchmarks/results/comparison-full.json   # no training
+    python benchmarks/comparison.py --from-results outputs/comparison/comparison-full.json   # no training
+    python benchmarks/comparison.py --preset full --from-log benchmarks/results/comparison-full-2026-12-08.log
     python benchmarks/comparison.py --smoke
 
 Runs are spread over `--jobs` processes (one torch thread each); the raw results go to `--output` (JSON), the
