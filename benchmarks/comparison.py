@@ -59,7 +59,7 @@ Usage:
     python benchmarks/comparison.py --study uniclip-choices --preset full --seeds 0 1 2   # on validation
     python benchmarks/comparison.py --study uniclip-ablations --preset reduced
     python benchmarks/comparison.py --from-results outputs/comparison/comparison-full.json   # no training
-    python benchmarks/comparison.py --preset full --from-log benchmarks/results/comparison-full-2026-12-08.log
+    python benchmarks/comparison.py --preset full --from-log full.log   # a run stopped early: its printed lines
     python benchmarks/comparison.py --smoke
 
 Runs are spread over `--jobs` processes (one torch thread each); the raw results go to `--output` (JSON), the
